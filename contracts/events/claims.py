@@ -1,0 +1,133 @@
+"""``webapp.claims`` (commands) and ``claims.events`` (what the claims service decided)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import ClassVar, Literal
+
+from pydantic import EmailStr, Field, model_validator
+
+from contracts.envelope import EventModel
+from contracts.events.common import Frozen, Id, OrcidId, VerificationLevel
+from contracts.topics import Topic
+
+ClaimStatus = Literal["pending_author", "needs_review", "approved", "rejected", "withdrawn", "revoked"]
+RejectionReason = Literal[
+    "already_claimed", "user_already_owns_a_record", "too_many_open_claims", "unknown_author",
+    "unknown_claim", "not_claimant", "claim_not_open", "claim_not_approved", "reviewer_rejected",
+]
+
+
+class Evidence(Frozen):
+    """What the web app vouches for. Secrets never travel here: only verified facts."""
+
+    email: EmailStr | None = None
+    email_verified: bool = False  # the web app confirmed the user controls this address
+    orcid: OrcidId | None = None
+    orcid_authenticated: bool = False  # the user signed in with this ORCID iD
+    statement: str | None = Field(default=None, max_length=2000)
+    links: list[str] = Field(default=[], max_length=10)
+
+
+# --- commands on webapp.claims ------------------------------------------------------
+
+
+class _ClaimCommand(EventModel):
+    topic: ClassVar[str] = Topic.WEBAPP_CLAIMS
+
+    claim_id: Id
+    author_id: Id
+
+
+class ClaimRequested(_ClaimCommand):
+    event_type: ClassVar[str] = "ClaimRequested"
+    user_id: Id
+    evidence: Evidence = Evidence()
+
+
+class ClaimEvidenceSubmitted(_ClaimCommand):
+    event_type: ClassVar[str] = "ClaimEvidenceSubmitted"
+    user_id: Id
+    evidence: Evidence
+
+
+class ClaimWithdrawn(_ClaimCommand):
+    """Command: the claimant withdraws (same name as the event on claims.events)."""
+
+    event_type: ClassVar[str] = "ClaimWithdrawn"
+    user_id: Id
+
+
+class ClaimReviewed(_ClaimCommand):
+    event_type: ClassVar[str] = "ClaimReviewed"
+    reviewer_id: Id
+    decision: Literal["approve", "reject", "revoke"]
+    reason: str = Field(min_length=1, max_length=1000)
+
+
+# --- events on claims.events ---------------------------------------------------------
+
+
+class AuthorClaimState(Frozen):
+    """The author record's claim state after this event: consumers replace, never add."""
+
+    claimed: bool
+    owner_user_id: Id | None = None
+    claim_id: Id | None = None
+    verification_level: VerificationLevel | None = None  # None: no claim-derived level
+    since: datetime | None = None
+    revision: int = Field(ge=1)
+
+
+class _ClaimEvent(EventModel):
+    topic: ClassVar[str] = Topic.CLAIMS_EVENTS
+
+    claim_id: Id
+    author_id: Id
+    user_id: Id
+    author_claim: AuthorClaimState
+
+
+class ClaimSubmitted(_ClaimEvent):
+    event_type: ClassVar[str] = "ClaimSubmitted"
+    status: ClaimStatus
+
+
+class ClaimNeedsReview(_ClaimEvent):
+    event_type: ClassVar[str] = "ClaimNeedsReview"
+
+
+class ClaimApproved(_ClaimEvent):
+    event_type: ClassVar[str] = "ClaimApproved"
+    verification_level: Literal["L2", "L3"]
+
+
+class ClaimRejected(_ClaimEvent):
+    event_type: ClassVar[str] = "ClaimRejected"
+    reason: RejectionReason
+    detail: str | None = Field(default=None, max_length=1000)
+
+
+class ClaimWithdrawnEvent(_ClaimEvent):
+    event_type: ClassVar[str] = "ClaimWithdrawn"
+
+
+class ClaimRevoked(_ClaimEvent):
+    event_type: ClassVar[str] = "ClaimRevoked"
+    reason: str
+
+
+class VerificationLevelChanged(EventModel):
+    event_type: ClassVar[str] = "VerificationLevelChanged"
+    topic: ClassVar[str] = Topic.CLAIMS_EVENTS
+
+    author_id: Id
+    verification_level: VerificationLevel | None
+    previous_level: VerificationLevel | None = None
+    author_claim: AuthorClaimState
+
+    @model_validator(mode="after")
+    def _consistent(self) -> VerificationLevelChanged:
+        if self.verification_level != self.author_claim.verification_level:
+            raise ValueError("verification_level must equal author_claim.verification_level")
+        return self

@@ -1,0 +1,50 @@
+"""Value types shared by several topics' payloads."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
+
+# Ids are opaque strings chosen by their source (e.g. "openalex:A5017898742"); a tight
+# alphabet keeps them safe in URLs, keys and log lines.
+ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}$"
+Id = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
+
+VerificationLevel = Literal["L0", "L1", "L2", "L3"]
+TrustBand = Literal["Emerging", "Established", "Trusted", "Distinguished"]
+
+_ORCID_RE = re.compile(r"^(\d{4})-(\d{4})-(\d{4})-(\d{3}[\dX])$")
+
+
+def orcid_checksum_ok(orcid: str) -> bool:
+    """ISO 7064 mod 11-2 check digit, as ORCID specifies."""
+    digits = orcid.replace("-", "")
+    total = 0
+    for ch in digits[:-1]:
+        total = (total + int(ch)) * 2
+    check = (12 - total % 11) % 11
+    return digits[-1] == ("X" if check == 10 else str(check))
+
+
+def _valid_orcid(v: str) -> str:
+    v = v.strip().removeprefix("https://orcid.org/").removeprefix("http://orcid.org/").upper()
+    if not _ORCID_RE.match(v):
+        raise ValueError("ORCID iD must look like 0000-0002-1825-0097")
+    if not orcid_checksum_ok(v):
+        raise ValueError("ORCID iD check digit is wrong (ISO 7064 mod 11-2)")
+    return v
+
+
+OrcidId = Annotated[str, AfterValidator(_valid_orcid)]
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, str_strip_whitespace=True)
+
+
+class Affiliation(Frozen):
+    name: str = Field(min_length=1, max_length=300)
+    # Email domains of the institution, used by the claims service for L2 evidence.
+    domains: list[Annotated[str, StringConstraints(pattern=r"^[a-z0-9.-]+\.[a-z]{2,}$", to_lower=True)]] = []

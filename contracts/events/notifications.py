@@ -1,0 +1,48 @@
+"""``notifications.events`` and the follow service's internal ``follow.fanout`` chunks."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import ClassVar, Literal
+
+from pydantic import Field
+
+from contracts.envelope import EventModel
+from contracts.events.common import Id
+from contracts.topics import Topic
+
+NotificationKind = Literal["new_work", "claim_approved", "trust_band_up"]
+
+
+class NotificationCreated(EventModel):
+    event_type: ClassVar[str] = "NotificationCreated"
+    topic: ClassVar[str] = Topic.NOTIFICATIONS_EVENTS
+    key_field: ClassVar[str] = "user_id"
+
+    notification_id: uuid.UUID  # uuid5(source event id, user id): the same on every retry
+    user_id: Id
+    author_id: Id
+    kind: NotificationKind
+    source_event_id: uuid.UUID
+    title: str = Field(max_length=600)
+    created_at: datetime
+
+
+class FanoutChunkRequested(EventModel):
+    """One chunk of followers to notify, taken by any replica of the follow service."""
+
+    event_type: ClassVar[str] = "FanoutChunkRequested"
+    topic: ClassVar[str] = Topic.FOLLOW_FANOUT
+    key_field: ClassVar[str] = "chunk_key"
+
+    fanout_id: uuid.UUID
+    chunk_key: str  # "<fanout_id>:<chunk number>": spreads chunks over partitions
+    author_id: Id
+    kind: NotificationKind
+    source_event_id: uuid.UUID
+    title: str = Field(max_length=600)
+    # Followers whose user_id lies in (after_user_id, upto_user_id], followed before the source event.
+    after_user_id: str | None = None
+    upto_user_id: str
+    followed_before: datetime

@@ -1,0 +1,92 @@
+"""``publications.ingested``: what importers publish (works and author records)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import ClassVar, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from contracts.envelope import EventModel
+from contracts.events.common import Affiliation, Frozen, Id, OrcidId
+from contracts.topics import Topic
+
+WorkType = Literal[
+    "preprint", "article", "book", "book-chapter", "dataset", "dissertation",
+    "proceedings-article", "review", "report", "other",
+]
+TITLE_MAX = 500  # longest real titles are ~300 characters; beyond this is junk input
+ABSTRACT_MAX = 20_000
+MIN_YEAR = 1600  # older than the first scholarly journals (1665) is certainly wrong
+
+
+class WorkAuthor(Frozen):
+    author_id: Id
+    display_name: str = Field(min_length=1, max_length=200)
+    orcid: OrcidId | None = None
+
+
+class ExternalIds(Frozen):
+    doi: str | None = Field(default=None, pattern=r"^10\.\d{4,9}/\S+$", max_length=300)
+    arxiv_id: str | None = Field(default=None, pattern=r"^(\d{4}\.\d{4,5}|[a-z\-]+(\.[A-Z]{2})?/\d{7})(v\d+)?$")
+    openalex_id: str | None = Field(default=None, pattern=r"^W\d+$")
+
+
+class Work(Frozen):
+    work_id: Id
+    type: WorkType
+    year: int
+    venue: str | None = Field(default=None, max_length=300)
+    title: str = Field(min_length=1, max_length=TITLE_MAX)
+    abstract: str | None = Field(default=None, max_length=ABSTRACT_MAX)
+    external_ids: ExternalIds = ExternalIds()
+    topics: list[str] = Field(default=[], max_length=50)
+    authors: list[WorkAuthor] = Field(min_length=1, max_length=5000)
+
+    @field_validator("year")
+    @classmethod
+    def _plausible_year(cls, v: int) -> int:
+        # A work may be dated next year (online-first), never later.
+        if not MIN_YEAR <= v <= datetime.now(UTC).year + 1:
+            raise ValueError(f"year {v} is outside {MIN_YEAR}..next year")
+        return v
+
+    @model_validator(mode="after")
+    def _distinct_authors(self) -> Work:
+        ids = [a.author_id for a in self.authors]
+        if len(ids) != len(set(ids)):
+            raise ValueError("an author appears twice in the author list")
+        return self
+
+
+class WorkIngested(EventModel):
+    """An importer saw this work (new or corrected). Keyed by the first author's id."""
+
+    event_type: ClassVar[str] = "WorkIngested"
+    topic: ClassVar[str] = Topic.PUBLICATIONS_INGESTED
+    key_field: ClassVar[str] = "author_id"
+
+    author_id: Id  # the partition key: the first author
+    work: Work
+    source: str = Field(min_length=1, max_length=100)  # e.g. "seed", "openalex", "http-import"
+
+    @model_validator(mode="after")
+    def _key_is_an_author(self) -> WorkIngested:
+        if self.author_id not in {a.author_id for a in self.work.authors}:
+            raise ValueError("author_id must be one of the work's authors")
+        return self
+
+
+class AuthorImported(EventModel):
+    """An importer's view of an author record (identity fields only)."""
+
+    event_type: ClassVar[str] = "AuthorImported"
+    topic: ClassVar[str] = Topic.PUBLICATIONS_INGESTED
+
+    author_id: Id
+    display_name: str = Field(min_length=1, max_length=200)
+    description: str | None = Field(default=None, max_length=2000)
+    affiliation: Affiliation | None = None
+    orcid: OrcidId | None = None
+    open_to_collaborate: bool = False
+    source: str = Field(min_length=1, max_length=100)
