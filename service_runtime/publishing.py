@@ -1,0 +1,65 @@
+"""Publishing envelopes: many at once, each keyed, retried while the broker is unreachable."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from faststream.kafka import KafkaBroker
+
+from contracts.envelope import Envelope, EventModel
+from service_runtime.retry import retry_transient
+
+_HEADERS = {"content-type": "application/json"}
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    topic: str
+    key: str
+    envelope: Envelope
+
+
+class EventPublisher:
+    def __init__(self, broker: KafkaBroker, producer_name: str, topic_prefix: str = "") -> None:
+        self.broker = broker
+        self.producer_name = producer_name
+        self.topic_prefix = topic_prefix
+
+    def outgoing(
+        self,
+        payload: EventModel,
+        *,
+        cause: Envelope | None = None,
+        event_id: uuid.UUID | None = None,
+        correlation_id: str | None = None,
+    ) -> Outgoing:
+        envelope = Envelope.wrap(
+            payload, producer=self.producer_name, cause=cause, event_id=event_id, correlation_id=correlation_id
+        )
+        return Outgoing(str(payload.topic), payload.key(), envelope)
+
+    async def publish(self, messages: Sequence[Outgoing]) -> None:
+        """Send all, then wait for every acknowledgement (acks=all). Re-sends all on a
+        transient failure: duplicates carry the same event ids and handlers are idempotent."""
+        if messages:
+            await retry_transient(lambda: self._send_all(messages), what="publish")
+
+    async def publish_raw(self, topic: str, key: bytes | None, value: bytes) -> None:
+        """Send bytes as they are to a logical topic (dead letters, tests of bad input)."""
+
+        async def send() -> None:
+            await self.broker.publish(value, self.topic_prefix + topic, key=key, headers=_HEADERS)
+
+        await retry_transient(send, what=f"publish to {topic}")
+
+    async def _send_all(self, messages: Sequence[Outgoing]) -> None:
+        futures = [
+            await self.broker.publish(
+                m.envelope.to_bytes(), self.topic_prefix + m.topic, key=m.key.encode(), headers=_HEADERS, no_confirm=True
+            )
+            for m in messages
+        ]
+        await asyncio.gather(*(f for f in futures if asyncio.isfuture(f)))

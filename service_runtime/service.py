@@ -1,0 +1,183 @@
+"""``Service``: the composition every bzpeer service shares.
+
+A service builds one ``Service`` in its ``app.py`` (its composition root), registers its
+batch handlers with ``consume`` and its HTTP routes on ``service.http``, and runs. This
+module wires the broker, the store, dead-lettering, metrics, health and AsyncAPI once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
+
+import uvicorn
+from aiokafka import ConsumerRecord
+from fastapi import FastAPI, Response
+from faststream import AckPolicy
+from faststream.kafka.annotations import KafkaMessage
+from faststream.specification import AsyncAPI
+from pydantic import BaseModel
+
+from contracts.topics import TOPICS
+from service_runtime.auth import JwtVerifier
+from service_runtime.delivery import BatchDelivery, BatchHandler
+from service_runtime.kafka import ensure_topics, make_broker
+from service_runtime.logging import configure_logging, get_logger
+from service_runtime.metrics import Metrics
+from service_runtime.publishing import EventPublisher
+from service_runtime.settings import RuntimeSettings
+from service_runtime.store import connect_store, store_reachable
+
+log = get_logger(__name__)
+Hook = Callable[[], Awaitable[Any]]
+
+
+async def _raw_records(msg: Any) -> None:
+    """Decoder that decodes nothing: the delivery layer decodes each record itself, so a
+    poison message reaches it (and the dead-letter topic) instead of failing in FastStream."""
+    return None
+
+
+class Service:
+    def __init__(self, settings: RuntimeSettings, *, title: str, description: str) -> None:
+        self.settings = settings
+        configure_logging(settings.service_name, settings.log_level)
+        self.broker = make_broker(settings.kafka_bootstrap_servers, client_id=f"bzpeer-{settings.service_name}")
+        self.mongo = connect_store(settings.mongodb_uri)
+        self.db = self.mongo.get_database(settings.database_name)
+        self.publisher = EventPublisher(self.broker, settings.service_name, settings.topic_prefix)
+        self.metrics = Metrics(settings.service_name)
+        self.asyncapi = AsyncAPI(self.broker, title=f"bzpeer {settings.service_name}", description=description)
+        self._startup: list[Hook] = []
+        self._shutdown: list[Hook] = []
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.http = FastAPI(title=title, description=description, lifespan=self._lifespan)
+        self.http.state.jwt_verifier = JwtVerifier(settings)
+        self.http.state.service = self
+        self._add_operational_routes()
+
+    # --- wiring ---------------------------------------------------------------------
+
+    def consume(
+        self,
+        *topics: str,
+        handler: BatchHandler,
+        group: str | None = None,
+        max_records: int | None = None,
+        payload: type[BaseModel] | None = None,
+    ) -> None:
+        """Feed batches of the given topics to ``handler``; offsets are committed only
+        after it returned (see ``service_runtime.delivery``)."""
+        group_id = f"{self.settings.consumer_group}{'.' + group if group else ''}"
+        delivery = BatchDelivery(
+            handler=handler, publisher=self.publisher, metrics=self.metrics, settings=self.settings, group_id=group_id
+        )
+
+        async def on_batch(body: Any, message: KafkaMessage) -> None:
+            raw = message.raw_message
+            records: tuple[ConsumerRecord, ...] = raw if isinstance(raw, tuple) else (raw,)
+            await delivery.process(records, getattr(message, "consumer", None))
+
+        on_batch.__name__ = f"{self.settings.service_name}_{'_'.join(t.replace('.', '_') for t in topics)}"
+        self.broker.subscriber(
+            *(self.settings.physical_topic(t) for t in topics),
+            group_id=group_id,
+            batch=True,
+            max_records=max_records or self.settings.consumer_max_records,
+            batch_timeout_ms=self.settings.consumer_batch_timeout_ms,
+            auto_offset_reset="earliest",
+            # Commit only after the handler returned; on an unexpected error, seek back
+            # so the batch is delivered again (never committed past an unprocessed record).
+            ack_policy=AckPolicy.NACK_ON_ERROR,
+            decoder=_raw_records,
+            max_poll_interval_ms=600_000,
+            title=f"{self.settings.service_name}:{','.join(topics)}",
+        )(on_batch)
+
+    def produces(self, topic: str, *, schema: type[BaseModel] | None = None, description: str = "") -> None:
+        """Document an output topic in the AsyncAPI spec (publishing goes through ``publisher``)."""
+        self.broker.publisher(self.settings.physical_topic(topic), schema=schema, description=description or TOPICS[topic].description)
+
+    def on_startup(self, hook: Hook) -> None:
+        self._startup.append(hook)
+
+    def on_shutdown(self, hook: Hook) -> None:
+        self._shutdown.append(hook)
+
+    def background(self, factory: Callable[[], Awaitable[Any]]) -> None:
+        """A long-running task started after the broker (e.g. a sweeper), cancelled on stop."""
+        self._startup.append(lambda: self._spawn(factory))
+
+    async def _spawn(self, factory: Callable[[], Awaitable[Any]]) -> None:
+        self._tasks.append(asyncio.create_task(factory()))
+
+    # --- lifecycle ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        await ensure_topics(self.settings.kafka_bootstrap_servers, prefix=self.settings.topic_prefix)
+        await self.broker.start()
+        for hook in self._startup:
+            await hook()
+        log.info("service_started", database=self.settings.database_name, group=self.settings.consumer_group)
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        for task in self._tasks:
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        self._tasks.clear()
+        for hook in self._shutdown:
+            await hook()
+        await self.broker.stop()
+        await self.mongo.close()
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[Service]:
+        await self.start()
+        try:
+            yield self
+        finally:
+            await self.stop()
+
+    @contextlib.asynccontextmanager
+    async def _lifespan(self, app: FastAPI) -> AsyncIterator[None]:
+        async with self.running():
+            yield
+
+    def run(self) -> None:
+        """Serve HTTP and consume until stopped (SIGINT/SIGTERM)."""
+        uvicorn.run(self.http, host=self.settings.http_host, port=self.settings.http_port, log_config=None)
+
+    # --- operational HTTP -----------------------------------------------------------
+
+    def _add_operational_routes(self) -> None:
+        app = self.http
+
+        @app.get("/health", tags=["operations"], summary="Liveness: the process is up")
+        async def health() -> dict[str, str]:
+            return {"status": "ok", "service": self.settings.service_name}
+
+        @app.get("/ready", tags=["operations"], summary="Readiness: broker and store reachable")
+        async def ready(response: Response) -> dict[str, Any]:
+            broker_ok = await self._broker_reachable()
+            store_ok = await store_reachable(self.mongo)
+            if not (broker_ok and store_ok):
+                response.status_code = 503
+            return {"status": "ready" if broker_ok and store_ok else "not ready", "broker": broker_ok, "store": store_ok}
+
+        @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
+        async def metrics() -> Response:
+            return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
+
+        @app.get("/asyncapi.json", tags=["operations"], summary="AsyncAPI document of the topics")
+        async def asyncapi() -> Response:
+            return Response(self.asyncapi.to_specification().to_json(), media_type="application/json")
+
+    async def _broker_reachable(self) -> bool:
+        try:
+            return bool(await self.broker.ping(timeout=2.0))
+        except Exception:
+            return False

@@ -1,0 +1,49 @@
+"""Read a topic from offset 0 to its current end, without a consumer group (for replays,
+audits and tests)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+
+from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+
+
+async def iter_topic(bootstrap_servers: str, topic: str, batch: int = 2000) -> AsyncIterator[list[ConsumerRecord]]:
+    """Yield batches of records of every partition, up to the end offsets seen at the start."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap_servers, enable_auto_commit=False, auto_offset_reset="earliest",
+        group_id=None, max_partition_fetch_bytes=4 * 1024 * 1024,
+    )
+    await consumer.start()
+    try:
+        partitions = consumer.partitions_for_topic(topic)
+        if partitions is None:
+            await consumer._client.force_metadata_update()  # noqa: SLF001 - first call may lack metadata
+            partitions = consumer.partitions_for_topic(topic) or set()
+        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
+        if not tps:
+            return
+        consumer.assign(tps)
+        end = await consumer.end_offsets(tps)
+        await consumer.seek_to_beginning(*tps)
+        remaining = {tp for tp in tps if end[tp] > 0}
+        while remaining:
+            fetched = await consumer.getmany(*remaining, timeout_ms=1000, max_records=batch)
+            out: list[ConsumerRecord] = []
+            for tp, records in fetched.items():
+                for r in records:
+                    if r.offset < end[tp]:
+                        out.append(r)
+                if await consumer.position(tp) >= end[tp]:
+                    remaining.discard(tp)
+            if out:
+                yield out
+    finally:
+        await consumer.stop()
+
+
+async def read_topic(bootstrap_servers: str, topic: str) -> list[ConsumerRecord]:
+    records: list[ConsumerRecord] = []
+    async for chunk in iter_topic(bootstrap_servers, topic):
+        records.extend(chunk)
+    return records
