@@ -1,0 +1,71 @@
+# bzpeer: every command a newcomer needs. Everything installed lives under .local/.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .local/venv
+PY := $(VENV)/bin/python
+export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:9092
+export MONGODB_URI ?= mongodb://127.0.0.1:27017
+
+.PHONY: help venv infra-up infra-down infra-status topics test test-unit test-integration up down status demo schemas bench clean
+
+help:
+	@echo "make up          install what is missing, start Kafka, FerretDB and the four services, load the seed"
+	@echo "make down        stop everything make up started"
+	@echo "make test        install, start Kafka + FerretDB, run unit and integration tests"
+	@echo "make demo        play the seed story on a running system"
+	@echo "make infra-up    start only Kafka and FerretDB (infra-down, infra-status)"
+	@echo "make schemas     re-export the contracts' JSON Schemas"
+	@echo "make bench       run every benchmark under bench/ (needs infra-up)"
+
+$(VENV)/.installed: pyproject.toml
+	@command -v $(PYTHON) >/dev/null || { echo "python3 (>= 3.11) is required" >&2; exit 1; }
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[test]"
+	@touch $@
+
+venv: $(VENV)/.installed
+
+infra-up:
+	@scripts/infra.sh up
+
+infra-down:
+	@scripts/infra.sh down
+
+infra-status:
+	@scripts/infra.sh status
+
+topics: venv infra-up
+	$(PY) -m bzpeer_cli.main topics
+
+test: venv infra-up
+	$(PY) -m pytest
+
+test-unit: venv
+	$(PY) -m pytest tests/unit
+
+test-integration: venv infra-up
+	$(PY) -m pytest tests/integration
+
+up: venv infra-up
+	@scripts/services.sh up
+
+down:
+	@scripts/services.sh down
+	@scripts/infra.sh down
+
+status:
+	@scripts/infra.sh status
+	@scripts/services.sh status
+
+demo: venv
+	$(PY) -m bzpeer_cli.main demo
+
+schemas: venv
+	$(PY) -m contracts.schemas_io
+
+bench: venv infra-up
+	@for b in bench/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean: down
+	rm -rf .local

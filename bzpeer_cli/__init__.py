@@ -1,0 +1,1 @@
+"""The ``bzpeer`` command line: one entry point for running, importing, replaying and status."""

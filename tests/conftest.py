@@ -1,0 +1,101 @@
+"""Shared fixtures. Integration tests talk to the real Kafka broker and FerretDB that
+``make test`` starts (scripts/infra.sh); each test gets its own topics (a fresh topic
+prefix), its own databases and its own consumer groups, and removes them afterwards."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import pytest
+from pymongo import AsyncMongoClient
+
+from service_runtime.kafka import delete_topics
+from service_runtime.settings import RuntimeSettings
+from contracts.topics import TOPICS
+
+KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+MONGODB_URI = os.environ.get("MONGODB_URI", "mongodb://127.0.0.1:27017")
+T = TypeVar("T")
+
+
+def _reachable(address: str) -> bool:
+    host, _, port = address.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if "/integration/" in str(item.path) or "/e2e/" in str(item.path):
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture(scope="session")
+def infra() -> dict[str, str]:
+    """The real broker and store. Missing infrastructure is a failure, never a skip."""
+    mongo_hostport = MONGODB_URI.split("//", 1)[1].split("/", 1)[0]
+    missing = [name for name, addr in (("Kafka", KAFKA), ("FerretDB", mongo_hostport)) if not _reachable(addr)]
+    if missing:
+        pytest.fail(f"{', '.join(missing)} not reachable: run `make infra-up` (make test does it for you)")
+    return {"kafka": KAFKA, "mongodb": MONGODB_URI}
+
+
+class Namespace:
+    """One test's private slice of the real infrastructure."""
+
+    def __init__(self, infra: dict[str, str]) -> None:
+        self.id = uuid.uuid4().hex[:10]
+        self.topic_prefix = f"t{self.id}."
+        self.infra = infra
+        self.databases: list[str] = []
+
+    def settings(self, service_name: str, cls: type[RuntimeSettings] = RuntimeSettings, **overrides: Any) -> Any:
+        database = f"t{self.id}_{service_name}"
+        self.databases.append(database)
+        values: dict[str, Any] = dict(
+            service_name=service_name, environment="test", kafka_bootstrap_servers=self.infra["kafka"],
+            mongodb_uri=self.infra["mongodb"], mongodb_database=database, topic_prefix=self.topic_prefix,
+            consumer_group_prefix=f"t{self.id}", consumer_batch_timeout_ms=20, retry_max_delay_s=1.0,
+        )
+        values.update(overrides)
+        return cls(**values)
+
+    def topic(self, logical: str) -> str:
+        return self.topic_prefix + logical
+
+
+@pytest.fixture
+async def ns(infra: dict[str, str]) -> AsyncIterator[Namespace]:
+    namespace = Namespace(infra)
+    yield namespace
+    await delete_topics(infra["kafka"], [namespace.topic(t) for t in TOPICS])
+    client: AsyncMongoClient = AsyncMongoClient(infra["mongodb"])
+    try:
+        for db in set(namespace.databases):
+            await client.drop_database(db)
+    finally:
+        await client.close()
+
+
+async def eventually(
+    probe: Callable[[], Awaitable[T]], *, until: Callable[[T], bool] = bool, timeout: float = 30.0,
+    interval: float = 0.05, what: str = "condition",
+) -> T:
+    """Poll ``probe`` until ``until(result)`` holds; fail with the last result at the deadline."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        result = await probe()
+        if until(result):
+            return result
+        if loop.time() > deadline:
+            raise AssertionError(f"{what} not reached within {timeout}s; last value: {result!r}")
+        await asyncio.sleep(interval)
