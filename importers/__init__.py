@@ -1,0 +1,1 @@
+"""Importers: publish works and author records to publications.ingested."""
