@@ -38,6 +38,48 @@ def _cmd_token(args: argparse.Namespace) -> int:
     return 0
 
 
+SERVICE_PORTS = {"profile": 8001, "claims": 8002, "trust": 8003, "follow": 8004}
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    """Infra reachability, each service's readiness, and each consumer group's lag."""
+    import httpx
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    from service_runtime.offsets import group_progress
+
+    settings = RuntimeSettings()
+
+    async def gather() -> int:
+        healthy = True
+        for name, port in SERVICE_PORTS.items():
+            try:
+                r = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2)
+                state = "ready" if r.status_code == 200 else f"not ready {r.json()}"
+            except httpx.HTTPError:
+                state = "not running"
+            healthy &= state == "ready"
+            print(f"{name:8} 127.0.0.1:{port}  {state}")
+        admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
+        await admin.start()
+        try:
+            groups = sorted(g[0] for g in await admin.list_consumer_groups()
+                            if g[0].startswith(settings.consumer_group_prefix + "."))
+            described = {}
+            for g in groups:
+                offsets = await admin.list_consumer_group_offsets(g)
+                described[g] = sorted({tp.topic for tp in offsets})
+        finally:
+            await admin.close()
+        for group, topics in described.items():
+            progress = await group_progress(settings.kafka_bootstrap_servers, group, topics)
+            lag = sum(p.lag for p in progress)
+            print(f"group {group}: lag {lag} over {len(progress)} partitions of {', '.join(topics)}")
+        return 0 if healthy else 1
+
+    return asyncio.run(gather())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bzpeer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -48,6 +90,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run one service (HTTP + consumers) in the foreground")
     p.add_argument("service", choices=SERVICES)
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("status", help="show infra, service readiness and consumer lag")
+    p.set_defaults(func=_cmd_status)
 
     p = sub.add_parser("token", help="mint a development JWT for trying the HTTP API by hand")
     p.add_argument("--user", required=True, help="the user id (the token's subject)")
