@@ -43,6 +43,8 @@ class ClaimRequested(_ClaimCommand):
     event_type: ClassVar[str] = "ClaimRequested"
     user_id: Id
     evidence: Evidence = Evidence()
+    # The owner agrees that the public claim status of the record names them.
+    show_owner: bool = False
 
 
 class ClaimEvidenceSubmitted(_ClaimCommand):
