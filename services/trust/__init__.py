@@ -1,0 +1,1 @@
+"""The trust service: an explainable, deterministic trust score recomputed from events."""

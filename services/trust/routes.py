@@ -1,0 +1,99 @@
+"""HTTP reads: the current score with its breakdown, and the history of changes."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
+from pydantic import BaseModel
+
+from contracts.events.common import ID_PATTERN
+from services.trust.store import TrustStore
+
+router = APIRouter(prefix="/trust", tags=["trust"])
+AuthorId = Annotated[str, Path(pattern=ID_PATTERN, description="the author record's id")]
+
+
+def get_store(request: Request) -> TrustStore:
+    return request.app.state.trust_store
+
+
+Store = Annotated[TrustStore, Depends(get_store)]
+
+
+class Component(BaseModel):
+    name: str
+    signal: float
+    weight: float
+    cap: float
+    points: float
+
+
+class TrustView(BaseModel):
+    author_id: str
+    # "scored", or "pending": the profile registered the author and its first score is
+    # being computed (it appears within about a second); score and band are null until then.
+    status: str
+    score: int | None = None
+    band: str | None = None
+    verification_level: str | None = None
+    claimed: bool | None = None
+    components: list[Component] = []
+    formula_version: int | None = None
+    revision: int | None = None
+    recomputing: bool = False  # inputs changed since this score; a new one is on its way
+
+
+class HistoryEntry(BaseModel):
+    revision: int
+    score: int
+    band: str
+    previous_score: int | None
+    previous_band: str | None
+    verification_level: str
+    reason: str
+    formula_version: int
+    components: list[Component]
+    signals: dict[str, Any]  # the inputs the score was computed from
+    changed_at: Any
+    event_id: str
+
+
+class HistoryPage(BaseModel):
+    items: list[HistoryEntry]
+    next_cursor: int | None  # pass as ?cursor= for the next (older) page; null at the end
+
+
+async def _known_author(store: TrustStore, author_id: str) -> dict[str, Any]:
+    doc = await store.author(author_id)
+    if doc is None or "profile" not in doc:
+        raise HTTPException(404, f"unknown author {author_id!r}")
+    return doc
+
+
+@router.get("/{author_id}", response_model=TrustView, summary="Trust score, band, level and breakdown")
+async def get_trust(author_id: AuthorId, store: Store) -> TrustView:
+    doc = await _known_author(store, author_id)
+    score = doc.get("score")
+    if score is None:
+        return TrustView(author_id=author_id, status="pending", recomputing=True)
+    return TrustView(
+        author_id=author_id, status="scored", score=score["score"], band=score["band"],
+        verification_level=score["verification_level"], claimed=score["signals"]["claimed"],
+        components=score["components"], formula_version=score["formula_version"], revision=score["revision"],
+        recomputing=bool(doc.get("dirty")),
+    )
+
+
+@router.get("/{author_id}/history", response_model=HistoryPage, summary="Score changes, newest first")
+async def get_history(
+    author_id: AuthorId,
+    store: Store,
+    cursor: Annotated[int | None, Query(ge=1, description="next_cursor of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> HistoryPage:
+    await _known_author(store, author_id)
+    docs = await store.history_page(author_id, cursor, limit + 1)
+    items = [HistoryEntry(event_id=d["_id"], **{k: v for k, v in d.items() if k not in ("_id", "author_id")})
+             for d in docs[:limit]]
+    return HistoryPage(items=items, next_cursor=items[-1].revision if len(docs) > limit else None)
