@@ -20,12 +20,27 @@ class PartitionProgress:
         return max(0, self.end - self.committed)
 
 
+async def partitions_of(bootstrap_servers: str, topics: list[str]) -> list[TopicPartition]:
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        described = await admin.describe_topics(topics)
+    finally:
+        await admin.close()
+    return sorted(
+        TopicPartition(t["topic"], p["partition"]) for t in described if t["error_code"] == 0 for p in t["partitions"]
+    )
+
+
 async def end_offsets(bootstrap_servers: str, topics: list[str]) -> dict[TopicPartition, int]:
+    tps = await partitions_of(bootstrap_servers, topics)
+    if not tps:
+        return {}
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap_servers, group_id=None, enable_auto_commit=False)
     await consumer.start()
     try:
-        tps = [TopicPartition(t, p) for t in topics for p in sorted(consumer.partitions_for_topic(t) or ())]
-        return await consumer.end_offsets(tps) if tps else {}
+        consumer.assign(tps)  # a group-less consumer must own the partitions it asks about
+        return await consumer.end_offsets(tps)
     finally:
         await consumer.stop()
 

@@ -23,10 +23,11 @@ class Outgoing:
 
 
 class EventPublisher:
-    def __init__(self, broker: KafkaBroker, producer_name: str, topic_prefix: str = "") -> None:
+    def __init__(self, broker: KafkaBroker, producer_name: str, topic_prefix: str = "", enabled: bool = True) -> None:
         self.broker = broker
         self.producer_name = producer_name
         self.topic_prefix = topic_prefix
+        self.enabled = enabled
 
     def outgoing(
         self,
@@ -44,11 +45,13 @@ class EventPublisher:
     async def publish(self, messages: Sequence[Outgoing]) -> None:
         """Send all, then wait for every acknowledgement (acks=all). Re-sends all on a
         transient failure: duplicates carry the same event ids and handlers are idempotent."""
-        if messages:
+        if messages and self.enabled:
             await retry_transient(lambda: self._send_all(messages), what="publish")
 
     async def publish_raw(self, topic: str, key: bytes | None, value: bytes) -> None:
         """Send bytes as they are to a logical topic (dead letters, tests of bad input)."""
+        if not self.enabled:
+            return
 
         async def send() -> None:
             await self.broker.publish(value, self.topic_prefix + topic, key=key, headers=_HEADERS)

@@ -47,9 +47,14 @@ class Service:
         self.broker = make_broker(settings.kafka_bootstrap_servers, client_id=f"bzpeer-{settings.service_name}")
         self.mongo = connect_store(settings.mongodb_uri)
         self.db = self.mongo.get_database(settings.database_name)
-        self.publisher = EventPublisher(self.broker, settings.service_name, settings.topic_prefix)
+        self.publisher = EventPublisher(
+            self.broker, settings.service_name, settings.topic_prefix, enabled=settings.publish_enabled
+        )
         self.metrics = Metrics(settings.service_name)
         self.asyncapi = AsyncAPI(self.broker, title=f"bzpeer {settings.service_name}", description=description)
+        # (consumer group, logical topics) of every subscription: for status and replay.
+        self.inputs: list[tuple[str, tuple[str, ...]]] = []
+        self._drain: list[Hook] = []
         self._startup: list[Hook] = []
         self._shutdown: list[Hook] = []
         self._tasks: list[asyncio.Task[Any]] = []
@@ -71,6 +76,7 @@ class Service:
         """Feed batches of the given topics to ``handler``; offsets are committed only
         after it returned (see ``service_runtime.delivery``)."""
         group_id = f"{self.settings.consumer_group}{'.' + group if group else ''}"
+        self.inputs.append((group_id, tuple(str(t) for t in topics)))
         delivery = BatchDelivery(
             handler=handler, publisher=self.publisher, metrics=self.metrics, settings=self.settings, group_id=group_id
         )
@@ -102,6 +108,15 @@ class Service:
 
     def on_startup(self, hook: Hook) -> None:
         self._startup.append(hook)
+
+    def on_drain(self, hook: Hook) -> None:
+        """Work to finish once every input is consumed (e.g. recomputations still waiting
+        for their coalescing window); ``drain()`` runs it, e.g. at the end of a replay."""
+        self._drain.append(hook)
+
+    async def drain(self) -> None:
+        for hook in self._drain:
+            await hook()
 
     def on_shutdown(self, hook: Hook) -> None:
         self._shutdown.append(hook)

@@ -26,6 +26,9 @@ class RuntimeSettings(BaseSettings):
     # Prefix of every physical topic name ("" in production). Tests give each run its own
     # fresh set of topics this way; contracts always speak of the logical names.
     topic_prefix: str = ""
+    # False while a projection is rebuilt from the log (``bzpeer replay``): the log already
+    # holds every event the service published, so a rebuild must not publish them again.
+    publish_enabled: bool = True
     # Prefix for consumer group ids, so test runs or copies of the system don't share offsets.
     consumer_group_prefix: str = "bzpeer"
 

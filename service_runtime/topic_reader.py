@@ -5,24 +5,22 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRecord
+
+from service_runtime.offsets import partitions_of
 
 
 async def iter_topic(bootstrap_servers: str, topic: str, batch: int = 2000) -> AsyncIterator[list[ConsumerRecord]]:
     """Yield batches of records of every partition, up to the end offsets seen at the start."""
+    tps = await partitions_of(bootstrap_servers, [topic])
+    if not tps:
+        return
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap_servers, enable_auto_commit=False, auto_offset_reset="earliest",
         group_id=None, max_partition_fetch_bytes=4 * 1024 * 1024,
     )
     await consumer.start()
     try:
-        partitions = consumer.partitions_for_topic(topic)
-        if partitions is None:
-            await consumer._client.force_metadata_update()  # noqa: SLF001 - first call may lack metadata
-            partitions = consumer.partitions_for_topic(topic) or set()
-        tps = [TopicPartition(topic, p) for p in sorted(partitions)]
-        if not tps:
-            return
         consumer.assign(tps)
         end = await consumer.end_offsets(tps)
         await consumer.seek_to_beginning(*tps)
