@@ -19,6 +19,8 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import httpx
+
 from contracts.envelope import deterministic_event_id
 from contracts.topics import TOPICS, Topic
 from importers.checkpoint import AuthorProgress, Checkpoint, JsonFileCheckpoint
@@ -79,7 +81,10 @@ def parse_identifier(identifier: str) -> tuple[str, str]:
     """('orcid', '0000-...') or ('openalex', 'A...'); ValueError with a clear message otherwise."""
     raw = identifier.strip()
     if _BARE_ORCID.match(raw):
-        return "orcid", normalise_orcid(raw)  # raises on a wrong check digit
+        try:
+            return "orcid", normalise_orcid(raw)
+        except ValueError:
+            raise ValueError(f"{identifier!r}: the ORCID iD's check digit is wrong (ISO 7064 mod 11-2)") from None
     key = openalex_key(raw)
     if key and key.startswith("A"):
         return "openalex", key
@@ -95,33 +100,36 @@ async def import_author(
     progress: ProgressFn | None = stderr_progress,
     publisher: EventPublisher | None = None,
     sleep: Sleep = asyncio.sleep,
+    transport: httpx.AsyncBaseTransport | None = None,
+    restart: bool = False,
 ) -> ImportSummary:
     """Import every work of one author; resumable (see the module docstring).
 
     ``publisher``: an already started one (e.g. a service's); otherwise a broker is started
     for the import and stopped after it. ``checkpoint`` defaults to the JSON file named by
-    ``settings.import_state_path``.
+    ``settings.import_state_path``; ``restart`` ignores it and starts from page 1.
+    ``sleep`` and ``transport`` let tests observe waits and answer requests in memory.
     """
     settings = settings or ImporterSettings()
     kind, value = parse_identifier(identifier)  # fail before touching the network
     checkpoint = checkpoint or JsonFileCheckpoint(settings.import_state_path)
-    async with OpenAlexClient(settings, base_url=base_url, sleep=sleep) as client:
+    async with OpenAlexClient(settings, base_url=base_url, sleep=sleep, transport=transport) as client:
         if publisher is not None:
-            return await _run(client, publisher, kind, value, checkpoint, progress, settings)
+            return await _run(client, publisher, kind, value, checkpoint, progress, settings, restart)
         broker = make_broker(settings.kafka_bootstrap_servers, client_id="bzpeer-importer")
         spec = TOPICS[Topic.PUBLICATIONS_INGESTED]
         await ensure_topics(settings.kafka_bootstrap_servers, [spec], prefix=settings.topic_prefix)
         await broker.start()
         try:
             own = EventPublisher(broker, settings.service_name, settings.topic_prefix)
-            return await _run(client, own, kind, value, checkpoint, progress, settings)
+            return await _run(client, own, kind, value, checkpoint, progress, settings, restart)
         finally:
             await broker.stop()
 
 
 async def _run(
     client: OpenAlexClient, publisher: EventPublisher, kind: str, value: str, checkpoint: Checkpoint,
-    progress: ProgressFn | None, settings: ImporterSettings,
+    progress: ProgressFn | None, settings: ImporterSettings, restart: bool,
 ) -> ImportSummary:
     author = await (client.author_by_orcid(value) if kind == "orcid" else client.author_by_id(value))
     author_event, notes = map_author(author)
@@ -132,8 +140,9 @@ async def _run(
     correlation = f"{SOURCE}-import:{key}"
 
     state = checkpoint.load(key)
-    resumed_from = state.next_page if state and not state.completed and state.next_page > 1 else None
-    if state is None or state.completed:  # a finished import runs again from the start
+    resumable = state is not None and not state.completed and not restart
+    resumed_from = state.next_page if resumable and state.next_page > 1 else None
+    if not resumable:  # new, finished or restarted: from page 1
         state = AuthorProgress(per_page=settings.openalex_per_page)
     summary = ImportSummary(author_id=bzpeer_id(key), resumed_from_page=resumed_from)
 
@@ -195,3 +204,24 @@ def _map_page(publisher: EventPublisher, results: list, correlation: str) -> tup
             event_id=deterministic_event_id(SOURCE, work_id, mapped.updated_date),
         )
     return list(events.values()), skipped
+
+
+def run_import_command(identifier: str, *, settings: ImporterSettings | None = None, fresh: bool = False) -> int:
+    """What ``bzpeer import openalex <id>`` runs: import, print the summary, return an exit code
+    (0 done, 1 OpenAlex failed - run it again to resume -, 2 bad identifier). ``fresh``
+    forgets the checkpoint of this author and starts from page 1."""
+    from importers.openalex_client import OpenAlexError
+    from service_runtime.logging import configure_logging
+
+    settings = settings or ImporterSettings()
+    configure_logging(settings.service_name, settings.log_level)
+    try:
+        summary = asyncio.run(import_author(identifier, settings=settings, restart=fresh))
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except OpenAlexError as exc:
+        print(f"error: {exc}\nrun the same command again to resume from the last completed page", file=sys.stderr)
+        return 1
+    print(summary.line())
+    return 0

@@ -1,8 +1,8 @@
 """A polite OpenAlex HTTP client: rate limit, retries with backoff, Retry-After, paging.
 
 Paging is basic ``page``/``per_page`` (not ``cursor=*``): a page number is a checkpoint a
-person can read and resume from, the real recordings page this way, and OpenAlex answers
-cursor requests without an API key with 401 since 2026. The cost: basic paging reaches
+person can read and resume from, the real recordings page this way, and since OpenAlex began
+asking for API keys (2026) cursor paging without one is reported to be refused (401). The cost: basic paging reaches
 only the first 10,000 works of a list; the importer reports such an import as truncated.
 """
 

@@ -18,8 +18,9 @@ class ImporterSettings(RuntimeSettings):
     openalex_mailto: str | None = None
     # OpenAlex asks for a (free) API key on list requests since 2026; sent when set.
     openalex_api_key: str | None = None
-    # OpenAlex asks for <= 10 requests/s; half of it leaves room for other clients on the same key.
-    openalex_requests_per_second: float = Field(default=5.0, gt=0, le=10)
+    # The classic polite pool asks for <= 10 requests/s (keyed plans allow 100): half of 10 by
+    # default leaves room for other clients sharing the same mailto or key.
+    openalex_requests_per_second: float = Field(default=5.0, gt=0, le=100)
     # 100 is the largest page every documented version of the API accepts.
     openalex_per_page: int = Field(default=100, ge=1, le=100)
     openalex_timeout_s: float = Field(default=30.0, gt=0)
