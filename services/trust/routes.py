@@ -48,8 +48,8 @@ class HistoryEntry(BaseModel):
     revision: int
     score: int
     band: str
-    previous_score: int | None
-    previous_band: str | None
+    previous_score: int | None = None
+    previous_band: str | None = None
     verification_level: str
     reason: str
     formula_version: int

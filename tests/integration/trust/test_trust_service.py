@@ -1,0 +1,162 @@
+"""The trust service against the real broker and store: scores from events, coalesced,
+published only on change, with history over HTTP, and bad input that never moves a score."""
+
+from __future__ import annotations
+
+import json
+
+import httpx
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from contracts.envelope import Envelope
+from contracts.events.follows import AuthorFollowed
+from contracts.topics import Topic, dlq_topic
+from service_runtime.topic_reader import read_topic
+from services.trust.app import build_service
+from services.trust.settings import TrustSettings
+from tests.conftest import Namespace, eventually
+from tests.integration.trust.helpers import (
+    approved, followers, registered, send, send_envelopes, send_raw, trust_events, work_added,
+)
+
+
+@pytest.fixture
+async def producer(ns: Namespace):
+    p = AIOKafkaProducer(bootstrap_servers=ns.infra["kafka"], enable_idempotence=True, linger_ms=5)
+    await p.start()
+    yield p
+    await p.stop()
+
+
+def trust(ns: Namespace, **overrides):
+    return build_service(ns.settings("trust", cls=TrustSettings, **overrides))
+
+
+def http(service) -> httpx.AsyncClient:
+    return httpx.AsyncClient(transport=httpx.ASGITransport(service.http), base_url="http://trust")
+
+
+async def events_for(ns: Namespace, author_id: str, n: int) -> list[dict]:
+    return await eventually(lambda: _of(ns, author_id), until=lambda e: len(e) >= n, what=f"{n} TrustScoreChanged")
+
+
+async def _of(ns: Namespace, author_id: str) -> list[dict]:
+    return [e for e in await trust_events(ns) if e["data"]["author_id"] == author_id]
+
+
+async def test_seed_profile_scores_21_then_claim_raises_it_with_history(ns: Namespace, producer) -> None:
+    service = trust(ns)
+    async with service.running(), http(service) as client:
+        [cause] = await send(producer, ns, registered("quoc"))
+        [first] = await events_for(ns, "quoc", 1)
+        assert first["data"] | {"components": None} == first["data"] | {
+            "score": 21, "band": "Emerging", "verification_level": "L1", "previous_score": None,
+            "reason": "first score", "formula_version": 1, "revision": 1, "components": None}
+        view = (await client.get("/trust/quoc")).json()
+        assert (view["status"], view["score"], view["band"], view["verification_level"], view["claimed"]) == (
+            "scored", 21, "Emerging", "L1", False)
+        assert {c["name"]: c["points"] for c in view["components"]}["recent_works"] == 6.0
+
+        await send(producer, ns, approved("quoc", level="L2"))
+        second = (await events_for(ns, "quoc", 2))[1]["data"]
+        assert (second["score"], second["previous_score"], second["verification_level"]) == (38, 21, "L2")
+        assert "claimed" in second["reason"] and "verification level L1 -> L2" in second["reason"]
+
+        await send(producer, ns, work_added("quoc", 2, extra_2024=1))
+        third = (await events_for(ns, "quoc", 3))[2]["data"]
+        assert (third["score"], third["previous_score"]) == (39, 38)
+        assert "recent works 12 -> 13" in third["reason"]
+
+        page1 = (await client.get("/trust/quoc/history", params={"limit": 2})).json()
+        assert [i["score"] for i in page1["items"]] == [39, 38] and page1["next_cursor"] == 2
+        page2 = (await client.get("/trust/quoc/history", params={"limit": 2, "cursor": page1["next_cursor"]})).json()
+        assert [i["score"] for i in page2["items"]] == [21] and page2["next_cursor"] is None
+        assert page2["items"][0]["signals"]["works_count"] == 28  # the inputs are kept with each change
+
+        assert (await client.get("/trust/nobody")).status_code == 404
+        assert (await client.get("/trust/nobody/history")).status_code == 404
+        assert (await client.get("/trust/quoc/history", params={"limit": 0})).status_code == 422
+        assert (await client.get("/trust/quoc/history", params={"cursor": "abc"})).status_code == 422
+        assert (await client.get("/trust/bad id!")).status_code == 422
+
+
+async def test_a_burst_of_500_works_is_one_recomputation_and_one_event(ns: Namespace, producer) -> None:
+    service = trust(ns)
+    async with service.running():
+        await send(producer, ns, registered("burst"))
+        await events_for(ns, "burst", 1)
+        before = service.recomputer.recomputations
+        await send(producer, ns, *[work_added("burst", r, extra_2024=r - 1) for r in range(2, 502)])
+        await events_for(ns, "burst", 2)
+        doc = await eventually(lambda: service.trust_store.author("burst"),
+                               until=lambda d: d["profile"]["revision"] == 501 and not d.get("dirty"))
+        assert service.recomputer.recomputations - before == 1
+        # A follower count that does not move the score is recomputed but publishes nothing...
+        await send(producer, ns, followers("burst", 0, 1))
+        await eventually(lambda: service.trust_store.author("burst"),
+                         until=lambda d: "followers" in d and not d.get("dirty"))
+        assert service.recomputer.recomputations - before == 2
+        # ...so the claim's event comes right after the burst's one.
+        await send(producer, ns, approved("burst"))
+        events = await events_for(ns, "burst", 3)
+    assert [e["data"]["revision"] for e in events] == [1, 2, 3]
+    burst_event = events[1]["data"]
+    # 500 more works from 2024: works 28 -> 528 (capped at 150: 15 points), recent 12 -> 512 (capped: 20)
+    assert (burst_event["previous_score"], burst_event["score"]) == (21, 47)  # 21.0 - 2.8 + 15 - 6.0 + 20 = 47.2
+    assert events[2]["data"]["previous_score"] == burst_event["score"]
+
+
+async def test_duplicates_and_stale_revisions_never_move_the_score(ns: Namespace, producer) -> None:
+    service = trust(ns)
+    async with service.running():
+        newest = work_added("a1", 3, extra_2024=2)
+        envs = await send(producer, ns, registered("a1"), newest)
+        await send_envelopes(producer, ns, envs)  # the same two events again (redelivery)
+        await send(producer, ns, work_added("a1", 2, extra_2024=1))  # an older state, late
+        await send(producer, ns, followers("a1", 900, 5), followers("a1", 2, 4))  # count 2 is older
+        await eventually(lambda: service.trust_store.author("a1"),
+                         until=lambda d: d and d.get("followers") and not d.get("dirty") and "score" in d)
+        doc = await service.trust_store.author("a1")
+    assert doc["profile"]["revision"] == 3 and doc["followers"] == {"revision": 5, "count": 900}
+    assert doc["score"]["signals"]["works_count"] == 30 and doc["score"]["signals"]["followers"] == 900
+    published = await _of(ns, "a1")
+    assert len({e["event_id"] for e in published}) == len(published) == doc["score"]["revision"]
+
+
+async def test_signals_before_the_profile_are_kept_and_the_author_is_scored_only_once_registered(
+        ns: Namespace, producer) -> None:
+    service = trust(ns)
+    async with service.running(), http(service) as client:
+        await send(producer, ns, followers("early", 25, 1), approved("early", level="L3"),
+                   AuthorFollowed(author_id="early", user_id="u9", count=26))
+        await eventually(lambda: service.trust_store.author("early"), until=lambda d: d and "claim" in d)
+        assert (await client.get("/trust/early")).status_code == 404  # no record of this author yet
+        assert await _of(ns, "early") == []
+        await send(producer, ns, registered("early"))
+        [event] = await events_for(ns, "early", 1)
+    assert event["data"]["verification_level"] == "L3"
+    assert {c["name"]: c["signal"] for c in event["data"]["components"]}["followers"] == 25
+
+
+async def test_impossible_values_are_dead_lettered_or_dropped_never_scored(ns: Namespace, producer) -> None:
+    service = trust(ns)
+    async with service.running():
+        bad = json.loads(Envelope.wrap(registered("bad"), producer="test").to_bytes())
+        bad["data"]["author"]["works_count"] = -4
+        await send_raw(producer, ns, Topic.PROFILE_EVENTS, json.dumps(bad).encode(), "bad")
+        level = json.loads(Envelope.wrap(followers("bad", 3, 1), producer="test").to_bytes())
+        level["data"]["count"] = -3
+        await send_raw(producer, ns, Topic.FOLLOWS_EVENTS, json.dumps(level).encode(), "bad")
+        # Negative per-year counts pass the contract: the domain drops them.
+        await send(producer, ns, registered("odd", works_by_year={"2020": 16, "2022": -40, "2023": 1},
+                                            works_count=17))
+        [event] = await events_for(ns, "odd", 1)
+        dead = await eventually(lambda: read_topic(ns.infra["kafka"], ns.topic(dlq_topic(Topic.PROFILE_EVENTS))),
+                                until=lambda r: len(r) >= 1)
+        dead_follows = await eventually(
+            lambda: read_topic(ns.infra["kafka"], ns.topic(dlq_topic(Topic.FOLLOWS_EVENTS))), until=lambda r: len(r) >= 1)
+        assert await service.trust_store.author("bad") is None
+    assert "works_count" in json.loads(dead[0].value)["error"]
+    assert "count" in json.loads(dead_follows[0].value)["error"]
+    assert {c["name"]: c["signal"] for c in event["data"]["components"]}["recent_works"] == 1
