@@ -1,0 +1,1 @@
+"""The profile service: author records, works, and the profile page's read model."""

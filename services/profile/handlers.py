@@ -1,0 +1,107 @@
+"""Batch handlers: decode -> plan (pure) -> bulk write with outbox -> publish -> clear outbox."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from contracts.envelope import Envelope, EventModel
+from contracts.events.publications import AuthorImported, WorkIngested
+from service_runtime.delivery import Incoming
+from service_runtime.logging import get_logger
+from service_runtime.publishing import EventPublisher, Outgoing
+from services.profile.ingest import AuthorRecord, authors_touched, plan_batch
+from services.profile.settings import ProfileSettings
+from services.profile.standing import merge, newest, standing_update
+from services.profile.store import ProfileStore, WriteConflict
+
+log = get_logger(__name__)
+
+
+def to_outbox(out: Outgoing) -> dict[str, Any]:
+    return {"topic": out.topic, "key": out.key, "envelope": out.envelope.model_dump(mode="json")}
+
+
+def from_outbox(item: dict[str, Any]) -> Outgoing:
+    return Outgoing(item["topic"], item["key"], Envelope.model_validate(item["envelope"]))
+
+
+class IngestPublications:
+    """``publications.ingested`` -> works and author records, events on ``profile.events``.
+
+    Exactly-once effects without transactions: each changed author document is written
+    together with its outbox (the events of that change) in one single-document
+    replace; the events are published, then the outbox is cleared. If the process dies
+    in between, the redelivered batch touches the same authors, finds nothing new to
+    change, and publishes what their outboxes still hold (same event ids); the startup
+    sweep (``flush_pending``) publishes outboxes of batches that are never redelivered.
+    """
+
+    def __init__(self, store: ProfileStore, publisher: EventPublisher, settings: ProfileSettings) -> None:
+        self.store = store
+        self.publisher = publisher
+        self.settings = settings
+
+    async def __call__(self, batch: Sequence[Incoming]) -> None:
+        items = [(i.envelope, i.payload) for i in batch if isinstance(i.payload, (WorkIngested, AuthorImported))]
+        if not items:
+            return
+        for attempt in range(1, self.settings.write_conflict_attempts + 1):
+            try:
+                touched = await self._apply(items)
+                break
+            except WriteConflict as exc:
+                log.info("write_conflict_replanning", attempt=attempt, error=str(exc))
+                if attempt == self.settings.write_conflict_attempts:
+                    raise
+        await self._publish(touched)
+
+    async def _apply(self, items: list[tuple[Envelope, EventModel]]) -> list[AuthorRecord]:
+        stored = await self.store.load_works(d.work.work_id for _, d in items if isinstance(d, WorkIngested))
+        records = await self.store.load_authors(authors_touched(items, stored))
+        plan = plan_batch(items, records, stored, min_shared_works=self.settings.close_collaborator_min_shared_works)
+        for event in plan.events:
+            out = self.publisher.outgoing(event.payload, cause=event.cause, event_id=event.event_id)
+            plan.authors[event.payload.key()].outbox.append(to_outbox(out))
+        # Authors before works: a redelivery re-reads the old works document and so still
+        # knows which authors a corrected author list dropped.
+        await self.store.write_authors(plan.changed_authors, plan.read_revisions)
+        await self.store.write_works(plan.works)
+        return [record for record in plan.authors.values() if record.outbox]
+
+    async def _publish(self, records: list[AuthorRecord]) -> None:
+        await self.publisher.publish([from_outbox(item) for record in records for item in record.outbox])
+        await self.store.clear_outboxes({r.author_id: r.outbox_token for r in records if r.outbox_token})
+
+    async def flush_pending(self) -> int:
+        """Publish every outbox left behind (a crash between write and publish)."""
+        flushed = 0
+        while pending := await self.store.pending_outboxes():
+            await self._publish(pending)
+            flushed += len(pending)
+        if flushed:
+            log.info("outboxes_flushed", authors=flushed)
+        return flushed
+
+
+class RecordStanding:
+    """``claims.events``, ``trust.events``, ``follows.events`` -> the ``standing`` projection."""
+
+    def __init__(self, store: ProfileStore, settings: ProfileSettings) -> None:
+        self.store = store
+        self.settings = settings
+
+    async def __call__(self, batch: Sequence[Incoming]) -> None:
+        updates = newest([u for i in batch if (u := standing_update(i.payload)) is not None])
+        if not updates:
+            return
+        for attempt in range(1, self.settings.write_conflict_attempts + 1):
+            try:
+                held = await self.store.load_standing(updates)
+                docs = [doc for a, parts in updates.items() if (doc := merge(a, held.get(a), parts)) is not None]
+                await self.store.write_standing(docs, {a: d.get("version") for a, d in held.items()})
+                return
+            except WriteConflict as exc:
+                log.info("write_conflict_replanning", attempt=attempt, error=str(exc))
+                if attempt == self.settings.write_conflict_attempts:
+                    raise

@@ -1,0 +1,196 @@
+"""Planning one batch of ``publications.ingested``: pure, no broker, no driver.
+
+Given the batch (in partition order), the author records and stored works it touches,
+``plan_batch`` decides every change and the event each change publishes. A batch of
+500 works for 100 authors becomes: one read of the works, one read of the authors, one
+bulk write of the changed authors (each with its outbox), one bulk write of the works.
+
+Per author, every change increments ``revision`` by one and yields one event carrying
+the state after that change: ``AuthorRegistered`` (first sight), ``WorkAdded`` /
+``WorkUpdated`` (with the work's summary), ``AuthorUpdated`` (identity changed, or the
+author was dropped from a corrected work's author list).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from contracts.envelope import Envelope, EventModel, deterministic_event_id
+from contracts.events import profile as ev
+from contracts.events.publications import AuthorImported, Work, WorkIngested
+from services.profile.derive import derive_state, name_keys, work_entry, work_fingerprint
+
+IDENTITY_FIELDS = ("display_name", "description", "affiliation", "orcid", "open_to_collaborate")
+
+
+@dataclass(slots=True)
+class AuthorRecord:
+    """An author document as the planner sees it (see store.py for its stored shape)."""
+
+    author_id: str
+    identity: dict[str, Any]
+    entries: list[dict[str, Any]]
+    revision: int = 0
+    state: dict[str, Any] | None = None
+    outbox: list[dict[str, Any]] = field(default_factory=list)
+    outbox_token: str | None = None
+    changed: bool = False
+
+    @classmethod
+    def from_doc(cls, doc: dict[str, Any]) -> AuthorRecord:
+        return cls(
+            author_id=doc["_id"], identity={k: doc.get(k) for k in IDENTITY_FIELDS} | {"author_id": doc["_id"]},
+            entries=list(doc.get("works", [])), revision=doc.get("revision", 0), state=doc.get("state"),
+            outbox=list(doc.get("outbox") or []), outbox_token=doc.get("outbox_token"),
+        )
+
+    def to_doc(self, outbox_token: str) -> dict[str, Any]:
+        identity = {k: self.identity.get(k) for k in IDENTITY_FIELDS}
+        return {
+            "_id": self.author_id, **identity, "name_keys": name_keys(identity["display_name"]),
+            "works": self.entries, "revision": self.revision, "state": self.state,
+            "outbox": self.outbox, "outbox_token": outbox_token,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedEvent:
+    payload: EventModel
+    cause: Envelope
+    event_id: uuid.UUID
+
+
+@dataclass(slots=True)
+class BatchPlan:
+    authors: dict[str, AuthorRecord]
+    works: dict[str, dict[str, Any]]  # work_id -> stored work document, changed ones only
+    events: list[PlannedEvent]
+    # Author id -> revision it had when read (None: new), for the optimistic write.
+    read_revisions: dict[str, int | None]
+
+    @property
+    def changed_authors(self) -> list[AuthorRecord]:
+        return [a for a in self.authors.values() if a.changed]
+
+
+def work_summary(work: Work) -> dict[str, Any]:
+    return {"work_id": work.work_id, "type": work.type, "year": work.year, "title": work.title,
+            "venue": work.venue, "external_ids": work.external_ids.model_dump(mode="json")}
+
+
+def work_document(work: Work, fingerprint: str) -> dict[str, Any]:
+    return {"_id": work.work_id, "fingerprint": fingerprint, "work": work.model_dump(mode="json"),
+            "author_ids": [a.author_id for a in work.authors]}
+
+
+class _Planner:
+    def __init__(self, authors: dict[str, AuthorRecord], works: dict[str, dict[str, Any]], min_shared_works: int) -> None:
+        self.authors = authors
+        self.stored_works = works
+        self.changed_works: dict[str, dict[str, Any]] = {}
+        self.min_shared = min_shared_works
+        self.events: list[PlannedEvent] = []
+        self.read_revisions = {a: r.revision if r.revision else None for a, r in authors.items()}
+
+    def _record(self, author_id: str) -> AuthorRecord | None:
+        return self.authors.get(author_id)
+
+    def _emit(self, record: AuthorRecord, event_type: str, cause: Envelope, work: Work | None = None) -> None:
+        record.revision += 1
+        record.changed = True
+        record.state = derive_state(record.identity, record.entries, record.revision, self.min_shared)
+        state = ev.AuthorState.model_validate(record.state)
+        payload: EventModel
+        if event_type in ("WorkAdded", "WorkUpdated"):
+            assert work is not None
+            cls = ev.WorkAdded if event_type == "WorkAdded" else ev.WorkUpdated
+            payload = cls(author_id=record.author_id, author=state, work=ev.WorkSummary.model_validate(work_summary(work)))
+        else:
+            cls = ev.AuthorRegistered if event_type == "AuthorRegistered" else ev.AuthorUpdated
+            payload = cls(author_id=record.author_id, author=state)
+        event_id = deterministic_event_id(cause.event_id, event_type, record.author_id)
+        self.events.append(PlannedEvent(payload, cause, event_id))
+
+    def _register(self, author_id: str, identity: dict[str, Any], cause: Envelope) -> AuthorRecord:
+        record = AuthorRecord(author_id=author_id, identity={"author_id": author_id, **identity}, entries=[])
+        self.authors[author_id] = record
+        self._emit(record, "AuthorRegistered", cause)
+        return record
+
+    def author_imported(self, data: AuthorImported, cause: Envelope) -> None:
+        identity = {k: getattr(data, k) for k in IDENTITY_FIELDS}
+        identity["affiliation"] = data.affiliation.model_dump(mode="json") if data.affiliation else None
+        record = self._record(data.author_id)
+        if record is None:
+            self._register(data.author_id, identity, cause)
+            return
+        if any(record.identity.get(k) != v for k, v in identity.items()):
+            record.identity.update(identity)
+            self._emit(record, "AuthorUpdated", cause)
+
+    def work_ingested(self, data: WorkIngested, cause: Envelope) -> None:
+        work = data.work
+        fingerprint = work_fingerprint(work)
+        previous = self.changed_works.get(work.work_id) or self.stored_works.get(work.work_id)
+        for author in work.authors:
+            record = self._record(author.author_id)
+            if record is None:
+                record = self._register(
+                    author.author_id,
+                    {"display_name": author.display_name, "description": None, "affiliation": None,
+                     "orcid": author.orcid, "open_to_collaborate": False},
+                    cause,
+                )
+            elif author.orcid and not record.identity.get("orcid"):
+                record.identity["orcid"] = author.orcid  # an iD seen on a work links the record
+            entry = work_entry(work, author.author_id, fingerprint)
+            position = next((i for i, e in enumerate(record.entries) if e["id"] == work.work_id), None)
+            if position is None:
+                record.entries.append(entry)
+                self._emit(record, "WorkAdded", cause, work)
+            elif record.entries[position] != entry:
+                record.entries[position] = entry
+                self._emit(record, "WorkUpdated", cause, work)
+        # A corrected author list: whoever was dropped loses the work from their record.
+        current = {a.author_id for a in work.authors}
+        for dropped in (previous or {}).get("author_ids", []):
+            record = self._record(dropped)
+            if dropped in current or record is None:
+                continue
+            kept = [e for e in record.entries if e["id"] != work.work_id]
+            if len(kept) != len(record.entries):
+                record.entries = kept
+                self._emit(record, "AuthorUpdated", cause)
+        if previous is None or previous.get("fingerprint") != fingerprint:
+            self.changed_works[work.work_id] = work_document(work, fingerprint)
+
+
+def authors_touched(batch: list[tuple[Envelope, EventModel]], stored_works: dict[str, dict[str, Any]]) -> set[str]:
+    """Every author a batch may change: a work's authors, its previous authors, imported authors."""
+    ids: set[str] = set()
+    for _, data in batch:
+        if isinstance(data, WorkIngested):
+            ids.update(a.author_id for a in data.work.authors)
+            ids.update(stored_works.get(data.work.work_id, {}).get("author_ids", []))
+        elif isinstance(data, AuthorImported):
+            ids.add(data.author_id)
+    return ids
+
+
+def plan_batch(
+    batch: list[tuple[Envelope, EventModel]],
+    authors: dict[str, AuthorRecord],
+    stored_works: dict[str, dict[str, Any]],
+    *,
+    min_shared_works: int,
+) -> BatchPlan:
+    """Apply the batch in order to the records read; the records are changed in place."""
+    planner = _Planner(authors, stored_works, min_shared_works)
+    for cause, data in batch:
+        if isinstance(data, WorkIngested):
+            planner.work_ingested(data, cause)
+        elif isinstance(data, AuthorImported):
+            planner.author_imported(data, cause)
+    return BatchPlan(planner.authors, planner.changed_works, planner.events, planner.read_revisions)

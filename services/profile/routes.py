@@ -1,0 +1,95 @@
+"""HTTP for the web app: the profile page, works paging, name search, and the work import."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
+
+from contracts.events.common import ID_PATTERN
+from contracts.events.publications import Work, WorkIngested
+from service_runtime.auth import IMPORTER, CurrentUser, require_role
+from service_runtime.publishing import EventPublisher
+from services.profile.derive import fold_name
+from services.profile.page import BadCursor, author_page, page_slice, works_page
+from services.profile.store import ProfileStore
+
+router = APIRouter(tags=["profile"])
+
+AuthorId = Annotated[str, Path(pattern=ID_PATTERN, description="the author record's id, e.g. seed:quoc-v-le")]
+
+
+def get_store(request: Request) -> ProfileStore:
+    return request.app.state.profile_store
+
+
+def get_publisher(request: Request) -> EventPublisher:
+    return request.app.state.service.publisher
+
+
+def get_page_works(request: Request) -> int:
+    return request.app.state.service.settings.page_works
+
+
+Store = Annotated[ProfileStore, Depends(get_store)]
+
+
+async def _registered(store: ProfileStore, author_id: str) -> dict[str, Any]:
+    doc = await store.author(author_id)
+    if doc is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no author record with id {author_id!r}")
+    return doc
+
+
+@router.get("/authors/{author_id}", summary="The author's profile page")
+async def get_author(author_id: AuthorId, store: Store, page_works: Annotated[int, Depends(get_page_works)]) -> dict[str, Any]:
+    doc = await _registered(store, author_id)
+    shown, next_cursor = page_slice(doc.get("works", []), None, page_works)
+    standing = await store.standing_of(author_id)
+    works = await store.works_by_id([e["id"] for e in shown])
+    return author_page(doc, standing, works_page(shown, works, next_cursor))
+
+
+@router.get("/authors/{author_id}/works", summary="The author's works, newest first, by cursor")
+async def get_author_works(
+    author_id: AuthorId,
+    store: Store,
+    cursor: Annotated[str | None, Query(max_length=400, description="next_cursor of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> dict[str, Any]:
+    doc = await _registered(store, author_id)
+    try:
+        shown, next_cursor = page_slice(doc.get("works", []), cursor, limit)
+    except BadCursor as exc:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from None
+    works = await store.works_by_id([e["id"] for e in shown])
+    return {"author_id": author_id, **works_page(shown, works, next_cursor)}
+
+
+@router.get("/authors", summary="Find authors by name prefix (case- and accent-insensitive)")
+async def search_authors(
+    store: Store,
+    q: Annotated[str, Query(min_length=1, max_length=100, description="start of a name or of any of its words")],
+    limit: Annotated[int, Query(ge=1, le=50)] = 20,
+) -> dict[str, Any]:
+    folded = fold_name(q)
+    if not folded:
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "q must contain a letter or digit")
+    found = await store.search(folded, limit)
+    return {"query": q, "items": [
+        {"author_id": d["_id"], "display_name": d["display_name"], "affiliation": d.get("affiliation"),
+         "works_count": d.get("state", {}).get("works_count", 0)} for d in found
+    ]}
+
+
+@router.post("/works", status_code=status.HTTP_202_ACCEPTED, summary="Import a work (role: importer)")
+async def import_work(
+    work: Work, user: CurrentUser, publisher: Annotated[EventPublisher, Depends(get_publisher)]
+) -> dict[str, Any]:
+    """Validates the work and publishes ``WorkIngested`` to ``publications.ingested`` (keyed
+    by the first author); the record changes when the profile consumer handles it."""
+    require_role(user, IMPORTER)
+    event = WorkIngested(author_id=work.authors[0].author_id, work=work, source="http-import")
+    out = publisher.outgoing(event, correlation_id=f"http-import:{user.user_id}")
+    await publisher.publish([out])
+    return {"event_id": str(out.envelope.event_id), "work_id": work.work_id, "author_id": event.author_id}

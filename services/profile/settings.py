@@ -1,0 +1,20 @@
+"""Settings of the profile service (environment variables, see RuntimeSettings)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from service_runtime.settings import RuntimeSettings
+
+
+class ProfileSettings(RuntimeSettings):
+    service_name: str = "profile"
+    http_port: int = 8001
+    # A co-author is a close collaborator from this many shared works on. 5 is the
+    # threshold that reproduces the seed page's "4 close collaborators" from the real
+    # co-author lists (see README.md).
+    close_collaborator_min_shared_works: int = Field(default=5, ge=1)
+    # Works shown on the page itself; the rest are paged through /authors/{id}/works.
+    page_works: int = Field(default=20, ge=1, le=100)
+    # How often an optimistic write is retried when another writer changed the same author.
+    write_conflict_attempts: int = Field(default=8, ge=1)
