@@ -1,0 +1,128 @@
+"""Claims through the real broker and store: evidence, review, waiting for authors, replays."""
+
+from __future__ import annotations
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from contracts.events.claims import (
+    ClaimEvidenceSubmitted,
+    ClaimRequested,
+    ClaimReviewed,
+    ClaimWithdrawn,
+    Evidence,
+)
+from tests.conftest import Namespace, eventually
+from tests.integration.claims.helpers import (
+    ORCID,
+    author_registered,
+    authors_known,
+    claim_events,
+    claims_service,
+    command,
+    events_until,
+    of_type,
+    send,
+)
+
+EMAIL_OK = Evidence(email="qvl@cs.stanford.edu", email_verified=True)
+
+
+@pytest.fixture
+async def producer(ns: Namespace):
+    p = AIOKafkaProducer(bootstrap_servers=ns.infra["kafka"], enable_idempotence=True, linger_ms=5)
+    await p.start()
+    yield p
+    await p.stop()
+
+
+async def test_lifecycle_auto_approval_review_and_revocation(ns: Namespace, producer) -> None:
+    service = claims_service(ns)
+    async with service.running():
+        await send(producer, ns, author_registered("a1"), author_registered("a2"))
+        await authors_known(service, "a1", "a2")
+        await send(producer, ns,
+                   command(ClaimRequested(claim_id="c1", author_id="a1", user_id="u1", evidence=EMAIL_OK)),
+                   command(ClaimRequested(claim_id="c2", author_id="a2", user_id="u2",
+                                          evidence=Evidence(statement="my thesis is on my page"))))
+        events = await events_until(ns, lambda ev: of_type(ev, "ClaimApproved", "c1") and of_type(ev, "ClaimNeedsReview", "c2"),
+                                    "c1 approved, c2 under review")
+        approved = of_type(events, "ClaimApproved", "c1")[0]["data"]
+        assert approved["verification_level"] == "L2"
+        assert approved["author_claim"] | {"since": None} == {
+            "claimed": True, "owner_user_id": "u1", "claim_id": "c1", "verification_level": "L2", "since": None,
+            "revision": 2}
+        level = [e for e in events if e["event_type"] == "VerificationLevelChanged"]
+        assert [(e["data"]["author_id"], e["data"]["previous_level"], e["data"]["verification_level"]) for e in level] == [
+            ("a1", None, "L2")]
+
+        await send(producer, ns,
+                   command(ClaimEvidenceSubmitted(claim_id="c2", author_id="a2", user_id="u2",
+                                                  evidence=Evidence(orcid=ORCID, orcid_authenticated=True))),
+                   command(ClaimReviewed(claim_id="c1", author_id="a1", reviewer_id="rev", decision="approve",
+                                         reason="checked the faculty page")))
+        events = await events_until(ns, lambda ev: of_type(ev, "ClaimApproved", "c2") and len(of_type(ev, "ClaimApproved", "c1")) == 2,
+                                    "c2 upgraded by evidence, c1 confirmed L3")
+        assert of_type(events, "ClaimApproved", "c2")[0]["data"]["verification_level"] == "L2"
+        assert of_type(events, "ClaimApproved", "c1")[1]["data"]["verification_level"] == "L3"
+
+        await send(producer, ns, command(ClaimReviewed(claim_id="c1", author_id="a1", reviewer_id="rev",
+                                                       decision="revoke", reason="impostor")))
+        events = await events_until(ns, lambda ev: of_type(ev, "ClaimRevoked", "c1"), "c1 revoked")
+        revoked = of_type(events, "ClaimRevoked", "c1")[0]["data"]
+        assert revoked["reason"] == "impostor" and revoked["author_claim"]["claimed"] is False
+        assert revoked["author_claim"]["revision"] == 4
+        levels = [(e["data"]["previous_level"], e["data"]["verification_level"])
+                  for e in events if e["event_type"] == "VerificationLevelChanged" and e["data"]["author_id"] == "a1"]
+        assert levels == [(None, "L2"), ("L2", "L3"), ("L3", None)]
+
+        doc = await service.db.claims.find_one({"_id": "c1"})
+        assert doc["status"] == "revoked" and doc["reason"] == "impostor" and doc["outbox"] == []
+        assert [h["event"] for h in doc["history"]] == ["requested", "reviewer_approved", "revoked"]
+        author = await service.db.authors.find_one({"_id": "a1"})
+        assert author["claim"]["claimed"] is False and author["claim"]["revision"] == 4
+        assert await service.db.user_slots.find_one({"_id": "approved:u1"}) == {"_id": "approved:u1", "holders": [], "count": 0}
+
+
+async def test_claim_waits_for_its_author_then_expires_or_is_decided(ns: Namespace, producer) -> None:
+    service = claims_service(ns, pending_author_timeout_s=2.0)
+    async with service.running():
+        await send(producer, ns,
+                   command(ClaimRequested(claim_id="early", author_id="late-author", user_id="u1", evidence=EMAIL_OK)),
+                   command(ClaimRequested(claim_id="never", author_id="ghost", user_id="u2", evidence=EMAIL_OK)))
+        events = await events_until(ns, lambda ev: len(of_type(ev, "ClaimSubmitted")) == 2, "both submitted")
+        assert {e["data"]["status"] for e in events} == {"pending_author"}
+        await send(producer, ns, author_registered("late-author"))
+        events = await events_until(ns, lambda ev: of_type(ev, "ClaimApproved", "early") and of_type(ev, "ClaimRejected", "never"),
+                                    "early approved when its author arrived, never rejected after the wait")
+        rejected = of_type(events, "ClaimRejected", "never")
+        assert len(rejected) == 1 and rejected[0]["data"]["reason"] == "unknown_author"
+        assert (await service.db.claims.find_one({"_id": "never"}))["status"] == "rejected"
+        assert await service.db.user_slots.find_one({"_id": "open:u2"}) == {"_id": "open:u2", "holders": [], "count": 0}
+        # More sweeps change nothing and publish nothing new.
+        processor = service.http.state.claims_processor
+        assert await processor.sweep_once() == 0
+    assert len(of_type(await claim_events(ns), "ClaimRejected", "never")) == 1
+
+
+async def test_replayed_commands_change_nothing_twice(ns: Namespace, producer) -> None:
+    service = claims_service(ns)
+    async with service.running():
+        request = command(ClaimRequested(claim_id="c1", author_id="a1", user_id="u1", evidence=EMAIL_OK))
+        withdraw = command(ClaimWithdrawn(claim_id="c1", author_id="a1", user_id="u1"))
+        await send(producer, ns, author_registered("a1"))
+        await authors_known(service, "a1")
+        await send(producer, ns, request, request,
+                   command(ClaimRequested(claim_id="c1", author_id="a1", user_id="u1", evidence=EMAIL_OK)),
+                   withdraw, withdraw, command(ClaimWithdrawn(claim_id="c1", author_id="a1", user_id="u1")))
+        events = await events_until(ns, lambda ev: of_type(ev, "ClaimWithdrawn", "c1"), "withdrawn")
+        await send(producer, ns, request)  # a late replay after everything else
+        await send(producer, ns, command(ClaimRequested(claim_id="marker", author_id="a1", user_id="u9")))
+        events = await events_until(ns, lambda ev: of_type(ev, "ClaimSubmitted", "marker"), "marker processed")
+        doc = await service.db.claims.find_one({"_id": "c1"})
+    assert [h["event"] for h in doc["history"]] == ["requested", "withdrawn"]
+    mine = [e for e in events if e["data"].get("claim_id") == "c1" or e["data"].get("author_id") == "a1"
+            and e["event_type"] == "VerificationLevelChanged"]
+    assert len({e["event_id"] for e in mine}) == 5, [e["event_type"] for e in mine]
+    assert sorted({e["event_type"] for e in mine}) == ["ClaimApproved", "ClaimSubmitted", "ClaimWithdrawn",
+                                                         "VerificationLevelChanged"]
