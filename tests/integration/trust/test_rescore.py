@@ -1,0 +1,94 @@
+"""Rescoring after a formula change (interrupted and resumed), the outbox healing a crash
+between storing a score and publishing it, and leases keeping two replicas apart."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import Counter
+from datetime import UTC, datetime
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from services.trust import scoring
+from services.trust.app import build_service
+from services.trust.recompute import Recomputer
+from services.trust.rescore import rescore_all
+from services.trust.settings import TrustSettings
+from tests.conftest import Namespace, eventually
+from tests.integration.trust.helpers import approved, followers, registered, send, trust_events
+
+# v2 counts works from 2022 on as recent and weighs the record more: most authors move.
+V2 = dataclasses.replace(scoring.CURRENT, version=2, recent_since_year=2022, works=(20, 150), recent_works=(15, 40))
+
+
+@pytest.fixture
+async def producer(ns: Namespace):
+    p = AIOKafkaProducer(bootstrap_servers=ns.infra["kafka"], enable_idempotence=True, linger_ms=5)
+    await p.start()
+    yield p
+    await p.stop()
+
+
+class CrashingPublisher:
+    """Stands for a process that dies after storing scores, before the broker acknowledged."""
+
+    def __init__(self, real) -> None:
+        self.real = real
+        self.producer_name = real.producer_name
+
+    async def publish(self, messages) -> None:
+        raise SystemExit("process killed before publishing")
+
+
+async def scored_authors(ns: Namespace, producer, n: int):
+    settings = ns.settings("trust", cls=TrustSettings)
+    service = build_service(settings)
+    ids = [f"author-{i:03d}" for i in range(n)]
+    async with service.running():
+        await send(producer, ns, *[registered(a) for a in ids], *[followers(a, i * 7, 1) for i, a in enumerate(ids)],
+                   *[approved(a) for a in ids[::3]])
+        await eventually(lambda: trust_events(ns), until=lambda e: len(e) >= n, what="first scores")
+        await eventually(lambda: service.trust_store.authors.count_documents({"dirty": True}), until=lambda c: c == 0)
+    return build_service(settings), ids  # a fresh process on the same store and topics
+
+
+async def test_rescore_interrupted_and_resumed_rescored_once_published_once(ns: Namespace, producer) -> None:
+    service, ids = await scored_authors(ns, producer, 40)
+    async with service.running():
+        store = service.trust_store
+        before = {d["_id"]: d["score"]["score"] async for d in store.authors.find({})}
+        first_run = Recomputer(store, service.publisher, formula=V2)
+        progress = await rescore_all(store, first_run, chunk=7, max_authors=15)  # stopped part way
+        assert progress.rescored == 15 and await store.count_behind(2) == 25
+        # The next run dies after storing a chunk's scores, before publishing them.
+        crashing = Recomputer(store, CrashingPublisher(service.publisher), formula=V2)
+        with pytest.raises(SystemExit):
+            await rescore_all(store, crashing, chunk=7)
+        resumed = Recomputer(store, service.publisher, formula=V2)
+        lines: list[str] = []
+        await rescore_all(store, resumed, chunk=7, on_progress=lambda p: lines.append(p.line()))
+        assert await store.count_behind(2) == 0
+        assert await store.authors.count_documents({"outbox_pending": True}) == 0
+        after = {d["_id"]: d["score"]["score"] async for d in store.authors.find({})}
+        events = await eventually(lambda: trust_events(ns), until=lambda e: sum(
+            x["data"]["formula_version"] == 2 for x in e) >= sum(before[a] != after[a] for a in ids))
+    assert lines[-1].startswith("rescored 18/18 authors")  # 40 - 15 - 7 stored by the crashed run
+    v2 = [e for e in events if e["data"]["formula_version"] == 2]
+    changed = {a for a in ids if before[a] != after[a]}
+    assert changed, "the new formula moves some scores"
+    assert {e["data"]["author_id"] for e in v2} == changed
+    counts = Counter(e["event_id"] for e in v2)
+    assert len(counts) == len(changed)  # one change per author whose score moved
+    assert all(e["data"]["previous_score"] == before[e["data"]["author_id"]] for e in v2)
+
+
+async def test_two_replicas_never_hold_the_same_author(ns: Namespace, producer) -> None:
+    service, ids = await scored_authors(ns, producer, 12)
+    async with service.running():
+        store = service.trust_store
+        now = datetime.now(UTC)
+        _, first = await store.claim(ids[:8], now, 30)
+        _, second = await store.claim(ids, now, 30)
+    assert {d["_id"] for d in first} == set(ids[:8])
+    assert {d["_id"] for d in second} == set(ids[8:])
