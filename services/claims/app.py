@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from fastapi.exceptions import RequestValidationError
+
 from contracts.events import claims as events
 from contracts.topics import Topic
 from service_runtime.service import Service
 from services.claims.handlers import make_handler
 from services.claims.processing import ClaimsProcessor
-from services.claims.routes import build_router
+from services.claims.routes import build_router, validation_error_without_input
 from services.claims.settings import ClaimsSettings
 from services.claims.store import ClaimsStore
 
@@ -28,6 +30,7 @@ def build_service(settings: ClaimsSettings | None = None) -> Service:
                                events.ClaimWithdrawnEvent, events.ClaimRevoked, events.VerificationLevelChanged)))
     service.background(processor.sweep_forever)
     service.http.include_router(build_router(store, service.publisher))
+    service.http.add_exception_handler(RequestValidationError, validation_error_without_input)
     service.http.state.claims_processor = processor
     return service
 

@@ -11,7 +11,9 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Path, status
+from fastapi import APIRouter, HTTPException, Path, Request, status
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
 from contracts.events.claims import ClaimEvidenceSubmitted, ClaimRequested, ClaimReviewed, ClaimWithdrawn, Evidence
@@ -143,3 +145,10 @@ def build_router(store: ClaimsStore, publisher: EventPublisher) -> APIRouter:
                                since=state.since, owner_user_id=owner)
 
     return router
+
+
+async def validation_error_without_input(request: Request, exc: RequestValidationError) -> JSONResponse:
+    """422 saying what is wrong and where, without echoing the submitted values: a token or
+    secret sent by mistake must not come back in a response (or a proxy's log of it)."""
+    errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
+    return JSONResponse(status_code=422, content={"detail": errors})

@@ -1,0 +1,94 @@
+"""Bad commands on the topic (dead letters or rejection events) and recovery of events a
+stopped writer left unpublished."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+from aiokafka import AIOKafkaProducer
+
+from contracts.events.claims import ClaimRequested, ClaimReviewed, ClaimWithdrawn, Evidence
+from contracts.topics import Topic, dlq_topic
+from service_runtime.topic_reader import read_topic
+from tests.conftest import Namespace, eventually
+from tests.integration.claims.helpers import (
+    author_registered,
+    authors_known,
+    claim_events,
+    claims_service,
+    command,
+    events_until,
+    of_type,
+    send,
+)
+
+
+@pytest.fixture
+async def producer(ns: Namespace):
+    p = AIOKafkaProducer(bootstrap_servers=ns.infra["kafka"], enable_idempotence=True, linger_ms=5)
+    await p.start()
+    yield p
+    await p.stop()
+
+
+def tampered(data_changes: dict) -> bytes:
+    """A valid ClaimRequested envelope whose data was altered after validation."""
+    env = command(ClaimRequested(claim_id="c-bad", author_id="a1", user_id="u1"))
+    data = env.data | data_changes
+    return env.model_copy(update={"data": data}).to_bytes()
+
+
+async def test_bad_commands_are_dead_lettered_or_rejected(ns: Namespace, producer) -> None:
+    service = claims_service(ns)
+    async with service.running():
+        await send(producer, ns, author_registered("a1"))
+        await authors_known(service, "a1")
+        topic = ns.topic(Topic.WEBAPP_CLAIMS)
+        bad = {
+            "malformed claim id": tampered({"claim_id": "has spaces/and slashes"}),
+            "missing author id": tampered({"author_id": None}),
+            "bad ORCID checksum": tampered({"evidence": {"orcid": "0000-0002-1825-0098", "orcid_authenticated": True}}),
+            "not an email": tampered({"evidence": {"email": "not-an-email", "email_verified": True}}),
+            "a secret field": tampered({"evidence": {"orcid_access_token": "s3cr3t"}}),
+        }
+        for value in bad.values():
+            await producer.send_and_wait(topic, value, key=b"a1")
+        await send(producer, ns,
+                   command(ClaimReviewed(claim_id="ghost", author_id="a1", reviewer_id="rita", decision="approve",
+                                         reason="looks fine")),
+                   command(ClaimWithdrawn(claim_id="ghost", author_id="a1", user_id="u1")))
+        dead = await eventually(lambda: read_topic(ns.infra["kafka"], ns.topic(dlq_topic(Topic.WEBAPP_CLAIMS))),
+                                until=lambda r: len(r) >= len(bad), what="dead letters")
+        events = await events_until(ns, lambda ev: len(of_type(ev, "ClaimRejected", "ghost")) == 2, "unknown claim refused")
+        assert await service.db.claims.count_documents({}) == 0, "nothing half-applied"
+    errors = [json.loads(r.value)["error"] for r in dead]
+    assert len(errors) == len(bad)
+    assert "claim_id" in errors[0] and "author_id" in errors[1] and "check digit" in errors[2]
+    assert "email" in errors[3] and "orcid_access_token" in errors[4]
+    refusals = of_type(events, "ClaimRejected", "ghost")
+    assert [e["data"]["reason"] for e in refusals] == ["unknown_claim", "unknown_claim"]
+    assert [e["data"]["user_id"] for e in refusals] == ["rita", "u1"]
+
+
+async def test_events_left_in_an_outbox_are_published_by_the_sweeper(ns: Namespace, producer) -> None:
+    """A writer that stopped after saving a claim but before publishing: its events wait in
+    the claim's outbox and go out (once, with their ids) even if no input comes again."""
+    service = claims_service(ns, outbox_grace_s=0.5)
+    async with service.running():
+        await send(producer, ns, author_registered("a1"))
+        await authors_known(service, "a1")
+        await send(producer, ns, command(ClaimRequested(claim_id="c1", author_id="a1", user_id="u1",
+                                                        evidence=Evidence(statement="please review"))))
+        events = await events_until(ns, lambda ev: of_type(ev, "ClaimNeedsReview", "c1"), "c1 under review")
+        doc = await service.db.claims.find_one({"_id": "c1"})
+        lost = {"topic": "claims.events", "key": "a1", "envelope": json.loads(json.dumps(
+            {**events[-1], "event_id": "0f4a8d8e-4a36-4bde-9d51-0e0f3e8e2a11"}))}
+        await service.db.claims.update_one({"_id": "c1"}, {"$set": {"outbox": [lost], "updated_at": datetime(2020, 1, 1, tzinfo=UTC)}})
+        events = await events_until(ns, lambda ev: any(e["event_id"] == lost["envelope"]["event_id"] for e in ev),
+                                    "the unpublished event published")
+        await eventually(lambda: service.db.claims.find_one({"_id": "c1"}), until=lambda d: d["outbox"] == [],
+                         what="outbox cleared")
+        assert doc["version"] >= 1
+    assert sum(e["event_id"] == lost["envelope"]["event_id"] for e in await claim_events(ns)) == 1
