@@ -1,9 +1,10 @@
 """A polite OpenAlex HTTP client: rate limit, retries with backoff, Retry-After, paging.
 
 Paging is basic ``page``/``per_page`` (not ``cursor=*``): a page number is a checkpoint a
-person can read and resume from, the real recordings page this way, and since OpenAlex began
-asking for API keys (2026) cursor paging without one is reported to be refused (401). The cost: basic paging reaches
-only the first 10,000 works of a list; the importer reports such an import as truncated.
+person can read and resume from, the real recordings page this way, and since OpenAlex
+began asking for API keys (2026) cursor paging without one is reported to be refused
+(401). The cost: basic paging reaches only the first 10,000 works of a list; the importer
+reports such an import as truncated.
 """
 
 from __future__ import annotations

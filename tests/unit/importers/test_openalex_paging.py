@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 
 from importers.checkpoint import AuthorProgress, MemoryCheckpoint
-from importers.openalex import ImportProgress, import_author
+from importers.openalex import ImportProgress, import_author, stderr_progress
 from importers.settings import ImporterSettings
 from service_runtime.publishing import EventPublisher, Outgoing
 
@@ -98,3 +98,9 @@ async def test_a_checkpoint_is_resumed_unless_a_restart_is_asked_for() -> None:
     checkpoint.save("A5017898742", AuthorProgress(per_page=100, next_page=3, published=200, author_published=True))
     restarted, _ = await run(openalex(250), checkpoint, [], per_page=100, restart=True)
     assert (restarted.resumed_from_page, restarted.published_this_run, restarted.published) == (None, 250, 250)
+
+
+def test_progress_line_goes_to_stderr(capsys) -> None:
+    stderr_progress(ImportProgress("openalex:A5017898742", done=300, total=1250, page=3))
+    captured = capsys.readouterr()
+    assert (captured.out, captured.err) == ("", "openalex:A5017898742: 300/1250 works (page 3)\n")
