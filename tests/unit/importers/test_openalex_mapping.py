@@ -144,3 +144,9 @@ def test_identifiers_are_orcids_or_openalex_author_ids() -> None:
     with pytest.raises(ValueError, match="neither an ORCID"):
         parse_identifier("W3188841554")
     assert openalex_key("https://openalex.org/W1") == "W1" and openalex_key("nonsense") is None
+
+
+def test_the_recorded_single_work_response_maps_like_its_list_entry() -> None:
+    single = json.loads((DATA / "work-W3188841554.json").read_text())
+    assert map_work(single).event.work.external_ids.arxiv_id == "2108.04680"
+    assert map_work(single).event.work.title == map_work(work("W3188841554")).event.work.title
