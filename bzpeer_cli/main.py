@@ -80,6 +80,12 @@ def _cmd_status(args: argparse.Namespace) -> int:
     return asyncio.run(gather())
 
 
+def _cmd_import_openalex(args: argparse.Namespace) -> int:
+    from importers.openalex import run_import_command
+
+    return run_import_command(args.identifier, fresh=args.fresh)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bzpeer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -90,6 +96,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run one service (HTTP + consumers) in the foreground")
     p.add_argument("service", choices=SERVICES)
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("import", help="import works into publications.ingested")
+    importers = p.add_subparsers(dest="source", required=True, metavar="SOURCE")
+    q = importers.add_parser("openalex", help="an author's works from OpenAlex (resumable)")
+    q.add_argument("identifier", help="ORCID iD (0000-0002-1825-0097) or OpenAlex author id (A5017898742)")
+    q.add_argument("--fresh", action="store_true", help="forget the checkpoint and start from page 1")
+    q.set_defaults(func=_cmd_import_openalex)
 
     p = sub.add_parser("status", help="show infra, service readiness and consumer lag")
     p.set_defaults(func=_cmd_status)

@@ -1,0 +1,51 @@
+"""The whole system in one test: the four services built from their own composition roots
+(``services.<name>.app.build_service``) in one namespace of the real broker and store."""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import inspect
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+
+from service_runtime.auth import mint_token
+from service_runtime.service import Service
+from service_runtime.settings import RuntimeSettings
+from tests.conftest import Namespace
+
+SERVICE_NAMES = ("profile", "claims", "trust", "follow")
+
+
+def settings_class(name: str) -> type[RuntimeSettings]:
+    module = importlib.import_module(f"services.{name}.settings")
+    classes = [c for _, c in inspect.getmembers(module, inspect.isclass)
+               if issubclass(c, RuntimeSettings) and c is not RuntimeSettings]
+    assert len(classes) == 1, f"services.{name}.settings must define one settings class"
+    return classes[0]
+
+
+def build(name: str, settings: RuntimeSettings) -> Service:
+    return importlib.import_module(f"services.{name}.app").build_service(settings)
+
+
+class System:
+    def __init__(self, ns: Namespace, **overrides: dict[str, Any]) -> None:
+        self.ns = ns
+        self.settings = {n: ns.settings(n, cls=settings_class(n), **overrides.get(n, {})) for n in SERVICE_NAMES}
+        self.services = {n: build(n, s) for n, s in self.settings.items()}
+
+    def http(self, name: str) -> httpx.AsyncClient:
+        return httpx.AsyncClient(transport=httpx.ASGITransport(self.services[name].http), base_url=f"http://{name}")
+
+    def token(self, user_id: str, *roles: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {mint_token(self.settings['claims'], user_id, list(roles))}"}
+
+    @contextlib.asynccontextmanager
+    async def running(self) -> AsyncIterator[System]:
+        async with contextlib.AsyncExitStack() as stack:
+            for service in self.services.values():
+                await stack.enter_async_context(service.running())
+            yield self
