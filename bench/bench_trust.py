@@ -1,0 +1,244 @@
+"""Trust service throughput through the real broker and store, against a bare baseline.
+
+Warm-up (not timed): every author registered and scored once. Timed: N signal events
+(profile revisions with new works, follower counts, claims, plus redeliveries and stale
+states) over the same authors, consumed by the real trust service until its consumer
+group has no lag and no author is dirty or has an unpublished outbox. Baseline, same
+run, same events: a bare aiokafka consumer doing the same store reads and bulk writes
+(one find by ids, one bulk_write per batch), without decoding contracts or recomputing.
+
+It checks that the TrustScoreChanged published in the timed phase are exactly one per
+author whose score really changed, computed independently from the generated signals.
+
+    python bench/bench_trust.py                 # 200,000 events over 20,000 authors
+    python bench/bench_trust.py --quick         # 20,000 events over 2,000 authors
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import sys
+import time
+import uuid
+from collections import defaultdict
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
+from aiokafka.admin import AIOKafkaAdminClient  # noqa: E402
+from pymongo import AsyncMongoClient, UpdateOne  # noqa: E402
+
+from contracts.envelope import Envelope  # noqa: E402
+from contracts.events.claims import AuthorClaimState, ClaimApproved  # noqa: E402
+from contracts.events.follows import FollowerCountChanged  # noqa: E402
+from contracts.events.profile import AuthorRegistered, AuthorState, TopicCount, WorkAdded, WorkSummary  # noqa: E402
+from contracts.topics import TOPICS, Topic  # noqa: E402
+from service_runtime.kafka import delete_topics, ensure_topics  # noqa: E402
+from services.trust import scoring  # noqa: E402
+from services.trust.app import build_service  # noqa: E402
+from services.trust.settings import TrustSettings  # noqa: E402
+
+KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+MONGODB_URI = os.environ.get("MONGODB_URI", "mongodb://127.0.0.1:27017")
+INPUTS = (Topic.PROFILE_EVENTS, Topic.CLAIMS_EVENTS, Topic.FOLLOWS_EVENTS)
+BASE_YEARS = {"2020": 4, "2022": 2}
+
+
+def state(author_id: str, revision: int, new_works: int) -> AuthorState:
+    years = dict(BASE_YEARS)
+    if new_works:
+        years["2024"] = new_works
+    return AuthorState(author_id=author_id, display_name=f"Author {author_id}", works_count=sum(years.values()),
+                       works_by_year=years, topics=[TopicCount(name="t", count=1)], close_collaborators=[],
+                       record_verification_level="L1", revision=revision)
+
+
+def signals_of(new_works: int, claimed: bool, followers: int) -> scoring.Signals:
+    """What the final score is computed from, independently of the service's projection."""
+    return scoring.Signals(works_count=6 + new_works, recent_works=2 + new_works, topics=1, close_collaborators=0,
+                           verification_level="L2" if claimed else "L1", claimed=claimed, followers=followers)
+
+
+def generate(authors: int, per_author: int) -> tuple[list[Envelope], list[Envelope], set[str]]:
+    """Warm-up registrations, the timed events (each author's contiguous, as a burst), and
+    the authors whose score must change. Every fifth author only gets follower counts of 0
+    and redeliveries, which change no score."""
+    warmup, timed, expected = [], [], set()
+    for i in range(authors):
+        a = f"bench-{i:06d}"
+        registration = Envelope.wrap(AuthorRegistered(author_id=a, author=state(a, 1, 0)), producer="bench")
+        warmup.append(registration)
+        events = []
+        if i % 5 == 0:
+            events = [Envelope.wrap(FollowerCountChanged(author_id=a, count=0, revision=r), producer="bench")
+                      for r in range(1, per_author)] + [registration]
+            final = signals_of(0, False, 0)
+        else:
+            works = max(1, per_author - 4)
+            events += [Envelope.wrap(WorkAdded(author_id=a, author=state(a, r + 1, r), work=WorkSummary(
+                work_id=f"{a}-w{r}", type="preprint", year=2024, title="t")), producer="bench") for r in range(1, works + 1)]
+            events.append(Envelope.wrap(FollowerCountChanged(author_id=a, count=i % 40, revision=2), producer="bench"))
+            events.append(Envelope.wrap(FollowerCountChanged(author_id=a, count=999, revision=1), producer="bench"))  # stale
+            claimed = i % 3 == 0
+            if claimed:
+                c = AuthorClaimState(claimed=True, owner_user_id=f"u{i}", claim_id=f"k{i}", verification_level="L2",
+                                     revision=1)
+                events.append(Envelope.wrap(ClaimApproved(claim_id=f"k{i}", author_id=a, user_id=f"u{i}",
+                                                          author_claim=c, verification_level="L2"), producer="bench"))
+            else:
+                events.append(events[0])  # a redelivery
+            events.append(events[1] if works > 1 else events[0])  # an older profile state, late
+            final = signals_of(works, claimed, i % 40)
+        timed += events[:per_author]
+        if scoring.compute(final).score != scoring.compute(signals_of(0, False, 0)).score:
+            expected.add(a)
+    return warmup, timed, expected
+
+
+def topic_of(envelope: Envelope) -> str:
+    return {"AuthorRegistered": Topic.PROFILE_EVENTS, "WorkAdded": Topic.PROFILE_EVENTS,
+            "FollowerCountChanged": Topic.FOLLOWS_EVENTS, "ClaimApproved": Topic.CLAIMS_EVENTS}[envelope.event_type]
+
+
+async def produce(prefix: str, envelopes: list[Envelope]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=KAFKA, enable_idempotence=True, linger_ms=20,
+                                max_batch_size=512 * 1024)
+    await producer.start()
+    try:
+        for start in range(0, len(envelopes), 20_000):
+            futures = [await producer.send(prefix + topic_of(e), e.to_bytes(), key=e.data["author_id"].encode())
+                       for e in envelopes[start:start + 20_000]]
+            await asyncio.gather(*futures)
+    finally:
+        await producer.stop()
+
+
+async def end_offsets(prefix: str) -> dict[TopicPartition, int]:
+    consumer = AIOKafkaConsumer(bootstrap_servers=KAFKA)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(prefix + t, p) for t in INPUTS for p in range(TOPICS[t].partitions)]
+        return await consumer.end_offsets(tps)
+    finally:
+        await consumer.stop()
+
+
+async def group_lag(group: str, ends: dict[TopicPartition, int]) -> int:
+    admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+    await admin.start()
+    try:
+        committed = await admin.list_consumer_group_offsets(group)
+    finally:
+        await admin.close()
+    return sum(end - max(committed[tp].offset, 0) if tp in committed else end for tp, end in ends.items())
+
+
+async def wait_scored(service, authors: int) -> None:
+    store = service.trust_store
+    while await store.authors.count_documents({"score": {"$exists": True}}) < authors:
+        await asyncio.sleep(0.5)
+
+
+async def run_ours(settings: TrustSettings, ends: dict[TopicPartition, int]) -> tuple[float, int, int]:
+    service = build_service(settings)
+    started = time.perf_counter()
+    async with service.running():
+        store = service.trust_store
+        while True:
+            if await group_lag(settings.consumer_group, ends) == 0 and \
+                    await store.authors.count_documents({"dirty": True}) == 0 and \
+                    await store.authors.count_documents({"outbox_pending": True}) == 0:
+                break
+            await asyncio.sleep(0.25)
+        elapsed = time.perf_counter() - started
+        return elapsed, service.recomputer.recomputations, service.recomputer.published
+
+
+async def run_baseline(prefix: str, db, starts: dict[TopicPartition, int], ends: dict[TopicPartition, int]) -> float:
+    """A bare consumer: JSON decode, one read of the batch's authors, one bulk write."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=KAFKA, enable_auto_commit=False, group_id=None,
+                                max_partition_fetch_bytes=4 * 1024 * 1024)
+    await consumer.start()
+    started = time.perf_counter()
+    try:
+        consumer.assign(list(ends))
+        for tp, offset in starts.items():
+            consumer.seek(tp, offset)
+        remaining = {tp for tp in ends if ends[tp] > starts[tp]}
+        while remaining:
+            fetched = await consumer.getmany(*remaining, timeout_ms=500, max_records=500)
+            by_author: dict[str, list[dict]] = defaultdict(list)
+            for tp, records in fetched.items():
+                for r in records:
+                    doc = json.loads(r.value)
+                    by_author[doc["data"]["author_id"]].append(doc)
+                if await consumer.position(tp) >= ends[tp]:
+                    remaining.discard(tp)
+            if by_author:
+                held = {d["_id"]: d async for d in db.authors.find({"_id": {"$in": list(by_author)}})}
+                ops = []
+                for author_id, docs in by_author.items():
+                    rev = max((d["data"].get("revision") or d["data"].get("author", {}).get("revision") or 0) for d in docs)
+                    if rev > held.get(author_id, {}).get("rev", 0):
+                        ops.append(UpdateOne({"_id": author_id}, {"$set": {"rev": rev, "last": docs[-1]["data"]},
+                                                                  "$inc": {"seq": 1}}, upsert=True))
+                if ops:
+                    await db.authors.bulk_write(ops, ordered=False)
+        return time.perf_counter() - started
+    finally:
+        await consumer.stop()
+
+
+async def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--authors", type=int, default=20_000)
+    parser.add_argument("--events", type=int, default=200_000)
+    parser.add_argument("--quick", action="store_true", help="2,000 authors, 20,000 events")
+    args = parser.parse_args()
+    authors, events = (2_000, 20_000) if args.quick else (args.authors, args.events)
+    run_id = uuid.uuid4().hex[:8]
+    prefix = f"bench{run_id}."
+    settings = TrustSettings(environment="test", kafka_bootstrap_servers=KAFKA, mongodb_uri=MONGODB_URI,
+                             mongodb_database=f"bench{run_id}_trust", topic_prefix=prefix,
+                             consumer_group_prefix=f"bench{run_id}", log_level="WARNING")
+    mongo = AsyncMongoClient(MONGODB_URI)
+    baseline_db = mongo[f"bench{run_id}_baseline"]
+    await ensure_topics(KAFKA, prefix=prefix)
+    try:
+        t = time.perf_counter()
+        warmup, timed, expected = generate(authors, events // authors)
+        print(flush=True, *[f"generated {len(warmup)} registrations + {len(timed)} timed events in {time.perf_counter() - t:.1f}s"])
+        await produce(prefix, warmup)
+        print(f"produced {len(warmup)} registrations", flush=True)
+        service = build_service(settings)
+        async with service.running():
+            await wait_scored(service, authors)
+        starts = await end_offsets(prefix)
+        print(f"warm-up: {authors} authors registered and scored")
+        t = time.perf_counter()
+        await produce(prefix, timed)
+        ends = await end_offsets(prefix)
+        print(f"produced {len(timed)} events in {time.perf_counter() - t:.1f}s")
+
+        ours_s, recomputations, published = await run_ours(settings, ends)
+        base_s = await run_baseline(prefix, baseline_db, starts, ends)
+        ours_rate, base_rate = len(timed) / ours_s, len(timed) / base_s
+        print(f"trust service : {len(timed)} events in {ours_s:.1f}s = {ours_rate:,.0f} events/s, "
+              f"{recomputations} recomputations = {recomputations / ours_s:,.0f} recomputations/s")
+        print(f"bare baseline : {len(timed)} events in {base_s:.1f}s = {base_rate:,.0f} events/s")
+        print(f"ratio         : {ours_rate / base_rate:.0%} of the baseline (target >= 50%)")
+        print(f"TrustScoreChanged published: {published}; authors whose score really changed: {len(expected)}"
+              f" -> {'EQUAL' if published == len(expected) else 'DIFFERENT'}")
+    finally:
+        await delete_topics(KAFKA, [prefix + t for t in TOPICS])
+        await mongo.drop_database(settings.database_name)
+        await mongo.drop_database(baseline_db.name)
+        await mongo.close()
+
+
+if __name__ == "__main__":
+    asyncio.run(main())
