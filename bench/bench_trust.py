@@ -139,7 +139,10 @@ async def group_lag(group: str, ends: dict[TopicPartition, int]) -> int:
 
 async def wait_scored(service, authors: int) -> None:
     store = service.trust_store
-    while await store.authors.count_documents({"score": {"$exists": True}}) < authors:
+    while (n := await store.authors.count_documents({"score": {"$exists": True}})) < authors:
+        if os.environ.get("BENCH_DEBUG"):
+            print("scored", n, "dirty", await store.authors.count_documents({"dirty": True}),
+                  "docs", await store.authors.count_documents({}), flush=True)
         await asyncio.sleep(0.5)
 
 
