@@ -86,6 +86,47 @@ def _cmd_import_openalex(args: argparse.Namespace) -> int:
     return run_import_command(args.identifier, fresh=args.fresh)
 
 
+def _cmd_seed(args: argparse.Namespace) -> int:
+    from services.profile.seed import SEED_AUTHOR_ID, load_seed
+
+    settings = RuntimeSettings()
+    n = asyncio.run(load_seed(settings.kafka_bootstrap_servers, topic_prefix=settings.topic_prefix))
+    print(f"published {n} seed events (idempotent); the seed page: "
+          f"http://127.0.0.1:{SERVICE_PORTS['profile']}/authors/{SEED_AUTHOR_ID}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    """Play the seed story against the running system (make up first)."""
+    import httpx
+
+    from bzpeer_cli.demo import Story, StoryStepFailed
+    from service_runtime.auth import mint_token
+    from service_runtime.kafka import make_broker
+    from service_runtime.publishing import EventPublisher
+
+    settings = RuntimeSettings()
+
+    async def play() -> int:
+        broker = make_broker(settings.kafka_bootstrap_servers, client_id="bzpeer-demo")
+        await broker.connect()
+        clients = {n: httpx.AsyncClient(base_url=f"http://127.0.0.1:{p}", timeout=10) for n, p in SERVICE_PORTS.items()}
+        try:
+            story = Story(EventPublisher(broker, "webapp", settings.topic_prefix), clients,
+                          token=lambda user, roles: mint_token(settings, user, roles), timeout_s=args.timeout)
+            await story.play()
+            return 0
+        except (StoryStepFailed, httpx.HTTPError) as exc:
+            print(f"demo stopped: {exc}", file=sys.stderr)
+            return 1
+        finally:
+            for c in clients.values():
+                await c.aclose()
+            await broker.stop()
+
+    return asyncio.run(play())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bzpeer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -103,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("identifier", help="ORCID iD (0000-0002-1825-0097) or OpenAlex author id (A5017898742)")
     q.add_argument("--fresh", action="store_true", help="forget the checkpoint and start from page 1")
     q.set_defaults(func=_cmd_import_openalex)
+
+    p = sub.add_parser("seed", help="publish the seed profile (idempotent)")
+    p.set_defaults(func=_cmd_seed)
+
+    p = sub.add_parser("demo", help="play the seed story on a fresh demo copy (needs make up)")
+    p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each step (default 60)")
+    p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("status", help="show infra, service readiness and consumer lag")
     p.set_defaults(func=_cmd_status)

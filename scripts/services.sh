@@ -30,6 +30,7 @@ up() {
     done
     echo "$s: http://127.0.0.1:${PORTS[$s]} (pid $(cat "$RUN/$s.pid"), log $LOGS/$s.log)"
   done
+  "$PY" -m bzpeer_cli.main seed
 }
 
 down() {

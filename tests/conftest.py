@@ -97,5 +97,5 @@ async def eventually(
         if until(result):
             return result
         if loop.time() > deadline:
-            raise AssertionError(f"{what} not reached within {timeout}s; last value: {result!r}")
+            raise AssertionError(f"{what} not reached within {timeout}s; last value: {result!r}"[:1500])
         await asyncio.sleep(interval)

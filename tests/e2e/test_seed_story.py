@@ -1,0 +1,70 @@
+"""The seed story end to end: the four services in one namespace of the real broker and
+store, driven only through Kafka as the web app and importers drive them, observed over HTTP."""
+
+from __future__ import annotations
+
+import pytest
+
+from bzpeer_cli.demo import Story
+from service_runtime.auth import mint_token
+from service_runtime.kafka import make_broker
+from service_runtime.publishing import EventPublisher
+from services.profile.seed import SEED_AUTHOR_ID, load_seed
+from tests.conftest import Namespace, eventually
+from tests.system import System
+
+
+@pytest.fixture
+async def system(ns: Namespace):
+    async with System(ns).running() as running:
+        yield running
+
+
+@pytest.fixture
+async def webapp(ns: Namespace):
+    broker = make_broker(ns.infra["kafka"], client_id="webapp")
+    await broker.connect()
+    yield EventPublisher(broker, "webapp", ns.topic_prefix)
+    await broker.stop()
+
+
+async def seed_page(system: System) -> dict | None:
+    async with system.http("profile") as http:
+        r = await http.get(f"/authors/{SEED_AUTHOR_ID}")
+    return r.json() if r.status_code == 200 else None
+
+
+async def test_seed_page_then_follow_claim_new_work_and_rival_claim(system: System, webapp: EventPublisher) -> None:
+    await load_seed(webapp)
+    page = await eventually(lambda: seed_page(system), until=lambda p: p and p["trust_snapshot"]["score"] is not None,
+                            timeout=60, what="seed page scored")
+    assert page["display_name"] == "Quoc V. Le" and page["affiliation"] is None
+    assert page["trust_snapshot"] == {"score": 21, "band": "Emerging", "verification_level": "L1", "claimed": False}
+    assert page["counts"] == {"works": 28, "followers": 0, "topics": 9, "close_collaborators": 4}
+    assert page["direct_collaboration_unlocked"] is False
+
+    clients = {name: system.http(name) for name in ("profile", "claims", "follow")}
+    lines: list[str] = []
+    story = Story(webapp, clients, token=lambda user, roles: mint_token(system.settings["claims"], user, roles),
+                  out=lines.append)
+    try:
+        snaps = await story.play()
+    finally:
+        for c in clients.values():
+            await c.aclose()
+    seed, followed, claimed, newer, rival = (s.page for s in snaps)
+    assert seed["trust_snapshot"] == {"score": 21, "band": "Emerging", "verification_level": "L1", "claimed": False}
+    assert seed["counts"] == {"works": 28, "followers": 0, "topics": 9, "close_collaborators": 4}
+    assert followed["counts"]["followers"] == 1
+    assert claimed["trust_snapshot"]["verification_level"] == "L2" and claimed["direct_collaboration_unlocked"]
+    assert claimed["trust_snapshot"]["score"] > 21
+    assert newer["counts"]["works"] == 29 and newer["trust_snapshot"]["score"] > claimed["trust_snapshot"]["score"]
+    assert snaps[3].extra["notifications"].count("new_work") == 1
+    assert snaps[4].extra["second_claim"] == "rejected (already_claimed)"
+    assert rival["trust_snapshot"]["claimed"] and rival["counts"]["works"] == 29
+    assert len(lines) == 6 and lines[1].startswith("[1 seed page] Trust 21 - Emerging | Verification L1")
+
+    # Exactly one notification per source event: nothing arrives twice later either.
+    assert sorted(n["kind"] for n in await story.notifications()) == ["claim_approved", "new_work"]
+    # The seed record itself is untouched by the demo copy's story.
+    assert (await seed_page(system))["counts"] == {"works": 28, "followers": 0, "topics": 9, "close_collaborators": 4}
