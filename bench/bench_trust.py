@@ -182,7 +182,7 @@ async def run_baseline(prefix: str, db, starts: dict[TopicPartition, int], ends:
                 if await consumer.position(tp) >= ends[tp]:
                     remaining.discard(tp)
             if by_author:
-                held = {d["_id"]: d async for d in db.authors.find({"_id": {"$in": list(by_author)}})}
+                held = {d["_id"]: d async for d in db.authors.find({"_id": {"$in": list(by_author)}}, batch_size=100_000)}
                 ops = []
                 for author_id, docs in by_author.items():
                     rev = max((d["data"].get("revision") or d["data"].get("author", {}).get("revision") or 0) for d in docs)

@@ -19,6 +19,10 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 AUTHORS = "trust_authors"
 HISTORY = "trust_history"
+# Every read returns all its documents in its first reply. On FerretDB (SQLite backend)
+# a cursor left open between getMores while another connection writes the same
+# collection was seen to block the store for every client: never leave one open.
+ONE_BATCH = 100_000
 
 
 class TrustStore:
@@ -37,7 +41,7 @@ class TrustStore:
 
     async def load(self, author_ids: list[str]) -> dict[str, dict[str, Any]]:
         cursor = self.authors.find({"_id": {"$in": author_ids}}, {"profile": 1, "claim": 1, "followers": 1,
-                                                                  "dirty_since": 1})
+                                                                  "dirty_since": 1}, batch_size=ONE_BATCH)
         return {doc["_id"]: doc async for doc in cursor}
 
     async def save_signals(self, changes: list[UpdateOne]) -> None:
@@ -47,7 +51,7 @@ class TrustStore:
     # --- recomputation ----------------------------------------------------------------
 
     async def due_ids(self, now: datetime, limit: int) -> list[str]:
-        cursor = self.authors.find({"dirty": True, "due_at": {"$lte": now}}, {"_id": 1}).limit(limit)
+        cursor = self.authors.find({"dirty": True, "due_at": {"$lte": now}}, {"_id": 1}, batch_size=ONE_BATCH).limit(limit)
         return [doc["_id"] async for doc in cursor]
 
     @staticmethod
@@ -57,7 +61,7 @@ class TrustStore:
             {"score.formula_version": {"$lt": formula_version}}, {"score": {"$exists": False}}]}
 
     async def behind_ids(self, formula_version: int, limit: int) -> list[str]:
-        cursor = self.authors.find(self._behind(formula_version), {"_id": 1}).sort("_id", ASCENDING).limit(limit)
+        cursor = self.authors.find(self._behind(formula_version), {"_id": 1}, batch_size=ONE_BATCH).sort("_id", ASCENDING).limit(limit)
         return [doc["_id"] async for doc in cursor]
 
     async def count_behind(self, formula_version: int) -> int:
@@ -71,7 +75,7 @@ class TrustStore:
             {"_id": {"$in": author_ids}, "$or": [{"lease_until": {"$exists": False}}, {"lease_until": {"$lt": now}}]},
             {"$set": {"lease": token, "lease_until": now + timedelta(seconds=lease_s)}},
         )
-        docs = [doc async for doc in self.authors.find({"lease": token})]
+        docs = [doc async for doc in self.authors.find({"lease": token}, batch_size=ONE_BATCH)]
         return token, docs
 
     async def save_scores(self, token: str, results: list[tuple[dict[str, Any], dict[str, Any], dict | None]]) -> None:
@@ -92,7 +96,7 @@ class TrustStore:
         query: dict[str, Any] = {"outbox_pending": True}
         if author_ids is not None:
             query["_id"] = {"$in": author_ids}
-        cursor = self.authors.find(query, {"outbox": 1}).limit(limit)
+        cursor = self.authors.find(query, {"outbox": 1}, batch_size=ONE_BATCH).limit(limit)
         return [doc async for doc in cursor]
 
     async def clear_outboxes(self, sent: list[tuple[str, str]]) -> None:
@@ -115,5 +119,5 @@ class TrustStore:
         query: dict[str, Any] = {"author_id": author_id}
         if before_revision is not None:
             query["revision"] = {"$lt": before_revision}
-        cursor = self.history.find(query).sort("revision", DESCENDING).limit(limit)
+        cursor = self.history.find(query, batch_size=ONE_BATCH).sort("revision", DESCENDING).limit(limit)
         return [doc async for doc in cursor]
