@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
-from typing import Any
 
 from contracts.envelope import Envelope, EventModel
 from contracts.events.publications import AuthorImported, WorkIngested
@@ -18,12 +18,15 @@ from services.profile.store import ProfileStore, WriteConflict
 log = get_logger(__name__)
 
 
-def to_outbox(out: Outgoing) -> dict[str, Any]:
-    return {"topic": out.topic, "key": out.key, "envelope": out.envelope.model_dump(mode="json")}
+def to_outbox(out: Outgoing) -> str:
+    # One JSON string per event: FerretDB rewrites a document several times faster when
+    # the outbox is a list of strings than when it is deeply nested documents.
+    return json.dumps({"topic": out.topic, "key": out.key, "envelope": out.envelope.model_dump(mode="json")})
 
 
-def from_outbox(item: dict[str, Any]) -> Outgoing:
-    return Outgoing(item["topic"], item["key"], Envelope.model_validate(item["envelope"]))
+def from_outbox(item: str) -> Outgoing:
+    doc = json.loads(item)
+    return Outgoing(doc["topic"], doc["key"], Envelope.model_validate(doc["envelope"]))
 
 
 class IngestPublications:

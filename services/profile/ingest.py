@@ -34,7 +34,7 @@ class AuthorRecord:
     entries: list[dict[str, Any]]
     revision: int = 0
     state: dict[str, Any] | None = None
-    outbox: list[dict[str, Any]] = field(default_factory=list)
+    outbox: list[str] = field(default_factory=list)  # serialized events (handlers.to_outbox)
     outbox_token: str | None = None
     changed: bool = False
 
