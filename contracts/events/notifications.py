@@ -15,6 +15,17 @@ from contracts.topics import Topic
 NotificationKind = Literal["new_work", "claim_approved", "trust_band_up"]
 
 
+def notification_id(source_event_id: uuid.UUID, user_id: str) -> uuid.UUID:
+    """The one id of the notification a source event gives one follower: a retried or
+    replayed fan-out derives the same id, so an inbox insert or a consumer dedupes it."""
+    return uuid.uuid5(source_event_id, user_id)
+
+
+def fanout_id(source_event_id: uuid.UUID) -> uuid.UUID:
+    """The fan-out a source event starts: planning it twice plans the same chunks."""
+    return uuid.uuid5(source_event_id, "fanout")
+
+
 class NotificationCreated(EventModel):
     event_type: ClassVar[str] = "NotificationCreated"
     topic: ClassVar[str] = Topic.NOTIFICATIONS_EVENTS

@@ -1,0 +1,243 @@
+"""Follow and unfollow commands: edges, exact counts, parking follows of unknown authors.
+
+Commands for one author share a partition (keyed by author_id), so one consumer applies
+them in order; this use case keeps that order inside a batch and is the only writer of an
+author's follow state. Per author and batch:
+
+1. finish the author's ``pending`` outbox, if a crash left one (edges, events, parked);
+2. skip commands at or below the author's applied offset (a redelivered batch);
+3. apply parked commands (oldest first), then the new ones, to the edges;
+4. park what must wait for the author, then write count, applied offset and the new
+   ``pending`` outbox in ONE update of the author document (the commit point);
+5. write the edges, publish the events, drop finished parked commands, clear ``pending``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from contracts.envelope import Envelope, EventModel, deterministic_event_id
+from contracts.events.follows import (
+    AuthorFollowed,
+    AuthorUnfollowed,
+    FollowerCountChanged,
+    FollowRejected,
+    FollowRequested,
+    UnfollowRequested,
+)
+from contracts.registry import decode
+from contracts.topics import Topic
+from service_runtime.delivery import Incoming
+from service_runtime.logging import get_logger
+from service_runtime.publishing import EventPublisher, Outgoing
+from services.follow.rules import Command, apply_commands
+from services.follow.store import FollowStore, edge_doc, edge_from
+from services.follow.settings import FollowSettings
+
+log = get_logger(__name__)
+NUDGE_PREFIX = "nudge:"
+
+
+@dataclass(frozen=True, slots=True)
+class Queued:
+    """A command waiting to be applied: new from the topic, or taken out of the parking."""
+
+    envelope: Envelope
+    payload: FollowRequested | UnfollowRequested
+    partition: int
+    offset: int
+    parked: dict[str, Any] | None = None  # the parked document, if it came from there
+
+    @property
+    def is_follow(self) -> bool:
+        return isinstance(self.payload, FollowRequested)
+
+
+def encode_outgoing(out: Outgoing) -> dict[str, str]:
+    return {"t": out.topic, "k": out.key, "e": out.envelope.model_dump_json()}
+
+
+def decode_outgoing(doc: dict[str, str]) -> Outgoing:
+    return Outgoing(doc["t"], doc["k"], Envelope.model_validate_json(doc["e"]))
+
+
+class FollowCommands:
+    def __init__(self, store: FollowStore, publisher: EventPublisher, settings: FollowSettings) -> None:
+        self.store = store
+        self.publisher = publisher
+        self.settings = settings
+
+    def is_nudge(self, envelope: Envelope) -> bool:
+        """A copy of a parked command the sweeper sends to wake its author's partition up."""
+        return envelope.producer == self.settings.service_name and envelope.correlation_id.startswith(NUDGE_PREFIX)
+
+    async def handle(self, batch: Sequence[Incoming]) -> None:
+        by_author: dict[str, list[Incoming]] = {}
+        for item in batch:
+            by_author.setdefault(item.payload.author_id, []).append(item)  # type: ignore[attr-defined]
+        docs = await self.store.authors_by_id(by_author)
+        # Authors are independent of each other; each one's commands stay in order.
+        await asyncio.gather(*(self._author(a, docs.get(a) or {}, items) for a, items in by_author.items()))
+
+    async def _author(self, author_id: str, doc: dict[str, Any], items: list[Incoming]) -> None:
+        if doc.get("pending"):
+            await self._finish(author_id, doc["pending"])
+        new = [
+            Queued(i.envelope, i.payload, i.partition, i.offset)  # type: ignore[arg-type]
+            for i in items
+            if not self.is_nudge(i.envelope) and not _applied_before(doc, i)
+        ]
+        parked = await self._parked(author_id) if doc.get("has_parked") else []
+        if not new and not parked:
+            return
+        now = datetime.now(UTC)
+        events: list[Outgoing] = []
+        fields: dict[str, Any] = {}
+        to_park: list[Queued] = []
+        parked_done: list[str] = []
+        changed: dict[str, Any] = {}
+        if doc.get("known"):
+            queue = parked + new
+            parked_done = [q.parked["_id"] for q in parked if q.parked]
+            changed = await self._apply(author_id, doc, queue, events, fields)
+        else:
+            for q in parked:
+                if q.parked and q.parked["expires_at"] <= now:
+                    parked_done.append(q.parked["_id"])
+                    if q.is_follow:
+                        events.append(self._rejected(q, "unknown_author"))
+            still_parked = len(parked) - len(parked_done)
+            # An unfollow of an unknown author is a no-op unless a parked follow precedes it.
+            for q in new:
+                if q.is_follow or still_parked or to_park:
+                    to_park.append(q)
+            fields["has_parked"] = bool(still_parked or to_park)
+        if new:
+            fields["applied_partition"] = new[-1].partition
+            fields["applied_offset"] = new[-1].offset
+        pending = {
+            "id": uuid.uuid4().hex,
+            # FerretDB stores no nested arrays: one sub-document per edge.
+            "edges": [{"u": user, **edge_doc(edge)} for user, edge in changed.items()],
+            "events": [encode_outgoing(e) for e in events],
+            "parked_done": parked_done,
+        }
+        fields["pending"] = pending
+        await self.store.park([self._parked_doc(author_id, q, now) for q in to_park])
+        await self.store.set_author_fields(author_id, fields)  # the commit point
+        await self._finish(author_id, pending)
+
+    async def _apply(
+        self, author_id: str, doc: dict[str, Any], queue: list[Queued], events: list[Outgoing], fields: dict[str, Any]
+    ) -> dict[str, Any]:
+        commands = [
+            Command("follow" if q.is_follow else "unfollow", q.payload.user_id, q.envelope.occurred_at, q)
+            for q in queue
+        ]
+        edges = await self.store.edges_of(author_id, {c.user_id for c in commands})
+        start = int(doc.get("follower_count") or 0)
+        applied = apply_commands(commands, edges, start, doc.get("owner_user_id"))
+        for outcome in applied.outcomes:
+            q: Queued = outcome.command.ref  # type: ignore[assignment]
+            user = q.payload.user_id
+            if outcome.result == "followed":
+                events.append(self._event(AuthorFollowed(author_id=author_id, user_id=user, count=outcome.count), q))
+            elif outcome.result == "unfollowed":
+                events.append(self._event(AuthorUnfollowed(author_id=author_id, user_id=user, count=outcome.count), q))
+            elif outcome.result == "rejected_self_follow":
+                events.append(self._rejected(q, "self_follow"))
+        fields["has_parked"] = False
+        if applied.count != start:
+            revision = int(doc.get("count_revision") or 0) + 1
+            last = queue[-1]
+            # The revision is part of the id: a re-sent command may end two batches, and each
+            # batch's count is its own event.
+            events.append(self.publisher.outgoing(
+                FollowerCountChanged(author_id=author_id, count=applied.count, revision=revision), cause=last.envelope,
+                event_id=deterministic_event_id(last.envelope.event_id, "FollowerCountChanged", revision),
+            ))
+            fields.update(follower_count=applied.count, count_revision=revision)
+        if applied.changed:
+            fields["pages"] = self.store.pages_with(doc.get("pages") or [], applied.changed)
+        return dict(applied.changed)
+
+    async def _finish(self, author_id: str, pending: dict[str, Any]) -> None:
+        """Carry out a committed batch; every step is idempotent, so re-running it is safe."""
+        edges = {state["u"]: edge_from(state) for state in pending.get("edges", [])}
+        await self.store.write_edges(author_id, edges)
+        await self.publisher.publish([decode_outgoing(e) for e in pending.get("events", [])])
+        await self.store.drop_parked(pending.get("parked_done", []))
+        await self.store.clear_pending(author_id, pending["id"])
+
+    async def _parked(self, author_id: str) -> list[Queued]:
+        queued = []
+        for doc in await self.store.parked_for(author_id):
+            envelope, payload = decode(Topic.WEBAPP_FOLLOWS, doc["envelope"].encode())
+            queued.append(Queued(envelope, payload, doc["partition"], doc["offset"], doc))  # type: ignore[arg-type]
+        return queued
+
+    def _parked_doc(self, author_id: str, q: Queued, now: datetime) -> dict[str, Any]:
+        return {
+            "_id": str(q.envelope.event_id), "author_id": author_id, "partition": q.partition, "offset": q.offset,
+            "envelope": q.envelope.model_dump_json(), "parked_at": now,
+            "expires_at": now + timedelta(seconds=self.settings.unknown_author_wait_s),
+        }
+
+    def _event(self, payload: EventModel, cause: Queued) -> Outgoing:
+        return self.publisher.outgoing(
+            payload, cause=cause.envelope,
+            event_id=deterministic_event_id(cause.envelope.event_id, payload.event_type),
+        )
+
+    def _rejected(self, q: Queued, reason: str) -> Outgoing:
+        return self._event(
+            FollowRejected(author_id=q.payload.author_id, user_id=q.payload.user_id, reason=reason),  # type: ignore[arg-type]
+            q,
+        )
+
+    # --- the sweeper ----------------------------------------------------------------
+
+    async def sweep_once(self) -> int:
+        """Wake up authors whose parked follows can now be applied (author known) or
+        rejected (waited long enough): send a nudge through their partition, so the
+        command consumer stays the one writer of their follow state. Returns nudges sent."""
+        now = datetime.now(UTC)
+        renudge_after = timedelta(seconds=max(2 * self.settings.sweep_interval_s, 1.0))
+        nudges: list[Outgoing] = []
+        for author in await self.store.authors_with_parked():
+            nudged_at = author.get("nudged_at")
+            if nudged_at is not None and now - nudged_at < renudge_after:
+                continue
+            parked = await self.store.parked_for(author["_id"])
+            if not parked:
+                continue
+            if author.get("known") or any(p["expires_at"] <= now for p in parked):
+                nudges.append(self._nudge(parked[0]))
+                await self.store.mark_nudged(author["_id"], now)
+        await self.publisher.publish(nudges)
+        return len(nudges)
+
+    def _nudge(self, parked: dict[str, Any]) -> Outgoing:
+        envelope = Envelope.model_validate(json.loads(parked["envelope"]))
+        payload = FollowRequested if envelope.event_type == "FollowRequested" else UnfollowRequested
+        return self.publisher.outgoing(
+            payload.model_validate(envelope.data), correlation_id=f"{NUDGE_PREFIX}{envelope.event_id}"
+        )
+
+    async def sweep_forever(self) -> None:
+        while True:
+            try:
+                await self.sweep_once()
+            except Exception as exc:  # a failed sweep is retried at the next tick
+                log.warning("sweep_failed", error=repr(exc))
+            await asyncio.sleep(self.settings.sweep_interval_s)
+
+
+def _applied_before(doc: dict[str, Any], item: Incoming) -> bool:
+    return doc.get("applied_partition") == item.partition and item.offset <= int(doc.get("applied_offset", -1))

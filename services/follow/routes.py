@@ -1,0 +1,196 @@
+"""HTTP: follow/unfollow (authenticated, published as commands), followers, following,
+and a user's own notifications."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import re
+from datetime import datetime
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request, status
+from pydantic import BaseModel, Field
+
+from contracts.events.common import ID_PATTERN, Id
+from contracts.events.follows import FollowRequested, UnfollowRequested
+from service_runtime.auth import CurrentUser, Principal
+from service_runtime.publishing import EventPublisher
+from services.follow.settings import FollowSettings
+from services.follow.store import FollowStore
+
+router = APIRouter()
+AuthorId = Annotated[str, Path(pattern=ID_PATTERN, description="author id, e.g. openalex:A5017898742")]
+UserId = Annotated[str, Path(pattern=ID_PATTERN, description="user id (the token's subject)")]
+
+
+def get_store(request: Request) -> FollowStore:
+    return request.app.state.follow_store
+
+
+def get_publisher(request: Request) -> EventPublisher:
+    return request.app.state.service.publisher
+
+
+def get_settings(request: Request) -> FollowSettings:
+    return request.app.state.service.settings
+
+
+Store = Annotated[FollowStore, Depends(get_store)]
+Publisher = Annotated[EventPublisher, Depends(get_publisher)]
+Settings = Annotated[FollowSettings, Depends(get_settings)]
+
+
+class FollowBody(BaseModel):
+    author_id: Id
+
+
+class Accepted(BaseModel):
+    status: str = "accepted"
+    command: str
+    event_id: str
+
+
+class Follower(BaseModel):
+    user_id: str
+    followed_at: datetime | None
+
+
+class FollowersPage(BaseModel):
+    author_id: str
+    follower_count: int
+    followers: list[Follower]
+    next_cursor: str | None
+
+
+class Followed(BaseModel):
+    author_id: str
+    followed_at: datetime | None
+
+
+class Following(BaseModel):
+    user_id: str
+    following: list[Followed]
+
+
+class Notification(BaseModel):
+    notification_id: str
+    author_id: str
+    kind: str
+    title: str
+    source_event_id: str
+    created_at: datetime
+    read: bool
+
+
+class NotificationsPage(BaseModel):
+    user_id: str
+    notifications: list[Notification]
+    next_cursor: str | None
+
+
+class MarkRead(BaseModel):
+    # None: mark every notification of the user read.
+    notification_ids: list[str] | None = Field(default=None, max_length=1000)
+
+
+def _user_id_valid(user: Principal) -> str:
+    """The token's subject becomes the command's user id: it must be a valid id."""
+    if not re.fullmatch(ID_PATTERN, user.user_id):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "the token's subject is not a valid user id")
+    return user.user_id
+
+
+@router.post("/follows", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted, tags=["follows"],
+             summary="Follow an author (the user comes from the token)")
+async def follow(body: FollowBody, user: CurrentUser, publisher: Publisher) -> Accepted:
+    out = publisher.outgoing(FollowRequested(user_id=_user_id_valid(user), author_id=body.author_id))
+    await publisher.publish([out])
+    return Accepted(command="FollowRequested", event_id=str(out.envelope.event_id))
+
+
+@router.delete("/follows/{author_id}", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted,
+               tags=["follows"], summary="Unfollow an author (a no-op if not followed)")
+async def unfollow(author_id: AuthorId, user: CurrentUser, publisher: Publisher) -> Accepted:
+    out = publisher.outgoing(UnfollowRequested(user_id=_user_id_valid(user), author_id=author_id))
+    await publisher.publish([out])
+    return Accepted(command="UnfollowRequested", event_id=str(out.envelope.event_id))
+
+
+@router.get("/authors/{author_id}/followers", response_model=FollowersPage, tags=["follows"],
+            summary="Followers of an author, by user id, paged")
+async def followers(
+    author_id: AuthorId, store: Store, settings: Settings,
+    cursor: Annotated[str | None, Query(pattern=ID_PATTERN, description="next_cursor of the previous page")] = None,
+    limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
+) -> FollowersPage:
+    author = await store.author(author_id)
+    if author is None or not author.get("known"):
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"unknown author {author_id}")
+    size = limit or settings.page_limit
+    edges = await store.all_edges(author_id, author.get("pages") or [])
+    active = sorted((u, e.followed_at) for u, e in edges if e.active and (cursor is None or u > cursor))
+    page = active[:size]
+    return FollowersPage(
+        author_id=author_id, follower_count=int(author.get("follower_count") or 0),
+        followers=[Follower(user_id=u, followed_at=at) for u, at in page],
+        next_cursor=page[-1][0] if len(active) > size else None,
+    )
+
+
+@router.get("/users/{user_id}/following", response_model=Following, tags=["follows"],
+            summary="Authors a user follows")
+async def following(user_id: UserId, store: Store) -> Following:
+    return Following(user_id=user_id,
+                     following=[Followed(author_id=a, followed_at=at) for a, at in await store.following_of(user_id)])
+
+
+def _only_self(user_id: str, user: Principal) -> None:
+    if user.user_id != user_id:
+        raise HTTPException(status.HTTP_403_FORBIDDEN, "only the user themself can read or change their notifications")
+
+
+def _encode_cursor(doc: dict[str, Any]) -> str:
+    return base64.urlsafe_b64encode(f"{doc['created_at'].isoformat()}|{doc['_id']}".encode()).decode()
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        created_at, nid = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
+        return datetime.fromisoformat(created_at), nid
+    except (ValueError, binascii.Error, UnicodeDecodeError):
+        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "invalid cursor") from None
+
+
+@router.get("/users/{user_id}/notifications", response_model=NotificationsPage, tags=["notifications"],
+            summary="The user's own notifications, newest first")
+async def notifications(
+    user_id: UserId, user: CurrentUser, store: Store, settings: Settings,
+    cursor: Annotated[str | None, Query(max_length=300)] = None,
+    unread: Annotated[bool, Query(description="only unread ones")] = False,
+    limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
+) -> NotificationsPage:
+    _only_self(user_id, user)
+    size = limit or settings.page_limit
+    docs = await store.notifications(
+        user_id, unread_only=unread, before=_decode_cursor(cursor) if cursor else None, limit=size + 1
+    )
+    page = docs[:size]
+    return NotificationsPage(
+        user_id=user_id,
+        notifications=[
+            Notification(notification_id=d["_id"], author_id=d["author_id"], kind=d["kind"], title=d["title"],
+                         source_event_id=d["source_event_id"], created_at=d["created_at"], read=d["read"])
+            for d in page
+        ],
+        next_cursor=_encode_cursor(page[-1]) if len(docs) > size else None,
+    )
+
+
+@router.post("/users/{user_id}/notifications/read", tags=["notifications"],
+             summary="Mark the given notifications (or all) read")
+async def mark_read(
+    user_id: UserId, user: CurrentUser, store: Store, body: Annotated[MarkRead | None, Body()] = None,
+) -> dict[str, int]:
+    _only_self(user_id, user)
+    return {"marked": await store.mark_read(user_id, body.notification_ids if body else None)}

@@ -1,0 +1,237 @@
+"""The follow service's projection in MongoDB (FerretDB locally).
+
+Layout, chosen so the hot paths (commands, fan-out) only ever look documents up by _id,
+the one lookup FerretDB's SQLite backend answers without scanning the collection:
+
+* ``authors``: one document per author: identity (known, display name, owner, with the
+  revisions that guard them), the exact follower count with its revision, the offset of
+  the last command applied, and ``pending``: the outbox of the last command batch (edge
+  writes, events to publish, parked commands to drop), written in the same update as the
+  count and cleared once done. A crash anywhere is healed by the next batch of that author.
+* ``follower_pages``: an author's follower index cut into pages by hash of user id
+  (``<author_id>#<page>``), each a map user -> edge {on, at, un}. Unfollows keep the edge,
+  marked, so a fan-out knows who followed at the moment of its source event.
+* ``following``: per user, the authors they follow (the reverse index for HTTP).
+* ``parked``: follow commands for authors not known yet, waiting for the author.
+* ``fanouts`` / ``fanout_chunks``: the plan of each fan-out and the members of its chunks.
+* ``inbox``: notifications, ``_id`` = the deterministic notification id, so inserting one
+  twice is a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from pymongo import ASCENDING, DESCENDING, UpdateOne
+from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError, DuplicateKeyError
+
+from services.follow.rules import Edge, field_key, from_field_key, page_of
+
+DUPLICATE_KEY = 11000
+_READ_CONCURRENCY = 32
+# FerretDB 1.24 stalls on one unordered bulk of more than ~128 updates of existing
+# documents (measured: 50 fine over many rounds, 100-170 sometimes never return); slices of 32 avoid it.
+_UPDATE_SLICE = 32
+
+
+def edge_doc(edge: Edge) -> dict[str, Any]:
+    return {"on": edge.active, "at": edge.followed_at, "un": edge.unfollowed_at}
+
+
+def edge_from(doc: dict[str, Any]) -> Edge:
+    return Edge(bool(doc.get("on")), doc.get("at"), doc.get("un"))
+
+
+def _only_duplicates(exc: BulkWriteError) -> bool:
+    return all(e.get("code") == DUPLICATE_KEY for e in exc.details.get("writeErrors", []))
+
+
+async def _bulk_update(collection: Any, ops: list[UpdateOne]) -> None:
+    for start in range(0, len(ops), _UPDATE_SLICE):
+        await collection.bulk_write(ops[start:start + _UPDATE_SLICE], ordered=False)
+
+
+class FollowStore:
+    def __init__(self, db: AsyncDatabase, pages: int) -> None:
+        self.db = db
+        self.pages = pages
+        self.authors = db.authors
+        self.follower_pages = db.follower_pages
+        self.following = db.following
+        self.parked = db.parked
+        self.fanouts = db.fanouts
+        self.chunks = db.fanout_chunks
+        self.inbox = db.inbox
+        self._reads = asyncio.Semaphore(_READ_CONCURRENCY)
+
+    async def create_indexes(self) -> None:
+        # FerretDB keeps these without using them for ranges; MongoDB serves the reads with them.
+        await self.parked.create_index([("author_id", ASCENDING), ("offset", ASCENDING)])
+        await self.inbox.create_index([("user_id", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)])
+
+    async def _find_one(self, collection: Any, _id: str) -> dict[str, Any] | None:
+        async with self._reads:
+            return await collection.find_one({"_id": _id})
+
+    # --- authors --------------------------------------------------------------------
+
+    async def author(self, author_id: str) -> dict[str, Any] | None:
+        return await self._find_one(self.authors, author_id)
+
+    async def authors_by_id(self, author_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        ids = list(dict.fromkeys(author_ids))
+        docs = await asyncio.gather(*(self._find_one(self.authors, a) for a in ids))
+        return {a: d for a, d in zip(ids, docs, strict=True) if d is not None}
+
+    async def set_author_fields(self, author_id: str, fields: dict[str, Any]) -> None:
+        await self.authors.update_one({"_id": author_id}, {"$set": fields}, upsert=True)
+
+    async def clear_pending(self, author_id: str, pending_id: str) -> None:
+        await self.authors.update_one({"_id": author_id, "pending.id": pending_id}, {"$unset": {"pending": ""}})
+
+    async def authors_with_parked(self) -> list[dict[str, Any]]:
+        return await self.authors.find({"has_parked": True}).to_list(None)
+
+    # --- follower index -------------------------------------------------------------
+
+    def page_id(self, author_id: str, page: int) -> str:
+        return f"{author_id}#{page}"
+
+    async def edges_of(self, author_id: str, user_ids: Iterable[str]) -> dict[str, Edge]:
+        users = set(user_ids)
+        pages = sorted({page_of(u, self.pages) for u in users})
+        docs = await asyncio.gather(*(self._find_one(self.follower_pages, self.page_id(author_id, p)) for p in pages))
+        edges: dict[str, Edge] = {}
+        for doc in docs:
+            for key, value in ((doc or {}).get("f") or {}).items():
+                user = from_field_key(key)
+                if user in users:
+                    edges[user] = edge_from(value)
+        return edges
+
+    async def all_edges(self, author_id: str, pages: Sequence[int]) -> list[tuple[str, Edge]]:
+        docs = await asyncio.gather(*(self._find_one(self.follower_pages, self.page_id(author_id, p)) for p in pages))
+        return [(from_field_key(k), edge_from(v)) for doc in docs for k, v in ((doc or {}).get("f") or {}).items()]
+
+    async def write_edges(self, author_id: str, edges: dict[str, Edge]) -> None:
+        """Set each edge to its state after the batch (idempotent: a replay sets the same)."""
+        if not edges:
+            return
+        by_page: dict[int, dict[str, Any]] = {}
+        following: list[UpdateOne] = []
+        for user, edge in edges.items():
+            by_page.setdefault(page_of(user, self.pages), {})[f"f.{field_key(user)}"] = edge_doc(edge)
+            following.append(UpdateOne(
+                {"_id": user}, {"$set": {f"a.{field_key(author_id)}": {"on": edge.active, "at": edge.followed_at}}},
+                upsert=True,
+            ))
+        await _bulk_update(self.follower_pages, [
+            UpdateOne({"_id": self.page_id(author_id, p)}, {"$set": {"author_id": author_id, **fields}}, upsert=True)
+            for p, fields in sorted(by_page.items())
+        ])
+        await _bulk_update(self.following, following)
+
+    def pages_with(self, existing: Sequence[int], users: Iterable[str]) -> list[int]:
+        return sorted(set(existing) | {page_of(u, self.pages) for u in users})
+
+    async def following_of(self, user_id: str) -> list[tuple[str, datetime | None]]:
+        doc = await self._find_one(self.following, user_id)
+        return sorted(
+            (from_field_key(k), v.get("at")) for k, v in ((doc or {}).get("a") or {}).items() if v.get("on")
+        )
+
+    # --- parked commands ------------------------------------------------------------
+
+    async def park(self, docs: list[dict[str, Any]]) -> None:
+        await self.insert_ignoring_duplicates(self.parked, docs)
+
+    async def parked_for(self, author_id: str) -> list[dict[str, Any]]:
+        return await self.parked.find({"author_id": author_id}).sort("offset", ASCENDING).to_list(None)
+
+    async def drop_parked(self, ids: Sequence[str]) -> None:
+        if ids:
+            await self.parked.delete_many({"_id": {"$in": list(ids)}})
+
+    async def mark_nudged(self, author_id: str, at: datetime) -> None:
+        await self.authors.update_one({"_id": author_id}, {"$set": {"nudged_at": at}})
+
+    # --- fan-out --------------------------------------------------------------------
+
+    async def fanout(self, fanout_id: str) -> dict[str, Any] | None:
+        return await self._find_one(self.fanouts, fanout_id)
+
+    async def create_fanout(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """Insert the plan unless one exists; return the plan that stands (the first one)."""
+        try:
+            await self.fanouts.insert_one(doc)
+            return doc
+        except DuplicateKeyError:
+            existing = await self.fanout(doc["_id"])
+            assert existing is not None
+            return existing
+
+    async def save_chunks(self, docs: list[dict[str, Any]]) -> None:
+        await self.insert_ignoring_duplicates(self.chunks, docs)
+
+    async def chunk(self, chunk_key: str) -> dict[str, Any] | None:
+        return await self._find_one(self.chunks, chunk_key)
+
+    async def mark_fanout_published(self, fanout_id: str) -> None:
+        await self.fanouts.update_one({"_id": fanout_id}, {"$set": {"published": True}})
+
+    async def mark_chunk_done(self, fanout_id: str, number: int) -> None:
+        await self.fanouts.update_one({"_id": fanout_id}, {"$addToSet": {"done": number}})
+
+    # --- inbox ----------------------------------------------------------------------
+
+    async def insert_notifications(self, docs: list[dict[str, Any]]) -> None:
+        await self.insert_ignoring_duplicates(self.inbox, docs)
+
+    async def notifications(
+        self, user_id: str, *, unread_only: bool, before: tuple[datetime, str] | None, limit: int
+    ) -> list[dict[str, Any]]:
+        query: dict[str, Any] = {"user_id": user_id}
+        if unread_only:
+            query["read"] = False
+        if before is not None:
+            created_at, nid = before
+            query["$or"] = [{"created_at": {"$lt": created_at}}, {"created_at": created_at, "_id": {"$lt": nid}}]
+        cursor = self.inbox.find(query).sort([("created_at", DESCENDING), ("_id", DESCENDING)]).limit(limit)
+        return await cursor.to_list(None)
+
+    async def mark_read(self, user_id: str, notification_ids: Sequence[str] | None) -> int:
+        query: dict[str, Any] = {"user_id": user_id, "read": False}
+        if notification_ids is not None:
+            query["_id"] = {"$in": list(notification_ids)}
+        result = await self.inbox.update_many(query, {"$set": {"read": True}})
+        return result.modified_count
+
+    # --- helpers --------------------------------------------------------------------
+
+    async def insert_ignoring_duplicates(self, collection: Any, docs: list[dict[str, Any]]) -> None:
+        if not docs:
+            return
+        try:
+            await collection.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            if not _only_duplicates(exc):
+                raise
+
+    async def seed_followers(self, author_id: str, display_name: str, users: Sequence[str], at: datetime) -> None:
+        """Write an author and its followers straight into the projection, in bulk: for
+        benchmarks and fan-out tests that need 10^4-10^5 followers, not for the service."""
+        edges = {u: Edge(True, at, None) for u in users}
+        by_page: dict[int, dict[str, Any]] = {}
+        for user, edge in edges.items():
+            by_page.setdefault(page_of(user, self.pages), {})[field_key(user)] = edge_doc(edge)
+        await self.follower_pages.insert_many(
+            [{"_id": self.page_id(author_id, p), "author_id": author_id, "f": f} for p, f in by_page.items()]
+        )
+        await self.set_author_fields(author_id, {
+            "known": True, "display_name": display_name, "profile_revision": 1, "follower_count": len(users),
+            "count_revision": 1, "pages": sorted(by_page),
+        })
