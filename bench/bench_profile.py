@@ -122,7 +122,8 @@ async def run_baseline(topic: str, database: str, n_works: int) -> float:
             if not docs:
                 continue
             ids = {a["author_id"] for w in docs for a in w["authors"]}
-            await db.works.find({"_id": {"$in": [w["work_id"] for w in docs]}}, {"author_ids": 1}).to_list()
+            stored = {d["_id"] for d in await db.works.find(
+                {"_id": {"$in": [w["work_id"] for w in docs]}}, {"author_ids": 1}).to_list()}
             authors = {d["_id"]: d async for d in db.authors.find({"_id": {"$in": list(ids)}})}
             fresh = {}
             for w in docs:
@@ -135,8 +136,9 @@ async def run_baseline(topic: str, database: str, n_works: int) -> float:
             ops = [InsertOne(d) for d in fresh.values()] + [
                 ReplaceOne({"_id": i}, d) for i, d in authors.items() if i not in fresh]
             await db.authors.bulk_write(ops, ordered=False)
-            await db.works.bulk_write([ReplaceOne({"_id": w["work_id"]}, {"work": w}, upsert=True) for w in docs],
-                                      ordered=False)
+            await db.works.bulk_write([ReplaceOne({"_id": w["work_id"]}, {"work": w}, upsert=True)
+                                       if w["work_id"] in stored else InsertOne({"_id": w["work_id"], "work": w})
+                                       for w in docs], ordered=False)
             await consumer.commit()
             done += len(docs)
         return time.perf_counter() - started

@@ -69,7 +69,7 @@ class IngestPublications:
         # Authors before works: a redelivery re-reads the old works document and so still
         # knows which authors a corrected author list dropped.
         await self.store.write_authors(plan.changed_authors, plan.read_revisions)
-        await self.store.write_works(plan.works)
+        await self.store.write_works(plan.works, stored=set(stored))
         return [record for record in plan.authors.values() if record.outbox]
 
     async def _publish(self, records: list[AuthorRecord]) -> None:

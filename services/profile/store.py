@@ -91,10 +91,19 @@ class ProfileStore:
             record.outbox_token = token
         return token
 
-    async def write_works(self, works: dict[str, dict[str, Any]]) -> None:
-        if works:
-            await self.works.bulk_write([ReplaceOne({"_id": wid, }, doc, upsert=True) for wid, doc in works.items()],
-                                        ordered=False)
+    async def write_works(self, works: dict[str, dict[str, Any]], stored: set[str]) -> None:
+        """New works are inserted, corrected ones replaced: FerretDB inserts a batch in one
+        statement but looks up each replaced document on its own."""
+        ops: list[Any] = [ReplaceOne({"_id": wid}, doc, upsert=True) if wid in stored else InsertOne(doc)
+                          for wid, doc in works.items()]
+        if not ops:
+            return
+        try:
+            await self.works.bulk_write(ops, ordered=False)
+        except BulkWriteError as exc:
+            # Inserted meanwhile by a redelivery or a replica: the same content, keep it.
+            if not all(e.get("code") == _DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
+                raise
 
     async def clear_outboxes(self, tokens: dict[str, str]) -> None:
         """Empty the outboxes just published, unless a later write (with a new token,
