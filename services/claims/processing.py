@@ -7,7 +7,7 @@ inputs in partition order (``rules``), then
 1. take the new slots (atomic conditional writes: the cross-partition limits),
 2. write claims (each with its new events in its ``outbox`` and the input ids applied),
    then authors, both version-guarded,
-3. free released slots, publish every event, clear the outboxes.
+3. free released slots, publish every event, mark the outboxes published.
 
 A crash anywhere leaves the input uncommitted; its redelivery finds the input applied
 (nothing is decided twice) and publishes the outbox again, under the same event ids.
@@ -18,6 +18,7 @@ and decide again.
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -116,7 +117,7 @@ class ClaimsProcessor:
         stale = await self.store.unpublished_before(now - timedelta(seconds=self.settings.outbox_grace_s))
         if stale:
             await self.publisher.publish([_outgoing(entry) for c in stale for entry in c.outbox])
-            await self.store.clear_outboxes(stale)
+            await self.store.mark_published(c.outbox_token for c in stale)
         return len(expired)
 
     # --- one attempt --------------------------------------------------------------------
@@ -139,11 +140,12 @@ class ClaimsProcessor:
                 book.dirty_claims.add(claim.claim_id)
         if not await self.store.acquire_all(book.slots.acquired, self.limits):
             return False
-        if not await self.store.save(book):
+        token = uuid.uuid4().hex
+        if not await self.store.save(book, token):
             return False
         await self.store.release_all(book.slots.released)
         await self.publisher.publish(republish + fresh)
-        await self.store.clear_outboxes(c for c in book.claims.values() if c.outbox)
+        await self.store.mark_published([token, *(c.outbox_token for c in pending)])
         return True
 
 

@@ -68,7 +68,8 @@ class Claim:
     detail: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     applied: list[str] = field(default_factory=list)  # ids of the inputs already applied
-    outbox: list[dict[str, Any]] = field(default_factory=list)  # events written, maybe not yet published
+    outbox: list[dict[str, Any]] = field(default_factory=list)  # events written, not known to be published
+    outbox_token: str | None = None  # which write put them there (see the store)
     version: int = 0
 
 

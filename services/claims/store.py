@@ -1,11 +1,15 @@
 """The claims service's store: claims, the author records it knows, and users' claim slots.
 
 * ``claims``: one document per claim: status, evidence, full history, the ids of the inputs
-  already applied and an ``outbox`` of events written with the state, cleared once published.
+  already applied and an ``outbox`` of events written with the state, tagged with the
+  token of the write that put them there.
+* ``published``: the tokens whose events are all published. Marking a token is one small
+  insert, where clearing every outbox would be one slow update per claim on FerretDB.
 * ``authors``: identity from profile.events and the record's claim state.
-* ``user_slots``: per user and kind (open / approved), the claims held. Claims of one user
-  live in several partitions (several replicas), so a slot is taken with one atomic
-  conditional write, never by reading and then writing.
+* ``user_slots``: one document per slot a claim holds, per user and kind (open /
+  approved), numbered below the limit. Claims of one user live in several partitions
+  (several replicas), so a slot is taken by inserting its numbered document: the unique
+  _id lets only one writer have it.
 
 Claims and authors are written with optimistic concurrency (a ``version`` per document):
 a write that finds another version tells the caller to reload and decide again.
@@ -16,7 +20,7 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from pymongo import ASCENDING
@@ -27,6 +31,7 @@ from contracts.events.claims import AuthorClaimState
 from services.claims.rules import OPEN, AuthorRecord, Book, Claim, Identity, Limits, Slots
 
 SlotOp = tuple[str, str, str]  # (kind, user, claim_id)
+UPDATES_PER_COMMAND = 25
 
 
 class ClaimsStore:
@@ -35,11 +40,13 @@ class ClaimsStore:
         self.claims = db.claims
         self.authors = db.authors
         self.slots = db.user_slots
+        self.published = db.published
 
     async def create_indexes(self) -> None:
         await self.claims.create_index([("author_id", ASCENDING), ("status", ASCENDING)])
         await self.claims.create_index([("status", ASCENDING), ("created_at", ASCENDING)])
         await self.claims.create_index([("user_id", ASCENDING)])
+        await self.slots.create_index([("user", ASCENDING), ("kind", ASCENDING)])
 
     # --- loading a book ---------------------------------------------------------------
 
@@ -53,99 +60,137 @@ class ClaimsStore:
             {"author_id": {"$in": author_ids}, "status": {"$in": sorted(OPEN)}},
         ]}
         claims = {d["_id"]: _claim(d) async for d in self.claims.find(query)}
+        await self._forget_published(claims.values())
         users = set(user_ids) | {c.user_id for c in claims.values()}
         return Book(authors, claims, Slots(await self.load_slots(users), limits))
 
     async def load_slots(self, users: Iterable[str]) -> dict[tuple[str, str], list[str]]:
-        ids = [f"{kind}:{u}" for u in users for kind in ("open", "approved")]
         held: dict[tuple[str, str], list[str]] = {}
-        async for d in self.slots.find({"_id": {"$in": ids}}):
-            kind, user = d["_id"].split(":", 1)
-            held[(kind, user)] = list(d.get("holders", []))
+        async for d in self.slots.find({"user": {"$in": list(set(users))}}):
+            held.setdefault((d["kind"], d["user"]), []).append(d["claim_id"])
         return held
 
     # --- slots ------------------------------------------------------------------------
 
     async def acquire_all(self, ops: list[SlotOp], limits: Limits) -> bool:
-        """Take every slot; False if any was taken meanwhile by another writer."""
-        by_user: dict[str, list[SlotOp]] = defaultdict(list)
-        for op in ops:
-            by_user[op[1]].append(op)
-
-        async def one_user(user_ops: list[SlotOp]) -> bool:
-            ok = True
-            for kind, user, claim_id in user_ops:
-                limit = limits.max_open_claims_per_user if kind == "open" else limits.max_approved_claims_per_user
-                ok = await self.acquire(kind, user, claim_id, limit) and ok
-            return ok
-
-        results = await asyncio.gather(*(one_user(u) for u in by_user.values()))
-        return all(results)
+        """Take every slot in one insert; False if another writer took one meanwhile (the
+        caller reloads: slots this call did get then count as held)."""
+        if not ops:
+            return True
+        users = {user for _, user, _ in ops}
+        taken: dict[tuple[str, str], dict[int, str]] = defaultdict(dict)
+        async for d in self.slots.find({"user": {"$in": list(users)}}):
+            taken[(d["kind"], d["user"])][int(d["_id"].rsplit(":", 1)[1])] = d["claim_id"]
+        docs = []
+        for kind, user, claim_id in ops:
+            held = taken[(kind, user)]
+            if claim_id in held.values():
+                continue
+            limit = limits.max_open_claims_per_user if kind == "open" else limits.max_approved_claims_per_user
+            free = [n for n in range(limit) if n not in held]
+            if not free:
+                return False
+            held[free[0]] = claim_id
+            docs.append({"_id": f"{kind}:{user}:{free[0]}", "kind": kind, "user": user, "claim_id": claim_id})
+        return await self._insert(self.slots.name, docs)
 
     async def acquire(self, kind: str, user: str, claim_id: str, limit: int) -> bool:
-        slot_id = f"{kind}:{user}"
-        try:
-            # Matches only while the user is under the limit; otherwise the upsert tries to
-            # insert a second document with the same _id and fails: the limit holds atomically.
-            await self.slots.update_one(
-                {"_id": slot_id, "count": {"$lt": limit}, "holders": {"$ne": claim_id}},
-                {"$addToSet": {"holders": claim_id}, "$inc": {"count": 1}}, upsert=True,
-            )
-            return True
-        except DuplicateKeyError:
-            return await self.slots.count_documents({"_id": slot_id, "holders": claim_id}, limit=1) > 0
+        """Take one of the user's ``limit`` numbered slots by inserting its document: the
+        unique _id makes two writers racing for the last slot see one winner. (A counter
+        updated with a conditional filter is not atomic on FerretDB under concurrency.)"""
+        for _ in range(limit + 1):
+            taken = {d["_id"]: d["claim_id"] async for d in self.slots.find({"kind": kind, "user": user})}
+            if claim_id in taken.values():
+                return True
+            free = [n for n in range(limit) if f"{kind}:{user}:{n}" not in taken]
+            if not free:
+                return False
+            try:
+                await self.slots.insert_one(
+                    {"_id": f"{kind}:{user}:{free[0]}", "kind": kind, "user": user, "claim_id": claim_id})
+                return True
+            except DuplicateKeyError:
+                continue  # another writer took that one: look again
+        return False
 
     async def release_all(self, ops: list[SlotOp]) -> None:
-        await asyncio.gather(*(
-            self.slots.update_one(
-                {"_id": f"{kind}:{user}", "holders": claim_id},
-                {"$pull": {"holders": claim_id}, "$inc": {"count": -1}},
-            )
-            for kind, user, claim_id in ops
-        ))
+        by_kind: dict[str, list[str]] = defaultdict(list)
+        for kind, _, claim_id in ops:
+            by_kind[kind].append(claim_id)
+        for kind, claim_ids in by_kind.items():
+            await self.slots.delete_many({"kind": kind, "claim_id": {"$in": claim_ids}})
 
     # --- saving -------------------------------------------------------------------------
 
-    async def save(self, book: Book) -> bool:
-        """Write dirty claims, then dirty authors; False on a concurrent change."""
-        claim_updates = []
+    async def save(self, book: Book, token: str) -> bool:
+        """Write dirty claims, then dirty authors; False on a concurrent change. ``token``
+        tags the outboxes this attempt writes (``mark_published`` once they are out)."""
+        new_claims, claim_updates = [], []
         for cid in sorted(book.dirty_claims):
             claim = book.claims[cid]
-            doc = _claim_doc(claim)
-            doc["version"] = claim.version + 1
-            claim_updates.append({"q": {"_id": cid, "version": claim.version}, "u": {"$set": doc}, "upsert": claim.version == 0})
+            claim.outbox_token = token
+            doc = _claim_doc(claim) | {"version": claim.version + 1}
+            if claim.version == 0:
+                new_claims.append({"_id": cid, **doc})
+            else:
+                claim_updates.append({"q": {"_id": cid, "version": claim.version}, "u": {"$set": doc}})
+        if not await self._insert(self.claims.name, new_claims):
+            return False
         if not await self._conditional(self.claims.name, claim_updates):
             return False
         for cid in book.dirty_claims:
             book.claims[cid].version += 1
-        author_updates = []
+        new_authors, author_updates = [], []
         for aid in sorted(book.dirty_authors):
             author = book.authors[aid]
-            doc = _author_doc(author)
-            doc["version"] = author.version + 1
-            author_updates.append({"q": {"_id": aid, "version": author.version}, "u": {"$set": doc}, "upsert": author.version == 0})
+            doc = _author_doc(author) | {"version": author.version + 1}
+            if author.version == 0:
+                new_authors.append({"_id": aid, **doc})
+            else:
+                author_updates.append({"q": {"_id": aid, "version": author.version}, "u": {"$set": doc}})
+        if not await self._insert(self.authors.name, new_authors):
+            return False
         if not await self._conditional(self.authors.name, author_updates):
             return False
         for aid in book.dirty_authors:
             book.authors[aid].version += 1
         return True
 
+    async def _insert(self, collection: str, docs: list[dict[str, Any]]) -> bool:
+        """Insert new documents in bulk; False if one exists already (another writer)."""
+        for start in range(0, len(docs), 500):
+            reply = await self.db.command({"insert": collection, "documents": docs[start:start + 500], "ordered": False})
+            if reply.get("writeErrors"):
+                return False
+        return True
+
     async def _conditional(self, collection: str, updates: list[dict[str, Any]]) -> bool:
         """One round trip for many version-guarded updates (FerretDB is fast on batches).
         The raw command is used because the driver's bulk helper cannot read FerretDB's
-        reply when some updates fail; every update must match (or insert) exactly once."""
-        for start in range(0, len(updates), 200):
-            chunk = updates[start:start + 200]
+        reply when some updates fail; every update must match exactly once. Chunks stay
+        small: FerretDB 1.24 (SQLite) stops answering, for every client, when one update
+        command carries about a hundred updates."""
+        for start in range(0, len(updates), UPDATES_PER_COMMAND):
+            chunk = updates[start:start + UPDATES_PER_COMMAND]
             reply = await self.db.command({"update": collection, "updates": chunk, "ordered": False})
             if reply.get("writeErrors") or reply.get("n", 0) != len(chunk):
                 return False
         return True
 
-    async def clear_outboxes(self, claims: Iterable[Claim]) -> None:
-        """The events are published: forget them (only if nobody changed the claim since)."""
-        updates = [{"q": {"_id": c.claim_id, "version": c.version}, "u": {"$set": {"outbox": []}}} for c in claims]
-        for start in range(0, len(updates), 200):
-            await self.db.command({"update": self.claims.name, "updates": updates[start:start + 200], "ordered": False})
+    async def mark_published(self, tokens: Iterable[str | None]) -> None:
+        for token in {t for t in tokens if t}:
+            await self.published.update_one({"_id": token}, {"$setOnInsert": {"at": datetime.now(UTC)}}, upsert=True)
+
+    async def _forget_published(self, claims: Iterable[Claim]) -> None:
+        """Outboxes whose token is marked published hold nothing left to publish."""
+        with_outbox = [c for c in claims if c.outbox]
+        tokens = list({c.outbox_token for c in with_outbox if c.outbox_token})
+        if not tokens:
+            return
+        done = {d["_id"] async for d in self.published.find({"_id": {"$in": tokens}})}
+        for claim in with_outbox:
+            if claim.outbox_token in done:
+                claim.outbox = []
 
     # --- the sweeper's queries ----------------------------------------------------------
 
@@ -153,9 +198,11 @@ class ClaimsStore:
         cursor = self.claims.find({"status": "pending_author", "created_at": {"$lt": before}}).sort("created_at", 1).limit(limit)
         return [_claim(d) async for d in cursor]
 
-    async def unpublished_before(self, before: datetime, limit: int = 500) -> list[Claim]:
-        cursor = self.claims.find({"outbox.0": {"$exists": True}, "updated_at": {"$lt": before}}).limit(limit)
-        return [_claim(d) async for d in cursor]
+    async def unpublished_before(self, before: datetime) -> list[Claim]:
+        cursor = self.claims.find({"outbox.0": {"$exists": True}, "updated_at": {"$lt": before}})
+        claims = [_claim(d) async for d in cursor]
+        await self._forget_published(claims)
+        return [c for c in claims if c.outbox]
 
     # --- HTTP reads --------------------------------------------------------------------
 
@@ -192,7 +239,7 @@ def _author_doc(a: AuthorRecord) -> dict[str, Any]:
 
 
 _CLAIM_FIELDS = ("author_id", "user_id", "status", "created_at", "updated_at", "evidence", "show_owner", "level",
-                 "reason", "detail", "history", "applied", "outbox")
+                 "reason", "detail", "history", "applied", "outbox", "outbox_token")
 
 
 def _claim(d: dict[str, Any]) -> Claim:

@@ -9,6 +9,7 @@ import pytest
 from aiokafka import AIOKafkaProducer
 
 from contracts.events.claims import ClaimRequested, Evidence
+from services.claims.rules import Limits
 from tests.conftest import Namespace, eventually
 from tests.integration.claims.helpers import (
     ORCID,
@@ -53,6 +54,10 @@ async def test_racing_claims_on_one_record_first_in_partition_order_wins(ns: Nam
     assert author["claim"]["owner_user_id"] == "u0" and author["claim"]["revision"] == 2
 
 
+def store_limits() -> Limits:
+    return Limits(max_open_claims_per_user=3, max_approved_claims_per_user=1)
+
+
 @contextlib.asynccontextmanager
 async def two_replicas(ns: Namespace, **overrides):
     first, second = claims_service(ns, **overrides), claims_service(ns, **overrides)
@@ -70,12 +75,12 @@ async def test_one_approved_claim_per_user_across_partitions_and_replicas(ns: Na
             for i, a in enumerate(authors)
         ))
         events = await events_until(ns, lambda ev: len(of_type(ev, "ClaimSubmitted")) == 12, "12 claims decided")
-        slot = await service.db.user_slots.find_one({"_id": "approved:greedy"})
+        slots = [d async for d in service.db.user_slots.find({"user": "greedy", "kind": "approved"})]
         owned = await service.db.authors.count_documents({"claim.owner_user_id": "greedy"})
     assert len(of_type(events, "ClaimApproved")) == 1
     assert {e["data"]["reason"] for e in of_type(events, "ClaimRejected")} == {"user_already_owns_a_record"}
     assert len(of_type(events, "ClaimRejected")) == 11
-    assert slot["count"] == 1 and len(slot["holders"]) == 1 and owned == 1
+    assert len(slots) == 1 and owned == 1
 
 
 async def test_at_most_three_open_claims_per_user_across_replicas(ns: Namespace, producer) -> None:
@@ -106,7 +111,8 @@ async def test_a_slot_is_taken_atomically_by_concurrent_writers(ns: Namespace) -
     assert sum(results) == 1
     results = await asyncio.gather(*(store.acquire("open", "racer", f"c{i}", 3) for i in range(20)))
     assert sum(results) == 3
-    doc = await service.db.user_slots.find_one({"_id": "open:racer"})
-    assert doc["count"] == 3 and len(doc["holders"]) == 3
-    assert await store.acquire("open", "racer", doc["holders"][0], 3)  # holding it already: still yours
+    held = [d["claim_id"] async for d in service.db.user_slots.find({"user": "racer", "kind": "open"})]
+    assert len(held) == 3
+    assert await store.acquire("open", "racer", held[0], 3)  # holding it already: still yours
+    assert not await store.acquire_all([("open", "racer", "another")], store_limits())
     await service.mongo.close()
