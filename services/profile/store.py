@@ -31,6 +31,8 @@ from pymongo.errors import BulkWriteError
 from services.profile.ingest import AuthorRecord
 
 _DUPLICATE_KEY = 11000
+# FerretDB stalls on bulk writes of a few hundred large replacements; chunks of this size don't.
+_WRITE_CHUNK = 50
 
 
 class WriteConflict(Exception):
@@ -79,14 +81,17 @@ class ProfileStore:
                 updates += 1
         if not ops:
             return token
-        try:
-            result = await self.authors.bulk_write(ops, ordered=False)
-        except BulkWriteError as exc:
-            if all(e.get("code") == _DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
-                raise WriteConflict("an author was registered concurrently") from None
-            raise
-        if result.matched_count != updates:
-            raise WriteConflict(f"{updates - result.matched_count} author(s) changed concurrently")
+        matched = 0
+        for start in range(0, len(ops), _WRITE_CHUNK):
+            try:
+                result = await self.authors.bulk_write(ops[start:start + _WRITE_CHUNK], ordered=False)
+            except BulkWriteError as exc:
+                if all(e.get("code") == _DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
+                    raise WriteConflict("an author was registered concurrently") from None
+                raise
+            matched += result.matched_count
+        if matched != updates:
+            raise WriteConflict(f"{updates - matched} author(s) changed concurrently")
         for record in records:
             record.outbox_token = token
         return token
