@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
 from pymongo import AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import (
     AutoReconnect,
+    BulkWriteError,
     ConnectionFailure,
     NetworkTimeout,
     ServerSelectionTimeoutError,
@@ -37,3 +44,53 @@ async def store_reachable(client: AsyncMongoClient) -> bool:
         return True
     except TRANSIENT_STORE_ERRORS:
         return False
+
+
+# FerretDB 1.24 (SQLite backend) keeps the cursor of every statement of one `update`
+# command open until the whole command ends (a deferred close inside its per-statement
+# loop), and each open cursor holds one of the 100 connections of that database's pool. A
+# command with ~100 updates that match existing documents therefore exhausts the pool and
+# the server stalls for good (reproduced with 400 upserts in one bulk_write, even on a
+# single client connection). Updates therefore go out in commands of at most this many
+# statements, one command at a time per process: far below the pool even with replicas.
+UPDATES_PER_COMMAND = 32
+_update_gate = asyncio.Semaphore(1)
+
+
+@dataclass
+class BulkUpdateResult:
+    matched_count: int = 0
+    modified_count: int = 0
+    upserted_ids: dict[int, Any] = field(default_factory=dict)  # index in ``ops`` -> _id
+
+    @property
+    def upserted_count(self) -> int:
+        return len(self.upserted_ids)
+
+
+async def bulk_update(collection: AsyncCollection, ops: Sequence[Any], *, ordered: bool = False) -> BulkUpdateResult:
+    """``collection.bulk_write(ops)`` in commands FerretDB can take (see above).
+
+    Unordered: every slice is attempted and write errors of all slices are raised together
+    (indexes relative to ``ops``); ordered: stops at the first error, like MongoDB."""
+    result = BulkUpdateResult()
+    errors: list[dict[str, Any]] = []
+    for start in range(0, len(ops), UPDATES_PER_COMMAND):
+        chunk = ops[start:start + UPDATES_PER_COMMAND]
+        try:
+            async with _update_gate:
+                done = await collection.bulk_write(chunk, ordered=ordered)
+            details = done.bulk_api_result
+        except BulkWriteError as exc:
+            details = exc.details
+            errors.extend({**e, "index": e["index"] + start} for e in details.get("writeErrors", []))
+        result.matched_count += details.get("nMatched", 0)
+        result.modified_count += details.get("nModified", 0)
+        result.upserted_ids.update({u["index"] + start: u["_id"] for u in details.get("upserted", [])})
+        if errors and ordered:
+            break
+    if errors:
+        raise BulkWriteError({"writeErrors": errors, "nMatched": result.matched_count,
+                              "nModified": result.modified_count,
+                              "upserted": [{"index": i, "_id": v} for i, v in result.upserted_ids.items()]})
+    return result

@@ -17,6 +17,8 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 
+from service_runtime.store import bulk_update
+
 AUTHORS = "trust_authors"
 HISTORY = "trust_history"
 # Every read returns all its documents in its first reply. On FerretDB (SQLite backend)
@@ -46,7 +48,7 @@ class TrustStore:
 
     async def save_signals(self, changes: list[UpdateOne]) -> None:
         if changes:
-            await self.authors.bulk_write(changes, ordered=False)
+            await bulk_update(self.authors, changes)
 
     # --- recomputation ----------------------------------------------------------------
 
@@ -90,7 +92,7 @@ class TrustStore:
             ops.append(UpdateOne({"_id": doc["_id"], "seq": doc.get("seq", 0)},
                                  {"$set": {"dirty": False}, "$unset": {"due_at": "", "dirty_since": ""}}))
         if ops:
-            await self.authors.bulk_write(ops, ordered=True)
+            await bulk_update(self.authors, ops, ordered=True)
 
     async def pending_outboxes(self, limit: int, author_ids: list[str] | None = None) -> list[dict[str, Any]]:
         query: dict[str, Any] = {"outbox_pending": True}
@@ -103,12 +105,12 @@ class TrustStore:
         ops = [UpdateOne({"_id": author_id, "outbox.envelope.event_id": event_id},
                          {"$unset": {"outbox": "", "outbox_pending": ""}}) for author_id, event_id in sent]
         if ops:
-            await self.authors.bulk_write(ops, ordered=False)
+            await bulk_update(self.authors, ops)
 
     async def record_history(self, entries: list[dict[str, Any]]) -> None:
         ops = [UpdateOne({"_id": e["_id"]}, {"$setOnInsert": e}, upsert=True) for e in entries]
         if ops:
-            await self.history.bulk_write(ops, ordered=False)
+            await bulk_update(self.history, ops)
 
     # --- reads (HTTP) -----------------------------------------------------------------
 
