@@ -17,6 +17,7 @@ the same notification ids; after "done", it does nothing.
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -44,6 +45,7 @@ class FanoutPlanner:
     async def plan(self, source: Envelope, author_id: str, kind: NotificationKind, title: str) -> int:
         """Plan (once) and publish the chunks of one source event's fan-out; returns chunks."""
         fid = str(fanout_id(source.event_id))
+        started = time.perf_counter()
         plan = await self.store.fanout(fid)
         if plan is not None and plan.get("published"):
             return 0  # a replayed source event: its fan-out already went out
@@ -53,17 +55,19 @@ class FanoutPlanner:
             self.publisher.outgoing(
                 FanoutChunkRequested(
                     fanout_id=uuid.UUID(fid), chunk_key=f"{fid}:{n}", author_id=author_id, kind=plan["kind"],
-                    source_event_id=source.event_id, title=plan["title"], after_user_id=after, upto_user_id=upto,
-                    followed_before=plan["followed_before"],
+                    source_event_id=source.event_id, title=plan["title"], after_user_id=r["after"],
+                    upto_user_id=r["upto"], followed_before=plan["followed_before"],
                 ),
                 cause=source, event_id=deterministic_event_id(fid, "chunk", n),
             )
-            for n, (after, upto) in enumerate(plan["chunks"])
+            for n, r in enumerate(plan["chunks"])
         ]
+        planned = time.perf_counter()
         await self.publisher.publish(chunks)
         await self.store.mark_fanout_published(fid)
         log.info("fanout_planned", fanout_id=fid, author_id=author_id, kind=kind, chunks=len(chunks),
-                 followers=plan.get("followers"))
+                 followers=plan.get("followers"), plan_s=round(planned - started, 3),
+                 total_s=round(time.perf_counter() - started, 3))
         return len(chunks)
 
     async def _new_plan(
@@ -80,7 +84,7 @@ class FanoutPlanner:
         return await self.store.create_fanout({
             "_id": fid, "author_id": author_id, "kind": kind, "title": title, "source_event_id": str(source.event_id),
             "followed_before": moment, "followers": len(users),
-            "chunks": [[r.after_user_id, r.upto_user_id] for r, _ in chunks],
+            "chunks": [{"after": r.after_user_id, "upto": r.upto_user_id} for r, _ in chunks],  # no nested arrays
             "published": False, "done": [], "planned_at": datetime.now(UTC),
         })
 
@@ -99,7 +103,9 @@ class ChunkWorker:
         ]
         if not todo:
             return
+        started = time.perf_counter()
         members = await asyncio.gather(*(self._members(p) for _, p in todo))  # type: ignore[arg-type]
+        loaded = time.perf_counter()
         inbox: list[dict[str, Any]] = []
         out: list[Outgoing] = []
         for (item, chunk), users in zip(todo, members, strict=True):
@@ -116,11 +122,16 @@ class ChunkWorker:
                     "created_at": note.created_at, "read": False,
                 })
                 out.append(self.publisher.outgoing(note, cause=item.envelope, event_id=nid))
+        built = time.perf_counter()
         await self.store.insert_notifications(inbox)
+        inserted = time.perf_counter()
         await self.publisher.publish(out)
+        published = time.perf_counter()
         for _, chunk in todo:
             await self.store.mark_chunk_done(str(chunk.fanout_id), _number(chunk))  # type: ignore[arg-type]
-        log.info("fanout_chunks_done", chunks=len(todo), notifications=len(out))
+        log.info("fanout_chunks_done", chunks=len(todo), notifications=len(out), load_s=round(loaded - started, 3),
+                 build_s=round(built - loaded, 3), insert_s=round(inserted - built, 3),
+                 publish_s=round(published - inserted, 3), done_s=round(time.perf_counter() - published, 3))
 
     async def _members(self, chunk: FanoutChunkRequested) -> list[str]:
         doc = await self.store.chunk(chunk.chunk_key)

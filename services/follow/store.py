@@ -9,7 +9,7 @@ the one lookup FerretDB's SQLite backend answers without scanning the collection
   writes, events to publish, parked commands to drop), written in the same update as the
   count and cleared once done. A crash anywhere is healed by the next batch of that author.
 * ``follower_pages``: an author's follower index cut into pages by hash of user id
-  (``<author_id>#<page>``), each a map user -> edge {on, at, un}. Unfollows keep the edge,
+  (``<author_id>#<page>``), each one JSON string user -> [on, followed_at, unfollowed_at]. Unfollows keep the edge,
   marked, so a fan-out knows who followed at the moment of its source event.
 * ``following``: per user, the authors they follow (the reverse index for HTTP).
 * ``parked``: follow commands for authors not known yet, waiting for the author.
@@ -21,8 +21,9 @@ the one lookup FerretDB's SQLite backend answers without scanning the collection
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Iterable, Sequence
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, UpdateOne
@@ -38,12 +39,36 @@ _READ_CONCURRENCY = 32
 _UPDATE_SLICE = 32
 
 
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def edge_doc(edge: Edge) -> dict[str, Any]:
     return {"on": edge.active, "at": edge.followed_at, "un": edge.unfollowed_at}
 
 
 def edge_from(doc: dict[str, Any]) -> Edge:
     return Edge(bool(doc.get("on")), doc.get("at"), doc.get("un"))
+
+
+def _micros(moment: datetime | None) -> int | None:
+    return None if moment is None else (moment - _EPOCH) // timedelta(microseconds=1)
+
+
+def _moment(micros: int | None) -> datetime | None:
+    return None if micros is None else _EPOCH + timedelta(microseconds=micros)
+
+
+def encode_page(edges: dict[str, Edge]) -> str:
+    """A page's edges as one JSON string: FerretDB reads one string many times faster than
+    a map of sub-documents (measured: 30,000 edges in 256 pages, 5.5 s as sub-documents)."""
+    return json.dumps({u: [int(e.active), _micros(e.followed_at), _micros(e.unfollowed_at)]
+                       for u, e in edges.items()}, separators=(",", ":"))
+
+
+def decode_page(doc: dict[str, Any] | None) -> dict[str, Edge]:
+    if not doc or not doc.get("j"):
+        return {}
+    return {u: Edge(bool(on), _moment(at), _moment(un)) for u, (on, at, un) in json.loads(doc["j"]).items()}
 
 
 def _only_duplicates(exc: BulkWriteError) -> bool:
@@ -101,39 +126,38 @@ class FollowStore:
     def page_id(self, author_id: str, page: int) -> str:
         return f"{author_id}#{page}"
 
+    async def _pages(self, author_id: str, pages: Iterable[int]) -> dict[int, dict[str, Edge]]:
+        numbers = sorted(set(pages))
+        docs = await asyncio.gather(*(self._find_one(self.follower_pages, self.page_id(author_id, p)) for p in numbers))
+        return {p: decode_page(d) for p, d in zip(numbers, docs, strict=True)}
+
     async def edges_of(self, author_id: str, user_ids: Iterable[str]) -> dict[str, Edge]:
         users = set(user_ids)
-        pages = sorted({page_of(u, self.pages) for u in users})
-        docs = await asyncio.gather(*(self._find_one(self.follower_pages, self.page_id(author_id, p)) for p in pages))
-        edges: dict[str, Edge] = {}
-        for doc in docs:
-            for key, value in ((doc or {}).get("f") or {}).items():
-                user = from_field_key(key)
-                if user in users:
-                    edges[user] = edge_from(value)
-        return edges
+        pages = await self._pages(author_id, {page_of(u, self.pages) for u in users})
+        return {u: e for page in pages.values() for u, e in page.items() if u in users}
 
     async def all_edges(self, author_id: str, pages: Sequence[int]) -> list[tuple[str, Edge]]:
-        docs = await asyncio.gather(*(self._find_one(self.follower_pages, self.page_id(author_id, p)) for p in pages))
-        return [(from_field_key(k), edge_from(v)) for doc in docs for k, v in ((doc or {}).get("f") or {}).items()]
+        return [(u, e) for page in (await self._pages(author_id, pages)).values() for u, e in page.items()]
 
     async def write_edges(self, author_id: str, edges: dict[str, Edge]) -> None:
-        """Set each edge to its state after the batch (idempotent: a replay sets the same)."""
+        """Set each edge to its state after the batch (idempotent: a replay sets the same).
+        Pages are rewritten whole: the command consumer is the only writer of an author's."""
         if not edges:
             return
-        by_page: dict[int, dict[str, Any]] = {}
-        following: list[UpdateOne] = []
+        touched: dict[int, dict[str, Edge]] = {}
         for user, edge in edges.items():
-            by_page.setdefault(page_of(user, self.pages), {})[f"f.{field_key(user)}"] = edge_doc(edge)
-            following.append(UpdateOne(
-                {"_id": user}, {"$set": {f"a.{field_key(author_id)}": {"on": edge.active, "at": edge.followed_at}}},
-                upsert=True,
-            ))
+            touched.setdefault(page_of(user, self.pages), {})[user] = edge
+        current = await self._pages(author_id, touched)
         await _bulk_update(self.follower_pages, [
-            UpdateOne({"_id": self.page_id(author_id, p)}, {"$set": {"author_id": author_id, **fields}}, upsert=True)
-            for p, fields in sorted(by_page.items())
+            UpdateOne({"_id": self.page_id(author_id, p)},
+                      {"$set": {"author_id": author_id, "j": encode_page({**current[p], **changes})}}, upsert=True)
+            for p, changes in sorted(touched.items())
         ])
-        await _bulk_update(self.following, following)
+        await _bulk_update(self.following, [
+            UpdateOne({"_id": user}, {"$set": {f"a.{field_key(author_id)}": {"on": edge.active, "at": edge.followed_at}}},
+                      upsert=True)
+            for user, edge in edges.items()
+        ])
 
     def pages_with(self, existing: Sequence[int], users: Iterable[str]) -> list[int]:
         return sorted(set(existing) | {page_of(u, self.pages) for u in users})
@@ -224,12 +248,11 @@ class FollowStore:
     async def seed_followers(self, author_id: str, display_name: str, users: Sequence[str], at: datetime) -> None:
         """Write an author and its followers straight into the projection, in bulk: for
         benchmarks and fan-out tests that need 10^4-10^5 followers, not for the service."""
-        edges = {u: Edge(True, at, None) for u in users}
-        by_page: dict[int, dict[str, Any]] = {}
-        for user, edge in edges.items():
-            by_page.setdefault(page_of(user, self.pages), {})[field_key(user)] = edge_doc(edge)
+        by_page: dict[int, dict[str, Edge]] = {}
+        for user in users:
+            by_page.setdefault(page_of(user, self.pages), {})[user] = Edge(True, at, None)
         await self.follower_pages.insert_many(
-            [{"_id": self.page_id(author_id, p), "author_id": author_id, "f": f} for p, f in by_page.items()]
+            [{"_id": self.page_id(author_id, p), "author_id": author_id, "j": encode_page(e)} for p, e in by_page.items()]
         )
         await self.set_author_fields(author_id, {
             "known": True, "display_name": display_name, "profile_revision": 1, "follower_count": len(users),
