@@ -135,7 +135,8 @@ async def run_baseline(topic: str, database: str, n_works: int) -> float:
                     doc["revision"] += 1
             ops = [InsertOne(d) for d in fresh.values()] + [
                 ReplaceOne({"_id": i}, d) for i, d in authors.items() if i not in fresh]
-            await db.authors.bulk_write(ops, ordered=False)
+            for start in range(0, len(ops), 50):  # the service's chunk size (store._WRITE_CHUNK)
+                await db.authors.bulk_write(ops[start:start + 50], ordered=False)
             await db.works.bulk_write([ReplaceOne({"_id": w["work_id"]}, {"work": w}, upsert=True)
                                        if w["work_id"] in stored else InsertOne({"_id": w["work_id"], "work": w})
                                        for w in docs], ordered=False)
