@@ -162,7 +162,8 @@ async def measure_reads(settings: ProfileSettings, n_authors: int, rate: float, 
     server = subprocess.Popen([sys.executable, "-m", "bzpeer_cli.main", "run", "profile"], env=env, cwd=ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10) as client:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30,
+                                     limits=httpx.Limits(max_connections=1000)) as client:
             for _ in range(240):
                 try:
                     if (await client.get("/ready")).status_code == 200:
