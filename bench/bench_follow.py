@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import sys
 import time
@@ -92,12 +93,14 @@ async def fanout_run(replicas: int, followers: int, chunk: int) -> dict[str, flo
                                      key=AUTHOR.encode())
         plan = await fanout_done(store, source)
         elapsed = time.perf_counter() - started
-        inbox = await db.inbox.count_documents({})
+        inbox = await db.inbox.count_documents({"author_id": AUTHOR})  # not the warm-up's
         ids: set[str] = set()
         records = 0
         async for batch in iter_topic(KAFKA, settings.physical_topic(Topic.NOTIFICATIONS_EVENTS)):
-            records += len(batch)
-            ids.update(r.value[14:50].decode() for r in batch)  # '{"event_id":"<uuid>"...'
+            notes = [json.loads(r.value)["data"] for r in batch]
+            notes = [n for n in notes if n["author_id"] == AUTHOR]
+            records += len(notes)
+            ids.update(n["notification_id"] for n in notes)
         handled = [p.log_text().count("fanout_chunks_done") for p in procs]
         if os.environ.get("BENCH_SHOW_LOGS"):
             for p in procs:

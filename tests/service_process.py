@@ -136,3 +136,35 @@ class ServiceProcess:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.stop()
+
+
+async def group_members(bootstrap_servers: str, group_id: str) -> tuple[str, int]:
+    """(state, member count) of a consumer group, e.g. ("Stable", 2)."""
+    from aiokafka.admin import AIOKafkaAdminClient
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers)
+    await admin.start()
+    try:
+        described = await admin.describe_consumer_groups([group_id])
+    finally:
+        await admin.close()
+    for response in described:
+        for group in response.groups:
+            _error, gid, state, *_rest, members = group[:6]
+            if gid == group_id:
+                return str(state), len(members)
+    return "Dead", 0
+
+
+async def wait_for_group(bootstrap_servers: str, group_id: str, members: int, timeout_s: float = 60.0) -> None:
+    """Wait until ``members`` processes share the group and it is stable (partitions
+    assigned): what a test needs before it can expect several replicas to take work."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    last: tuple[str, int] = ("", 0)
+    while loop.time() < deadline:
+        last = await group_members(bootstrap_servers, group_id)
+        if last == ("Stable", members):
+            return
+        await asyncio.sleep(0.2)
+    raise TimeoutError(f"group {group_id} not stable with {members} members after {timeout_s}s: {last}")

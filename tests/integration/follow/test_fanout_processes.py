@@ -16,7 +16,7 @@ from service_runtime.topic_reader import read_topic
 from services.follow.store import FollowStore
 from tests.conftest import Namespace, eventually
 from tests.integration.follow.conftest import follow_settings, later, publish, work_added
-from tests.service_process import ServiceProcess
+from tests.service_process import ServiceProcess, wait_for_group
 
 FOLLOWERS = 10_000
 AUTHOR = "openalex:A5017898742"
@@ -55,6 +55,7 @@ async def test_two_replicas_share_the_chunks_of_a_10000_follower_fanout(ns, prod
     try:
         for r in replicas:
             await r.start()
+        await wait_for_group(ns.infra["kafka"], f"{settings.consumer_group}.fanout", members=2)
         work = work_added(AUTHOR, at=later())
         await publish(producer, ns, [work], Topic.PROFILE_EVENTS)
         plan = await fanout_finished(store, str(fanout_id(work.event_id)))
