@@ -42,8 +42,10 @@ async def settled_count(ns: Namespace, service: Service, author: str, expected: 
         return max(counts, key=lambda e: e["data"]["revision"])["data"]["count"] if counts else None
 
     await eventually(last_count, until=lambda c: c == expected, timeout=60, what=f"count {expected}")
-    doc = await store_of(service).author(author)
-    assert doc is not None and doc["follower_count"] == expected and "pending" not in doc
+    # The outbox is cleared right after the events are acknowledged.
+    doc = await eventually(lambda: store_of(service).author(author), until=lambda d: d and "pending" not in d,
+                           what="outbox cleared")
+    assert doc["follower_count"] == expected
 
 
 async def test_follow_twice_is_one_follow_and_unfollow_of_nothing_is_a_no_op(ns, producer, follow) -> None:
@@ -163,3 +165,31 @@ async def test_two_authors_are_independent_in_one_batch(ns, producer, follow) ->
     await asyncio.gather(publish(producer, ns, cmds, Topic.WEBAPP_FOLLOWS))
     await settled_count(ns, follow, "a1", 20)
     await settled_count(ns, follow, "a2", 20)
+
+
+async def test_a_batch_committed_but_not_carried_out_is_healed_by_the_next_one(ns, producer) -> None:
+    """The process died after the author document's commit (count + outbox) and before
+    edges and events: the next batch of that author carries the outbox out first."""
+    from contracts.envelope import deterministic_event_id
+    from contracts.events.follows import AuthorFollowed
+    from services.follow.commands import encode_outgoing
+    from services.follow.rules import Edge
+    from services.follow.store import edge_doc
+
+    service = build_service(follow_settings(ns))
+    async with service.running():
+        await publish(producer, ns, [registered("a1")], Topic.PROFILE_EVENTS)
+        await eventually(lambda: store_of(service).author("a1"), until=lambda d: d and d.get("known"))
+        cause = follow_cmd("u2", "a1")
+        lost = service.publisher.outgoing(AuthorFollowed(author_id="a1", user_id="u2", count=1), cause=cause,
+                                          event_id=deterministic_event_id(cause.event_id, "AuthorFollowed"))
+        await store_of(service).set_author_fields("a1", {
+            "follower_count": 1, "count_revision": 1, "pages": store_of(service).pages_with([], ["u2"]),
+            "pending": {"id": "crashed", "edges": [{"u": "u2", **edge_doc(Edge(True, cause.occurred_at))}],
+                        "events": [encode_outgoing(lost)], "parked_done": []},
+        })
+        await publish(producer, ns, [follow_cmd("u3", "a1"), follow_cmd("u2", "a1")], Topic.WEBAPP_FOLLOWS)
+        await settled_count(ns, service, "a1", 2)
+        assert await edges_in_store(service, "a1") == 2
+        followed = await events(ns, Topic.FOLLOWS_EVENTS, "AuthorFollowed")
+        assert sorted(e["data"]["user_id"] for e in followed) == ["u2", "u3"], "u2 once, from the healed outbox"
