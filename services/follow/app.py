@@ -34,8 +34,11 @@ def build_service(settings: FollowSettings | None = None) -> Service:
     service.consume(Topic.PROFILE_EVENTS, Topic.CLAIMS_EVENTS, Topic.TRUST_EVENTS,
                     handler=handlers.on_source_events, group="sources")
     service.consume(Topic.FOLLOW_FANOUT, handler=handlers.on_fanout_chunks, group="fanout")
-    for model in (AuthorFollowed, AuthorUnfollowed, FollowerCountChanged, FollowRejected):
-        service.produces(Topic.FOLLOWS_EVENTS, schema=model)
+    # One channel per topic in AsyncAPI: the topic's four event types are named in its description.
+    service.produces(Topic.FOLLOWS_EVENTS, schema=FollowerCountChanged, description=(
+        "Follow edges and exact follower counts: "
+        + ", ".join(m.event_type for m in (AuthorFollowed, AuthorUnfollowed, FollowerCountChanged, FollowRejected))
+    ))
     service.produces(Topic.NOTIFICATIONS_EVENTS, schema=NotificationCreated)
     service.produces(Topic.FOLLOW_FANOUT, schema=FanoutChunkRequested)
 
