@@ -11,7 +11,7 @@ TrustScoreChanged computed but not yet acknowledged by the broker).
 from __future__ import annotations
 
 import uuid
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, UpdateOne
@@ -80,19 +80,30 @@ class TrustStore:
         docs = [doc async for doc in self.authors.find({"lease": token}, batch_size=ONE_BATCH)]
         return token, docs
 
-    async def save_scores(self, token: str, results: list[tuple[dict[str, Any], dict[str, Any], dict | None]]) -> None:
-        """Per author: the new score (+ outbox if it changed), lease released; the dirty
-        marker cleared only if no signal changed since the document was read."""
+    async def save_scores(self, token: str, results: list[tuple[dict[str, Any], dict[str, Any], dict | None]],
+                          now: datetime | None = None) -> None:
+        """Per author: the new score (+ outbox if it changed), lease and dirty marker
+        cleared; then any author whose signals changed since it was read is marked dirty
+        again. Every write filters on ``_id`` alone: FerretDB looks a document up by index
+        only for a bare ``_id`` filter and scans the whole collection for anything more, so
+        per-author conditional filters would make each pass quadratic."""
         ops: list[UpdateOne] = []
         for doc, score, outbox in results:
-            update: dict[str, Any] = {"$set": {"score": score}, "$unset": {"lease": "", "lease_until": ""}}
+            update: dict[str, Any] = {"$set": {"score": score, "dirty": False},
+                                      "$unset": {"lease": "", "lease_until": "", "due_at": "", "dirty_since": ""}}
             if outbox is not None:
                 update["$set"].update({"outbox": outbox, "outbox_pending": True})
-            ops.append(UpdateOne({"_id": doc["_id"], "lease": token}, update))
-            ops.append(UpdateOne({"_id": doc["_id"], "seq": doc.get("seq", 0)},
-                                 {"$set": {"dirty": False}, "$unset": {"due_at": "", "dirty_since": ""}}))
-        if ops:
-            await bulk_update(self.authors, ops, ordered=True)
+            ops.append(UpdateOne({"_id": doc["_id"]}, update))
+        if not ops:
+            return
+        await bulk_update(self.authors, ops)
+        read_seq = {doc["_id"]: doc.get("seq", 0) for doc, _, _ in results}
+        cursor = self.authors.find({"_id": {"$in": list(read_seq)}}, {"seq": 1}, batch_size=ONE_BATCH)
+        changed = [d["_id"] async for d in cursor if d.get("seq", 0) != read_seq[d["_id"]]]
+        if changed:  # a signal arrived while scoring: score again at once
+            now = now or datetime.now(UTC)
+            await bulk_update(self.authors, [UpdateOne({"_id": a}, {"$set": {"dirty": True, "due_at": now}})
+                                             for a in changed])
 
     async def pending_outboxes(self, limit: int, author_ids: list[str] | None = None) -> list[dict[str, Any]]:
         query: dict[str, Any] = {"outbox_pending": True}
@@ -102,8 +113,9 @@ class TrustStore:
         return [doc async for doc in cursor]
 
     async def clear_outboxes(self, sent: list[tuple[str, str]]) -> None:
-        ops = [UpdateOne({"_id": author_id, "outbox.envelope.event_id": event_id},
-                         {"$unset": {"outbox": "", "outbox_pending": ""}}) for author_id, event_id in sent]
+        # The author's lease (or the rescore's single pass) keeps anyone else from writing a
+        # newer outbox meanwhile, so a bare _id filter is safe (and indexed on FerretDB).
+        ops = [UpdateOne({"_id": author_id}, {"$unset": {"outbox": "", "outbox_pending": ""}}) for author_id, _ in sent]
         if ops:
             await bulk_update(self.authors, ops)
 
