@@ -9,7 +9,8 @@ import sys
 
 from service_runtime.settings import RuntimeSettings
 
-SERVICES = ("profile", "claims", "trust", "follow")
+from bzpeer_cli.services import SERVICE_NAMES as SERVICES
+from bzpeer_cli.services import SERVICE_PORTS
 
 
 def _cmd_topics(args: argparse.Namespace) -> int:
@@ -36,9 +37,6 @@ def _cmd_token(args: argparse.Namespace) -> int:
         return 2
     print(mint_token(settings, args.user, args.role, ttl_s=args.ttl))
     return 0
-
-
-SERVICE_PORTS = {"profile": 8001, "claims": 8002, "trust": 8003, "follow": 8004}
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -127,6 +125,48 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return asyncio.run(play())
 
 
+def _cmd_trust_rescore(args: argparse.Namespace) -> int:
+    from services.trust.rescore import main as rescore_main
+
+    return rescore_main([] if args.chunk is None else ["--chunk", str(args.chunk)])
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    """Rebuild a service's projection from its topics (offset 0), with a progress bar."""
+    import httpx
+
+    from bzpeer_cli.services import build, settings_class
+    from service_runtime.replay import compare_databases, rebuild
+
+    settings = settings_class(args.service)()
+    live_db = settings.database_name
+    if args.replace:
+        try:
+            httpx.get(f"http://127.0.0.1:{SERVICE_PORTS[args.service]}/health", timeout=1)
+            print(f"{args.service} is running: stop it before rebuilding its projection in place", file=sys.stderr)
+            return 2
+        except httpx.HTTPError:
+            pass
+    target = live_db if args.replace else f"{live_db}_replay"
+
+    def progress(done: int, total: int) -> None:
+        width = 40
+        filled = width * done // total if total else width
+        pct = 100 * done / total if total else 100.0
+        print(f"\r{args.service} [{'#' * filled}{'.' * (width - filled)}] {pct:5.1f}% {done}/{total} records",
+              end="", file=sys.stderr, flush=True)
+
+    result = asyncio.run(rebuild(lambda s: build(args.service, s), settings, database=target, progress=progress))
+    print(f"\nrebuilt {target} from {result.records} records in {result.seconds:.1f}s", file=sys.stderr)
+    if args.replace:
+        return 0
+    differences = asyncio.run(compare_databases(settings.mongodb_uri, live_db, target))
+    for line in differences:
+        print(line)
+    print(f"{'equal to' if not differences else 'DIFFERENT from'} the live projection {live_db}")
+    return 0 if not differences else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="bzpeer", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -151,6 +191,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="play the seed story on a fresh demo copy (needs make up)")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for each step (default 60)")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("replay", help="rebuild a service's projection from its topics (offset 0)")
+    p.add_argument("service", choices=SERVICES)
+    p.add_argument("--replace", action="store_true",
+                   help="drop the live projection and rebuild it in place (the service must be stopped); "
+                        "default: rebuild beside it and compare")
+    p.set_defaults(func=_cmd_replay)
+
+    p = sub.add_parser("trust", help="trust service maintenance")
+    trust = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    q = trust.add_parser("rescore", help="rescore every author with the current formula (resumable)")
+    q.add_argument("--chunk", type=int, default=None, help="authors per step (default 500)")
+    q.set_defaults(func=_cmd_trust_rescore)
 
     p = sub.add_parser("status", help="show infra, service readiness and consumer lag")
     p.set_defaults(func=_cmd_status)

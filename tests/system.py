@@ -4,32 +4,14 @@
 from __future__ import annotations
 
 import contextlib
-import importlib
-import inspect
 from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
 
+from bzpeer_cli.services import SERVICE_NAMES, build, settings_class
 from service_runtime.auth import mint_token
-from service_runtime.service import Service
-from service_runtime.settings import RuntimeSettings
 from tests.conftest import Namespace
-
-SERVICE_NAMES = ("profile", "claims", "trust", "follow")
-
-
-def settings_class(name: str) -> type[RuntimeSettings]:
-    module = importlib.import_module(f"services.{name}.settings")
-    classes = [c for _, c in inspect.getmembers(module, inspect.isclass)
-               if issubclass(c, RuntimeSettings) and c is not RuntimeSettings]
-    assert len(classes) == 1, f"services.{name}.settings must define one settings class"
-    return classes[0]
-
-
-def build(name: str, settings: RuntimeSettings) -> Service:
-    return importlib.import_module(f"services.{name}.app").build_service(settings)
-
 
 class System:
     def __init__(self, ns: Namespace, **overrides: dict[str, Any]) -> None:
