@@ -110,7 +110,7 @@ async def wait_for(probe, target: int, timeout: float = 900.0) -> None:
 async def run_service(prefix: str, database: str, registered: list[Envelope], commands: list[Envelope]) -> float:
     settings = ClaimsSettings(environment="test", kafka_bootstrap_servers=KAFKA, mongodb_uri=MONGODB_URI,
                               mongodb_database=database, topic_prefix=prefix, consumer_group_prefix=prefix.rstrip("."),
-                              log_level="WARNING")
+                              log_level=os.environ.get("BENCH_LOG_LEVEL", "WARNING"))
     service = build_service(settings)
     async with service.running():
         await produce(prefix + Topic.PROFILE_EVENTS, registered)

@@ -28,8 +28,10 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from contracts.events.claims import AuthorClaimState
+from service_runtime.logging import get_logger
 from services.claims.rules import OPEN, AuthorRecord, Book, Claim, Identity, Limits, Slots
 
+log = get_logger(__name__)
 SlotOp = tuple[str, str, str]  # (kind, user, claim_id)
 UPDATES_PER_COMMAND = 25
 
@@ -134,9 +136,11 @@ class ClaimsStore:
                 new_claims.append({"_id": cid, **doc})
             else:
                 claim_updates.append({"q": {"_id": cid, "version": claim.version}, "u": {"$set": doc}})
-        if not await self._insert(self.claims.name, new_claims):
-            return False
+        # Changed claims first: if another writer got there, nothing new is stored yet and
+        # the reload decides every input again.
         if not await self._conditional(self.claims.name, claim_updates):
+            return False
+        if not await self._insert(self.claims.name, new_claims):
             return False
         for cid in book.dirty_claims:
             book.claims[cid].version += 1
@@ -174,6 +178,7 @@ class ClaimsStore:
             chunk = updates[start:start + UPDATES_PER_COMMAND]
             reply = await self.db.command({"update": collection, "updates": chunk, "ordered": False})
             if reply.get("writeErrors") or reply.get("n", 0) != len(chunk):
+                log.info("claims_guarded_write_missed", collection=collection, expected=len(chunk), reply=str(reply)[:300])
                 return False
         return True
 
