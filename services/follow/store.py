@@ -30,13 +30,12 @@ from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
+from service_runtime.store import bulk_update
+
 from services.follow.rules import Edge, field_key, from_field_key, page_of
 
 DUPLICATE_KEY = 11000
 _READ_CONCURRENCY = 32
-# FerretDB 1.24 stalls on one unordered bulk of more than ~128 updates of existing
-# documents (measured: 50 fine over many rounds, 100-170 sometimes never return); slices of 32 avoid it.
-_UPDATE_SLICE = 32
 
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -73,11 +72,6 @@ def decode_page(doc: dict[str, Any] | None) -> dict[str, Edge]:
 
 def _only_duplicates(exc: BulkWriteError) -> bool:
     return all(e.get("code") == DUPLICATE_KEY for e in exc.details.get("writeErrors", []))
-
-
-async def _bulk_update(collection: Any, ops: list[UpdateOne]) -> None:
-    for start in range(0, len(ops), _UPDATE_SLICE):
-        await collection.bulk_write(ops[start:start + _UPDATE_SLICE], ordered=False)
 
 
 class FollowStore:
@@ -148,12 +142,12 @@ class FollowStore:
         for user, edge in edges.items():
             touched.setdefault(page_of(user, self.pages), {})[user] = edge
         current = await self._pages(author_id, touched)
-        await _bulk_update(self.follower_pages, [
+        await bulk_update(self.follower_pages, [
             UpdateOne({"_id": self.page_id(author_id, p)},
                       {"$set": {"author_id": author_id, "j": encode_page({**current[p], **changes})}}, upsert=True)
             for p, changes in sorted(touched.items())
         ])
-        await _bulk_update(self.following, [
+        await bulk_update(self.following, [
             UpdateOne({"_id": user}, {"$set": {f"a.{field_key(author_id)}": {"on": edge.active, "at": edge.followed_at}}},
                       upsert=True)
             for user, edge in edges.items()

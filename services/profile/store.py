@@ -28,11 +28,11 @@ from pymongo import ASCENDING, InsertOne, ReplaceOne, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
+from service_runtime.store import bulk_update
+
 from services.profile.ingest import AuthorRecord
 
 _DUPLICATE_KEY = 11000
-# FerretDB stalls on bulk writes of a few hundred large replacements; chunks of this size don't.
-_WRITE_CHUNK = 50
 
 
 class WriteConflict(Exception):
@@ -81,15 +81,12 @@ class ProfileStore:
                 updates += 1
         if not ops:
             return token
-        matched = 0
-        for start in range(0, len(ops), _WRITE_CHUNK):
-            try:
-                result = await self.authors.bulk_write(ops[start:start + _WRITE_CHUNK], ordered=False)
-            except BulkWriteError as exc:
-                if all(e.get("code") == _DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
-                    raise WriteConflict("an author was registered concurrently") from None
-                raise
-            matched += result.matched_count
+        try:
+            matched = (await bulk_update(self.authors, ops)).matched_count
+        except BulkWriteError as exc:
+            if all(e.get("code") == _DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
+                raise WriteConflict("an author was registered concurrently") from None
+            raise
         if matched != updates:
             raise WriteConflict(f"{updates - matched} author(s) changed concurrently")
         for record in records:
@@ -104,7 +101,7 @@ class ProfileStore:
         if not ops:
             return
         try:
-            await self.works.bulk_write(ops, ordered=False)
+            await bulk_update(self.works, ops)
         except BulkWriteError as exc:
             # Inserted meanwhile by a redelivery or a replica: the same content, keep it.
             if not all(e.get("code") == _DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
@@ -143,7 +140,7 @@ class ProfileStore:
         if not ops:
             return
         try:
-            result = await self.standing.bulk_write(ops, ordered=False)
+            result = await bulk_update(self.standing, ops)
         except BulkWriteError as exc:
             if all(e.get("code") == _DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
                 raise WriteConflict("a standing document was created concurrently") from None
