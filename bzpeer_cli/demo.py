@@ -147,8 +147,10 @@ class Story:
         trust = r.json() if r.status_code == 200 else {}
         self._last_seen = {"page_trust": page["trust_snapshot"], "works": page["counts"]["works"],
                            "trust_service": {k: trust.get(k) for k in ("status", "score", "verification_level", "recomputing")}}
-        settled = trust.get("status") == "scored" and not trust.get("recomputing") and \
-            trust.get("score") == _score(page) and trust.get("verification_level") == page["trust_snapshot"]["verification_level"]
+        scored_works = next((c["signal"] for c in trust.get("components", []) if c["name"] == "works"), None)
+        settled = (trust.get("status") == "scored" and not trust.get("recomputing")
+                   and trust.get("score") == _score(page) and scored_works == page["counts"]["works"]
+                   and trust.get("verification_level") == page["trust_snapshot"]["verification_level"])
         return page if settled else None
 
     async def _page_until(self, what: str, ok: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
