@@ -11,7 +11,7 @@ TrustScoreChanged computed but not yet acknowledged by the broker).
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, UpdateOne
@@ -80,30 +80,27 @@ class TrustStore:
         docs = [doc async for doc in self.authors.find({"lease": token}, batch_size=ONE_BATCH)]
         return token, docs
 
-    async def save_scores(self, token: str, results: list[tuple[dict[str, Any], dict[str, Any], dict | None]],
-                          now: datetime | None = None) -> None:
-        """Per author: the new score (+ outbox if it changed), lease and dirty marker
-        cleared; then any author whose signals changed since it was read is marked dirty
-        again. Every write filters on ``_id`` alone: FerretDB looks a document up by index
-        only for a bare ``_id`` filter and scans the whole collection for anything more, so
-        per-author conditional filters would make each pass quadratic."""
+    async def save_scores(self, token: str, results: list[tuple[dict[str, Any], dict[str, Any], dict | None]]) -> None:
+        """Per author: the new score (+ outbox if it changed) and the lease released, by
+        bare ``_id``; then the dirty marker cleared only where no signal changed since the
+        document was read. FerretDB looks a document up by index only for a bare ``_id``
+        filter, so the conditional clear is one update per distinct ``seq`` value read
+        (one collection scan each) rather than one conditional update per author."""
         ops: list[UpdateOne] = []
         for doc, score, outbox in results:
-            update: dict[str, Any] = {"$set": {"score": score, "dirty": False},
-                                      "$unset": {"lease": "", "lease_until": "", "due_at": "", "dirty_since": ""}}
+            update: dict[str, Any] = {"$set": {"score": score}, "$unset": {"lease": "", "lease_until": ""}}
             if outbox is not None:
                 update["$set"].update({"outbox": outbox, "outbox_pending": True})
             ops.append(UpdateOne({"_id": doc["_id"]}, update))
         if not ops:
             return
         await bulk_update(self.authors, ops)
-        read_seq = {doc["_id"]: doc.get("seq", 0) for doc, _, _ in results}
-        cursor = self.authors.find({"_id": {"$in": list(read_seq)}}, {"seq": 1}, batch_size=ONE_BATCH)
-        changed = [d["_id"] async for d in cursor if d.get("seq", 0) != read_seq[d["_id"]]]
-        if changed:  # a signal arrived while scoring: score again at once
-            now = now or datetime.now(UTC)
-            await bulk_update(self.authors, [UpdateOne({"_id": a}, {"$set": {"dirty": True, "due_at": now}})
-                                             for a in changed])
+        by_seq: dict[int, list[str]] = {}
+        for doc, _, _ in results:
+            by_seq.setdefault(doc.get("seq", 0), []).append(doc["_id"])
+        for seq, ids in by_seq.items():
+            await self.authors.update_many({"_id": {"$in": ids}, "seq": seq},
+                                           {"$set": {"dirty": False}, "$unset": {"due_at": "", "dirty_since": ""}})
 
     async def pending_outboxes(self, limit: int, author_ids: list[str] | None = None) -> list[dict[str, Any]]:
         query: dict[str, Any] = {"outbox_pending": True}
