@@ -85,7 +85,7 @@ class FanoutPlanner:
             "_id": fid, "author_id": author_id, "kind": kind, "title": title, "source_event_id": str(source.event_id),
             "followed_before": moment, "followers": len(users),
             "chunks": [{"after": r.after_user_id, "upto": r.upto_user_id} for r, _ in chunks],  # no nested arrays
-            "published": False, "done": [], "planned_at": datetime.now(UTC),
+            "published": False, "planned_at": datetime.now(UTC),
         })
 
 
@@ -96,11 +96,9 @@ class ChunkWorker:
 
     async def handle(self, batch: Sequence[Incoming]) -> None:
         chunks = [i for i in batch if isinstance(i.payload, FanoutChunkRequested)]
-        plans = await asyncio.gather(*(self.store.fanout(str(c.payload.fanout_id)) for c in chunks))  # type: ignore[attr-defined]
-        todo = [
-            (c, c.payload) for c, plan in zip(chunks, plans, strict=True)
-            if not (plan and _number(c.payload) in (plan.get("done") or []))  # type: ignore[arg-type]
-        ]
+        finished = await asyncio.gather(*(self.store.chunk_done(str(c.payload.fanout_id), _number(c.payload))  # type: ignore[attr-defined]
+                                          for c in chunks))
+        todo = [(c, c.payload) for c, done in zip(chunks, finished, strict=True) if not done]
         if not todo:
             return
         started = time.perf_counter()

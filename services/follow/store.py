@@ -84,6 +84,7 @@ class FollowStore:
         self.parked = db.parked
         self.fanouts = db.fanouts
         self.chunks = db.fanout_chunks
+        self.chunks_done = db.fanout_chunks_done
         self.inbox = db.inbox
         self._reads = asyncio.Semaphore(_READ_CONCURRENCY)
 
@@ -180,7 +181,15 @@ class FollowStore:
     # --- fan-out --------------------------------------------------------------------
 
     async def fanout(self, fanout_id: str) -> dict[str, Any] | None:
-        return await self._find_one(self.fanouts, fanout_id)
+        """The plan, with ``done``: the numbers of its finished chunks."""
+        plan = await self._find_one(self.fanouts, fanout_id)
+        if plan is not None:
+            finished = await asyncio.gather(*(self.chunk_done(fanout_id, n) for n in range(len(plan["chunks"]))))
+            plan["done"] = [n for n, done in enumerate(finished) if done]
+        return plan
+
+    async def chunk_done(self, fanout_id: str, number: int) -> bool:
+        return await self._find_one(self.chunks_done, f"{fanout_id}:{number}") is not None
 
     async def create_fanout(self, doc: dict[str, Any]) -> dict[str, Any]:
         """Insert the plan unless one exists; return the plan that stands (the first one)."""
@@ -202,7 +211,10 @@ class FollowStore:
         await self.fanouts.update_one({"_id": fanout_id}, {"$set": {"published": True}})
 
     async def mark_chunk_done(self, fanout_id: str, number: int) -> None:
-        await self.fanouts.update_one({"_id": fanout_id}, {"$addToSet": {"done": number}})
+        # One document per finished chunk rather than $addToSet on the shared plan: FerretDB
+        # applies an update as a read-modify-write that is not atomic across connections, so
+        # two replicas finishing chunks of one fan-out at once lost each other's marks.
+        await self.insert_ignoring_duplicates(self.chunks_done, [{"_id": f"{fanout_id}:{number}"}])
 
     # --- inbox ----------------------------------------------------------------------
 
