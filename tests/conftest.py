@@ -72,8 +72,32 @@ class Namespace:
         return self.topic_prefix + logical
 
 
+@pytest.fixture(scope="session")
+async def kafka_ready(infra: dict[str, str]) -> None:
+    """On a freshly formatted broker the group coordinator (and its __consumer_offsets
+    topic) appears only with the first group: join one once, so the first test's services
+    don't spend their deadlines waiting for it."""
+    from aiokafka import AIOKafkaConsumer
+
+    from contracts.topics import TopicSpec
+    from service_runtime.kafka import ensure_topics
+
+    await ensure_topics(infra["kafka"], [TopicSpec("bzpeer-warmup", 1, "none", "test warm-up")])
+    consumer = AIOKafkaConsumer("bzpeer-warmup", bootstrap_servers=infra["kafka"], group_id="bzpeer-warmup",
+                                enable_auto_commit=False)
+    await consumer.start()
+    try:
+        deadline = asyncio.get_running_loop().time() + 120
+        while not consumer.assignment():
+            assert asyncio.get_running_loop().time() < deadline, "no consumer group coordinator after 120 s"
+            await consumer.getmany(timeout_ms=500)
+        await consumer.commit()
+    finally:
+        await consumer.stop()
+
+
 @pytest.fixture
-async def ns(infra: dict[str, str]) -> AsyncIterator[Namespace]:
+async def ns(infra: dict[str, str], kafka_ready: None) -> AsyncIterator[Namespace]:
     namespace = Namespace(infra)
     yield namespace
     await delete_topics(infra["kafka"], [namespace.topic(t) for t in TOPICS])
