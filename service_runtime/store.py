@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -54,7 +55,16 @@ async def store_reachable(client: AsyncMongoClient) -> bool:
 # single client connection). Updates therefore go out in commands of at most this many
 # statements, one command at a time per process: far below the pool even with replicas.
 UPDATES_PER_COMMAND = 32
-_update_gate = asyncio.Semaphore(1)
+_update_gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
+
+
+def _update_gate() -> asyncio.Semaphore:
+    """One gate per event loop (a semaphore belongs to the loop it first waited in)."""
+    loop = asyncio.get_running_loop()
+    gate = _update_gates.get(loop)
+    if gate is None:
+        gate = _update_gates[loop] = asyncio.Semaphore(1)
+    return gate
 
 
 @dataclass
@@ -78,7 +88,7 @@ async def bulk_update(collection: AsyncCollection, ops: Sequence[Any], *, ordere
     for start in range(0, len(ops), UPDATES_PER_COMMAND):
         chunk = ops[start:start + UPDATES_PER_COMMAND]
         try:
-            async with _update_gate:
+            async with _update_gate():
                 done = await collection.bulk_write(chunk, ordered=ordered)
             details = done.bulk_api_result
         except BulkWriteError as exc:
