@@ -43,14 +43,15 @@ class SignalHandler:
             observations.setdefault(obs.author_id, []).append(obs)
         if not observations:
             return
-        held = await self.store.load(list(observations))
-        now = self.clock()
-        updates = []
-        for author_id, author_obs in observations.items():
-            update = self._update(author_id, held.get(author_id, {}), author_obs, now)
-            if update is not None:
-                updates.append(update)
-        await self.store.save_signals(updates)
+        async with self.store.write_lock:
+            held = await self.store.load(list(observations))
+            now = self.clock()
+            updates = []
+            for author_id, author_obs in observations.items():
+                update = self._update(author_id, held.get(author_id, {}), author_obs, now)
+                if update is not None:
+                    updates.append(update)
+            await self.store.save_signals(updates)
 
     def _update(self, author_id: str, doc: dict[str, Any], author_obs: list[signals.Observation],
                 now: datetime) -> UpdateOne | None:

@@ -65,9 +65,10 @@ class Recomputer:
         """Score these authors (those another replica holds are skipped); returns how many."""
         if not author_ids:
             return 0
-        token, docs = await self.store.claim(author_ids, self.clock(), self.lease_s)
-        results = [self._score(doc) for doc in docs]
-        await self.store.save_scores(token, results)
+        async with self.store.write_lock:  # see TrustStore.write_lock
+            token, docs = await self.store.claim(author_ids, self.clock(), self.lease_s)
+            results = [self._score(doc) for doc in docs]
+            await self.store.save_scores(token, results)
         self.recomputations += len(docs)
         await self.flush_outboxes([doc["_id"] for doc in docs])
         return len(docs)
@@ -113,7 +114,8 @@ class Recomputer:
         envelopes = [Envelope.model_validate(d["outbox"]["envelope"]) for d in docs]
         await self.store.record_history([_history_entry(env, d["outbox"]["signals"]) for env, d in zip(envelopes, docs)])
         await self.publisher.publish([Outgoing(str(Topic.TRUST_EVENTS), env.data["author_id"], env) for env in envelopes])
-        await self.store.clear_outboxes([(d["_id"], str(env.event_id)) for env, d in zip(envelopes, docs)])
+        async with self.store.write_lock:  # see TrustStore.write_lock
+            await self.store.clear_outboxes([(d["_id"], str(env.event_id)) for env, d in zip(envelopes, docs)])
         self.published += len(docs)
         return len(docs)
 

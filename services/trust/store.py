@@ -10,6 +10,7 @@ TrustScoreChanged computed but not yet acknowledged by the broker).
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import datetime, timedelta
 from typing import Any
@@ -32,6 +33,12 @@ class TrustStore:
         self.db = db
         self.authors = db[AUTHORS]
         self.history = db[HISTORY]
+        # The consumer (signals) and the recomputer (scores) write the same author documents.
+        # FerretDB applies an update as a read-modify-write that is not atomic across
+        # connections, so two concurrent writers can lose each other's change (a score
+        # computed from stale signals was seen to stick). Each read-then-write runs under
+        # this lock, which makes them one writer per process.
+        self.write_lock = asyncio.Lock()
 
     async def create_indexes(self) -> None:
         await self.authors.create_index([("dirty", ASCENDING), ("due_at", ASCENDING)])
