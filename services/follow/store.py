@@ -87,6 +87,10 @@ class FollowStore:
         self.chunks_done = db.fanout_chunks_done
         self.inbox = db.inbox
         self._reads = asyncio.Semaphore(_READ_CONCURRENCY)
+        # The command, source and sweeper consumers all update author documents; FerretDB
+        # applies an update as a read-modify-write that is not atomic across connections,
+        # so concurrent updates of one document could lose a change. One at a time here.
+        self._author_writes = asyncio.Lock()
 
     async def create_indexes(self) -> None:
         # FerretDB keeps these without using them for ranges; MongoDB serves the reads with them.
@@ -108,10 +112,12 @@ class FollowStore:
         return {a: d for a, d in zip(ids, docs, strict=True) if d is not None}
 
     async def set_author_fields(self, author_id: str, fields: dict[str, Any]) -> None:
-        await self.authors.update_one({"_id": author_id}, {"$set": fields}, upsert=True)
+        async with self._author_writes:
+            await self.authors.update_one({"_id": author_id}, {"$set": fields}, upsert=True)
 
     async def clear_pending(self, author_id: str, pending_id: str) -> None:
-        await self.authors.update_one({"_id": author_id, "pending.id": pending_id}, {"$unset": {"pending": ""}})
+        async with self._author_writes:
+            await self.authors.update_one({"_id": author_id, "pending.id": pending_id}, {"$unset": {"pending": ""}})
 
     async def authors_with_parked(self) -> list[dict[str, Any]]:
         return await self.authors.find({"has_parked": True}).to_list(None)
@@ -176,7 +182,8 @@ class FollowStore:
             await self.parked.delete_many({"_id": {"$in": list(ids)}})
 
     async def mark_nudged(self, author_id: str, at: datetime) -> None:
-        await self.authors.update_one({"_id": author_id}, {"$set": {"nudged_at": at}})
+        async with self._author_writes:
+            await self.authors.update_one({"_id": author_id}, {"$set": {"nudged_at": at}})
 
     # --- fan-out --------------------------------------------------------------------
 
