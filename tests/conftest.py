@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, TypeVar
 
 import pytest
+from aiokafka import AIOKafkaProducer
 from pymongo import AsyncMongoClient
 
 from service_runtime.kafka import delete_topics
@@ -107,6 +108,15 @@ async def ns(infra: dict[str, str], kafka_ready: None) -> AsyncIterator[Namespac
             await client.drop_database(db)
     finally:
         await client.close()
+
+
+@pytest.fixture
+async def producer(ns: Namespace) -> AsyncIterator[AIOKafkaProducer]:
+    """A plain idempotent producer, as the web app or an importer would publish."""
+    p = AIOKafkaProducer(bootstrap_servers=ns.infra["kafka"], enable_idempotence=True, linger_ms=5)
+    await p.start()
+    yield p
+    await p.stop()
 
 
 async def eventually(

@@ -7,10 +7,8 @@ import asyncio
 import json
 from collections.abc import Sequence
 
-import pytest
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
-from aiokafka.structs import TopicPartition
 
 from contracts import Envelope, deterministic_event_id
 from contracts.events.profile import AuthorRegistered, AuthorState
@@ -59,14 +57,6 @@ class EchoService:
                 event_id=deterministic_event_id(item.envelope.event_id, "AuthorRegistered"),
             ))
         await self.service.publisher.publish(out)
-
-
-@pytest.fixture
-async def producer(ns: Namespace):
-    p = AIOKafkaProducer(bootstrap_servers=ns.infra["kafka"], enable_idempotence=True)
-    await p.start()
-    yield p
-    await p.stop()
 
 
 async def send(producer: AIOKafkaProducer, ns: Namespace, value: bytes, key: str = "a1",

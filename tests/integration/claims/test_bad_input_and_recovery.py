@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime
 
-import pytest
-from aiokafka import AIOKafkaProducer
 
 from contracts.events.claims import ClaimRequested, ClaimReviewed, ClaimWithdrawn, Evidence
 from contracts.topics import Topic, dlq_topic
@@ -23,14 +21,6 @@ from tests.integration.claims.helpers import (
     of_type,
     send,
 )
-
-
-@pytest.fixture
-async def producer(ns: Namespace):
-    p = AIOKafkaProducer(bootstrap_servers=ns.infra["kafka"], enable_idempotence=True, linger_ms=5)
-    await p.start()
-    yield p
-    await p.stop()
 
 
 def tampered(data_changes: dict) -> bytes:

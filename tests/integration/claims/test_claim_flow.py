@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import pytest
-from aiokafka import AIOKafkaProducer
 
 from contracts.events.claims import (
     ClaimEvidenceSubmitted,
@@ -12,7 +10,7 @@ from contracts.events.claims import (
     ClaimWithdrawn,
     Evidence,
 )
-from tests.conftest import Namespace, eventually
+from tests.conftest import Namespace
 from tests.integration.claims.helpers import (
     ORCID,
     author_registered,
@@ -26,14 +24,6 @@ from tests.integration.claims.helpers import (
 )
 
 EMAIL_OK = Evidence(email="qvl@cs.stanford.edu", email_verified=True)
-
-
-@pytest.fixture
-async def producer(ns: Namespace):
-    p = AIOKafkaProducer(bootstrap_servers=ns.infra["kafka"], enable_idempotence=True, linger_ms=5)
-    await p.start()
-    yield p
-    await p.stop()
 
 
 async def test_lifecycle_auto_approval_review_and_revocation(ns: Namespace, producer) -> None:

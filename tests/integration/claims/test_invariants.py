@@ -5,8 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-import pytest
-from aiokafka import AIOKafkaProducer
 
 from contracts.events.claims import ClaimRequested, Evidence
 from services.claims.rules import Limits
@@ -24,14 +22,6 @@ from tests.integration.claims.helpers import (
 
 EMAIL_OK = Evidence(email="someone@stanford.edu", email_verified=True)
 ORCID_OK = Evidence(orcid=ORCID, orcid_authenticated=True)
-
-
-@pytest.fixture
-async def producer(ns: Namespace):
-    p = AIOKafkaProducer(bootstrap_servers=ns.infra["kafka"], enable_idempotence=True, linger_ms=5)
-    await p.start()
-    yield p
-    await p.stop()
 
 
 async def test_racing_claims_on_one_record_first_in_partition_order_wins(ns: Namespace, producer) -> None:

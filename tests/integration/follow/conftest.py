@@ -23,14 +23,6 @@ from services.follow.settings import FollowSettings
 from tests.conftest import Namespace
 
 
-@pytest.fixture
-async def producer(ns: Namespace) -> AsyncIterator[AIOKafkaProducer]:
-    p = AIOKafkaProducer(bootstrap_servers=ns.infra["kafka"], enable_idempotence=True, linger_ms=5)
-    await p.start()
-    yield p
-    await p.stop()
-
-
 def follow_settings(ns: Namespace, **overrides: Any) -> FollowSettings:
     values: dict[str, Any] = dict(unknown_author_wait_s=30.0, sweep_interval_s=0.2, fanout_chunk_size=7,
                                   follower_pages=16)

@@ -30,14 +30,6 @@ from tests.conftest import Namespace, eventually
 
 
 @pytest.fixture
-async def producer(ns: Namespace) -> AsyncIterator[AIOKafkaProducer]:
-    p = AIOKafkaProducer(bootstrap_servers=ns.infra["kafka"], enable_idempotence=True)
-    await p.start()
-    yield p
-    await p.stop()
-
-
-@pytest.fixture
 async def profile(ns: Namespace) -> AsyncIterator[Service]:
     service = build_service(ns.settings("profile", cls=ProfileSettings))
     async with service.running():

@@ -8,7 +8,6 @@ from collections import Counter
 from datetime import UTC, datetime
 
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from services.trust import scoring
 from services.trust.app import build_service
@@ -20,14 +19,6 @@ from tests.integration.trust.helpers import approved, followers, registered, sen
 
 # v2 counts works from 2022 on as recent and weighs the record more: most authors move.
 V2 = dataclasses.replace(scoring.CURRENT, version=2, recent_since_year=2022, works=(20, 150), recent_works=(15, 40))
-
-
-@pytest.fixture
-async def producer(ns: Namespace):
-    p = AIOKafkaProducer(bootstrap_servers=ns.infra["kafka"], enable_idempotence=True, linger_ms=5)
-    await p.start()
-    yield p
-    await p.stop()
 
 
 class CrashingPublisher:

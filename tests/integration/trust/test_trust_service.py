@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 
 import httpx
-import pytest
-from aiokafka import AIOKafkaProducer
 
 from contracts.envelope import Envelope
 from contracts.events.follows import AuthorFollowed
@@ -19,14 +17,6 @@ from tests.conftest import Namespace, eventually
 from tests.integration.trust.helpers import (
     approved, followers, registered, send, send_envelopes, send_raw, trust_events, work_added,
 )
-
-
-@pytest.fixture
-async def producer(ns: Namespace):
-    p = AIOKafkaProducer(bootstrap_servers=ns.infra["kafka"], enable_idempotence=True, linger_ms=5)
-    await p.start()
-    yield p
-    await p.stop()
 
 
 def trust(ns: Namespace, **overrides):
