@@ -57,8 +57,10 @@ install_kafka() {
 }
 
 install_ferretdb() {
-  [[ -x "$FERRETDB_BIN" ]] && return 0
+  local patch="$ROOT/infra/ferretdb/sqlite-id-index.patch"
+  [[ -x "$FERRETDB_BIN" && "$FERRETDB_BIN" -nt "$patch" ]] && return 0
   need go "Go 1.22 or newer, e.g. apt-get install golang"
+  need patch "patch, e.g. apt-get install patch"
   echo "infra: building FerretDB $FERRETDB_VERSION from the Go module proxy (first run only, ~2 min)"
   # A bare `go install ...@v1.24.2` builds a binary that panics at start: the module has no
   # build/version/version.txt (FerretDB's release tooling generates it). So we fetch the
@@ -70,6 +72,8 @@ install_ferretdb() {
   rm -rf "$src"; mkdir -p "$(dirname "$src")" "$(dirname "$FERRETDB_BIN")"
   cp -r "$mod" "$src"; chmod -R u+w "$src"
   echo "$FERRETDB_VERSION" >"$src/build/version/version.txt"
+  # Our one fix to FerretDB: _id lookups written the way the _id index is (see the patch).
+  patch -s -p1 -d "$src" <"$patch" || die "patching FerretDB failed"
   (cd "$src" && go build -trimpath -o "$FERRETDB_BIN" ./cmd/ferretdb) >>"$LOGS/go-install.log" 2>&1 \
     || die "building FerretDB failed; see $LOGS/go-install.log"
   rm -rf "$src"
