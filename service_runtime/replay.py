@@ -91,6 +91,24 @@ def _without(doc: Any, ignore: frozenset[str], prefix: str = "") -> Any:
     return doc
 
 
+def _short(value: Any, width: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= width else text[: width - 3] + "..."
+
+
+def _difference(live: Any, rebuilt: Any, path: str = "") -> str:
+    """Where two documents differ, as dotted paths with both values (shortened)."""
+    where = path.rstrip(".")
+    if live is None or rebuilt is None:
+        what = "only in the rebuilt copy" if live is None else "missing from the rebuilt copy"
+        return f"{where}: {what}" if where else what
+    if isinstance(live, dict) and isinstance(rebuilt, dict):
+        parts = [_difference(live.get(k), rebuilt.get(k), f"{path}{k}.") for k in sorted(set(live) | set(rebuilt))
+                 if live.get(k) != rebuilt.get(k)]
+        return "; ".join(parts)
+    return f"{where}: live={_short(live)} rebuilt={_short(rebuilt)}"
+
+
 async def compare_databases(uri: str, live_db: str, rebuilt_db: str, projection: Projection, *, limit: int = 20) -> list[str]:
     """Differences between two copies of a projection, collection by collection, document by document."""
     client: AsyncMongoClient = AsyncMongoClient(uri)
@@ -102,7 +120,7 @@ async def compare_databases(uri: str, live_db: str, rebuilt_db: str, projection:
             b = {d["_id"]: _without(d, ignore) async for d in rebuilt[name].find({})}
             for key in sorted(set(a) | set(b), key=str):
                 if a.get(key) != b.get(key):
-                    problems.append(f"{name}/{key}: live={a.get(key)!r} rebuilt={b.get(key)!r}")
+                    problems.append(f"{name}/{key}: {_difference(a.get(key), b.get(key))}")
                     if len(problems) >= limit:
                         return problems
     finally:
