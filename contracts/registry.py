@@ -18,7 +18,7 @@ _MODELS: list[type[EventModel]] = [
     trust.TrustScoreChanged,
     follows.FollowRequested, follows.UnfollowRequested, follows.AuthorFollowed, follows.AuthorUnfollowed,
     follows.FollowerCountChanged, follows.FollowRejected,
-    notifications.NotificationCreated, notifications.FanoutChunkRequested,
+    notifications.NotificationCreated, notifications.NotificationsRead, notifications.FanoutChunkRequested,
 ]
 
 # (topic, event_type) -> model: one event type name may live on two topics

@@ -40,6 +40,19 @@ class NotificationCreated(EventModel):
     created_at: datetime
 
 
+class NotificationsRead(EventModel):
+    """A user marked notifications read (all of them when ``notification_ids`` is None):
+    on the user's partition of notifications.events, after the notifications it covers, so
+    a rebuild of the inbox from this topic marks the same ones."""
+
+    event_type: ClassVar[str] = "NotificationsRead"
+    topic: ClassVar[str] = Topic.NOTIFICATIONS_EVENTS
+    key_field: ClassVar[str] = "user_id"
+
+    user_id: Id
+    notification_ids: list[uuid.UUID] | None = Field(default=None, max_length=1000)
+
+
 class FanoutChunkRequested(EventModel):
     """One chunk of followers to notify, taken by any replica of the follow service."""
 

@@ -7,7 +7,8 @@ from contracts.events.notifications import FanoutChunkRequested, NotificationCre
 from contracts.topics import Topic
 from service_runtime.service import Service
 from services.follow.commands import FollowCommands
-from services.follow.fanout import ChunkWorker, FanoutPlanner, PublishedNotifications
+from services.follow.fanout import ChunkWorker, FanoutPlanner
+from services.follow.inbox import InboxEvents
 from services.follow.handlers import Handlers
 from services.follow.routes import router
 from services.follow.settings import FollowSettings
@@ -36,14 +37,16 @@ def build_service(settings: FollowSettings | None = None) -> Service:
     service.consume(Topic.PROFILE_EVENTS, Topic.CLAIMS_EVENTS, Topic.TRUST_EVENTS,
                     handler=handlers.on_source_events, group="sources")
     service.consume(Topic.FOLLOW_FANOUT, handler=handlers.on_fanout_chunks, group="fanout", runs="live")
-    service.consume(Topic.NOTIFICATIONS_EVENTS, handler=PublishedNotifications(store).handle, group="inbox",
-                    runs="rebuild")
+    service.consume(Topic.NOTIFICATIONS_EVENTS, handler=InboxEvents(store, rebuilding=settings.rebuilding).handle,
+                    group="inbox")
     # One channel per topic in AsyncAPI: the topic's four event types are named in its description.
     service.produces(Topic.FOLLOWS_EVENTS, schema=FollowerCountChanged, description=(
         "Follow edges and exact follower counts: "
         + ", ".join(m.event_type for m in (AuthorFollowed, AuthorUnfollowed, FollowerCountChanged, FollowRejected))
     ))
-    service.produces(Topic.NOTIFICATIONS_EVENTS, schema=NotificationCreated)
+    service.produces(Topic.NOTIFICATIONS_EVENTS, schema=NotificationCreated,
+                     description="Notifications of followers, and the read marks of their users: "
+                                 "NotificationCreated, NotificationsRead")
     service.produces(Topic.FOLLOW_FANOUT, schema=FanoutChunkRequested)
 
     service.on_startup(store.create_indexes)

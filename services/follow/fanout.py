@@ -29,6 +29,7 @@ from contracts.events.notifications import notification_id as derive_notificatio
 from service_runtime.delivery import Incoming
 from service_runtime.logging import get_logger
 from service_runtime.publishing import EventPublisher, Outgoing
+from services.follow.inbox import inbox_doc
 from services.follow.rules import cut_chunks, in_range, recipients
 from services.follow.settings import FollowSettings
 from services.follow.store import FollowStore
@@ -87,26 +88,6 @@ class FanoutPlanner:
             "chunks": [{"after": r.after_user_id, "upto": r.upto_user_id} for r, _ in chunks],  # no nested arrays
             "published": False, "planned_at": datetime.now(UTC),
         })
-
-
-def inbox_doc(note: NotificationCreated) -> dict[str, Any]:
-    return {
-        "_id": str(note.notification_id), "user_id": note.user_id, "author_id": note.author_id, "kind": note.kind,
-        "source_event_id": str(note.source_event_id), "title": note.title, "created_at": note.created_at,
-        "read": False,
-    }
-
-
-class PublishedNotifications:
-    """Rebuild only: notifications.events -> the inbox. Which follower got which notification
-    was decided live, against the followers of that moment; a rebuild reads it back."""
-
-    def __init__(self, store: FollowStore) -> None:
-        self.store = store
-
-    async def handle(self, batch: Sequence[Incoming]) -> None:
-        notes = [i.payload for i in batch if isinstance(i.payload, NotificationCreated)]
-        await self.store.insert_notifications([inbox_doc(n) for n in notes])
 
 
 class ChunkWorker:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import re
+import uuid
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -14,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from contracts.events.common import ID_PATTERN, Id
 from contracts.events.follows import FollowRequested, UnfollowRequested
+from contracts.events.notifications import NotificationsRead
 from service_runtime.auth import CurrentUser, Principal
 from service_runtime.publishing import EventPublisher
 from services.follow.settings import FollowSettings
@@ -91,7 +93,7 @@ class NotificationsPage(BaseModel):
 
 class MarkRead(BaseModel):
     # None: mark every notification of the user read.
-    notification_ids: list[str] | None = Field(default=None, max_length=1000)
+    notification_ids: list[uuid.UUID] | None = Field(default=None, max_length=1000)
 
 
 def _user_id_valid(user: Principal) -> str:
@@ -187,10 +189,14 @@ async def notifications(
     )
 
 
-@router.post("/users/{user_id}/notifications/read", tags=["notifications"],
-             summary="Mark the given notifications (or all) read")
+@router.post("/users/{user_id}/notifications/read", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted,
+             tags=["notifications"], summary="Mark the given notifications (or all) read")
 async def mark_read(
-    user_id: UserId, user: CurrentUser, store: Store, body: Annotated[MarkRead | None, Body()] = None,
-) -> dict[str, int]:
+    user_id: UserId, user: CurrentUser, publisher: Publisher, body: Annotated[MarkRead | None, Body()] = None,
+) -> Accepted:
+    """Published on the user's partition of notifications.events (after every notification
+    it can cover) and applied by the inbox consumer, so a rebuild of the inbox keeps it."""
     _only_self(user_id, user)
-    return {"marked": await store.mark_read(user_id, body.notification_ids if body else None)}
+    out = publisher.outgoing(NotificationsRead(user_id=user_id, notification_ids=body.notification_ids if body else None))
+    await publisher.publish([out])
+    return Accepted(command="NotificationsRead", event_id=str(out.envelope.event_id))

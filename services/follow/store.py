@@ -40,13 +40,12 @@ DUPLICATE_KEY = 11000
 # What a rebuild from the log must reproduce: authors (identity, owner, exact counts),
 # the follower index both ways, and the inbox. Left out: where the command consumer
 # stands, its outbox and parking marks; parked commands and fan-out plans are work in
-# progress. ``read`` is left out because marking notifications read is an HTTP write
-# that no topic records: a rebuild shows them unread.
+# progress.
 PROJECTION = Projection.of(
     authors=("pending", "applied_partition", "applied_offset", "has_parked", "nudged_at"),
     follower_pages=(),
     following=(),
-    inbox=("read",),
+    inbox=(),
 )
 _READ_CONCURRENCY = 32
 
