@@ -128,6 +128,7 @@ class ClaimsProcessor:
         _heal_authors(book, pending)
         emits = apply(book)
         book.slots.reconcile(book.claims.values())
+        book.index_open_claims()
         fresh: list[Outgoing] = []
         for emit, cause in emits:
             parts = (cause.event_id if cause else cause_id, *emit.id_parts)
@@ -143,7 +144,7 @@ class ClaimsProcessor:
         token = uuid.uuid4().hex
         if not await self.store.save(book, token):
             return False
-        await self.store.release_all(book.slots.released)
+        await self.store.release_all(book.slots.released, self.limits)
         await self.publisher.publish(republish + fresh)
         await self.store.mark_published([token, *(c.outbox_token for c in pending)])
         return True
