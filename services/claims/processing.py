@@ -139,7 +139,7 @@ class ClaimsProcessor:
                 claim = book.claims[emit.claim_id]
                 claim.outbox.append(_entry(outgoing))
                 book.dirty_claims.add(claim.claim_id)
-        if not await self.store.acquire_all(book.slots.acquired, self.limits):
+        if not await self.store.acquire_all(book.slots.acquired, self.limits, book.slots.released):
             return False
         token = uuid.uuid4().hex
         if not await self.store.save(book, token):

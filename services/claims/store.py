@@ -107,25 +107,40 @@ class ClaimsStore:
 
     # --- slots ------------------------------------------------------------------------
 
-    async def acquire_all(self, ops: list[SlotOp], limits: Limits) -> bool:
-        """Take every slot in one insert; False if another writer took one meanwhile (the
-        caller reloads: slots this call did get then count as held)."""
+    async def acquire_all(self, ops: list[SlotOp], limits: Limits, releasing: Iterable[SlotOp] = ()) -> bool:
+        """Take every slot (new ones in one insert); False if another writer took one
+        meanwhile (the caller reloads: slots this call did get then count as held).
+
+        ``releasing``: slots this attempt frees. When a user has no free slot left but one
+        of theirs is being freed in the same attempt (a claim closed, then another opened
+        in one batch), that slot is handed over to the new claim: the free happens only
+        after the claims are saved, so waiting for it would fail every reload."""
         if not ops:
             return True
         taken: dict[tuple[str, str], dict[int, str]] = defaultdict(dict)
         for d in await self._slot_docs({user for _, user, _ in ops}, limits):
             taken[(d["kind"], d["user"])][int(d["_id"].rsplit(":", 1)[1])] = d["claim_id"]
-        docs = []
+        freed = {(kind, user, claim_id) for kind, user, claim_id in releasing}
+        docs, handovers = [], []
         for kind, user, claim_id in ops:
             held = taken[(kind, user)]
             if claim_id in held.values():
                 continue
             limit = limits.max_open_claims_per_user if kind == OPEN_SLOT else limits.max_approved_claims_per_user
-            if len(held) >= limit:
-                return False
             free = [n for n in range(limit) if n not in held]
-            held[free[0]] = claim_id
-            docs.append({"_id": f"{kind}:{user}:{free[0]}", "kind": kind, "user": user, "claim_id": claim_id})
+            if len(held) < limit and free:
+                held[free[0]] = claim_id
+                docs.append({"_id": f"{kind}:{user}:{free[0]}", "kind": kind, "user": user, "claim_id": claim_id})
+                continue
+            reusable = [n for n, holder in sorted(held.items()) if (kind, user, holder) in freed]
+            if not reusable:
+                return False
+            n = reusable[0]
+            freed.discard((kind, user, held[n]))
+            handovers.append(UpdateOne({"_id": f"{kind}:{user}:{n}", "claim_id": held[n]}, {"$set": {"claim_id": claim_id}}))
+            held[n] = claim_id
+        if handovers and not await self._conditional(self.slots.name, handovers):
+            return False
         return await self._insert(self.slots.name, docs)
 
     async def acquire(self, kind: str, user: str, claim_id: str, limit: int) -> bool:
