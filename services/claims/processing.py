@@ -128,6 +128,7 @@ class ClaimsProcessor:
         _heal_authors(book, pending)
         emits = apply(book)
         book.slots.reconcile(book.claims.values())
+        book.index_open_claims()
         fresh: list[Outgoing] = []
         for emit, cause in emits:
             parts = (cause.event_id if cause else cause_id, *emit.id_parts)
@@ -138,12 +139,12 @@ class ClaimsProcessor:
                 claim = book.claims[emit.claim_id]
                 claim.outbox.append(_entry(outgoing))
                 book.dirty_claims.add(claim.claim_id)
-        if not await self.store.acquire_all(book.slots.acquired, self.limits):
+        if not await self.store.acquire_all(book.slots.acquired, self.limits, book.slots.released):
             return False
         token = uuid.uuid4().hex
         if not await self.store.save(book, token):
             return False
-        await self.store.release_all(book.slots.released)
+        await self.store.release_all(book.slots.released, self.limits)
         await self.publisher.publish(republish + fresh)
         await self.store.mark_published([token, *(c.outbox_token for c in pending)])
         return True

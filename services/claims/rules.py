@@ -50,6 +50,9 @@ class AuthorRecord:
     author_id: str
     identity: Identity | None = None
     claim: AuthorClaimState = UNCLAIMED
+    # Ids of the record's open claims (pending_author, needs_review), oldest first: what a
+    # decision on the record must see, kept on the record so it is loaded by id.
+    open_claims: list[str] = field(default_factory=list)
     version: int = 0  # optimistic concurrency of the stored document (0: not stored yet)
 
 
@@ -188,6 +191,25 @@ class Book:
 
     def author(self, author_id: str) -> AuthorRecord:
         return self.authors.setdefault(author_id, AuthorRecord(author_id))
+
+    def index_open_claims(self) -> None:
+        """Make each record's ``open_claims`` match the statuses of the claims in the book
+        (a claim opened or closed by this batch, or by an earlier attempt that stopped
+        before writing the record). Every listed claim is loaded with the record, so an
+        id whose claim is not in the book no longer exists and is dropped."""
+        open_by_author: dict[str, list[Claim]] = {}
+        for c in self.claims.values():
+            if c.status in OPEN:
+                open_by_author.setdefault(c.author_id, []).append(c)
+        for author in self.authors.values():
+            listed = [cid for cid in author.open_claims if cid in self.claims and self.claims[cid].status in OPEN]
+            known = set(listed)
+            opened = sorted((c for c in open_by_author.get(author.author_id, []) if c.claim_id not in known),
+                            key=lambda c: (c.created_at, c.claim_id))
+            listed += [c.claim_id for c in opened]
+            if listed != author.open_claims:
+                author.open_claims = listed
+                self.dirty_authors.add(author.author_id)
 
     # --- inputs -------------------------------------------------------------------
 
@@ -343,10 +365,11 @@ class Book:
         self.slots.release(OPEN_SLOT, claim.user_id, claim.claim_id)
         out = self._approve(claim, now, level, event, by=by)
         # Only one claim per record can be approved: the others still open lose now.
-        for other in sorted(self.claims.values(), key=lambda c: (c.created_at, c.claim_id)):
-            if other.author_id == claim.author_id and other.claim_id != claim.claim_id and other.status in OPEN:
-                self._reject(other, now, "already_claimed", f"claim {claim.claim_id} was approved", event)
-                out.append(("rejected", other.claim_id))
+        others = (c for c in self.claims.values()
+                  if c.author_id == claim.author_id and c.claim_id != claim.claim_id and c.status in OPEN)
+        for other in sorted(others, key=lambda c: (c.created_at, c.claim_id)):
+            self._reject(other, now, "already_claimed", f"claim {claim.claim_id} was approved", event)
+            out.append(("rejected", other.claim_id))
         return out
 
     def _approve(self, claim: Claim, now: datetime, level: str, event: str, by: str | None = None) -> list[tuple[str, ...]]:

@@ -52,8 +52,10 @@ async def send(producer: AIOKafkaProducer, ns: Namespace, *envelopes: Envelope) 
 
 async def authors_known(service: Service, *author_ids: str) -> None:
     """profile.events and webapp.claims are two topics: wait until the authors are projected
-    when a test needs them known before its claims (otherwise the claims wait for them)."""
-    await eventually(lambda: service.db.authors.count_documents({"_id": {"$in": list(author_ids)}}),
+    when a test needs them known before its claims (otherwise the claims wait for them).
+    A record a claim waits for is stored before its identity arrives: only one with an
+    identity is known."""
+    await eventually(lambda: service.db.authors.count_documents({"_id": {"$in": list(author_ids)}, "identity": {"$ne": None}}),
                      until=lambda n: n == len(author_ids), what=f"authors {author_ids} projected")
 
 

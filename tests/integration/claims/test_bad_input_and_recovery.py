@@ -75,11 +75,14 @@ async def test_events_left_in_an_outbox_are_published_by_the_sweeper(ns: Namespa
         doc = await service.db.claims.find_one({"_id": "c1"})
         lost = {"topic": "claims.events", "key": "a1", "envelope": json.loads(json.dumps(
             {**events[-1], "event_id": "0f4a8d8e-4a36-4bde-9d51-0e0f3e8e2a11"}))}
+        # What the stopped writer left: its token, then the claim written with that token.
+        await service.db.unpublished.insert_one(
+            {"_id": "written-never-published", "at": datetime(2020, 1, 1, tzinfo=UTC), "claims": ["c1"]})
         await service.db.claims.update_one({"_id": "c1"}, {"$set": {
             "outbox": [lost], "outbox_token": "written-never-published", "updated_at": datetime(2020, 1, 1, tzinfo=UTC)}})
         events = await events_until(ns, lambda ev: any(e["event_id"] == lost["envelope"]["event_id"] for e in ev),
                                     "the unpublished event published")
-        await eventually(lambda: service.db.published.find_one({"_id": "written-never-published"}),
-                         what="outbox marked published")
+        await eventually(lambda: service.db.unpublished.find_one({"_id": "written-never-published"}),
+                         until=lambda d: d is None, what="outbox marked published")
         assert doc["version"] >= 1
     assert sum(e["event_id"] == lost["envelope"]["event_id"] for e in await claim_events(ns)) == 1

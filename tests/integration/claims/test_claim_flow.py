@@ -10,7 +10,7 @@ from contracts.events.claims import (
     ClaimWithdrawn,
     Evidence,
 )
-from tests.conftest import Namespace
+from tests.conftest import Namespace, eventually
 from tests.integration.claims.helpers import (
     ORCID,
     author_registered,
@@ -68,7 +68,9 @@ async def test_lifecycle_auto_approval_review_and_revocation(ns: Namespace, prod
 
         doc = await service.db.claims.find_one({"_id": "c1"})
         assert doc["status"] == "revoked" and doc["reason"] == "impostor"
-        assert await service.db.published.find_one({"_id": doc["outbox_token"]}), "its events are marked published"
+        assert doc["outbox_token"]
+        await eventually(lambda: service.db.unpublished.count_documents({}), until=lambda n: n == 0,
+                         what="every outbox marked published")
         assert [h["event"] for h in doc["history"]] == ["requested", "reviewer_approved", "revoked"]
         author = await service.db.authors.find_one({"_id": "a1"})
         assert author["claim"]["claimed"] is False and author["claim"]["revision"] == 4
@@ -76,12 +78,15 @@ async def test_lifecycle_auto_approval_review_and_revocation(ns: Namespace, prod
 
 
 async def test_claim_waits_for_its_author_then_expires_or_is_decided(ns: Namespace, producer) -> None:
-    service = claims_service(ns, pending_author_timeout_s=2.0)
+    service = claims_service(ns, pending_author_timeout_s=5.0)
     async with service.running():
         await send(producer, ns,
                    command(ClaimRequested(claim_id="early", author_id="late-author", user_id="u1", evidence=EMAIL_OK)),
                    command(ClaimRequested(claim_id="never", author_id="ghost", user_id="u2", evidence=EMAIL_OK)))
-        events = await events_until(ns, lambda ev: len(of_type(ev, "ClaimSubmitted")) == 2, "both submitted")
+        # At-least-once: an event may come twice under its id (the sweeper republishes an
+        # outbox whose writer is slow to mark it), so claims are counted, not events.
+        events = await events_until(ns, lambda ev: {e["data"]["claim_id"] for e in of_type(ev, "ClaimSubmitted")}
+                                    == {"early", "never"}, "both submitted")
         assert {e["data"]["status"] for e in events} == {"pending_author"}
         await send(producer, ns, author_registered("late-author"))
         events = await events_until(ns, lambda ev: of_type(ev, "ClaimApproved", "early") and of_type(ev, "ClaimRejected", "never"),

@@ -7,6 +7,9 @@ import contextlib
 
 
 from contracts.events.claims import ClaimRequested, Evidence
+from contracts.registry import decode
+from contracts.topics import Topic
+from service_runtime.delivery import Incoming
 from services.claims.rules import Limits
 from tests.conftest import Namespace, eventually
 from tests.integration.claims.helpers import (
@@ -106,3 +109,30 @@ async def test_a_slot_is_taken_atomically_by_concurrent_writers(ns: Namespace) -
     assert await store.acquire("open", "racer", held[0], 3)  # holding it already: still yours
     assert not await store.acquire_all([("open", "racer", "another")], store_limits())
     await service.mongo.close()
+
+
+async def test_a_slot_freed_and_taken_again_in_one_batch(ns: Namespace, producer) -> None:
+    """A user at the open limit: in one batch, one of their claims loses its record and they
+    open another. The freed slot goes to the new claim (the batch is not refused as if
+    another writer had taken it) and the user still holds three open claims."""
+    authors = [f"author-{i}" for i in range(5)]
+    service = claims_service(ns)
+    async with service.running():
+        await send(producer, ns, *(author_registered(a) for a in authors))
+        await authors_known(service, *authors)
+        await send(producer, ns, *(
+            command(ClaimRequested(claim_id=f"c{i}", author_id=authors[i], user_id="busy",
+                                   evidence=Evidence(statement="please review")))
+            for i in range(3)
+        ))
+        await events_until(ns, lambda ev: len(of_type(ev, "ClaimNeedsReview")) == 3, "three claims open")
+        one_batch = [command(ClaimRequested(claim_id="winner", author_id=authors[0], user_id="owner", evidence=EMAIL_OK)),
+                     command(ClaimRequested(claim_id="c3", author_id=authors[3], user_id="busy",
+                                            evidence=Evidence(statement="please review")))]
+        processor = service.http.state.claims_processor
+        await processor.handle([Incoming(env, decode(Topic.WEBAPP_CLAIMS, env.to_bytes())[1], Topic.WEBAPP_CLAIMS, 0, n)
+                                for n, env in enumerate(one_batch)])
+        events = await events_until(ns, lambda ev: of_type(ev, "ClaimNeedsReview", "c3"), "c3 open")
+        held = sorted([d["claim_id"] async for d in service.db.user_slots.find({"user": "busy", "kind": "open"})])
+    assert [e["data"]["reason"] for e in of_type(events, "ClaimRejected", "c0")] == ["already_claimed"]
+    assert held == ["c1", "c2", "c3"]
