@@ -6,9 +6,9 @@
 Loading twice changes nothing: every event has a fixed id and identical content, and the
 profile service ignores a work it already holds unchanged. A *demo copy* is the same
 researcher under another author id, marked as a copy in its name and description, with
-the ORCID documentation's fictional example iD (so an ORCID-matching claim can be shown)
-and its own work ids (so the seed record's works are not re-attributed); co-authors keep
-their seed ids, so each demo copy also appears among their works.
+the ORCID documentation's fictional example iD (so an ORCID-matching claim can be shown),
+its own work ids and its own copies of the co-authors (``<copy id>.<co-author id>``), so
+that neither the seed record nor its real co-authors' records change when a demo runs.
 """
 
 from __future__ import annotations
@@ -55,6 +55,8 @@ def _copy_for(env: Envelope, author_id: str, demo_copy: bool) -> Envelope:
         for author in work["authors"]:
             if author["author_id"] == SEED_AUTHOR_ID:
                 author["author_id"] = author_id
+            else:
+                author["author_id"] = f"{author_id}.{author['author_id']}"[:128]
         data["author_id"] = work["authors"][0]["author_id"]
     copy = env.model_copy(update={"data": data, "event_id": deterministic_event_id(env.event_id, author_id),
                                   "correlation_id": f"seed:{author_id}"})

@@ -127,7 +127,9 @@ async def test_a_demo_copy_is_its_own_record_with_the_example_orcid(
                              and r.json()["counts"]["works"] == 28, timeout=60)).json()
     assert body["display_name"] == "Quoc V. Le (demo copy)" and body["orcid"] == "0000-0002-1825-0097"
     assert body["counts"]["close_collaborators"] == 4 and body["counts"]["topics"] == 9
+    assert {c["display_name"] for c in body["close_collaborators"]} >= {"Mingxing Tan", "Hanxiao Liu"}
     assert (await page(http, SEED_AUTHOR_ID)).status_code == 404, "the seed record itself was not touched"
+    assert (await page(http, "seed:mingxing-tan")).status_code == 404, "nor the records of its real co-authors"
 
 
 async def test_corrected_work_publishes_work_updated_and_identical_reingest_publishes_nothing(

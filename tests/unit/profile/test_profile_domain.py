@@ -145,5 +145,8 @@ def test_a_demo_copy_has_its_own_ids_and_the_example_orcid() -> None:
     copy = seed_envelopes(author_id="demo:run-1", demo_copy=True)
     assert copy[0].data["display_name"] == "Quoc V. Le (demo copy)" and copy[0].data["orcid"] == DEMO_ORCID
     assert all(e.data["work"]["work_id"].startswith("demo:run-1:") for e in copy[1:])
+    # Its co-authors are copies too: a demo never adds works to the real co-authors' records.
+    co_authors = {a["author_id"] for e in copy[1:] for a in e.data["work"]["authors"]} - {"demo:run-1"}
+    assert co_authors and all(a.startswith("demo:run-1.seed:") for a in co_authors)
     assert {e.event_id for e in copy}.isdisjoint({e.event_id for e in seed_envelopes()})
     assert [e.event_id for e in copy] == [e.event_id for e in seed_envelopes(author_id="demo:run-1", demo_copy=True)]
