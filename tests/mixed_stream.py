@@ -58,6 +58,7 @@ class Record:
     author_id: str
     event_id: uuid.UUID
     work_id: str | None = None
+    probe: bool = False  # a work whose first author appears nowhere else (see ``probe_every``)
 
 
 @dataclass
@@ -96,11 +97,15 @@ def _envelope(payload: EventModel, rng: random.Random, at: datetime) -> Envelope
 
 def mixed_stream(
     n: int, *, seed: int = 7, authors: int | None = None, users: int | None = None, tag: str = "",
-    works_share: float = 0.7, follows_share: float = 0.2, racing_share: float = 0.3,
+    works_share: float = 0.7, follows_share: float = 0.2, racing_share: float = 0.3, probe_every: int = 0,
 ) -> MixedStream:
     """``n`` records: ``works_share`` works, ``follows_share`` follow commands (a fifth of
     them unfollows of an earlier follow), the rest claims (``racing_share`` of the claimed
-    authors get a second, racing claim). Deterministic for a given seed."""
+    authors get a second, racing claim). Deterministic for a given seed.
+
+    With ``probe_every`` k, every k-th work is a *probe*: its first author is a new one
+    that appears in no other record, so "this work's effect is visible" is simply "the
+    author's page shows a trust score" (the pipeline benchmark's latency)."""
     rng = random.Random(seed)
     n_authors = authors or max(20, n // 25)
     n_users = users or max(20, n // 20)
@@ -121,11 +126,18 @@ def mixed_stream(
     def at(i: int) -> datetime:
         return datetime.fromtimestamp(base + i, UTC)
 
+    n_works = 0
     for i in range(n):
         roll = rng.random()
+        probe = False
         if roll < works_share or i < 10:
+            n_works += 1
+            probe = bool(probe_every) and n_works % probe_every == 0
             # Skewed: a few prolific authors, a long tail.
             first = rng.choice(author_ids[:10]) if rng.random() < 0.2 else rng.choice(author_ids)
+            if probe:
+                first = f"mx{tag}-probe{i:06d}"
+                orcid[first] = orcid_for(seed * 1_000_003 + n_authors + i + 1)
             coauthors = [a for a in rng.sample(author_ids, rng.choice((0, 1, 1, 2, 3))) if a != first]
             names = [first, *coauthors]
             work_id = f"mx{tag}-w{i:06d}"
@@ -137,7 +149,7 @@ def mixed_stream(
             )
             for a in names:
                 works_of[a] += 1
-                if a not in seen_set:
+                if a not in seen_set and not (probe and a == first):
                     seen_set.add(a)
                     seen.append(a)
             payload: EventModel = WorkIngested(author_id=first, work=work, source="mixed-stream")
@@ -170,7 +182,8 @@ def mixed_stream(
             kind = "claim"
         env = _envelope(payload, rng, at(i))
         records.append(Record(payload.topic, author.encode(), env.to_bytes(), kind, author, env.event_id,
-                              work_id=payload.work.work_id if kind == "work" else None))  # type: ignore[attr-defined]
+                              work_id=payload.work.work_id if kind == "work" else None,  # type: ignore[attr-defined]
+                              probe=probe))
 
     followers = Counter(a for (_u, a), on in following.items() if on)
     return MixedStream(records, author_ids, Expected(dict(works_of), owners, dict(followers)))

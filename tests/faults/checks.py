@@ -46,11 +46,36 @@ async def assert_projections_rebuild(pipe: Pipeline, *, ignore: frozenset[str] =
         rebuilt = f"{live.database_name}_rebuilt"
         ns.databases.append(rebuilt)
         await rebuild(lambda s: build(name, s), live, database=rebuilt)
-        return [f"{name}: {p}" for p in
-                await compare_databases(ns.infra["mongodb"], live.database_name, rebuilt, ignore=ignore, limit=10)]
+        problems = await compare_databases(ns.infra["mongodb"], live.database_name, rebuilt, ignore=ignore, limit=10)
+        return [f"{name}: {await _fields_that_differ(ns.infra['mongodb'], live.database_name, rebuilt, p, ignore)}"
+                for p in problems]
 
     problems = [p for ps in await asyncio.gather(*(one(n) for n in pipe.settings)) for p in ps]
     assert not problems, "projections differ from a rebuild from the topics:\n" + "\n".join(problems)[:6000]
+
+
+async def _fields_that_differ(uri: str, live_db: str, rebuilt_db: str, problem: str, ignore: frozenset[str]) -> str:
+    """``compare_databases`` names a document and prints both whole; keep only the top-level
+    fields that differ, so a failure says what a rebuild gets wrong."""
+    collection, _, rest = problem.partition("/")
+    _id = rest.split(": live=", 1)[0]
+    client: AsyncMongoClient = AsyncMongoClient(uri)
+    try:
+        a = await client[live_db][collection].find_one({"_id": _id}) or {}
+        b = await client[rebuilt_db][collection].find_one({"_id": _id}) or {}
+    finally:
+        await client.close()
+    if not a or not b:
+        return problem[:300]
+    fields = sorted(k for k in set(a) | set(b) if k not in ignore and a.get(k) != b.get(k))
+
+    def show(k: str) -> str:
+        x, y = a.get(k), b.get(k)
+        if isinstance(x, list) and isinstance(y, list) and sorted(map(repr, x)) == sorted(map(repr, y)):
+            return f"{k}: the same {len(x)} items in another order"
+        return f"{k}: live={x!r} rebuilt={y!r}"[:300]
+
+    return f"{collection}/{_id}: " + "; ".join(show(k) for k in fields)
 
 
 async def assert_expected_state(pipe: Pipeline, stream: MixedStream) -> None:
@@ -82,7 +107,10 @@ async def _source_facts(pipe: Pipeline) -> dict[str, tuple[str, ...]]:
     facts: dict[str, tuple[str, ...]] = {}
     for topic in (Topic.PROFILE_EVENTS, Topic.CLAIMS_EVENTS, Topic.TRUST_EVENTS):
         for r in await read_topic(pipe.kafka, pipe.ns.topic(topic)):
-            env = json.loads(r.value)
+            try:
+                env = json.loads(r.value)
+            except ValueError:
+                continue  # a poison record (dead-lettered by its readers)
             data, kind = env["data"], env["event_type"]
             if kind == "WorkAdded":
                 facts[env["event_id"]] = (kind, data["author_id"], data["work"]["work_id"])
