@@ -160,7 +160,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     print(f"\nrebuilt {target} from {result.records} records in {result.seconds:.1f}s", file=sys.stderr)
     if args.replace:
         return 0
-    differences = asyncio.run(compare_databases(settings.mongodb_uri, live_db, target))
+    differences = asyncio.run(compare_databases(settings.mongodb_uri, live_db, target, result.projection))
     for line in differences:
         print(line)
     print(f"{'equal to' if not differences else 'DIFFERENT from'} the live projection {live_db}")

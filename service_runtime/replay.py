@@ -1,6 +1,16 @@
 """Rebuild a service's projection from the log: consume every input topic from offset 0
 with a fresh consumer group, publishing nothing (the log already holds what the service
-published), until the end offsets seen at the start are reached."""
+published), until the end offsets seen at the start are reached.
+
+A rebuild reproduces what the service projects from its inputs, and reads the decisions
+it took live (trust scores, notifications) back from its own output topics rather than
+taking them again: taken again, they would depend on how this run interleaves the
+partitions and on the wall clock, and could differ from what was published.
+
+Each service declares its ``Projection``: the collections a rebuild must reproduce, and
+in each the bookkeeping fields that say how this copy got there (revision counters,
+outbox tokens, leases, timestamps of processing) rather than what the log says.
+"""
 
 from __future__ import annotations
 
@@ -13,12 +23,10 @@ from typing import Any
 from pymongo import AsyncMongoClient
 
 from service_runtime.offsets import end_offsets, group_progress
+from service_runtime.projection import Projection
 from service_runtime.service import Service
 from service_runtime.settings import RuntimeSettings
 
-# Fields that record when this copy of the projection did something (not what the log
-# says): a rebuild necessarily differs there, so comparisons leave them out.
-VOLATILE_FIELDS = frozenset({"updated_at", "processed_at", "_seen_at", "leased_until", "lease_owner"})
 
 
 @dataclass
@@ -26,13 +34,14 @@ class ReplayResult:
     database: str
     records: int
     seconds: float
+    projection: Projection  # what the rebuilt service declares its projection to be
 
 
 def replay_settings(live: RuntimeSettings, database: str) -> RuntimeSettings:
     return live.model_copy(update={
         "mongodb_database": database,
         "consumer_group_prefix": f"{live.consumer_group_prefix}-replay-{uuid.uuid4().hex[:8]}",
-        "publish_enabled": False,
+        "rebuilding": True,
     })
 
 
@@ -71,29 +80,26 @@ async def rebuild(
                 break
             await asyncio.sleep(poll_s)
         await service.drain()
-    return ReplayResult(database, total, loop.time() - started)
+    return ReplayResult(database, total, loop.time() - started, service.projection)
 
 
-def _normalise(doc: Any, ignore: frozenset[str]) -> Any:
+def _without(doc: Any, ignore: frozenset[str], prefix: str = "") -> Any:
     if isinstance(doc, dict):
-        return {k: _normalise(v, ignore) for k, v in sorted(doc.items()) if k not in ignore}
+        return {k: _without(v, ignore, f"{prefix}{k}.") for k, v in sorted(doc.items()) if f"{prefix}{k}" not in ignore}
     if isinstance(doc, list):
-        return [_normalise(v, ignore) for v in doc]
+        return [_without(v, ignore, prefix) for v in doc]
     return doc
 
 
-async def compare_databases(
-    uri: str, live_db: str, rebuilt_db: str, *, ignore: frozenset[str] = VOLATILE_FIELDS, limit: int = 20
-) -> list[str]:
-    """Differences between two projections, collection by collection, document by document."""
+async def compare_databases(uri: str, live_db: str, rebuilt_db: str, projection: Projection, *, limit: int = 20) -> list[str]:
+    """Differences between two copies of a projection, collection by collection, document by document."""
     client: AsyncMongoClient = AsyncMongoClient(uri)
     problems: list[str] = []
     try:
         live, rebuilt = client[live_db], client[rebuilt_db]
-        names = sorted(set(await live.list_collection_names()) | set(await rebuilt.list_collection_names()))
-        for name in names:
-            a = {d["_id"]: _normalise(d, ignore) async for d in live[name].find({})}
-            b = {d["_id"]: _normalise(d, ignore) async for d in rebuilt[name].find({})}
+        for name, ignore in sorted(projection.collections.items()):
+            a = {d["_id"]: _without(d, ignore) async for d in live[name].find({})}
+            b = {d["_id"]: _without(d, ignore) async for d in rebuilt[name].find({})}
             for key in sorted(set(a) | set(b), key=str):
                 if a.get(key) != b.get(key):
                     problems.append(f"{name}/{key}: live={a.get(key)!r} rebuilt={b.get(key)!r}")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import Any, Literal
 
 import uvicorn
 from aiokafka import ConsumerRecord
@@ -27,6 +27,7 @@ from service_runtime.kafka import ensure_topics, make_broker
 from service_runtime.logging import configure_logging, get_logger
 from service_runtime.metrics import Metrics
 from service_runtime.publishing import EventPublisher
+from service_runtime.projection import Projection
 from service_runtime.settings import RuntimeSettings
 from service_runtime.store import connect_store, store_reachable
 
@@ -40,6 +41,13 @@ async def _raw_records(msg: Any) -> None:
     return None
 
 
+Runs = Literal["always", "live", "rebuild"]
+
+
+def _runs_now(runs: Runs, settings: RuntimeSettings) -> bool:
+    return runs == "always" or (runs == "rebuild") == settings.rebuilding
+
+
 class Service:
     def __init__(self, settings: RuntimeSettings, *, title: str, description: str) -> None:
         self.settings = settings
@@ -48,7 +56,7 @@ class Service:
         self.mongo = connect_store(settings.mongodb_uri)
         self.db = self.mongo.get_database(settings.database_name)
         self.publisher = EventPublisher(
-            self.broker, settings.service_name, settings.topic_prefix, enabled=settings.publish_enabled
+            self.broker, settings.service_name, settings.topic_prefix, enabled=not settings.rebuilding
         )
         self.metrics = Metrics(settings.service_name)
         self.asyncapi = AsyncAPI(self.broker, title=f"bzpeer {settings.service_name}", description=description)
@@ -58,6 +66,8 @@ class Service:
         self._startup: list[Hook] = []
         self._shutdown: list[Hook] = []
         self._tasks: list[asyncio.Task[Any]] = []
+        # The collections a rebuild from the log must reproduce (set by the composition root).
+        self.projection = Projection({})
         self.http = FastAPI(title=title, description=description, lifespan=self._lifespan)
         self.http.state.jwt_verifier = JwtVerifier(settings)
         self.http.state.service = self
@@ -72,9 +82,16 @@ class Service:
         group: str | None = None,
         max_records: int | None = None,
         payload: type[BaseModel] | None = None,
+        runs: Runs = "always",
     ) -> None:
         """Feed batches of the given topics to ``handler``; offsets are committed only
-        after it returned (see ``service_runtime.delivery``)."""
+        after it returned (see ``service_runtime.delivery``).
+
+        ``runs="live"``: a consumer that takes decisions (and publishes them) runs only in
+        the live service; ``runs="rebuild"``: a consumer that reads those decisions back
+        from the service's own output topics runs only while the projection is rebuilt."""
+        if not _runs_now(runs, self.settings):
+            return
         group_id = f"{self.settings.consumer_group}{'.' + group if group else ''}"
         self.inputs.append((group_id, tuple(str(t) for t in topics)))
         delivery = BatchDelivery(
@@ -121,9 +138,10 @@ class Service:
     def on_shutdown(self, hook: Hook) -> None:
         self._shutdown.append(hook)
 
-    def background(self, factory: Callable[[], Awaitable[Any]]) -> None:
+    def background(self, factory: Callable[[], Awaitable[Any]], *, runs: Runs = "always") -> None:
         """A long-running task started after the broker (e.g. a sweeper), cancelled on stop."""
-        self._startup.append(lambda: self._spawn(factory))
+        if _runs_now(runs, self.settings):
+            self._startup.append(lambda: self._spawn(factory))
 
     async def _spawn(self, factory: Callable[[], Awaitable[Any]]) -> None:
         self._tasks.append(asyncio.create_task(factory()))

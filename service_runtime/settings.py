@@ -26,9 +26,11 @@ class RuntimeSettings(BaseSettings):
     # Prefix of every physical topic name ("" in production). Tests give each run its own
     # fresh set of topics this way; contracts always speak of the logical names.
     topic_prefix: str = ""
-    # False while a projection is rebuilt from the log (``bzpeer replay``): the log already
-    # holds every event the service published, so a rebuild must not publish them again.
-    publish_enabled: bool = True
+    # True while a projection is rebuilt from the log (``bzpeer replay``). The log already
+    # holds every event the service published, so a rebuild publishes nothing, and the
+    # decisions the service took live (scores, notifications) are read back from its own
+    # output topics instead of being taken again (see ``Service.consume(runs=...)``).
+    rebuilding: bool = False
     # Prefix for consumer group ids, so test runs or copies of the system don't share offsets.
     consumer_group_prefix: str = "bzpeer"
 

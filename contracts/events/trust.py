@@ -19,6 +19,18 @@ class ScoreComponent(Frozen):
     points: float = Field(ge=0)
 
 
+class ScoreInputs(Frozen):
+    """The signals a score was computed from, as the trust service held them."""
+
+    works_count: int = Field(ge=0)
+    recent_works: int = Field(ge=0)
+    topics: int = Field(ge=0)
+    close_collaborators: int = Field(ge=0)
+    verification_level: VerificationLevel
+    claimed: bool
+    followers: int = Field(ge=0)
+
+
 class TrustScoreChanged(EventModel):
     event_type: ClassVar[str] = "TrustScoreChanged"
     topic: ClassVar[str] = Topic.TRUST_EVENTS
@@ -33,3 +45,5 @@ class TrustScoreChanged(EventModel):
     reason: str = Field(max_length=500)
     formula_version: int = Field(ge=1)
     revision: int = Field(ge=1)  # per author, increases with every change
+    # The inputs behind this score (kept in the history; absent from events of older producers).
+    inputs: ScoreInputs | None = None

@@ -7,11 +7,11 @@ from fastapi.exceptions import RequestValidationError
 from contracts.events import claims as events
 from contracts.topics import Topic
 from service_runtime.service import Service
-from services.claims.handlers import make_handler
+from services.claims.handlers import DeferredCommands, make_handler
 from services.claims.processing import ClaimsProcessor
 from services.claims.routes import build_router, validation_error_without_input
 from services.claims.settings import ClaimsSettings
-from services.claims.store import ClaimsStore
+from services.claims.store import PROJECTION, ClaimsStore
 
 
 def build_service(settings: ClaimsSettings | None = None) -> Service:
@@ -21,9 +21,15 @@ def build_service(settings: ClaimsSettings | None = None) -> Service:
         description="Claims on author records: evidence, review, one owner per record, verification levels L2/L3.",
     )
     store = ClaimsStore(service.db)
+    service.projection = PROJECTION
     processor = ClaimsProcessor(store, service.publisher, settings)
     service.on_startup(store.create_indexes)
-    service.consume(Topic.WEBAPP_CLAIMS, Topic.PROFILE_EVENTS, handler=make_handler(processor))
+    if settings.rebuilding:
+        deferred = DeferredCommands(processor, store)
+        service.consume(Topic.WEBAPP_CLAIMS, Topic.PROFILE_EVENTS, handler=deferred.handle)
+        service.on_drain(deferred.settle)
+    else:
+        service.consume(Topic.WEBAPP_CLAIMS, Topic.PROFILE_EVENTS, handler=make_handler(processor))
     # One channel, several event types (their JSON Schemas are in contracts/schemas/claims.events.*).
     service.produces(Topic.CLAIMS_EVENTS, description="Claim lifecycle and verification level: " + ", ".join(
         m.event_type for m in (events.ClaimSubmitted, events.ClaimNeedsReview, events.ClaimApproved, events.ClaimRejected,

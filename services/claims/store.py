@@ -25,15 +25,26 @@ from typing import Any
 
 from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from contracts.events.claims import AuthorClaimState
+from contracts.registry import decode
+from service_runtime.delivery import Incoming
 from service_runtime.logging import get_logger
+from service_runtime.projection import Projection
 from services.claims.rules import OPEN, AuthorRecord, Book, Claim, Identity, Limits, Slots
 
 log = get_logger(__name__)
 SlotOp = tuple[str, str, str]  # (kind, user, claim_id)
 UPDATES_PER_COMMAND = 25
+
+# What a rebuild from the log must reproduce: claims, the authors' claim state and the
+# slots. Left out: optimistic-write versions, the outbox and its ``published`` markers.
+PROJECTION = Projection.of(
+    claims=("version", "outbox", "outbox_token"),
+    authors=("version",),
+    user_slots=(),
+)
 
 
 class ClaimsStore:
@@ -49,6 +60,27 @@ class ClaimsStore:
         await self.claims.create_index([("status", ASCENDING), ("created_at", ASCENDING)])
         await self.claims.create_index([("user_id", ASCENDING)])
         await self.slots.create_index([("user", ASCENDING), ("kind", ASCENDING)])
+
+    # --- rebuild: commands kept aside until the profile events are in (handlers.DeferredCommands)
+
+    async def defer(self, items: list[Incoming]) -> None:
+        docs = [{"_id": f"{i.partition}:{i.offset}", "topic": i.topic, "partition": i.partition, "offset": i.offset,
+                 "envelope": i.envelope.model_dump_json()} for i in items]
+        if docs:
+            try:
+                await self.db.rebuild_deferred.insert_many(docs, ordered=False)
+            except BulkWriteError as exc:  # a redelivered batch: those are kept already
+                if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
+                    raise
+
+    async def deferred(self) -> list[Incoming]:
+        docs = await self.db.rebuild_deferred.find({}).to_list(None)
+        docs.sort(key=lambda d: (d["partition"], d["offset"]))
+        items = []
+        for d in docs:
+            envelope, payload = decode(d["topic"], d["envelope"].encode())
+            items.append(Incoming(envelope, payload, d["topic"], d["partition"], d["offset"]))
+        return items
 
     # --- loading a book ---------------------------------------------------------------
 

@@ -72,12 +72,18 @@ class FollowCommands:
         self.store = store
         self.publisher = publisher
         self.settings = settings
+        self._handling = asyncio.Lock()
 
     def is_nudge(self, envelope: Envelope) -> bool:
         """A copy of a parked command the sweeper sends to wake its author's partition up."""
         return envelope.producer == self.settings.service_name and envelope.correlation_id.startswith(NUDGE_PREFIX)
 
     async def handle(self, batch: Sequence[Incoming]) -> None:
+        # One batch at a time: the consumer's, or (in a rebuild) the sweeper's nudges.
+        async with self._handling:
+            await self._handle(batch)
+
+    async def _handle(self, batch: Sequence[Incoming]) -> None:
         by_author: dict[str, list[Incoming]] = {}
         for item in batch:
             by_author.setdefault(item.payload.author_id, []).append(item)  # type: ignore[attr-defined]
@@ -203,7 +209,7 @@ class FollowCommands:
 
     # --- the sweeper ----------------------------------------------------------------
 
-    async def sweep_once(self) -> int:
+    async def sweep_once(self, *, throttle: bool = True) -> int:
         """Wake up authors whose parked follows can now be applied (author known) or
         rejected (waited long enough): send a nudge through their partition, so the
         command consumer stays the one writer of their follow state. Returns nudges sent."""
@@ -212,7 +218,7 @@ class FollowCommands:
         nudges: list[Outgoing] = []
         for author in await self.store.authors_with_parked():
             nudged_at = author.get("nudged_at")
-            if nudged_at is not None and now - nudged_at < renudge_after:
+            if throttle and nudged_at is not None and now - nudged_at < renudge_after:
                 continue
             parked = await self.store.parked_for(author["_id"])
             if not parked:
@@ -220,15 +226,25 @@ class FollowCommands:
             if author.get("known") or any(p["expires_at"] <= now for p in parked):
                 nudges.append(self._nudge(parked[0]))
                 await self.store.mark_nudged(author["_id"], now)
-        await self.publisher.publish(nudges)
+        if self.settings.rebuilding:
+            # A rebuild publishes nothing and runs as one process: hand the nudges to the
+            # command handler directly.
+            await self.handle([Incoming(n.envelope, _command(n.envelope), n.topic, -1, -1) for n in nudges])
+        else:
+            await self.publisher.publish(nudges)
         return len(nudges)
+
+    async def settle(self) -> None:
+        """Rebuild only (a drain hook): apply every parked command whose author is known by now."""
+        for _ in range(100):
+            if not any(a.get("known") for a in await self.store.authors_with_parked()):
+                return
+            await self.sweep_once(throttle=False)
+        log.warning("parked_commands_left_after_settle")
 
     def _nudge(self, parked: dict[str, Any]) -> Outgoing:
         envelope = Envelope.model_validate(json.loads(parked["envelope"]))
-        payload = FollowRequested if envelope.event_type == "FollowRequested" else UnfollowRequested
-        return self.publisher.outgoing(
-            payload.model_validate(envelope.data), correlation_id=f"{NUDGE_PREFIX}{envelope.event_id}"
-        )
+        return self.publisher.outgoing(_command(envelope), correlation_id=f"{NUDGE_PREFIX}{envelope.event_id}")
 
     async def sweep_forever(self) -> None:
         while True:
@@ -237,6 +253,11 @@ class FollowCommands:
             except Exception as exc:  # a failed sweep is retried at the next tick
                 log.warning("sweep_failed", error=repr(exc))
             await asyncio.sleep(self.settings.sweep_interval_s)
+
+
+def _command(envelope: Envelope) -> EventModel:
+    payload = FollowRequested if envelope.event_type == "FollowRequested" else UnfollowRequested
+    return payload.model_validate(envelope.data)
 
 
 def _applied_before(doc: dict[str, Any], item: Incoming) -> bool:

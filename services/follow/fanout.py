@@ -89,6 +89,26 @@ class FanoutPlanner:
         })
 
 
+def inbox_doc(note: NotificationCreated) -> dict[str, Any]:
+    return {
+        "_id": str(note.notification_id), "user_id": note.user_id, "author_id": note.author_id, "kind": note.kind,
+        "source_event_id": str(note.source_event_id), "title": note.title, "created_at": note.created_at,
+        "read": False,
+    }
+
+
+class PublishedNotifications:
+    """Rebuild only: notifications.events -> the inbox. Which follower got which notification
+    was decided live, against the followers of that moment; a rebuild reads it back."""
+
+    def __init__(self, store: FollowStore) -> None:
+        self.store = store
+
+    async def handle(self, batch: Sequence[Incoming]) -> None:
+        notes = [i.payload for i in batch if isinstance(i.payload, NotificationCreated)]
+        await self.store.insert_notifications([inbox_doc(n) for n in notes])
+
+
 class ChunkWorker:
     def __init__(self, store: FollowStore, publisher: EventPublisher) -> None:
         self.store = store
@@ -114,11 +134,7 @@ class ChunkWorker:
                     source_event_id=chunk.source_event_id, title=chunk.title,  # type: ignore[attr-defined]
                     created_at=chunk.followed_before,  # type: ignore[attr-defined]
                 )
-                inbox.append({
-                    "_id": str(nid), "user_id": user, "author_id": note.author_id, "kind": note.kind,
-                    "source_event_id": str(note.source_event_id), "title": note.title,
-                    "created_at": note.created_at, "read": False,
-                })
+                inbox.append(inbox_doc(note))
                 out.append(self.publisher.outgoing(note, cause=item.envelope, event_id=nid))
         built = time.perf_counter()
         await self.store.insert_notifications(inbox)

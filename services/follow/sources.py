@@ -29,9 +29,9 @@ _CLAIM_STATE = (ClaimSubmitted, ClaimNeedsReview, ClaimApproved, ClaimRejected, 
 
 
 class SourceEvents:
-    def __init__(self, store: FollowStore, planner: FanoutPlanner) -> None:
+    def __init__(self, store: FollowStore, planner: FanoutPlanner | None) -> None:
         self.store = store
-        self.planner = planner
+        self.planner = planner  # None in a rebuild: fan-outs were planned and sent live
 
     async def handle(self, batch: Sequence[Incoming]) -> None:
         authors = await self.store.authors_by_id(i.payload.author_id for i in batch)  # type: ignore[attr-defined]
@@ -43,15 +43,19 @@ class SourceEvents:
                 await self._identity(doc, p.author.display_name, p.author.revision)
                 if isinstance(p, WorkAdded):
                     title = notification_title("new_work", p.author.display_name, p.work.title)
-                    await self.planner.plan(item.envelope, author_id, "new_work", title)
+                    await self._plan(item.envelope, author_id, "new_work", title)
             elif isinstance(p, _CLAIM_STATE):
                 await self._owner(doc, p.author_claim)
                 if isinstance(p, ClaimApproved):
                     title = notification_title("claim_approved", _name(doc))
-                    await self.planner.plan(item.envelope, author_id, "claim_approved", title)
+                    await self._plan(item.envelope, author_id, "claim_approved", title)
             elif isinstance(p, TrustScoreChanged) and band_went_up(p.previous_band, p.band):
                 title = notification_title("trust_band_up", _name(doc), p.band)
-                await self.planner.plan(item.envelope, author_id, "trust_band_up", title)
+                await self._plan(item.envelope, author_id, "trust_band_up", title)
+
+    async def _plan(self, cause: Any, author_id: str, kind: str, title: str) -> None:
+        if self.planner is not None:
+            await self.planner.plan(cause, author_id, kind, title)
 
     async def _identity(self, doc: dict[str, Any], display_name: str, revision: int) -> None:
         """The author exists; keep the newest name (stale or replayed revisions are ignored)."""

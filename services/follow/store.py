@@ -30,11 +30,24 @@ from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
+from service_runtime.projection import Projection
 from service_runtime.store import bulk_update
 
 from services.follow.rules import Edge, field_key, from_field_key, page_of
 
 DUPLICATE_KEY = 11000
+
+# What a rebuild from the log must reproduce: authors (identity, owner, exact counts),
+# the follower index both ways, and the inbox. Left out: where the command consumer
+# stands, its outbox and parking marks; parked commands and fan-out plans are work in
+# progress. ``read`` is left out because marking notifications read is an HTTP write
+# that no topic records: a rebuild shows them unread.
+PROJECTION = Projection.of(
+    authors=("pending", "applied_partition", "applied_offset", "has_parked", "nudged_at"),
+    follower_pages=(),
+    following=(),
+    inbox=("read",),
+)
 _READ_CONCURRENCY = 32
 
 

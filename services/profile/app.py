@@ -10,7 +10,7 @@ from service_runtime.service import Service
 from services.profile.handlers import IngestPublications, RecordStanding
 from services.profile.routes import router
 from services.profile.settings import ProfileSettings
-from services.profile.store import ProfileStore
+from services.profile.store import PROJECTION, ProfileStore
 
 DESCRIPTION = (
     "Author records and their works, the derived state (topics, close collaborators, counts, "
@@ -24,6 +24,7 @@ def build_service(settings: ProfileSettings | None = None) -> Service:
     settings = settings or ProfileSettings()
     service = Service(settings, title="bzpeer profile", description=DESCRIPTION)
     store = ProfileStore(service.db)
+    service.projection = PROJECTION
     ingest = IngestPublications(store, service.publisher, settings)
     service.consume(Topic.PUBLICATIONS_INGESTED, handler=ingest, group="ingest")
     service.consume(Topic.CLAIMS_EVENTS, Topic.TRUST_EVENTS, Topic.FOLLOWS_EVENTS,

@@ -20,7 +20,7 @@ from typing import Any
 from contracts.envelope import Envelope, EventModel, deterministic_event_id
 from contracts.events import profile as ev
 from contracts.events.publications import AuthorImported, Work, WorkIngested
-from services.profile.derive import derive_state, name_keys, work_entry, work_fingerprint
+from services.profile.derive import derive_state, name_keys, newest_first, work_entry, work_fingerprint
 
 IDENTITY_FIELDS = ("display_name", "description", "affiliation", "orcid", "open_to_collaborate")
 
@@ -50,7 +50,9 @@ class AuthorRecord:
         identity = {k: self.identity.get(k) for k in IDENTITY_FIELDS}
         return {
             "_id": self.author_id, **identity, "name_keys": name_keys(identity["display_name"]),
-            "works": self.entries, "revision": self.revision, "state": self.state,
+            # Kept newest first (the page's order): the stored list then depends on the set of
+            # works only, not on the order their partitions were consumed in.
+            "works": newest_first(self.entries), "revision": self.revision, "state": self.state,
             "outbox": self.outbox, "outbox_token": outbox_token,
         }
 

@@ -28,11 +28,21 @@ from pymongo import ASCENDING, InsertOne, ReplaceOne, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
+from service_runtime.projection import Projection
 from service_runtime.store import bulk_update
 
 from services.profile.ingest import AuthorRecord
 
 _DUPLICATE_KEY = 11000
+
+# What a rebuild from the log must reproduce. Left out: the per-author change counter
+# (``revision``: a work seen before its author's import in one run and after it in
+# another is one AuthorUpdated more or less), optimistic-write versions and the outbox.
+PROJECTION = Projection.of(
+    authors=("revision", "state.revision", "outbox", "outbox_token"),
+    works=(),
+    standing=("version",),
+)
 
 
 class WriteConflict(Exception):

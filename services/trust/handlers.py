@@ -16,6 +16,7 @@ from pymongo import UpdateOne
 from service_runtime.delivery import Incoming
 from service_runtime.logging import get_logger
 from services.trust import signals
+from services.trust.recompute import history_entry, score_of
 from services.trust.store import TrustStore
 
 log = get_logger(__name__)
@@ -69,3 +70,28 @@ class SignalHandler:
             fields.update(dirty=True, dirty_since=dirty_since,
                           due_at=min(now + self.window, dirty_since + self.max_delay))
         return UpdateOne({"_id": author_id}, {"$set": fields, "$inc": {"seq": 1}}, upsert=True)
+
+
+class PublishedScores:
+    """Rebuild only: trust.events -> the scores and history the live service published.
+
+    A rebuild does not recompute: coalescing depends on timing, so scores computed again
+    could differ from the ones the log holds. It takes each author's latest published
+    score and every history entry from the service's own output instead."""
+
+    def __init__(self, store: TrustStore) -> None:
+        self.store = store
+
+    async def __call__(self, batch: Sequence[Incoming]) -> None:
+        published = [i.envelope for i in batch if i.event_type == "TrustScoreChanged"]
+        if not published:
+            return
+        await self.store.record_history([history_entry(e) for e in published])
+        latest: dict[str, dict[str, Any]] = {}
+        for envelope in published:
+            score = score_of(envelope)
+            held = latest.get(envelope.data["author_id"])
+            if held is None or score["revision"] > held["revision"]:
+                latest[envelope.data["author_id"]] = score
+        async with self.store.write_lock:
+            await self.store.adopt_scores(latest)

@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from contracts.envelope import Envelope, deterministic_event_id
 from contracts.topics import Topic
-from contracts.events.trust import ScoreComponent, TrustScoreChanged
+from contracts.events.trust import ScoreComponent, ScoreInputs, TrustScoreChanged
 from service_runtime.logging import get_logger
 from service_runtime.publishing import EventPublisher, Outgoing
 from service_runtime.retry import TRANSIENT_ERRORS
@@ -95,7 +95,7 @@ class Recomputer:
                 previous_score=held["score"] if held else None, previous_band=held["band"] if held else None,
                 reason=describe_change(held and held.get("signals"), snapshot,
                                        held and held.get("formula_version"), result.formula_version),
-                formula_version=result.formula_version, revision=revision,
+                formula_version=result.formula_version, revision=revision, inputs=ScoreInputs(**snapshot),
             )
             event_id = deterministic_event_id(doc["_id"], "TrustScoreChanged", result.formula_version, revision)
             envelope = Envelope.wrap(event, producer=self.publisher.producer_name, event_id=event_id)
@@ -112,12 +112,27 @@ class Recomputer:
         if not docs:
             return 0
         envelopes = [Envelope.model_validate(d["outbox"]["envelope"]) for d in docs]
-        await self.store.record_history([_history_entry(env, d["outbox"]["signals"]) for env, d in zip(envelopes, docs)])
+        await self.store.record_history([history_entry(env) for env in envelopes])
         await self.publisher.publish([Outgoing(str(Topic.TRUST_EVENTS), env.data["author_id"], env) for env in envelopes])
         async with self.store.write_lock:  # see TrustStore.write_lock
             await self.store.clear_outboxes([(d["_id"], str(env.event_id)) for env, d in zip(envelopes, docs)])
         self.published += len(docs)
         return len(docs)
+
+    async def settle_rebuilt(self, batch: int = 500) -> None:
+        """Rebuild only (a drain hook). The scores came from trust.events; rescore every
+        author whose signals changed since, and keep the result where score and band are
+        the published ones (a breakdown the live service computed without publishing).
+        An author whose score would change stays dirty: deciding and publishing that
+        change is the live service's job."""
+        far = self.clock() + timedelta(days=365)
+        dirty = await self.store.due_ids(far, 1_000_000)
+        for start in range(0, len(dirty), batch):
+            async with self.store.write_lock:
+                token, docs = await self.store.claim(dirty[start:start + batch], self.clock(), self.lease_s)
+                results = [self._score(doc) for doc in docs]
+                await self.store.save_scores(token, [r for r in results if r[2] is None])
+                await self.store.release([r[0]["_id"] for r in results if r[2] is not None])
 
     async def run_due_once(self, batch: int) -> int:
         return await self.recompute(await self.store.due_ids(self.clock(), batch))
@@ -144,10 +159,21 @@ def _component(c: scoring.Component) -> dict[str, Any]:
     return {"name": c.name, "signal": c.signal, "weight": c.weight, "cap": c.cap, "points": c.points}
 
 
-def _history_entry(envelope: Envelope, snapshot: dict[str, Any]) -> dict[str, Any]:
+def history_entry(envelope: Envelope) -> dict[str, Any]:
+    """The history document of a published TrustScoreChanged: made of the event alone, so
+    that a rebuild from trust.events writes the very same document."""
     data = envelope.data
     return {"_id": str(envelope.event_id), "author_id": data["author_id"], "revision": data["revision"],
             "score": data["score"], "band": data["band"], "verification_level": data["verification_level"],
             "previous_score": data["previous_score"], "previous_band": data["previous_band"],
             "reason": data["reason"], "components": data["components"], "formula_version": data["formula_version"],
-            "signals": snapshot, "changed_at": envelope.occurred_at}
+            "signals": data.get("inputs"), "changed_at": envelope.occurred_at}
+
+
+def score_of(envelope: Envelope) -> dict[str, Any]:
+    """The ``score`` an author document holds after this TrustScoreChanged (what ``_score``
+    stores live, less the moment it was computed)."""
+    data = envelope.data
+    return {"score": data["score"], "band": data["band"], "verification_level": data["verification_level"],
+            "components": data["components"], "formula_version": data["formula_version"],
+            "revision": data["revision"], "signals": data.get("inputs")}

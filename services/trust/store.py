@@ -18,6 +18,7 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 
+from service_runtime.projection import Projection
 from service_runtime.store import bulk_update
 
 AUTHORS = "trust_authors"
@@ -26,6 +27,15 @@ HISTORY = "trust_history"
 # a cursor left open between getMores while another connection writes the same
 # collection was seen to block the store for every client: never leave one open.
 ONE_BATCH = 100_000
+
+# What a rebuild from the log must reproduce: each author's signals and published score,
+# and the history. Left out: the coalescing and lease bookkeeping, the outbox, and when
+# this copy computed the score.
+PROJECTION = Projection.of(**{
+    AUTHORS: ("seq", "dirty", "dirty_since", "due_at", "lease", "lease_until", "outbox", "outbox_pending",
+              "score.computed_at"),
+    HISTORY: (),
+})
 
 
 class TrustStore:
@@ -109,6 +119,12 @@ class TrustStore:
             await self.authors.update_many({"_id": {"$in": ids}, "seq": seq},
                                            {"$set": {"dirty": False}, "$unset": {"due_at": "", "dirty_since": ""}})
 
+    async def release(self, author_ids: list[str]) -> None:
+        """Give up leases without scoring (the authors stay dirty)."""
+        if author_ids:
+            await bulk_update(self.authors, [UpdateOne({"_id": a}, {"$unset": {"lease": "", "lease_until": ""}})
+                                             for a in author_ids])
+
     async def pending_outboxes(self, limit: int, author_ids: list[str] | None = None) -> list[dict[str, Any]]:
         query: dict[str, Any] = {"outbox_pending": True}
         if author_ids is not None:
@@ -120,6 +136,15 @@ class TrustStore:
         # The author's lease (or the rescore's single pass) keeps anyone else from writing a
         # newer outbox meanwhile, so a bare _id filter is safe (and indexed on FerretDB).
         ops = [UpdateOne({"_id": author_id}, {"$unset": {"outbox": "", "outbox_pending": ""}}) for author_id, _ in sent]
+        if ops:
+            await bulk_update(self.authors, ops)
+
+    async def adopt_scores(self, scores: dict[str, dict[str, Any]]) -> None:
+        """Set each author's score to the one given unless it holds a later revision (rebuild)."""
+        held = {doc["_id"]: doc.get("score") async for doc in
+                self.authors.find({"_id": {"$in": list(scores)}}, {"score": 1}, batch_size=ONE_BATCH)}
+        ops = [UpdateOne({"_id": a}, {"$set": {"score": s}}, upsert=True) for a, s in scores.items()
+               if not held.get(a) or held[a]["revision"] < s["revision"]]
         if ops:
             await bulk_update(self.authors, ops)
 

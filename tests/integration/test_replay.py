@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiokafka import AIOKafkaProducer
 
 from contracts.topics import Topic
+from service_runtime.projection import Projection
 from service_runtime.replay import compare_databases, rebuild
 from service_runtime.service import Service
 from service_runtime.topic_reader import read_topic
@@ -33,6 +34,7 @@ async def test_rebuild_from_offset_zero_equals_live_projection(ns: Namespace) ->
         replica = EchoService.__new__(EchoService)
         replica.fail_on = replica.block_on = None
         replica.service = Service(settings, title="echo", description="replay")
+        replica.service.projection = Projection.of(authors=())
         replica.service.consume(Topic.PUBLICATIONS_INGESTED, handler=replica.handle)
         return replica.service
 
@@ -41,5 +43,7 @@ async def test_rebuild_from_offset_zero_equals_live_projection(ns: Namespace) ->
     ns.databases.append(rebuilt_db)
     result = await rebuild(build, echo.service.settings, database=rebuilt_db, progress=lambda d, t: seen.append((d, t)))
     assert result.records == 61 and seen[-1] == (61, 61)
-    assert await compare_databases(ns.infra["mongodb"], echo.service.settings.database_name, rebuilt_db) == []
+    assert result.projection == Projection.of(authors=())
+    assert await compare_databases(ns.infra["mongodb"], echo.service.settings.database_name, rebuilt_db,
+                                   result.projection) == []
     assert len(await read_topic(ns.infra["kafka"], ns.topic(Topic.PROFILE_EVENTS))) == published_before
