@@ -6,12 +6,13 @@ PY := $(VENV)/bin/python
 export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:9092
 export MONGODB_URI ?= mongodb://127.0.0.1:27017
 
-.PHONY: help venv infra-up infra-down infra-status topics test test-unit test-integration up down status demo schemas bench clean
+.PHONY: help venv infra-up infra-down infra-status topics test test-unit test-integration test-faults up down status demo schemas bench clean
 
 help:
 	@echo "make up          install what is missing, start Kafka, FerretDB and the four services, load the seed"
 	@echo "make down        stop everything make up started"
 	@echo "make test        install, start Kafka + FerretDB, run unit and integration tests"
+	@echo "make test-faults whole-system fault tests (SIGKILL, broker/store outages, poison), slow"
 	@echo "make demo        play the seed story on a running system"
 	@echo "make infra-up    start only Kafka and FerretDB (infra-down, infra-status)"
 	@echo "make schemas     re-export the contracts' JSON Schemas"
@@ -46,6 +47,12 @@ test-unit: venv
 
 test-integration: venv infra-up
 	$(PY) -m pytest tests/integration
+
+# Whole-system fault tests (SIGKILL, broker and store outages, poison records) over a
+# stream of BZPEER_FAULT_EVENTS mixed events (default 10,000). They stop and start the
+# broker through scripts/infra.sh, so they need the infrastructure it started.
+test-faults: venv infra-up
+	$(PY) -m pytest tests/faults -m faults
 
 up: venv infra-up
 	@scripts/services.sh up

@@ -35,7 +35,7 @@ def _reachable(address: str) -> bool:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if "/integration/" in str(item.path) or "/e2e/" in str(item.path):
+        if "/integration/" in str(item.path) or "/e2e/" in str(item.path) or "/faults/" in str(item.path):
             item.add_marker(pytest.mark.integration)
 
 
