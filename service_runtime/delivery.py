@@ -46,6 +46,9 @@ class Incoming:
     topic: str
     partition: int
     offset: int
+    # When the record was appended (the Kafka record timestamp, ms): with the partitions
+    # read independently, the best estimate of the order a live consumer saw them in.
+    timestamp_ms: int | None = None
 
     @property
     def event_type(self) -> str:
@@ -91,7 +94,7 @@ class BatchDelivery:
             except DecodeError as exc:
                 dead.append(DeadLetter(record, "undecodable", str(exc)))
                 continue
-            incoming.append(Incoming(envelope, payload, topic, record.partition, record.offset))
+            incoming.append(Incoming(envelope, payload, topic, record.partition, record.offset, record.timestamp))
         if dead:
             await self._dead_letter(dead)
         if incoming:
