@@ -7,7 +7,7 @@ from fastapi.exceptions import RequestValidationError
 from contracts.events import claims as events
 from contracts.topics import Topic
 from service_runtime.service import Service
-from services.claims.handlers import DeferredCommands, make_handler
+from services.claims.handlers import RebuildInLiveOrder, make_handler
 from services.claims.processing import ClaimsProcessor
 from services.claims.routes import build_router, validation_error_without_input
 from services.claims.settings import ClaimsSettings
@@ -25,16 +25,18 @@ def build_service(settings: ClaimsSettings | None = None) -> Service:
     processor = ClaimsProcessor(store, service.publisher, settings)
     service.on_startup(store.create_indexes)
     if settings.rebuilding:
-        deferred = DeferredCommands(processor, store)
-        service.consume(Topic.WEBAPP_CLAIMS, Topic.PROFILE_EVENTS, handler=deferred.handle)
-        service.on_drain(deferred.settle)
+        # Inputs in the order live most likely saw them, and the sweeper's expiries read
+        # back from claims.events rather than decided again by this run's clock.
+        rebuild = RebuildInLiveOrder(processor, store)
+        service.consume(Topic.WEBAPP_CLAIMS, Topic.PROFILE_EVENTS, Topic.CLAIMS_EVENTS, handler=rebuild.handle)
+        service.on_drain(rebuild.settle)
     else:
         service.consume(Topic.WEBAPP_CLAIMS, Topic.PROFILE_EVENTS, handler=make_handler(processor))
     # One channel, several event types (their JSON Schemas are in contracts/schemas/claims.events.*).
     service.produces(Topic.CLAIMS_EVENTS, description="Claim lifecycle and verification level: " + ", ".join(
         m.event_type for m in (events.ClaimSubmitted, events.ClaimNeedsReview, events.ClaimApproved, events.ClaimRejected,
                                events.ClaimWithdrawnEvent, events.ClaimRevoked, events.VerificationLevelChanged)))
-    service.background(processor.sweep_forever)
+    service.background(processor.sweep_forever, runs="live")
     service.http.include_router(build_router(store, service.publisher))
     service.http.add_exception_handler(RequestValidationError, validation_error_without_input)
     service.http.state.claims_processor = processor

@@ -27,6 +27,7 @@ from contracts.envelope import Envelope, deterministic_event_id
 from contracts.events.claims import (
     AuthorClaimState,
     ClaimEvidenceSubmitted,
+    ClaimRejected,
     ClaimRequested,
     ClaimReviewed,
     ClaimWithdrawn,
@@ -67,8 +68,8 @@ class ClaimsProcessor:
             log.info("claims_conflict_reloading", size=len(batch))
         raise ConcurrentChanges(f"documents kept changing under a batch of {len(batch)}")
 
-    def _apply(self, book: Book, batch: Sequence[Incoming]) -> list[tuple[Emit, Envelope | None]]:
-        out: list[tuple[Emit, Envelope | None]] = []
+    def _apply(self, book: Book, batch: Sequence[Incoming]) -> list[tuple[Emit, Envelope | str]]:
+        out: list[tuple[Emit, Envelope | str]] = []
         for item in batch:
             cause, now, p = str(item.envelope.event_id), item.envelope.occurred_at, item.payload
             if item.topic == Topic.PROFILE_EVENTS:
@@ -86,10 +87,20 @@ class ClaimsProcessor:
                 emits = book.withdraw(p, cause, now)
             elif isinstance(p, ClaimReviewed):
                 emits = book.review(p, cause, now)
+            elif is_expiry(item):
+                # Rebuild only: the live sweeper's decision, read back from claims.events
+                # (it depended on the wall clock), applied where live took it.
+                expiry = expiry_cause(p.claim_id)  # type: ignore[attr-defined]
+                out += [(e, expiry) for e in book.expire(p.claim_id, expiry, self.wait)]  # type: ignore[attr-defined]
+                continue
             else:
                 emits = []
             out += [(e, item.envelope) for e in emits]
         return out
+
+    @property
+    def wait(self) -> timedelta:
+        return timedelta(seconds=self.settings.pending_author_timeout_s)
 
     # --- the sweeper ------------------------------------------------------------------
 
@@ -105,14 +116,12 @@ class ClaimsProcessor:
         """Reject claims whose author never arrived; publish outboxes a stopped writer left.
         Safe with several replicas: writes are guarded, event ids derive from the claim."""
         now = now or datetime.now(UTC)
-        expired = await self.store.pending_since_before(now - timedelta(seconds=self.settings.pending_author_timeout_s))
+        expired = await self.store.pending_since_before(now - self.wait)
         for claim in expired:
-            cause = str(deterministic_event_id("claims.pending_author_expired", claim.claim_id))
+            cause = expiry_cause(claim.claim_id)
             for _ in range(self.settings.conflict_attempts):
                 book = await self.store.load_book([claim.author_id], [claim.claim_id], [claim.user_id], self.limits)
-                emit_now = now
-                if await self._commit(book, lambda b: [(e, None) for e in b.expire(claim.claim_id, cause, emit_now)],
-                                      cause_id=cause):
+                if await self._commit(book, lambda b: [(e, cause) for e in b.expire(claim.claim_id, cause, self.wait)]):
                     break
         stale = await self.store.unpublished_before(now - timedelta(seconds=self.settings.outbox_grace_s))
         if stale:
@@ -122,7 +131,9 @@ class ClaimsProcessor:
 
     # --- one attempt --------------------------------------------------------------------
 
-    async def _commit(self, book: Book, apply: Any, cause_id: str | None = None) -> bool:
+    async def _commit(self, book: Book, apply: Any) -> bool:
+        """``apply(book)`` returns each event with its cause: the input's envelope, or the
+        id of a decision no input caused (a sweeper's expiry)."""
         pending = [c for c in book.claims.values() if c.outbox]
         republish = [_outgoing(entry) for c in pending for entry in c.outbox]
         _heal_authors(book, pending)
@@ -131,9 +142,10 @@ class ClaimsProcessor:
         book.index_open_claims()
         fresh: list[Outgoing] = []
         for emit, cause in emits:
-            parts = (cause.event_id if cause else cause_id, *emit.id_parts)
-            outgoing = self.publisher.outgoing(emit.payload, cause=cause, event_id=deterministic_event_id(*parts),
-                                               correlation_id=None if cause else f"claim:{getattr(emit.payload, 'claim_id', '')}")
+            envelope = cause if isinstance(cause, Envelope) else None
+            parts = (envelope.event_id if envelope else cause, *emit.id_parts)
+            outgoing = self.publisher.outgoing(emit.payload, cause=envelope, event_id=deterministic_event_id(*parts),
+                                               correlation_id=None if envelope else f"claim:{getattr(emit.payload, 'claim_id', '')}")
             fresh.append(outgoing)
             if emit.claim_id is not None:
                 claim = book.claims[emit.claim_id]
@@ -148,6 +160,18 @@ class ClaimsProcessor:
         await self.publisher.publish(republish + fresh)
         await self.store.mark_published([token, *(c.outbox_token for c in pending)])
         return True
+
+
+def expiry_cause(claim_id: str) -> str:
+    """The cause of a waiting claim's expiry: derived from the claim, so every replica and
+    a rebuild name it alike."""
+    return str(deterministic_event_id("claims.pending_author_expired", claim_id))
+
+
+def is_expiry(item: Incoming) -> bool:
+    """A claims.events record of the sweeper rejecting a claim whose author never came."""
+    p = item.payload
+    return item.topic == Topic.CLAIMS_EVENTS and isinstance(p, ClaimRejected) and p.reason == "unknown_author"
 
 
 def _heal_authors(book: Book, pending: list[Claim]) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from contracts.envelope import EventModel
@@ -325,11 +325,14 @@ class Book:
 
         return self._run(claim, cause, now, decide)
 
-    def expire(self, claim_id: str, cause: str, now: datetime) -> list[Emit]:
-        """The author never arrived within the waiting time."""
+    def expire(self, claim_id: str, cause: str, wait: timedelta) -> list[Emit]:
+        """The author never arrived within the waiting time. The claim is stamped with its
+        deadline (claim time + wait), not with the moment a sweeper noticed: every time in
+        the projection comes from an event, so a rebuild writes the same."""
         claim = self.claims.get(claim_id)
         if claim is None or claim.status != "pending_author" or self.author(claim.author_id).identity is not None:
             return []
+        now = claim.created_at + wait
 
         def decide() -> list[tuple[str, ...]]:
             self._reject(claim, now, "unknown_author", "the author record did not arrive in time", "expired")

@@ -83,25 +83,27 @@ class ClaimsStore:
     async def create_indexes(self) -> None:
         """Nothing to create: every query of the service is by ``_id``."""
 
-    # --- rebuild: commands kept aside until the profile events are in (handlers.DeferredCommands)
+    # --- rebuild: inputs kept aside until all are consumed (handlers.RebuildInLiveOrder)
 
     async def defer(self, items: list[Incoming]) -> None:
-        docs = [{"_id": f"{i.partition}:{i.offset}", "topic": i.topic, "partition": i.partition, "offset": i.offset,
-                 "envelope": i.envelope.model_dump_json()} for i in items]
-        if docs:
+        docs = [{"_id": f"{i.topic}:{i.partition}:{i.offset}", "topic": i.topic, "partition": i.partition,
+                 "offset": i.offset, "timestamp_ms": i.timestamp_ms, "envelope": i.envelope.model_dump_json()}
+                for i in items]
+        for start in range(0, len(docs), INSERTS_PER_COMMAND):
             try:
-                await self.db.rebuild_deferred.insert_many(docs, ordered=False)
+                await self.db.rebuild_deferred.insert_many(docs[start:start + INSERTS_PER_COMMAND], ordered=False)
             except BulkWriteError as exc:  # a redelivered batch: those are kept already
                 if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
                     raise
 
     async def deferred(self) -> list[Incoming]:
+        """Every input kept aside, by topic, partition and offset."""
         docs = await self.db.rebuild_deferred.find({}).to_list(None)
-        docs.sort(key=lambda d: (d["partition"], d["offset"]))
+        docs.sort(key=lambda d: (d["topic"], d["partition"], d["offset"]))
         items = []
         for d in docs:
             envelope, payload = decode(d["topic"], d["envelope"].encode())
-            items.append(Incoming(envelope, payload, d["topic"], d["partition"], d["offset"]))
+            items.append(Incoming(envelope, payload, d["topic"], d["partition"], d["offset"], d.get("timestamp_ms")))
         return items
 
     # --- loading a book ---------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from pydantic import ValidationError
@@ -26,6 +26,7 @@ from services.claims.rules import (
 )
 
 NOW = datetime(2026, 1, 1, tzinfo=UTC)
+WAIT = timedelta(minutes=10)
 STANFORD = Identity("Quoc V. Le", "0000-0002-1825-0097", ("stanford.edu",), 1)
 EMAIL_OK = Evidence(email="qvl@cs.stanford.edu", email_verified=True)
 ORCID_OK = Evidence(orcid="0000-0002-1825-0097", orcid_authenticated=True)
@@ -177,9 +178,11 @@ def test_claim_for_an_unknown_author_waits_then_is_decided_when_it_arrives() -> 
 def test_a_waiting_claim_expires_with_unknown_author() -> None:
     b = book()
     req(b, "c1", author="new")
-    emits = b.expire("c1", "sweep", NOW)
+    emits = b.expire("c1", "sweep", WAIT)
     assert emits[0].payload.reason == "unknown_author" and b.claims["c1"].status == "rejected"
-    assert b.expire("c1", "sweep", NOW) == []  # a second sweep changes nothing
+    deadline = b.claims["c1"].created_at + WAIT  # stamped with the deadline, not the sweep's clock
+    assert b.claims["c1"].updated_at == deadline and b.claims["c1"].history[-1]["at"] == deadline
+    assert b.expire("c1", "sweep", WAIT) == []  # a second sweep changes nothing
     assert not b.slots.holds("open", "u1", "c1")
 
 
