@@ -133,13 +133,14 @@ class ChunkWorker:
 
     async def handle(self, batch: Sequence[Incoming]) -> None:
         chunks = [i for i in batch if isinstance(i.payload, FanoutChunkRequested)]
-        finished = await asyncio.gather(*(self.store.chunk_done(str(c.payload.fanout_id), _number(c.payload))  # type: ignore[attr-defined]
-                                          for c in chunks))
-        todo = [(c, c.payload) for c, done in zip(chunks, finished, strict=True) if not done]
+        finished = await self.store.finished_chunks(c.payload.chunk_key for c in chunks)  # type: ignore[attr-defined]
+        todo = list({p.chunk_key: (c, p) for c in chunks
+                     if (p := c.payload).chunk_key not in finished}.values())  # type: ignore[attr-defined]
         if not todo:
             return
         started = time.perf_counter()
-        members = await asyncio.gather(*(self._members(p) for _, p in todo))  # type: ignore[arg-type]
+        stored = await self.store.chunks_by_id(p.chunk_key for _, p in todo)
+        members = await asyncio.gather(*(self._members(p, stored.get(p.chunk_key)) for _, p in todo))
         loaded = time.perf_counter()
         inbox: list[dict[str, Any]] = []
         out: list[Outgoing] = []
@@ -158,14 +159,12 @@ class ChunkWorker:
         inserted = time.perf_counter()
         await self.publisher.publish(out)
         published = time.perf_counter()
-        for _, chunk in todo:
-            await self.store.mark_chunk_done(str(chunk.fanout_id), _number(chunk))  # type: ignore[arg-type]
+        await self.store.mark_chunks_done([chunk.chunk_key for _, chunk in todo])
         log.info("fanout_chunks_done", chunks=len(todo), notifications=len(out), load_s=round(loaded - started, 3),
                  build_s=round(built - loaded, 3), insert_s=round(inserted - built, 3),
                  publish_s=round(published - inserted, 3), done_s=round(time.perf_counter() - published, 3))
 
-    async def _members(self, chunk: FanoutChunkRequested) -> list[str]:
-        doc = await self.store.chunk(chunk.chunk_key)
+    async def _members(self, chunk: FanoutChunkRequested, doc: dict[str, Any] | None) -> list[str]:
         if doc is not None and doc.get("after") == chunk.after_user_id and doc.get("upto") == chunk.upto_user_id:
             return list(doc["users"])
         # No stored members (or another plan's): derive them from the follower index.
@@ -175,7 +174,3 @@ class ChunkWorker:
             u for u in recipients(edges, chunk.followed_before)
             if in_range(u, chunk.after_user_id, chunk.upto_user_id)
         ]
-
-
-def _number(chunk: FanoutChunkRequested) -> int:
-    return int(chunk.chunk_key.rsplit(":", 1)[1])

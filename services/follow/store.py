@@ -234,12 +234,9 @@ class FollowStore:
         """The plan, with ``done``: the numbers of its finished chunks."""
         plan = await self._find_one(self.fanouts, fanout_id)
         if plan is not None:
-            finished = await asyncio.gather(*(self.chunk_done(fanout_id, n) for n in range(len(plan["chunks"]))))
-            plan["done"] = [n for n, done in enumerate(finished) if done]
+            finished = await self.finished_chunks(f"{fanout_id}:{n}" for n in range(len(plan["chunks"])))
+            plan["done"] = [n for n in range(len(plan["chunks"])) if f"{fanout_id}:{n}" in finished]
         return plan
-
-    async def chunk_done(self, fanout_id: str, number: int) -> bool:
-        return await self._find_one(self.chunks_done, f"{fanout_id}:{number}") is not None
 
     async def fanouts_by_id(self, fanout_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         """The plans that exist among these ids (without ``done``: planning never needs it)."""
@@ -262,30 +259,21 @@ class FollowStore:
     async def mark_fanouts_published(self, fanout_ids: Sequence[str]) -> None:
         await bulk_update(self.fanouts, [UpdateOne({"_id": f}, {"$set": {"published": True}}) for f in fanout_ids])
 
-    async def create_fanout(self, doc: dict[str, Any]) -> dict[str, Any]:
-        """Insert the plan unless one exists; return the plan that stands (the first one)."""
-        try:
-            await self.fanouts.insert_one(doc)
-            return doc
-        except DuplicateKeyError:
-            existing = await self.fanout(doc["_id"])
-            assert existing is not None
-            return existing
+    async def finished_chunks(self, chunk_keys: Iterable[str]) -> set[str]:
+        """Which of these chunks (``<fanout_id>:<n>``) are finished."""
+        return set(await self._find_many(self.chunks_done, chunk_keys))
 
-    async def save_chunks(self, docs: list[dict[str, Any]]) -> None:
-        await self.insert_ignoring_duplicates(self.chunks, docs)
+    async def chunks_by_id(self, chunk_keys: Iterable[str]) -> dict[str, dict[str, Any]]:
+        return await self._find_many(self.chunks, chunk_keys)
 
-    async def chunk(self, chunk_key: str) -> dict[str, Any] | None:
-        return await self._find_one(self.chunks, chunk_key)
-
-    async def mark_fanout_published(self, fanout_id: str) -> None:
-        await self.fanouts.update_one({"_id": fanout_id}, {"$set": {"published": True}})
-
-    async def mark_chunk_done(self, fanout_id: str, number: int) -> None:
+    async def mark_chunks_done(self, chunk_keys: Sequence[str]) -> None:
         # One document per finished chunk rather than $addToSet on the shared plan: FerretDB
         # applies an update as a read-modify-write that is not atomic across connections, so
         # two replicas finishing chunks of one fan-out at once lost each other's marks.
-        await self.insert_ignoring_duplicates(self.chunks_done, [{"_id": f"{fanout_id}:{number}"}])
+        await self.insert_ignoring_duplicates(self.chunks_done, [{"_id": k} for k in chunk_keys])
+
+    async def save_chunks(self, docs: list[dict[str, Any]]) -> None:
+        await self.insert_ignoring_duplicates(self.chunks, docs)
 
     # --- inbox ----------------------------------------------------------------------
 
