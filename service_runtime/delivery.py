@@ -30,7 +30,7 @@ from contracts.registry import DecodeError, decode
 from contracts.topics import dlq_topic
 from service_runtime.logging import get_logger
 from service_runtime.metrics import Metrics
-from service_runtime.publishing import EventPublisher
+from service_runtime.publishing import EVENT_TYPE_HEADER, EventPublisher
 from service_runtime.retry import is_transient, retry_transient
 from service_runtime.settings import RuntimeSettings
 
@@ -76,18 +76,22 @@ class BatchDelivery:
         metrics: Metrics,
         settings: RuntimeSettings,
         group_id: str,
+        skip: frozenset[str] = frozenset(),
     ) -> None:
         self.handler = handler
         self.publisher = publisher
         self.metrics = metrics
         self.settings = settings
         self.group_id = group_id
+        self.skip = frozenset(t.encode() for t in skip)
 
     async def process(self, records: Sequence[ConsumerRecord], consumer: AIOKafkaConsumer | None = None) -> None:
         started = time.perf_counter()
         incoming: list[Incoming] = []
         dead: list[DeadLetter] = []
         for record in records:
+            if self.skip and _event_type_header(record) in self.skip:
+                continue  # a type this consumer never handles: not even decoded
             topic = self.settings.logical_topic(record.topic)
             try:
                 envelope, payload = decode(topic, record.value)
@@ -170,6 +174,13 @@ def dead_letter_body(d: DeadLetter, group_id: str) -> bytes:
     except UnicodeDecodeError:
         body["payload_base64"] = base64.b64encode(value).decode()
     return json.dumps(body).encode()
+
+
+def _event_type_header(record: ConsumerRecord) -> bytes | None:
+    for name, value in record.headers or ():
+        if name == EVENT_TYPE_HEADER:
+            return bytes(value)
+    return None
 
 
 def _correlation_id(value: bytes | None) -> str | None:

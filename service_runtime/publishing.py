@@ -13,6 +13,9 @@ from contracts.envelope import Envelope, EventModel
 from service_runtime.retry import retry_transient
 
 _HEADERS = {"content-type": "application/json"}
+# Every envelope also names its type in a header, so a consumer that needs only some types
+# of a topic can pass over the others without decoding them (``Service.consume(skip=...)``).
+EVENT_TYPE_HEADER = "event-type"
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,7 +64,8 @@ class EventPublisher:
     async def _send_all(self, messages: Sequence[Outgoing]) -> None:
         futures = [
             await self.broker.publish(
-                m.envelope.to_bytes(), self.topic_prefix + m.topic, key=m.key.encode(), headers=_HEADERS, no_confirm=True
+                m.envelope.to_bytes(), self.topic_prefix + m.topic, key=m.key.encode(),
+                headers={**_HEADERS, EVENT_TYPE_HEADER: m.envelope.event_type}, no_confirm=True
             )
             for m in messages
         ]

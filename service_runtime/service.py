@@ -83,19 +83,25 @@ class Service:
         max_records: int | None = None,
         payload: type[BaseModel] | None = None,
         runs: Runs = "always",
+        skip: frozenset[str] = frozenset(),
     ) -> None:
         """Feed batches of the given topics to ``handler``; offsets are committed only
         after it returned (see ``service_runtime.delivery``).
 
         ``runs="live"``: a consumer that takes decisions (and publishes them) runs only in
         the live service; ``runs="rebuild"``: a consumer that reads those decisions back
-        from the service's own output topics runs only while the projection is rebuilt."""
+        from the service's own output topics runs only while the projection is rebuilt.
+
+        ``skip``: event types the handler never needs; records whose event-type header
+        names one are committed without being decoded (a record without the header is
+        decoded and handed over as usual)."""
         if not _runs_now(runs, self.settings):
             return
         group_id = f"{self.settings.consumer_group}{'.' + group if group else ''}"
         self.inputs.append((group_id, tuple(str(t) for t in topics)))
         delivery = BatchDelivery(
-            handler=handler, publisher=self.publisher, metrics=self.metrics, settings=self.settings, group_id=group_id
+            handler=handler, publisher=self.publisher, metrics=self.metrics, settings=self.settings, group_id=group_id,
+            skip=skip,
         )
 
         async def on_batch(body: Any, message: KafkaMessage) -> None:

@@ -37,8 +37,12 @@ def build_service(settings: FollowSettings | None = None) -> Service:
     service.consume(Topic.PROFILE_EVENTS, Topic.CLAIMS_EVENTS, Topic.TRUST_EVENTS,
                     handler=handlers.on_source_events, group="sources")
     service.consume(Topic.FOLLOW_FANOUT, handler=handlers.on_fanout_chunks, group="fanout", runs="live")
+    # Live, the chunk worker already wrote every notification it published: the inbox
+    # consumer needs only the read marks and passes over the notifications undecoded (a
+    # fan-out of 100,000 followers would otherwise decode 100,000 envelopes in this process).
     service.consume(Topic.NOTIFICATIONS_EVENTS, handler=InboxEvents(store, rebuilding=settings.rebuilding).handle,
-                    group="inbox")
+                    group="inbox",
+                    skip=frozenset() if settings.rebuilding else frozenset({NotificationCreated.event_type}))
     # One channel per topic in AsyncAPI: the topic's four event types are named in its description.
     service.produces(Topic.FOLLOWS_EVENTS, schema=FollowerCountChanged, description=(
         "Follow edges and exact follower counts: "

@@ -1,10 +1,10 @@
 """Notification fan-out: plan a source event's followers into chunks, then notify a chunk.
 
-Planning (on the source event's consumer) snapshots the followers at the moment of the
-source event, cuts them into user-id ranges of ``fanout_chunk_size``, stores each chunk's
-members and the plan (``_id`` = fanout id derived from the source event id: a replayed
-source event finds the plan standing), then publishes one ``FanoutChunkRequested`` per
-chunk on ``follow.fanout`` (12 partitions, keyed by "<fanout_id>:<n>"): any replica of
+Planning (on the source event's consumer, a whole batch of source events at once)
+snapshots the followers at the moment of each source event, cuts them into user-id ranges
+of ``fanout_chunk_size``, stores each chunk's members and the plan (``_id`` = fanout id
+derived from the source event id: a replayed source event finds the plan standing), then
+publishes one ``FanoutChunkRequested`` per chunk on ``follow.fanout`` (12 partitions, keyed by "<fanout_id>:<n>"): any replica of
 the fan-out consumer group takes any chunk, and a huge fan-out never occupies the
 consumers of commands and source events.
 
@@ -20,6 +20,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -37,57 +38,92 @@ from services.follow.store import FollowStore
 log = get_logger(__name__)
 
 
+@dataclass(frozen=True, slots=True)
+class FanoutTrigger:
+    """A source event that notifies the followers of its author."""
+
+    source: Envelope
+    author_id: str
+    kind: NotificationKind
+    title: str
+
+    @property
+    def fanout_id(self) -> str:
+        return str(fanout_id(self.source.event_id))
+
+
 class FanoutPlanner:
     def __init__(self, store: FollowStore, publisher: EventPublisher, settings: FollowSettings) -> None:
         self.store = store
         self.publisher = publisher
         self.settings = settings
 
-    async def plan(self, source: Envelope, author_id: str, kind: NotificationKind, title: str) -> int:
-        """Plan (once) and publish the chunks of one source event's fan-out; returns chunks."""
-        fid = str(fanout_id(source.event_id))
+    async def plan(self, triggers: Sequence[FanoutTrigger], authors: dict[str, dict[str, Any]]) -> int:
+        """Plan (once) and publish the chunks of a batch's fan-outs; returns the chunks sent.
+
+        ``authors``: the author documents as read for the batch (their follower pages). One
+        read of the plans, one of the follower pages of every author concerned, one insert of
+        the chunks and one of the plans, one publish of every chunk, one "published" update.
+        A plan written but not published (a crash in between) is published again as it stands.
+        """
+        if not triggers:
+            return 0
         started = time.perf_counter()
-        plan = await self.store.fanout(fid)
-        if plan is not None and plan.get("published"):
-            return 0  # a replayed source event: its fan-out already went out
-        if plan is None:
-            plan = await self._new_plan(fid, source, author_id, kind, title)
+        first: dict[str, FanoutTrigger] = {}
+        for t in triggers:  # an event delivered twice in one batch is one fan-out, as first seen
+            first.setdefault(t.fanout_id, t)
+        unique = list(first.values())
+        existing = await self.store.fanouts_by_id(t.fanout_id for t in unique)
+        # A replayed source event finds its fan-out published: nothing to do.
+        todo = [t for t in unique if not (existing.get(t.fanout_id) or {}).get("published")]
+        plans = {t.fanout_id: existing[t.fanout_id] for t in todo if t.fanout_id in existing}
+        new = [t for t in todo if t.fanout_id not in plans]
+        plans.update(await self._new_plans(new, authors))
         chunks = [
             self.publisher.outgoing(
                 FanoutChunkRequested(
-                    fanout_id=uuid.UUID(fid), chunk_key=f"{fid}:{n}", author_id=author_id, kind=plan["kind"],
-                    source_event_id=source.event_id, title=plan["title"], after_user_id=r["after"],
-                    upto_user_id=r["upto"], followed_before=plan["followed_before"],
+                    fanout_id=uuid.UUID(t.fanout_id), chunk_key=f"{t.fanout_id}:{n}", author_id=t.author_id,
+                    kind=plan["kind"], source_event_id=t.source.event_id, title=plan["title"],
+                    after_user_id=r["after"], upto_user_id=r["upto"], followed_before=plan["followed_before"],
                 ),
-                cause=source, event_id=deterministic_event_id(fid, "chunk", n),
+                cause=t.source, event_id=deterministic_event_id(t.fanout_id, "chunk", n),
             )
+            for t in todo if not (plan := plans[t.fanout_id]).get("published")
             for n, r in enumerate(plan["chunks"])
         ]
+        unpublished = [t.fanout_id for t in todo if not plans[t.fanout_id].get("published")]
         planned = time.perf_counter()
         await self.publisher.publish(chunks)
-        await self.store.mark_fanout_published(fid)
-        log.info("fanout_planned", fanout_id=fid, author_id=author_id, kind=kind, chunks=len(chunks),
-                 followers=plan.get("followers"), plan_s=round(planned - started, 3),
-                 total_s=round(time.perf_counter() - started, 3))
+        await self.store.mark_fanouts_published(unpublished)
+        log.info("fanouts_planned", fanouts=len(todo), with_followers=len(unpublished), chunks=len(chunks),
+                 followers=sum(int(plans[t.fanout_id].get("followers") or 0) for t in todo),
+                 plan_s=round(planned - started, 3), total_s=round(time.perf_counter() - started, 3))
         return len(chunks)
 
-    async def _new_plan(
-        self, fid: str, source: Envelope, author_id: str, kind: str, title: str
-    ) -> dict[str, Any]:
-        author = await self.store.author(author_id) or {}
-        moment = source.occurred_at
-        users = recipients(await self.store.all_edges(author_id, author.get("pages") or []), moment)
-        chunks = cut_chunks(users, self.settings.fanout_chunk_size)
-        await self.store.save_chunks([
-            {"_id": f"{fid}:{r.number}", "after": r.after_user_id, "upto": r.upto_user_id, "users": members}
-            for r, members in chunks
-        ])
-        return await self.store.create_fanout({
-            "_id": fid, "author_id": author_id, "kind": kind, "title": title, "source_event_id": str(source.event_id),
-            "followed_before": moment, "followers": len(users),
-            "chunks": [{"after": r.after_user_id, "upto": r.upto_user_id} for r, _ in chunks],  # no nested arrays
-            "published": False, "planned_at": datetime.now(UTC),
-        })
+    async def _new_plans(
+        self, triggers: Sequence[FanoutTrigger], authors: dict[str, dict[str, Any]]
+    ) -> dict[str, dict[str, Any]]:
+        """Snapshot each trigger's followers at its moment, store the chunks' members, then
+        the plans. An author without follower pages costs no read and no chunk: its plan is
+        written already published (kept so a replay finds the same, empty, fan-out)."""
+        pages = {t.author_id: (authors.get(t.author_id) or {}).get("pages") or [] for t in triggers}
+        edges = await self.store.edges_of_authors({a: p for a, p in pages.items() if p})
+        chunk_docs: list[dict[str, Any]] = []
+        plan_docs: list[dict[str, Any]] = []
+        for t in triggers:
+            moment = t.source.occurred_at
+            users = recipients(edges.get(t.author_id, ()), moment)
+            chunks = cut_chunks(users, self.settings.fanout_chunk_size)
+            chunk_docs.extend({"_id": f"{t.fanout_id}:{r.number}", "after": r.after_user_id, "upto": r.upto_user_id,
+                               "users": members} for r, members in chunks)
+            plan_docs.append({
+                "_id": t.fanout_id, "author_id": t.author_id, "kind": t.kind, "title": t.title,
+                "source_event_id": str(t.source.event_id), "followed_before": moment, "followers": len(users),
+                "chunks": [{"after": r.after_user_id, "upto": r.upto_user_id} for r, _ in chunks],  # no nested arrays
+                "published": not chunks, "planned_at": datetime.now(UTC),
+            })
+        await self.store.save_chunks(chunk_docs)  # before the plans: a standing plan always has its members
+        return await self.store.create_fanouts(plan_docs)
 
 
 class ChunkWorker:
@@ -97,13 +133,14 @@ class ChunkWorker:
 
     async def handle(self, batch: Sequence[Incoming]) -> None:
         chunks = [i for i in batch if isinstance(i.payload, FanoutChunkRequested)]
-        finished = await asyncio.gather(*(self.store.chunk_done(str(c.payload.fanout_id), _number(c.payload))  # type: ignore[attr-defined]
-                                          for c in chunks))
-        todo = [(c, c.payload) for c, done in zip(chunks, finished, strict=True) if not done]
+        finished = await self.store.finished_chunks(c.payload.chunk_key for c in chunks)  # type: ignore[attr-defined]
+        todo = list({p.chunk_key: (c, p) for c in chunks
+                     if (p := c.payload).chunk_key not in finished}.values())  # type: ignore[attr-defined]
         if not todo:
             return
         started = time.perf_counter()
-        members = await asyncio.gather(*(self._members(p) for _, p in todo))  # type: ignore[arg-type]
+        stored = await self.store.chunks_by_id(p.chunk_key for _, p in todo)
+        members = await asyncio.gather(*(self._members(p, stored.get(p.chunk_key)) for _, p in todo))
         loaded = time.perf_counter()
         inbox: list[dict[str, Any]] = []
         out: list[Outgoing] = []
@@ -122,14 +159,12 @@ class ChunkWorker:
         inserted = time.perf_counter()
         await self.publisher.publish(out)
         published = time.perf_counter()
-        for _, chunk in todo:
-            await self.store.mark_chunk_done(str(chunk.fanout_id), _number(chunk))  # type: ignore[arg-type]
+        await self.store.mark_chunks_done([chunk.chunk_key for _, chunk in todo])
         log.info("fanout_chunks_done", chunks=len(todo), notifications=len(out), load_s=round(loaded - started, 3),
                  build_s=round(built - loaded, 3), insert_s=round(inserted - built, 3),
                  publish_s=round(published - inserted, 3), done_s=round(time.perf_counter() - published, 3))
 
-    async def _members(self, chunk: FanoutChunkRequested) -> list[str]:
-        doc = await self.store.chunk(chunk.chunk_key)
+    async def _members(self, chunk: FanoutChunkRequested, doc: dict[str, Any] | None) -> list[str]:
         if doc is not None and doc.get("after") == chunk.after_user_id and doc.get("upto") == chunk.upto_user_id:
             return list(doc["users"])
         # No stored members (or another plan's): derive them from the follower index.
@@ -139,7 +174,3 @@ class ChunkWorker:
             u for u in recipients(edges, chunk.followed_before)
             if in_range(u, chunk.after_user_id, chunk.upto_user_id)
         ]
-
-
-def _number(chunk: FanoutChunkRequested) -> int:
-    return int(chunk.chunk_key.rsplit(":", 1)[1])

@@ -1,11 +1,18 @@
 """What the follow service learns from other services' events: which authors exist (and
-their names), who owns a record, and the events that notify followers."""
+their names), who owns a record, and the events that notify followers.
+
+A batch is handled as a whole: one read of the authors it concerns, the identity and
+owner changes applied in memory in partition order (a notification's title uses the name
+known at that point), one bulk write of the changed authors, then every fan-out the batch
+triggers planned together (``FanoutPlanner.plan``)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
+from contracts.envelope import Envelope, EventModel
 from contracts.events.claims import (
     AuthorClaimState,
     ClaimApproved,
@@ -19,13 +26,44 @@ from contracts.events.claims import (
 from contracts.events.profile import AuthorRegistered, AuthorUpdated, WorkAdded, WorkUpdated
 from contracts.events.trust import TrustScoreChanged
 from service_runtime.delivery import Incoming
-from services.follow.fanout import FanoutPlanner
+from services.follow.fanout import FanoutPlanner, FanoutTrigger
 from services.follow.rules import band_went_up, notification_title
 from services.follow.store import FollowStore
 
 _PROFILE = (AuthorRegistered, AuthorUpdated, WorkAdded, WorkUpdated)
 _CLAIM_STATE = (ClaimSubmitted, ClaimNeedsReview, ClaimApproved, ClaimRejected, ClaimWithdrawnEvent, ClaimRevoked,
                 VerificationLevelChanged)
+
+
+@dataclass
+class SourceBatch:
+    """What a batch of source events does: author fields to set, fan-outs to start."""
+
+    changes: dict[str, dict[str, Any]] = field(default_factory=dict)  # author_id -> fields to $set
+    triggers: list[FanoutTrigger] = field(default_factory=list)
+
+
+def apply_source_events(events: Sequence[tuple[Envelope, EventModel]], authors: dict[str, dict[str, Any]]) -> SourceBatch:
+    """Apply a batch in order to ``authors`` (the stored documents, updated in place; an
+    author seen for the first time is added) and say what to write and whom to notify."""
+    out = SourceBatch()
+    for envelope, p in events:
+        author_id: str = p.author_id  # type: ignore[attr-defined]
+        doc = authors.setdefault(author_id, {"_id": author_id})
+        if isinstance(p, _PROFILE):
+            _set(out, doc, _identity(doc, p.author.display_name, p.author.revision))
+            if isinstance(p, WorkAdded):
+                title = notification_title("new_work", p.author.display_name, p.work.title)
+                out.triggers.append(FanoutTrigger(envelope, author_id, "new_work", title))
+        elif isinstance(p, _CLAIM_STATE):
+            _set(out, doc, _owner(doc, p.author_claim))
+            if isinstance(p, ClaimApproved):
+                title = notification_title("claim_approved", _name(doc))
+                out.triggers.append(FanoutTrigger(envelope, author_id, "claim_approved", title))
+        elif isinstance(p, TrustScoreChanged) and band_went_up(p.previous_band, p.band):
+            title = notification_title("trust_band_up", _name(doc), p.band)
+            out.triggers.append(FanoutTrigger(envelope, author_id, "trust_band_up", title))
+    return out
 
 
 class SourceEvents:
@@ -35,42 +73,29 @@ class SourceEvents:
 
     async def handle(self, batch: Sequence[Incoming]) -> None:
         authors = await self.store.authors_by_id(i.payload.author_id for i in batch)  # type: ignore[attr-defined]
-        for item in batch:  # in order: a WorkAdded's title uses the name known at that point
-            p = item.payload
-            author_id: str = p.author_id  # type: ignore[attr-defined]
-            doc = authors.setdefault(author_id, {"_id": author_id})
-            if isinstance(p, _PROFILE):
-                await self._identity(doc, p.author.display_name, p.author.revision)
-                if isinstance(p, WorkAdded):
-                    title = notification_title("new_work", p.author.display_name, p.work.title)
-                    await self._plan(item.envelope, author_id, "new_work", title)
-            elif isinstance(p, _CLAIM_STATE):
-                await self._owner(doc, p.author_claim)
-                if isinstance(p, ClaimApproved):
-                    title = notification_title("claim_approved", _name(doc))
-                    await self._plan(item.envelope, author_id, "claim_approved", title)
-            elif isinstance(p, TrustScoreChanged) and band_went_up(p.previous_band, p.band):
-                title = notification_title("trust_band_up", _name(doc), p.band)
-                await self._plan(item.envelope, author_id, "trust_band_up", title)
-
-    async def _plan(self, cause: Any, author_id: str, kind: str, title: str) -> None:
+        applied = apply_source_events([(i.envelope, i.payload) for i in batch], authors)
+        await self.store.set_authors_fields(applied.changes)
         if self.planner is not None:
-            await self.planner.plan(cause, author_id, kind, title)
+            await self.planner.plan(applied.triggers, authors)
 
-    async def _identity(self, doc: dict[str, Any], display_name: str, revision: int) -> None:
-        """The author exists; keep the newest name (stale or replayed revisions are ignored)."""
-        if revision <= int(doc.get("profile_revision") or 0):
-            return
-        fields = {"known": True, "display_name": display_name, "profile_revision": revision}
-        doc.update(fields)
-        await self.store.set_author_fields(doc["_id"], fields)
 
-    async def _owner(self, doc: dict[str, Any], claim: AuthorClaimState) -> None:
-        if claim.revision <= int(doc.get("claim_revision") or 0):
-            return
-        fields = {"owner_user_id": claim.owner_user_id if claim.claimed else None, "claim_revision": claim.revision}
+def _set(out: SourceBatch, doc: dict[str, Any], fields: dict[str, Any]) -> None:
+    if fields:
         doc.update(fields)
-        await self.store.set_author_fields(doc["_id"], fields)
+        out.changes.setdefault(doc["_id"], {}).update(fields)
+
+
+def _identity(doc: dict[str, Any], display_name: str, revision: int) -> dict[str, Any]:
+    """The author exists; keep the newest name (stale or replayed revisions are ignored)."""
+    if revision <= int(doc.get("profile_revision") or 0):
+        return {}
+    return {"known": True, "display_name": display_name, "profile_revision": revision}
+
+
+def _owner(doc: dict[str, Any], claim: AuthorClaimState) -> dict[str, Any]:
+    if claim.revision <= int(doc.get("claim_revision") or 0):
+        return {}
+    return {"owner_user_id": claim.owner_user_id if claim.claimed else None, "claim_revision": claim.revision}
 
 
 def _name(doc: dict[str, Any]) -> str:
