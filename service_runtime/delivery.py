@@ -46,6 +46,9 @@ class Incoming:
     topic: str
     partition: int
     offset: int
+    # More records of this partition were already in the log (as of the consumer's last
+    # fetch) when this batch was handed over: the handler reads a backlog, not live input.
+    more_in_log: bool = False
 
     @property
     def event_type(self) -> str:
@@ -84,6 +87,7 @@ class BatchDelivery:
         started = time.perf_counter()
         incoming: list[Incoming] = []
         dead: list[DeadLetter] = []
+        backlog = {(tp.topic, tp.partition) for tp, lag in assigned_lag(consumer).items() if lag} if consumer else set()
         for record in records:
             topic = self.settings.logical_topic(record.topic)
             try:
@@ -91,7 +95,8 @@ class BatchDelivery:
             except DecodeError as exc:
                 dead.append(DeadLetter(record, "undecodable", str(exc)))
                 continue
-            incoming.append(Incoming(envelope, payload, topic, record.partition, record.offset))
+            incoming.append(Incoming(envelope, payload, topic, record.partition, record.offset,
+                                     (record.topic, record.partition) in backlog))
         if dead:
             await self._dead_letter(dead)
         if incoming:
