@@ -19,12 +19,15 @@ def build_service(settings: TrustSettings | None = None) -> Service:
         description="Explainable trust scores of author records, recomputed from profile, claims and follows events.",
     )
     store = TrustStore(service.db)
-    handler = SignalHandler(store, window_ms=settings.recompute_window_ms, max_delay_ms=settings.recompute_max_delay_ms)
     recomputer = Recomputer(store, service.publisher, lease_s=settings.recompute_lease_s)
+    handler = SignalHandler(store, window_ms=settings.recompute_window_ms, max_delay_ms=settings.recompute_max_delay_ms,
+                            on_due=recomputer.schedule)
+    recomputer.held_back = handler.held_back
     service.consume(Topic.PROFILE_EVENTS, Topic.CLAIMS_EVENTS, Topic.FOLLOWS_EVENTS, handler=handler)
     service.produces(Topic.TRUST_EVENTS, schema=TrustScoreChanged)
     service.on_startup(store.create_indexes)
-    service.background(lambda: recomputer.loop(batch=settings.recompute_batch, poll_s=settings.recompute_poll_ms / 1000))
+    service.background(lambda: recomputer.loop(batch=settings.recompute_batch, poll_s=settings.recompute_poll_ms / 1000,
+                                               sweep_s=settings.recompute_sweep_s))
     service.http.state.trust_store = store
     service.http.include_router(router)
     # Reachable for tests, the benchmark and the rescore command.
