@@ -46,9 +46,16 @@ class Incoming:
     topic: str
     partition: int
     offset: int
-    # More records of this partition were already in the log (as of the consumer's last
-    # fetch) when this batch was handed over: the handler reads a backlog, not live input.
-    more_in_log: bool = False
+    # The consumer's partitions (logical topic, number) that still had records in the log
+    # behind this batch when it was handed over (as of the consumer's last fetch; one not
+    # fetched yet counts too): the handler reads a backlog there, not live input. The same
+    # set for every message of a batch.
+    backlog: frozenset[tuple[str, int]] = frozenset()
+
+    @property
+    def more_in_log(self) -> bool:
+        """More records of this message's own partition were already in the log."""
+        return (self.topic, self.partition) in self.backlog
 
     @property
     def event_type(self) -> str:
@@ -87,7 +94,8 @@ class BatchDelivery:
         started = time.perf_counter()
         incoming: list[Incoming] = []
         dead: list[DeadLetter] = []
-        backlog = {(tp.topic, tp.partition) for tp, lag in assigned_lag(consumer).items() if lag} if consumer else set()
+        backlog = frozenset((self.settings.logical_topic(tp.topic), tp.partition)
+                            for tp in behind(consumer)) if consumer is not None else frozenset()
         for record in records:
             topic = self.settings.logical_topic(record.topic)
             try:
@@ -95,8 +103,7 @@ class BatchDelivery:
             except DecodeError as exc:
                 dead.append(DeadLetter(record, "undecodable", str(exc)))
                 continue
-            incoming.append(Incoming(envelope, payload, topic, record.partition, record.offset,
-                                     (record.topic, record.partition) in backlog))
+            incoming.append(Incoming(envelope, payload, topic, record.partition, record.offset, backlog))
         if dead:
             await self._dead_letter(dead)
         if incoming:
@@ -194,6 +201,13 @@ def assigned_lag(consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
         if state is not None and state.has_valid_position:
             lag[tp] = max(0, high - state.position)
     return lag
+
+
+def behind(consumer: AIOKafkaConsumer) -> set[TopicPartition]:
+    """Assigned partitions with records in the log not handed to the application yet, or
+    whose end the consumer does not know yet (never fetched)."""
+    lag = assigned_lag(consumer)
+    return {tp for tp in consumer.assignment() if lag.get(tp, 1) > 0}
 
 
 __all__ = ["BatchDelivery", "BatchHandler", "Incoming", "is_transient"]
