@@ -165,7 +165,9 @@ async def run_ours(settings: TrustSettings, ends: dict[TopicPartition, int]) -> 
                 shown = time.perf_counter()
                 print(f"{shown - started:.0f}s lag {await group_lag(settings.consumer_group, ends)} recomputations "
                       f"{service.recomputer.recomputations} published {service.recomputer.published}", flush=True)
-            if await group_lag(settings.consumer_group, ends) == 0 and \
+            # The store is asked only once the process looks done (lag, then its own queue):
+            # each count reads the whole collection, which would slow what is measured.
+            if await group_lag(settings.consumer_group, ends) == 0 and service.recomputer.idle() and \
                     await store.authors.count_documents({"dirty": True}) == 0 and \
                     await store.authors.count_documents({"outbox_pending": True}) == 0:
                 break

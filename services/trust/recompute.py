@@ -72,6 +72,10 @@ class Recomputer:
         that died)."""
         self._due.update(due)
 
+    def idle(self) -> bool:
+        """Nothing scheduled in this process (and nothing its consumer holds back)."""
+        return not self._due and not self.held_back()
+
     async def recompute(self, author_ids: list[str], *, only_dirty: bool = False) -> int:
         """Score these authors (those another replica holds are skipped; with
         ``only_dirty``, those already scored from their current signals too) and publish

@@ -20,6 +20,7 @@ class TrustSettings(RuntimeSettings):
     # The consumer hands the authors it marks dirty to the recompute loop of its own
     # process; this often the loop also reads the store for dirty authors no live process
     # scheduled (left by a restart or a dead replica) and outboxes left unpublished.
-    recompute_sweep_s: float = Field(default=5.0, gt=0)
+    # It reads the whole collection (FerretDB has no index but _id), so not often.
+    recompute_sweep_s: float = Field(default=60.0, gt=0)
     # A replica that claimed authors and died releases them after this long.
     recompute_lease_s: float = Field(default=30.0, gt=0)

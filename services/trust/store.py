@@ -147,9 +147,16 @@ class TrustStore:
             await bulk_update(self.authors, ops)
 
     async def record_history(self, entries: list[dict[str, Any]]) -> None:
-        ops = [UpdateOne({"_id": e["_id"]}, {"$setOnInsert": e}, upsert=True) for e in entries]
-        if ops:
-            await bulk_update(self.history, ops)
+        """Insert the entries; one already there (same event id: a pass that died after
+        recording it) stays as it is. One insert command stores a whole batch in one go on
+        FerretDB, where every updated or upserted document costs a write of its own."""
+        if not entries:
+            return
+        try:
+            await self.history.insert_many(entries, ordered=False)
+        except BulkWriteError as exc:
+            if any(e.get("code") != DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
+                raise
 
     # --- reads (HTTP) -----------------------------------------------------------------
 
