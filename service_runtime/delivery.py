@@ -49,6 +49,16 @@ class Incoming:
     # When the record was appended (the Kafka record timestamp, ms): with the partitions
     # read independently, the best estimate of the order a live consumer saw them in.
     timestamp_ms: int | None = None
+    # The consumer's partitions (logical topic, number) that still had records in the log
+    # behind this batch when it was handed over (as of the consumer's last fetch; one not
+    # fetched yet counts too): the handler reads a backlog there, not live input. The same
+    # set for every message of a batch.
+    backlog: frozenset[tuple[str, int]] = frozenset()
+
+    @property
+    def more_in_log(self) -> bool:
+        """More records of this message's own partition were already in the log."""
+        return (self.topic, self.partition) in self.backlog
 
     @property
     def event_type(self) -> str:
@@ -89,6 +99,8 @@ class BatchDelivery:
         started = time.perf_counter()
         incoming: list[Incoming] = []
         dead: list[DeadLetter] = []
+        backlog = frozenset((self.settings.logical_topic(tp.topic), tp.partition)
+                            for tp in behind(consumer)) if consumer is not None else frozenset()
         for record in records:
             if self.skip and _event_type_header(record) in self.skip:
                 continue  # a type this consumer never handles: not even decoded
@@ -98,7 +110,8 @@ class BatchDelivery:
             except DecodeError as exc:
                 dead.append(DeadLetter(record, "undecodable", str(exc)))
                 continue
-            incoming.append(Incoming(envelope, payload, topic, record.partition, record.offset, record.timestamp))
+            incoming.append(Incoming(envelope, payload, topic, record.partition, record.offset, record.timestamp,
+                                     backlog))
         if dead:
             await self._dead_letter(dead)
         if incoming:
@@ -203,6 +216,13 @@ def assigned_lag(consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
         if state is not None and state.has_valid_position:
             lag[tp] = max(0, high - state.position)
     return lag
+
+
+def behind(consumer: AIOKafkaConsumer) -> set[TopicPartition]:
+    """Assigned partitions with records in the log not handed to the application yet, or
+    whose end the consumer does not know yet (never fetched)."""
+    lag = assigned_lag(consumer)
+    return {tp for tp in consumer.assignment() if lag.get(tp, 1) > 0}
 
 
 __all__ = ["BatchDelivery", "BatchHandler", "Incoming", "is_transient"]

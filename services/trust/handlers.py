@@ -2,7 +2,23 @@
 
 Per batch: one read of the authors concerned, the pure reducer over their events in
 partition order, one bulk write of the signals that changed, each marking its author
-dirty (due after the coalescing window). Scores are computed later, by the recompute loop.
+dirty (due after the coalescing window), then the due authors handed to the recompute
+loop of this process (``on_due``), which scores them later.
+
+When is an author due: ``window`` after its last signal change, and at the latest
+``max_delay`` after its first unscored one, so that a steady trickle of events cannot
+postpone its score forever. Both are measured from when the consumer has read what the
+log holds, though, not from when it happened to handle a batch: while any of the
+author's partitions (its key's partition number in each input topic) still has records
+in the log behind the batch (a backlog: the consumer is catching up), more of the burst
+may be in them, so the author is held back until a later batch finds all of them read
+to their end (then due ``window`` later), or until their records show that
+``max_delay`` has passed in the events' own time since the author's first unscored event
+(a trickle, read late). Measured in the consumer's time instead, a burst of 500 events
+read slowly (a loaded machine, a consumer catching up) was split into two
+recomputations whenever reading it took longer than the window or the cap.
+(All input topics have the same partition count and key, so an author's events are in
+the same partition number of each.)
 """
 
 from __future__ import annotations
@@ -20,19 +36,36 @@ from services.trust.recompute import history_entry, score_of
 from services.trust.store import TrustStore
 
 log = get_logger(__name__)
+HOLD_BACK_LIMIT = timedelta(seconds=60)
 
 
 class SignalHandler:
     def __init__(self, store: TrustStore, *, window_ms: int, max_delay_ms: int,
+                 on_due: Callable[[dict[str, datetime]], None] = lambda due: None,
                  clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
         self.store = store
+        self.on_due = on_due
         self.window = timedelta(milliseconds=window_ms)
         self.max_delay = timedelta(milliseconds=max_delay_ms)
         self.clock = clock
         self.ignored = 0  # events carrying no newer signal (stale, duplicate, no signal at all)
+        # Authors held back until the consumer reads their partitions to the end:
+        # partition number -> author -> event time of the author's first unscored event.
+        self._held_back: dict[int, dict[str, datetime]] = {}
+        self._held_since: dict[str, datetime] = {}  # author -> when it was held back
+        # The latest event time read per (topic, partition): how far the log was read.
+        self._read_up_to: dict[tuple[str, int], datetime] = {}
+
+    def held_back(self) -> set[str]:
+        """Authors held back on purpose, not left behind: the recompute loop's sweep leaves
+        them to this handler. Only for a minute, in case no batch ever comes to release them
+        (batches are what tell how far the log was read)."""
+        limit = self.clock() - HOLD_BACK_LIMIT
+        return {a for authors in self._held_back.values() for a in authors if self._held_since.get(a, limit) > limit}
 
     async def __call__(self, batch: Sequence[Incoming]) -> None:
         observations: dict[str, list[signals.Observation]] = {}
+        events: dict[str, list[Incoming]] = {}
         for item in batch:
             obs = signals.observe(item.payload)
             if isinstance(obs, signals.Ignored):
@@ -42,34 +75,88 @@ class SignalHandler:
                 log.warning("impossible_signal_values_dropped", author_id=obs.author_id, anomalies=list(obs.anomalies),
                             correlation_id=item.envelope.correlation_id, event_id=str(item.envelope.event_id))
             observations.setdefault(obs.author_id, []).append(obs)
+            events.setdefault(obs.author_id, []).append(item)
         if not observations:
+            self.on_due(self._release(batch, {}, {}, self.clock()))
             return
         async with self.store.write_lock:
             held = await self.store.load(list(observations))
             now = self.clock()
-            updates = []
+            updates, due, hold = [], {}, {}
             for author_id, author_obs in observations.items():
-                update = self._update(author_id, held.get(author_id, {}), author_obs, now)
+                update, due_at, wait_for = self._update(author_id, held.get(author_id, {}), author_obs,
+                                                        events[author_id], now)
                 if update is not None:
                     updates.append(update)
+                if wait_for is not None:
+                    hold[author_id] = wait_for
+                elif due_at is not None:
+                    due[author_id] = due_at
             await self.store.save_signals(updates)
+        self.on_due(self._release(batch, due, hold, now))
+
+    def _release(self, batch: Sequence[Incoming], due: dict[str, datetime],
+                 hold: dict[str, tuple[int, datetime]], now: datetime) -> dict[str, datetime]:
+        """The authors due after this batch: those it made due, plus those held back on a
+        partition number now read to its end in every input topic, or read past their cap."""
+        for authors in self._held_back.values():
+            for author_id in due.keys() | hold.keys():
+                authors.pop(author_id, None)
+        for author_id in due:
+            self._held_since.pop(author_id, None)
+        for author_id, (partition, burst_from) in hold.items():
+            self._held_back.setdefault(partition, {})[author_id] = burst_from
+            self._held_since.setdefault(author_id, now)
+        for item in batch:
+            tp = (item.topic, item.partition)
+            self._read_up_to[tp] = max(self._read_up_to.get(tp, item.envelope.occurred_at), item.envelope.occurred_at)
+        backlog = batch[-1].backlog if batch else frozenset()
+        for partition, authors in list(self._held_back.items()):
+            behind = [tp for tp in backlog if tp[1] == partition]
+            if not behind:
+                release = dict.fromkeys(authors, now + self.window)
+            else:
+                marks = [self._read_up_to.get(tp) for tp in behind]
+                read_up_to = None if None in marks else min(m for m in marks if m is not None)
+                release = {} if read_up_to is None else {
+                    a: now for a, burst_from in authors.items() if read_up_to - burst_from >= self.max_delay}
+            for author_id in release:
+                del authors[author_id]
+                self._held_since.pop(author_id, None)
+            due.update(release)
+            if not authors:
+                del self._held_back[partition]
+        return due
 
     def _update(self, author_id: str, doc: dict[str, Any], author_obs: list[signals.Observation],
-                now: datetime) -> UpdateOne | None:
+                items: list[Incoming], now: datetime
+                ) -> tuple[UpdateOne | None, datetime | None, tuple[int, datetime] | None]:
+        """The author's update (None if no signal changed), when it is due (None if not
+        dirty) and, if it is held back, the partition it waits for and its burst's start."""
         projection = {k: doc[k] for k in signals.SOURCES if k in doc}
         after = projection
         for obs in author_obs:
             after = signals.apply(after, obs)
         changed = {k: after[k] for k in signals.SOURCES if k in after and after[k] is not projection.get(k)}
         if not changed:
-            return None
+            return None, None, None
         fields: dict[str, Any] = dict(changed)
+        wait_for = None
         # Only an author the profile registered is scored; other signals wait for it.
         if "profile" in after:
             dirty_since = doc.get("dirty_since") or now
-            fields.update(dirty=True, dirty_since=dirty_since,
-                          due_at=min(now + self.window, dirty_since + self.max_delay))
-        return UpdateOne({"_id": author_id}, {"$set": fields, "$inc": {"seq": 1}}, upsert=True)
+            burst_from = doc.get("burst_from") or min(i.envelope.occurred_at for i in items)
+            partition = items[-1].partition
+            behind = any(p == partition for _, p in items[-1].backlog)
+            if behind and max(i.envelope.occurred_at for i in items) - burst_from < self.max_delay:
+                wait_for = (partition, burst_from)
+                # Stored for a process that did not consume it (this one died): the sweep.
+                due_at = now + self.max_delay
+            else:
+                due_at = min(now + self.window, dirty_since + self.max_delay)
+            fields.update(dirty=True, dirty_since=dirty_since, burst_from=burst_from, due_at=due_at)
+        update = UpdateOne({"_id": author_id}, {"$set": fields, "$inc": {"seq": 1}}, upsert=True)
+        return update, fields.get("due_at"), wait_for
 
 
 class PublishedScores:

@@ -1,9 +1,10 @@
 """Recomputing scores of due authors in bulk, and publishing changes through the outbox.
 
-One pass: lease the due authors (atomic per document), compute each score from its
-stored signals, store the score and, when score or band changed, the TrustScoreChanged
-in the author's own document (the outbox) in the same single-document update; then
-record the history, publish, and clear the outbox. A crash anywhere in between leaves
+One pass: lease the due authors (an inserted lease document each, so two replicas never
+hold one author), compute each score from its stored signals, store the score and, when
+score or band changed, the TrustScoreChanged in the author's own document (the outbox)
+in the same single-document update, conditional on the signals read being still the
+latest; then record the history, publish, and clear the outbox. A crash anywhere in between leaves
 the outbox in place and the next pass (or the next process) publishes the very same
 event: its id is derived from (author, formula version, revision).
 """
@@ -60,18 +61,45 @@ class Recomputer:
         self.clock = clock
         self.recomputations = 0  # authors scored by this process
         self.published = 0  # TrustScoreChanged acknowledged by the broker
+        self._due: dict[str, datetime] = {}  # author -> when to recompute it (see ``schedule``)
+        # Authors this process's consumer holds back on purpose (see handlers): not orphans.
+        self.held_back: Callable[[], set[str]] = set
 
-    async def recompute(self, author_ids: list[str]) -> int:
-        """Score these authors (those another replica holds are skipped); returns how many."""
+    def schedule(self, due: dict[str, datetime]) -> None:
+        """Authors whose signals this process just stored, and when each is due. The
+        consumer calls this after each batch, so the loop finds due authors without
+        reading the store; ``sweep`` reads the store for the rest (a restart, a replica
+        that died)."""
+        self._due.update(due)
+
+    def idle(self) -> bool:
+        """Nothing scheduled in this process (and nothing its consumer holds back)."""
+        return not self._due and not self.held_back()
+
+    async def recompute(self, author_ids: list[str], *, only_dirty: bool = False) -> int:
+        """Score these authors (those another replica holds are skipped; with
+        ``only_dirty``, those already scored from their current signals too) and publish
+        their changes; returns how many scores were stored. Everything, publishing
+        included, happens under the authors' leases: an outbox is published by the
+        replica that holds its author, never by two at once."""
         if not author_ids:
             return 0
+        stored = 0
         async with self.store.write_lock:  # see TrustStore.write_lock
             token, docs = await self.store.claim(author_ids, self.clock(), self.lease_s)
-            results = [self._score(doc) for doc in docs]
-            await self.store.save_scores(token, results)
-        self.recomputations += len(docs)
-        await self.flush_outboxes([doc["_id"] for doc in docs])
-        return len(docs)
+        held = [d["_id"] for d in docs]
+        try:
+            # An outbox a pass left unpublished (it died) goes out before a newer one replaces it.
+            await self._publish([d for d in docs if d.get("outbox_pending")])
+            todo = [d for d in docs if d.get("dirty") or not only_dirty]
+            if todo:
+                async with self.store.write_lock:
+                    stored = await self.store.save_scores([self._score(doc) for doc in todo])
+                self.recomputations += stored
+                await self._publish(await self.store.pending_outboxes(len(todo), [d["_id"] for d in todo]))
+        finally:
+            await self.store.release(token, held)
+        return stored
 
     def _score(self, doc: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict | None]:
         inputs = signals.score_inputs(doc, self.formula)
@@ -106,16 +134,22 @@ class Recomputer:
                  "computed_at": self.clock()}
         return doc, score, outbox
 
-    async def flush_outboxes(self, author_ids: list[str] | None = None, limit: int = 5000) -> int:
-        """Publish what is waiting in outboxes (history first, then the broker, then clear)."""
-        docs = await self.store.pending_outboxes(limit, author_ids)
+    async def flush_outboxes(self, limit: int = 5000) -> int:
+        """Publish outboxes left pending by a pass that died before the broker
+        acknowledged them (history first, then the broker, then clear), under lease."""
+        published = self.published
+        ids = [d["_id"] for d in await self.store.pending_outboxes(limit)]
+        for start in range(0, len(ids), 1000):
+            await self.recompute(ids[start:start + 1000], only_dirty=True)
+        return self.published - published
+
+    async def _publish(self, docs: list[dict[str, Any]]) -> int:
         if not docs:
             return 0
         envelopes = [Envelope.model_validate(d["outbox"]["envelope"]) for d in docs]
         await self.store.record_history([history_entry(env) for env in envelopes])
         await self.publisher.publish([Outgoing(str(Topic.TRUST_EVENTS), env.data["author_id"], env) for env in envelopes])
-        async with self.store.write_lock:  # see TrustStore.write_lock
-            await self.store.clear_outboxes([(d["_id"], str(env.event_id)) for env, d in zip(envelopes, docs)])
+        await self.store.clear_outboxes([(d["_id"], str(env.event_id)) for env, d in zip(envelopes, docs)])
         self.published += len(docs)
         return len(docs)
 
@@ -130,20 +164,47 @@ class Recomputer:
         for start in range(0, len(dirty), batch):
             async with self.store.write_lock:
                 token, docs = await self.store.claim(dirty[start:start + batch], self.clock(), self.lease_s)
-                results = [self._score(doc) for doc in docs]
-                await self.store.save_scores(token, [r for r in results if r[2] is None])
-                await self.store.release([r[0]["_id"] for r in results if r[2] is not None])
+            try:
+                unchanged = [r for r in (self._score(doc) for doc in docs) if r[2] is None]
+                async with self.store.write_lock:
+                    await self.store.save_scores(unchanged)
+            finally:
+                await self.store.release(token, [d["_id"] for d in docs])
+
+    async def sweep(self, overdue_s: float) -> None:
+        """What the consumer did not schedule in this process: outboxes left unpublished,
+        and authors due for more than ``overdue_s`` (marked dirty before a restart, or by a
+        replica that died). Reads the whole collection, so it runs seldom."""
+        await self.flush_outboxes()
+        now = self.clock()
+        held_back = self.held_back()
+        for author_id in await self.store.due_ids(now - timedelta(seconds=overdue_s), 100_000):
+            if author_id not in held_back:
+                self._due.setdefault(author_id, now)
 
     async def run_due_once(self, batch: int) -> int:
-        return await self.recompute(await self.store.due_ids(self.clock(), batch))
+        now = self.clock()
+        due = sorted((at, a) for a, at in self._due.items() if at <= now)[:batch]
+        ids = [a for _, a in due]
+        for a in ids:
+            del self._due[a]
+        try:
+            await self.recompute(ids, only_dirty=True)
+        except BaseException:
+            for at, a in due:
+                self._due.setdefault(a, at)
+            raise
+        return len(ids)
 
-    async def loop(self, *, batch: int, poll_s: float) -> None:
+    async def loop(self, *, batch: int, poll_s: float, sweep_s: float) -> None:
         """The service's background task: recompute due authors until cancelled."""
+        next_sweep, overdue_s = 0.0, 0.0  # the first sweep (at start) takes every dirty author
+        loop = asyncio.get_running_loop()
         while True:
             try:
-                # Outboxes first: what an earlier pass or a previous process computed but
-                # did not get acknowledged (normally none: a pass flushes its own).
-                await self.flush_outboxes()
+                if loop.time() >= next_sweep:
+                    await self.sweep(overdue_s)
+                    next_sweep, overdue_s = loop.time() + sweep_s, sweep_s
                 done = await self.run_due_once(batch)
             except TRANSIENT_ERRORS as exc:
                 log.warning("recompute_transient_failure", error=repr(exc))

@@ -3,6 +3,7 @@ between storing a score and publishing it, and leases keeping two replicas apart
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from collections import Counter
 from datetime import UTC, datetime
@@ -15,7 +16,7 @@ from services.trust.recompute import Recomputer
 from services.trust.rescore import rescore_all
 from services.trust.settings import TrustSettings
 from tests.conftest import Namespace, eventually
-from tests.integration.trust.helpers import approved, followers, registered, send, trust_events
+from tests.integration.trust.helpers import approved, followers, registered, send, trust_events, work_added
 
 # v2 counts works from 2022 on as recent and weighs the record more: most authors move.
 V2 = dataclasses.replace(scoring.CURRENT, version=2, recent_since_year=2022, works=(20, 150), recent_works=(15, 40))
@@ -83,3 +84,33 @@ async def test_two_replicas_never_hold_the_same_author(ns: Namespace, producer) 
         _, second = await store.claim(ids, now, 30)
     assert {d["_id"] for d in first} == set(ids[:8])
     assert {d["_id"] for d in second} == set(ids[8:])
+
+
+async def test_two_replicas_racing_for_the_same_authors_score_and_publish_each_change_once(
+        ns: Namespace, producer) -> None:
+    # Two service instances (own store clients) on one consumer group; a long coalescing
+    # window keeps their own loops idle, so the test itself makes both recompute the same
+    # dirty authors at the same moment, round after round.
+    settings = ns.settings("trust", cls=TrustSettings, recompute_window_ms=600_000, recompute_max_delay_ms=600_000)
+    first, second = build_service(settings), build_service(settings)
+    ids = [f"racer-{i:02d}" for i in range(40)]
+    async with first.running(), second.running():
+        store = first.trust_store
+        for revision in range(1, 6):
+            if revision == 1:
+                await send(producer, ns, *[registered(a) for a in ids])
+            else:
+                await send(producer, ns, *[work_added(a, revision, extra_2024=2 * revision) for a in ids])
+            await eventually(lambda: store.authors.count_documents({"dirty": True, "profile.revision": revision}),
+                             until=lambda n: n == len(ids), what=f"revision {revision} stored, unscored")
+            done = await asyncio.gather(first.recomputer.recompute(ids, only_dirty=True),
+                                        second.recomputer.recompute(ids, only_dirty=True))
+            assert sum(done) == len(ids), f"round {revision}: {done} scores stored for {len(ids)} authors"
+        assert await store.authors.count_documents({"dirty": True}) == 0
+        assert await store.leases.count_documents({}) == 0
+        events = await eventually(lambda: trust_events(ns), until=lambda e: len(e) >= 5 * len(ids))
+    per_author = Counter(e["data"]["author_id"] for e in events)
+    assert per_author == {a: 5 for a in ids}, "each author's change published once per round"
+    assert len({e["event_id"] for e in events}) == len(events)
+    assert all(sorted(e["data"]["revision"] for e in events if e["data"]["author_id"] == a) == [1, 2, 3, 4, 5]
+               for a in ids)
