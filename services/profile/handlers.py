@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
 from contracts.envelope import Envelope, EventModel
 from contracts.events.publications import AuthorImported, WorkIngested
@@ -38,6 +39,8 @@ class IngestPublications:
     in between, the redelivered batch touches the same authors, finds nothing new to
     change, and publishes what their outboxes still hold (same event ids); the startup
     sweep (``flush_pending``) publishes outboxes of batches that are never redelivered.
+    An outbox is pending while its token is listed in the store's ``outboxes``; marking
+    the token published is one delete per batch, not one update per author.
     """
 
     def __init__(self, store: ProfileStore, publisher: EventPublisher, settings: ProfileSettings) -> None:
@@ -51,37 +54,44 @@ class IngestPublications:
             return
         for attempt in range(1, self.settings.write_conflict_attempts + 1):
             try:
-                touched = await self._apply(items)
+                touched, tokens = await self._apply(items)
                 break
             except WriteConflict as exc:
                 log.info("write_conflict_replanning", attempt=attempt, error=str(exc))
                 if attempt == self.settings.write_conflict_attempts:
                     raise
-        await self._publish(touched)
+        await self._publish(touched, tokens)
 
-    async def _apply(self, items: list[tuple[Envelope, EventModel]]) -> list[AuthorRecord]:
+    async def _apply(self, items: list[tuple[Envelope, EventModel]]) -> tuple[list[AuthorRecord], list[str]]:
+        """Plan and write the batch; returns the authors with events to publish and the
+        outbox tokens that publishing them finishes."""
         stored = await self.store.load_works(d.work.work_id for _, d in items if isinstance(d, WorkIngested))
-        records = await self.store.load_authors(authors_touched(items, stored))
-        plan = plan_batch(items, records, stored, min_shared_works=self.settings.close_collaborator_min_shared_works)
+        loaded = await self.store.load_authors(authors_touched(items, stored))
+        finished = loaded.finished_tokens()  # before planning: the write below re-tokens the records
+        plan = plan_batch(items, loaded.records, stored,
+                          min_shared_works=self.settings.close_collaborator_min_shared_works)
         for event in plan.events:
             out = self.publisher.outgoing(event.payload, cause=event.cause, event_id=event.event_id)
             plan.authors[event.payload.key()].outbox.append(to_outbox(out))
         # Authors before works: a redelivery re-reads the old works document and so still
         # knows which authors a corrected author list dropped.
-        await self.store.write_authors(plan.changed_authors, plan.read_revisions)
+        changed = plan.changed_authors
+        token = await self.store.write_authors(changed, plan.read_revisions)
         await self.store.write_works(plan.works, stored=set(stored))
-        return [record for record in plan.authors.values() if record.outbox]
+        return [record for record in plan.authors.values() if record.outbox], finished + ([token] if changed else [])
 
-    async def _publish(self, records: list[AuthorRecord]) -> None:
+    async def _publish(self, records: list[AuthorRecord], tokens: list[str]) -> None:
         await self.publisher.publish([from_outbox(item) for record in records for item in record.outbox])
-        await self.store.clear_outboxes({r.author_id: r.outbox_token for r in records if r.outbox_token})
+        await self.store.mark_published(tokens)
 
     async def flush_pending(self) -> int:
         """Publish every outbox left behind (a crash between write and publish)."""
         flushed = 0
-        while pending := await self.store.pending_outboxes():
-            await self._publish(pending)
-            flushed += len(pending)
+        stale_before = datetime.now(UTC) - timedelta(seconds=self.settings.outbox_stale_after_s)
+        while pending := await self.store.pending_outboxes(stale_before):
+            for token, records in pending:
+                await self._publish(records, [token])
+                flushed += len(records)
         if flushed:
             log.info("outboxes_flushed", authors=flushed)
         return flushed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
@@ -43,9 +44,11 @@ async def _registered(store: ProfileStore, author_id: str) -> dict[str, Any]:
 
 @router.get("/authors/{author_id}", summary="The author's profile page")
 async def get_author(author_id: AuthorId, store: Store, page_works: Annotated[int, Depends(get_page_works)]) -> dict[str, Any]:
-    doc = await _registered(store, author_id)
+    # The author and its standing at once: two round trips in the time of one.
+    doc, standing = await asyncio.gather(store.author(author_id), store.standing_of(author_id))
+    if doc is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no author record with id {author_id!r}")
     shown, next_cursor = page_slice(doc.get("works", []), None, page_works)
-    standing = await store.standing_of(author_id)
     works = await store.works_by_id([e["id"] for e in shown])
     return author_page(doc, standing, works_page(shown, works, next_cursor))
 

@@ -18,3 +18,7 @@ class ProfileSettings(RuntimeSettings):
     page_works: int = Field(default=20, ge=1, le=100)
     # How often an optimistic write is retried when another writer changed the same author.
     write_conflict_attempts: int = Field(default=8, ge=1)
+    # A write of authors that never finished (its process died mid-write) leaves a pending
+    # outbox token; the sweep publishes what its authors carry once it is this old. Far
+    # above the time one batch's author write takes.
+    outbox_stale_after_s: float = Field(default=600.0, gt=0)
