@@ -81,7 +81,7 @@ async def search_authors(
     found = await store.search(folded, limit)
     return {"query": q, "items": [
         {"author_id": d["_id"], "display_name": d["display_name"], "affiliation": d.get("affiliation"),
-         "works_count": d.get("state", {}).get("works_count", 0)} for d in found
+         "works_count": d.get("works_count", 0)} for d in found
     ]}
 
 

@@ -3,9 +3,10 @@
 Collections:
 
 * ``authors`` - one document per registered author: identity, a folded ``name_keys``
-  list for search, one compact entry per work (``works``), the derived ``state``
-  (contracts' AuthorState), ``revision``, and the ``outbox`` of events written in the
-  same single-document update as the change that caused them.
+  list for search, ``works_count``, one compact entry per work and the derived state
+  (contracts' AuthorState) as JSON strings (``entries_json``, ``state_json``: see
+  ``ingest.stored_entries_and_state``), ``revision``, and the ``outbox`` of events
+  written in the same single-document update as the change that caused them.
 * ``works`` - one document per work (``_id`` = work id), the work as last ingested.
 * ``outboxes`` - one small document per author write that has events not yet published
   (``_id`` = the outbox token the written authors carry, ``authors``, ``written``). An
@@ -39,7 +40,7 @@ from pymongo.errors import BulkWriteError
 
 from service_runtime.store import bulk_update
 
-from services.profile.ingest import AuthorRecord
+from services.profile.ingest import AuthorRecord, stored_entries_and_state
 
 _DUPLICATE_KEY = 11000
 
@@ -209,7 +210,10 @@ class ProfileStore:
     # --- reads for HTTP -------------------------------------------------------------
 
     async def author(self, author_id: str) -> dict[str, Any] | None:
-        return await self.authors.find_one({"_id": author_id}, {"outbox": 0, "name_keys": 0})
+        doc = await self.authors.find_one({"_id": author_id}, {"outbox": 0, "name_keys": 0})
+        if doc is not None:
+            doc["works"], doc["state"] = stored_entries_and_state(doc)
+        return doc
 
     async def standing_of(self, author_id: str) -> dict[str, Any] | None:
         return await self.standing.find_one({"_id": author_id})
@@ -222,6 +226,6 @@ class ProfileStore:
     async def search(self, folded_prefix: str, limit: int) -> list[dict[str, Any]]:
         cursor = self.authors.find(
             {"name_keys": {"$regex": "^" + re.escape(folded_prefix)}},
-            {"display_name": 1, "affiliation": 1, "state.works_count": 1},
+            {"display_name": 1, "affiliation": 1, "works_count": 1},
         ).sort("display_name", ASCENDING).limit(limit)
         return [doc async for doc in cursor]

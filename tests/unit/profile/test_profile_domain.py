@@ -110,7 +110,8 @@ def test_standing_keeps_the_newest_revision_and_ignores_stale_events() -> None:
 
 def test_page_shows_null_score_before_trust_and_claim_level_while_claimed() -> None:
     plan = plan_batch([ingested(work("w1", "a", external_ids={"doi": "10.1000/x"}))], {}, {}, min_shared_works=2)
-    doc = {"_id": "a", **plan.authors["a"].to_doc("t")}
+    record = plan.authors["a"]
+    doc = {"_id": "a", "works": record.entries, "state": record.state}  # as ProfileStore.author reads it
     page = author_page(doc, None, {"items": [], "next_cursor": None})
     assert page["trust_snapshot"] == {"score": None, "band": None, "verification_level": "L1", "claimed": False}
     claimed = {"claim": {"claimed": True, "verification_level": "L3", "revision": 5}}
