@@ -87,8 +87,10 @@ class IngestPublications:
     async def flush_pending(self) -> int:
         """Publish every outbox left behind (a crash between write and publish)."""
         flushed = 0
-        stale_before = datetime.now(UTC) - timedelta(seconds=self.settings.outbox_stale_after_s)
-        while pending := await self.store.pending_outboxes(stale_before):
+        now = datetime.now(UTC)
+        written_before = now - timedelta(seconds=self.settings.outbox_grace_s)
+        stale_before = now - timedelta(seconds=self.settings.outbox_stale_after_s)
+        while pending := await self.store.pending_outboxes(written_before, stale_before):
             for token, records in pending:
                 await self._publish(records, [token])
                 flushed += len(records)

@@ -99,8 +99,15 @@ def work_summary(work: Work) -> dict[str, Any]:
 
 
 def work_document(work: Work, fingerprint: str) -> dict[str, Any]:
-    return {"_id": work.work_id, "fingerprint": fingerprint, "work": work.model_dump(mode="json"),
+    """The stored work: the work itself as one JSON string (``stored_work``), which FerretDB
+    reads many times faster than the same work as nested values (the page reads 20)."""
+    return {"_id": work.work_id, "fingerprint": fingerprint, "work_json": _compact_json(work.model_dump(mode="json")),
             "author_ids": [a.author_id for a in work.authors]}
+
+
+def stored_work(doc: dict[str, Any]) -> dict[str, Any]:
+    """The work of a stored work document (documents written before kept it nested)."""
+    return json.loads(doc["work_json"]) if "work_json" in doc else doc["work"]
 
 
 class _Planner:

@@ -7,7 +7,8 @@ Collections:
   (contracts' AuthorState) as JSON strings (``entries_json``, ``state_json``: see
   ``ingest.stored_entries_and_state``), ``revision``, and the ``outbox`` of events
   written in the same single-document update as the change that caused them.
-* ``works`` - one document per work (``_id`` = work id), the work as last ingested.
+* ``works`` - one document per work (``_id`` = work id), the work as last ingested
+  (``work_json``), its fingerprint and author ids.
 * ``outboxes`` - one small document per author write that has events not yet published
   (``_id`` = the outbox token the written authors carry, ``authors``, ``written``). An
   author's outbox is pending while its token has a document here; once its events are
@@ -40,7 +41,7 @@ from pymongo.errors import BulkWriteError
 
 from service_runtime.store import bulk_update
 
-from services.profile.ingest import AuthorRecord, stored_entries_and_state
+from services.profile.ingest import AuthorRecord, stored_entries_and_state, stored_work
 
 _DUPLICATE_KEY = 11000
 
@@ -167,12 +168,14 @@ class ProfileStore:
         if tokens := list(set(tokens)):
             await self.outboxes.delete_many({"_id": {"$in": tokens}})
 
-    async def pending_outboxes(self, stale_before: datetime, limit: int = 100) -> list[tuple[str, list[AuthorRecord]]]:
+    async def pending_outboxes(self, written_before: datetime, stale_before: datetime,
+                               limit: int = 100) -> list[tuple[str, list[AuthorRecord]]]:
         """Outboxes written but not published (e.g. after a crash): each token with the
-        authors still carrying it. A token whose write is still in progress is left alone
-        unless it is older than ``stale_before`` (its writer died mid-write)."""
+        authors still carrying it. Tokens written after ``written_before`` are most likely
+        being published right now and are left to their writer; a token whose write never
+        finished is taken once older than ``stale_before`` (its writer died mid-write)."""
         markers = [d async for d in self.outboxes.find(
-            {"$or": [{"written": True}, {"at": {"$lt": stale_before}}]}).limit(limit)]
+            {"$or": [{"written": True, "at": {"$lt": written_before}}, {"at": {"$lt": stale_before}}]}).limit(limit)]
         found = []
         for marker in markers:
             cursor = self.authors.find({"_id": {"$in": marker["authors"]}})
@@ -221,7 +224,8 @@ class ProfileStore:
     async def works_by_id(self, work_ids: list[str]) -> dict[str, dict[str, Any]]:
         if not work_ids:
             return {}
-        return {doc["_id"]: doc["work"] async for doc in self.works.find({"_id": {"$in": work_ids}}, {"work": 1})}
+        cursor = self.works.find({"_id": {"$in": work_ids}}, {"work_json": 1, "work": 1})
+        return {doc["_id"]: stored_work(doc) async for doc in cursor}
 
     async def search(self, folded_prefix: str, limit: int) -> list[dict[str, Any]]:
         cursor = self.authors.find(
