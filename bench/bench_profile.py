@@ -7,14 +7,20 @@
    every author has ~2N/A works) to a private topic prefix on the real broker.
 2. *Ours*: the profile service (build_service) consumes them into a private database:
    decode + validate, plan, bulk read works and authors, bulk write authors (with their
-   outbox) and works, publish every profile event, clear the outboxes.
-3. *Baseline*: a bare aiokafka consumer over the same records doing the same bulk reads
-   and writes with PyMongo (the same author and work documents, one bulk write of each
-   per batch of 500), with json.loads and nothing else: no envelope validation, no
-   events published, no outbox.
-4. Reads: the service's HTTP in its own process (uvicorn on a free local port), an
+   outbox) and works, publish every profile event, mark the outboxes published.
+3. *Baseline*: a bare aiokafka consumer over the same records doing the same reads and
+   writes with PyMongo: json.loads, one read of the batch's works (fingerprint and
+   author list, what idempotence needs) and of its authors, then the same author
+   documents (entries and derived state, as the service stores them, without outbox)
+   and work documents, in the same bulk commands (32 statements each, the FerretDB
+   limit), and the same name index. No envelope validation, no events, no outbox.
+4. Correctness of ours, in the same run: every author's stored works count equals the
+   works published for it, every expected event (one AuthorRegistered per author, one
+   WorkAdded per work and author) was published, no event id twice, no outbox pending;
+   the baseline's works counts are checked too.
+5. Reads: the service's HTTP in its own process (uvicorn on a free local port), an
    open-loop httpx client at a fixed rate of ``GET /authors/{id}`` for random authors;
-   p50/p99 of the response time.
+   p50/p99 of the response time, the rate achieved and any failed request.
 
 Everything it creates (topics, databases, the server process) is removed at the end.
 """
@@ -27,6 +33,7 @@ import json
 import os
 import random
 import socket
+import hashlib
 import statistics
 import subprocess
 import sys
@@ -37,7 +44,7 @@ from pathlib import Path
 import httpx
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient
-from pymongo import AsyncMongoClient, InsertOne, ReplaceOne
+from pymongo import ASCENDING, AsyncMongoClient, InsertOne, ReplaceOne
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -46,6 +53,9 @@ from contracts.envelope import Envelope  # noqa: E402
 from contracts.events.publications import Work, WorkIngested  # noqa: E402
 from contracts.topics import TOPICS, Topic  # noqa: E402
 from service_runtime.kafka import delete_topics, ensure_topics  # noqa: E402
+from service_runtime.store import UPDATES_PER_COMMAND  # noqa: E402
+from service_runtime.topic_reader import iter_topic  # noqa: E402
+from services.profile.derive import derive_state, distinct_topics, name_keys  # noqa: E402
 from services.profile.app import build_service  # noqa: E402
 from services.profile.settings import ProfileSettings  # noqa: E402
 
@@ -105,11 +115,24 @@ async def run_ours(settings: ProfileSettings, n_works: int) -> float:
     return elapsed
 
 
+def _entry(work: dict, author_id: str, fingerprint: str) -> dict:
+    ids = work.get("external_ids") or {}
+    return {"id": work["work_id"], "y": work["year"], "h": fingerprint, "x": bool(ids.get("doi") or ids.get("arxiv_id")),
+            "t": distinct_topics(work["topics"]),
+            "co": [{"id": a["author_id"], "n": a["display_name"]} for a in work["authors"] if a["author_id"] != author_id]}
+
+
+def _compact(value: object) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
 async def run_baseline(topic: str, database: str, n_works: int) -> float:
-    """A bare consumer: json.loads, one bulk read of works and authors, one bulk write of
-    each (the same documents the service writes), commit."""
+    """A bare consumer writing what the service writes (see the module doc), minus events
+    and outbox: json.loads, one read of works and authors, author and work documents
+    of the same shape in commands of the same size, commit."""
     client = AsyncMongoClient(MONGODB_URI)
     db = client[database]
+    await db.authors.create_index([("name_keys", ASCENDING)], name="name_keys")
     consumer = AIOKafkaConsumer(topic, bootstrap_servers=KAFKA, group_id=f"{database}.baseline",
                                 enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=BATCH)
     await consumer.start()
@@ -118,34 +141,106 @@ async def run_baseline(topic: str, database: str, n_works: int) -> float:
     try:
         while done < n_works:
             fetched = await consumer.getmany(timeout_ms=200, max_records=BATCH)
-            docs = [json.loads(r.value)["data"]["work"] for records in fetched.values() for r in records]
-            if not docs:
+            works = [json.loads(r.value)["data"]["work"] for records in fetched.values() for r in records]
+            if not works:
                 continue
-            ids = {a["author_id"] for w in docs for a in w["authors"]}
-            stored = {d["_id"] for d in await db.works.find(
-                {"_id": {"$in": [w["work_id"] for w in docs]}}, {"author_ids": 1}).to_list()}
-            authors = {d["_id"]: d async for d in db.authors.find({"_id": {"$in": list(ids)}})}
-            fresh = {}
-            for w in docs:
+            stored = {d["_id"]: d async for d in db.works.find(
+                {"_id": {"$in": list({w["work_id"] for w in works})}}, {"fingerprint": 1, "author_ids": 1})}
+            ids = {a["author_id"] for w in works for a in w["authors"]} | {
+                a for d in stored.values() for a in d.get("author_ids", [])}
+            authors = {}
+            async for d in db.authors.find({"_id": {"$in": list(ids)}}):
+                d["entries"] = json.loads(d["entries_json"])
+                authors[d["_id"]] = d
+            fresh, changed, work_docs = set(), set(), {}
+            for w in works:
+                fingerprint = hashlib.sha256(_compact(w).encode()).hexdigest()[:32]
+                if (work_docs.get(w["work_id"]) or stored.get(w["work_id"]) or {}).get("fingerprint") == fingerprint:
+                    continue  # the same work again: nothing to write
                 for a in w["authors"]:
-                    doc = authors.get(a["author_id"]) or fresh.setdefault(
-                        a["author_id"], {"_id": a["author_id"], "display_name": a["display_name"], "works": [], "revision": 0})
-                    doc["works"].append({"id": w["work_id"], "y": w["year"], "t": w["topics"],
-                                         "co": [{"id": c["author_id"], "n": c["display_name"]} for c in w["authors"]]})
+                    doc = authors.get(a["author_id"])
+                    if doc is None:
+                        doc = authors[a["author_id"]] = {
+                            "_id": a["author_id"], "display_name": a["display_name"], "description": None,
+                            "affiliation": None, "orcid": a.get("orcid"), "open_to_collaborate": False,
+                            "entries": [], "revision": 1}
+                        fresh.add(a["author_id"])
+                    entry = _entry(w, a["author_id"], fingerprint)
+                    doc["entries"] = [e for e in doc["entries"] if e["id"] != w["work_id"]] + [entry]
                     doc["revision"] += 1
-            ops = [InsertOne(d) for d in fresh.values()] + [
-                ReplaceOne({"_id": i}, d) for i, d in authors.items() if i not in fresh]
-            for start in range(0, len(ops), 50):  # the service's chunk size (store._WRITE_CHUNK)
-                await db.authors.bulk_write(ops[start:start + 50], ordered=False)
-            await db.works.bulk_write([ReplaceOne({"_id": w["work_id"]}, {"work": w}, upsert=True)
-                                       if w["work_id"] in stored else InsertOne({"_id": w["work_id"], "work": w})
-                                       for w in docs], ordered=False)
+                    changed.add(a["author_id"])
+                work_docs[w["work_id"]] = {"_id": w["work_id"], "fingerprint": fingerprint, "work_json": _compact(w),
+                                           "author_ids": [a["author_id"] for a in w["authors"]]}
+            ops = []
+            for author_id in sorted(changed):
+                doc = authors[author_id]
+                identity = {"author_id": author_id, **{k: doc.get(k) for k in (
+                    "display_name", "description", "affiliation", "orcid", "open_to_collaborate")}}
+                state = derive_state(identity, doc["entries"], doc["revision"], 5)
+                out = {"_id": author_id, **{k: v for k, v in identity.items() if k != "author_id"},
+                       "name_keys": name_keys(doc["display_name"]), "works_count": len(doc["entries"]),
+                       "entries_json": _compact(doc["entries"]), "state_json": _compact(state), "revision": doc["revision"]}
+                ops.append(InsertOne(out) if author_id in fresh else ReplaceOne({"_id": author_id}, out))
+            work_ops = [ReplaceOne({"_id": i}, d) if i in stored else InsertOne(d) for i, d in work_docs.items()]
+            for batch_ops, collection in ((ops, db.authors), (work_ops, db.works)):
+                for start in range(0, len(batch_ops), UPDATES_PER_COMMAND):
+                    await collection.bulk_write(batch_ops[start:start + UPDATES_PER_COMMAND], ordered=False)
             await consumer.commit()
-            done += len(docs)
+            done += len(works)
         return time.perf_counter() - started
     finally:
         await consumer.stop()
         await client.close()
+
+
+def expected_counts(records: list[tuple[bytes, bytes]]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for _, value in records:
+        for a in json.loads(value)["data"]["work"]["authors"]:
+            counts[a["author_id"]] = counts.get(a["author_id"], 0) + 1
+    return counts
+
+
+async def stored_counts(database: str) -> dict[str, int]:
+    client = AsyncMongoClient(MONGODB_URI)
+    try:
+        return {d["_id"]: d.get("works_count", 0)
+                async for d in client[database].authors.find({}, {"works_count": 1})}
+    finally:
+        await client.close()
+
+
+async def check_ours(settings: ProfileSettings, expected: dict[str, int]) -> list[str]:
+    """What must hold after ingestion; returns the failures (empty: all held)."""
+    failures = []
+    counts = await stored_counts(settings.database_name)
+    wrong = [a for a, n in expected.items() if counts.get(a) != n]
+    if wrong or len(counts) != len(expected):
+        failures.append(f"{len(wrong)} authors with a wrong works count, {len(counts)} stored of {len(expected)}")
+    seen: dict[str, int] = {}
+    by_type: dict[str, int] = {}
+    async for chunk in iter_topic(KAFKA, settings.physical_topic(Topic.PROFILE_EVENTS)):
+        for r in chunk:
+            event = json.loads(r.value)
+            seen[event["event_id"]] = seen.get(event["event_id"], 0) + 1
+            by_type[event["event_type"]] = by_type.get(event["event_type"], 0) + 1
+    duplicated = sum(n - 1 for n in seen.values())
+    want = {"AuthorRegistered": len(expected), "WorkAdded": sum(expected.values())}
+    got = {t: by_type.get(t, 0) for t in want}
+    print(f"  events: {len(seen):,} distinct of {sum(seen.values()):,} published ({duplicated} duplicates); "
+          f"{', '.join(f'{t} {by_type.get(t, 0):,}/{n:,}' for t, n in want.items())}", flush=True)
+    if duplicated:
+        failures.append(f"{duplicated} events published twice")
+    if len(seen) != sum(want.values()) or got != want:
+        failures.append(f"events {by_type} instead of {want}")
+    client = AsyncMongoClient(MONGODB_URI)
+    try:
+        pending = await client[settings.database_name].outboxes.count_documents({})
+    finally:
+        await client.close()
+    if pending:
+        failures.append(f"{pending} outbox tokens still pending")
+    return failures
 
 
 def free_port() -> int:
@@ -154,7 +249,8 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-async def measure_reads(settings: ProfileSettings, n_authors: int, rate: float, seconds: float) -> list[float]:
+async def measure_reads(settings: ProfileSettings, n_authors: int, rate: float,
+                        seconds: float) -> tuple[list[float], list[str], float]:
     port = free_port()
     env = {**os.environ, "HTTP_PORT": str(port), "TOPIC_PREFIX": settings.topic_prefix,
            "MONGODB_DATABASE": settings.database_name, "CONSUMER_GROUP_PREFIX": settings.consumer_group_prefix,
@@ -162,7 +258,7 @@ async def measure_reads(settings: ProfileSettings, n_authors: int, rate: float, 
     server = subprocess.Popen([sys.executable, "-m", "bzpeer_cli.main", "run", "profile"], env=env, cwd=ROOT,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=30,
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=10,
                                      limits=httpx.Limits(max_connections=1000)) as client:
             for _ in range(240):
                 try:
@@ -175,12 +271,18 @@ async def measure_reads(settings: ProfileSettings, n_authors: int, rate: float, 
             for _ in range(50):  # warm up connections and caches
                 await client.get(f"/authors/bench:a{rng.randrange(n_authors)}")
             latencies: list[float] = []
+            failed: list[str] = []
 
             async def one(author: str) -> None:
                 t0 = time.perf_counter()
-                response = await client.get(f"/authors/{author}")
+                try:
+                    response = await client.get(f"/authors/{author}")
+                except httpx.HTTPError as exc:
+                    failed.append(type(exc).__name__)
+                    return
                 latencies.append((time.perf_counter() - t0) * 1000)
-                assert response.status_code == 200, response.text
+                if response.status_code != 200:
+                    failed.append(str(response.status_code))
 
             tasks = []
             start = time.perf_counter()
@@ -189,8 +291,9 @@ async def measure_reads(settings: ProfileSettings, n_authors: int, rate: float, 
                 if delay > 0:
                     await asyncio.sleep(delay)
                 tasks.append(asyncio.create_task(one(f"bench:a{rng.randrange(n_authors)}")))
+            sent_s = time.perf_counter() - start
             await asyncio.gather(*tasks)
-            return latencies
+            return latencies, failed, len(tasks) / sent_s
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -217,19 +320,28 @@ async def main() -> None:
     await ensure_topics(KAFKA, prefix=prefix)
     try:
         print(f"generating and publishing {args.works:,} works for {args.authors:,} authors ...", flush=True)
-        await produce(topic, make_works(args.works, args.authors))
+        records = make_works(args.works, args.authors)
+        expected = expected_counts(records)
+        await produce(topic, records)
 
         ours_s = await run_ours(settings, args.works)
         ours = args.works / ours_s
         print(f"profile service : {ours:9,.0f} works/s  ({ours_s:.1f} s)", flush=True)
+        failures = await check_ours(settings, expected)
+        print(f"  correctness   : {'OK' if not failures else 'FAILED: ' + '; '.join(failures)}", flush=True)
         base_s = await run_baseline(topic, baseline_db, args.works)
         base = args.works / base_s
         print(f"bare baseline   : {base:9,.0f} works/s  ({base_s:.1f} s)", flush=True)
+        base_counts = await stored_counts(baseline_db)
+        base_ok = base_counts == expected
+        print(f"  correctness   : {'OK' if base_ok else 'FAILED: works counts differ'}", flush=True)
         print(f"ratio           : {ours / base:9.0%}  (target >= 50%)", flush=True)
 
-        latencies = await measure_reads(settings, args.authors, args.rate, args.read_seconds)
-        print(f"GET /authors/{{id}} at {args.rate:.0f} req/s for {args.read_seconds:.0f} s ({len(latencies)} requests): "
-              f"p50 {statistics.median(latencies):.1f} ms, p99 {percentile(latencies, 99):.1f} ms (target p99 < 20 ms)")
+        latencies, failed, achieved = await measure_reads(settings, args.authors, args.rate, args.read_seconds)
+        print(f"GET /authors/{{id}} at {args.rate:.0f} req/s for {args.read_seconds:.0f} s "
+              f"({len(latencies) + len(failed)} requests sent at {achieved:.0f} req/s, {len(failed)} failed"
+              f"{' ' + str(sorted(set(failed))) if failed else ''}): p50 {statistics.median(latencies):.1f} ms, "
+              f"p99 {percentile(latencies, 99):.1f} ms (target p99 < 20 ms)", flush=True)
     finally:
         await delete_topics(KAFKA, [prefix + t for t in TOPICS])
         client = AsyncMongoClient(MONGODB_URI)

@@ -13,7 +13,10 @@ class Projection:
     Collections not named here (work queues, outbox markers) are not part of it."""
 
     collections: dict[str, frozenset[str]]
+    # Fields stored as JSON strings (FerretDB reads flat strings much faster than nested
+    # documents), decoded before comparing so the ignored paths can reach inside them.
+    json_fields: frozenset[str] = frozenset()
 
     @classmethod
-    def of(cls, **collections: tuple[str, ...] | list[str]) -> Projection:
-        return cls({name: frozenset(fields) for name, fields in collections.items()})
+    def of(cls, json_fields: tuple[str, ...] = (), **collections: tuple[str, ...] | list[str]) -> Projection:
+        return cls({name: frozenset(fields) for name, fields in collections.items()}, frozenset(json_fields))

@@ -15,6 +15,7 @@ outbox tokens, leases, timestamps of processing) rather than what the log says.
 from __future__ import annotations
 
 import asyncio
+import json
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -91,6 +92,10 @@ def _without(doc: Any, ignore: frozenset[str], prefix: str = "") -> Any:
     return doc
 
 
+def _decoded(doc: dict[str, Any], json_fields: frozenset[str]) -> dict[str, Any]:
+    return {k: json.loads(v) if k in json_fields and isinstance(v, str) else v for k, v in doc.items()}
+
+
 def _short(value: Any, width: int = 120) -> str:
     text = repr(value)
     return text if len(text) <= width else text[: width - 3] + "..."
@@ -116,8 +121,8 @@ async def compare_databases(uri: str, live_db: str, rebuilt_db: str, projection:
     try:
         live, rebuilt = client[live_db], client[rebuilt_db]
         for name, ignore in sorted(projection.collections.items()):
-            a = {d["_id"]: _without(d, ignore) async for d in live[name].find({})}
-            b = {d["_id"]: _without(d, ignore) async for d in rebuilt[name].find({})}
+            a = {d["_id"]: _without(_decoded(d, projection.json_fields), ignore) async for d in live[name].find({})}
+            b = {d["_id"]: _without(_decoded(d, projection.json_fields), ignore) async for d in rebuilt[name].find({})}
             for key in sorted(set(a) | set(b), key=str):
                 if a.get(key) != b.get(key):
                     problems.append(f"{name}/{key}: {_difference(a.get(key), b.get(key))}")

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 
 from contracts.envelope import Envelope, EventModel
 from contracts.events.publications import AuthorImported, WorkIngested
 from service_runtime.delivery import Incoming
 from service_runtime.logging import get_logger
 from service_runtime.publishing import EventPublisher, Outgoing
-from services.profile.ingest import AuthorRecord, authors_touched, plan_batch
+from services.profile.ingest import authors_touched, plan_batch
 from services.profile.settings import ProfileSettings
 from services.profile.standing import merge, newest, standing_update
 from services.profile.store import ProfileStore, WriteConflict
@@ -38,6 +39,8 @@ class IngestPublications:
     in between, the redelivered batch touches the same authors, finds nothing new to
     change, and publishes what their outboxes still hold (same event ids); the startup
     sweep (``flush_pending``) publishes outboxes of batches that are never redelivered.
+    An outbox is pending while its token is listed in the store's ``outboxes``; marking
+    the token published is one delete per batch, not one update per author.
     """
 
     def __init__(self, store: ProfileStore, publisher: EventPublisher, settings: ProfileSettings) -> None:
@@ -51,37 +54,50 @@ class IngestPublications:
             return
         for attempt in range(1, self.settings.write_conflict_attempts + 1):
             try:
-                touched = await self._apply(items)
+                outgoing, tokens = await self._apply(items)
                 break
             except WriteConflict as exc:
                 log.info("write_conflict_replanning", attempt=attempt, error=str(exc))
                 if attempt == self.settings.write_conflict_attempts:
                     raise
-        await self._publish(touched)
+        await self._publish(outgoing, tokens)
 
-    async def _apply(self, items: list[tuple[Envelope, EventModel]]) -> list[AuthorRecord]:
+    async def _apply(self, items: list[tuple[Envelope, EventModel]]) -> tuple[list[Outgoing], list[str]]:
+        """Plan and write the batch; returns the events to publish (every pending outbox
+        of the authors touched) and the outbox tokens that publishing them finishes."""
         stored = await self.store.load_works(d.work.work_id for _, d in items if isinstance(d, WorkIngested))
-        records = await self.store.load_authors(authors_touched(items, stored))
-        plan = plan_batch(items, records, stored, min_shared_works=self.settings.close_collaborator_min_shared_works)
+        loaded = await self.store.load_authors(authors_touched(items, stored))
+        finished = loaded.finished_tokens()  # before planning: the write below re-tokens the records
+        plan = plan_batch(items, loaded.records, stored,
+                          min_shared_works=self.settings.close_collaborator_min_shared_works)
+        fresh: dict[str, Outgoing] = {}  # this batch's events, already built: not parsed back
         for event in plan.events:
             out = self.publisher.outgoing(event.payload, cause=event.cause, event_id=event.event_id)
-            plan.authors[event.payload.key()].outbox.append(to_outbox(out))
+            item = to_outbox(out)
+            fresh[item] = out
+            plan.authors[event.payload.key()].outbox.append(item)
         # Authors before works: a redelivery re-reads the old works document and so still
         # knows which authors a corrected author list dropped.
-        await self.store.write_authors(plan.changed_authors, plan.read_revisions)
+        changed = plan.changed_authors
+        token = await self.store.write_authors(changed, plan.read_revisions)
         await self.store.write_works(plan.works, stored=set(stored))
-        return [record for record in plan.authors.values() if record.outbox]
+        outgoing = [fresh.get(item) or from_outbox(item) for record in plan.authors.values() for item in record.outbox]
+        return outgoing, finished + ([token] if changed else [])
 
-    async def _publish(self, records: list[AuthorRecord]) -> None:
-        await self.publisher.publish([from_outbox(item) for record in records for item in record.outbox])
-        await self.store.clear_outboxes({r.author_id: r.outbox_token for r in records if r.outbox_token})
+    async def _publish(self, outgoing: list[Outgoing], tokens: list[str]) -> None:
+        await self.publisher.publish(outgoing)
+        await self.store.mark_published(tokens)
 
     async def flush_pending(self) -> int:
         """Publish every outbox left behind (a crash between write and publish)."""
         flushed = 0
-        while pending := await self.store.pending_outboxes():
-            await self._publish(pending)
-            flushed += len(pending)
+        now = datetime.now(UTC)
+        written_before = now - timedelta(seconds=self.settings.outbox_grace_s)
+        stale_before = now - timedelta(seconds=self.settings.outbox_stale_after_s)
+        while pending := await self.store.pending_outboxes(written_before, stale_before):
+            for token, records in pending:
+                await self._publish([from_outbox(item) for record in records for item in record.outbox], [token])
+                flushed += len(records)
         if flushed:
             log.info("outboxes_flushed", authors=flushed)
         return flushed

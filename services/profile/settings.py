@@ -18,3 +18,11 @@ class ProfileSettings(RuntimeSettings):
     page_works: int = Field(default=20, ge=1, le=100)
     # How often an optimistic write is retried when another writer changed the same author.
     write_conflict_attempts: int = Field(default=8, ge=1)
+    # The sweep publishes a written outbox once it is this old: a younger one is most
+    # likely being published by its writer right now (publishing it too would only send
+    # duplicates).
+    outbox_grace_s: float = Field(default=30.0, ge=0)
+    # A write of authors that never finished (its process died mid-write) leaves a pending
+    # outbox token; the sweep publishes what its authors carry once it is this old. Far
+    # above the time one batch's author write takes.
+    outbox_stale_after_s: float = Field(default=600.0, gt=0)

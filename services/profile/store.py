@@ -3,10 +3,19 @@
 Collections:
 
 * ``authors`` - one document per registered author: identity, a folded ``name_keys``
-  list for search, one compact entry per work (``works``), the derived ``state``
-  (contracts' AuthorState), ``revision``, and the ``outbox`` of events written in the
-  same single-document update as the change that caused them.
-* ``works`` - one document per work (``_id`` = work id), the work as last ingested.
+  list for search, ``works_count``, one compact entry per work and the derived state
+  (contracts' AuthorState) as JSON strings (``entries_json``, ``state_json``: see
+  ``ingest.stored_entries_and_state``), ``revision``, and the ``outbox`` of events
+  written in the same single-document update as the change that caused them.
+* ``works`` - one document per work (``_id`` = work id), the work as last ingested
+  (``work_json``), its fingerprint and author ids.
+* ``outboxes`` - one small document per author write that has events not yet published
+  (``_id`` = the outbox token the written authors carry, ``authors``, ``written``). An
+  author's outbox is pending while its token has a document here; once its events are
+  acknowledged the document is deleted and the outbox left in the author document is
+  stale (overwritten by the author's next write). One delete per batch instead of one
+  update per author, and the sweep reads this small collection instead of scanning
+  ``authors`` (FerretDB scans the whole collection for any filter without ``_id``).
 * ``standing`` - what other services decided about an author (claim, trust, followers),
   each part with the revision it came with. Kept apart from ``authors`` so the two
   consumers never write the same document, and so that a trust/claims/follows event
@@ -22,16 +31,18 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import ASCENDING, InsertOne, ReplaceOne, UpdateOne
+from pymongo import ASCENDING, InsertOne, ReplaceOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
 from service_runtime.projection import Projection
 from service_runtime.store import bulk_update
 
-from services.profile.ingest import AuthorRecord
+from services.profile.ingest import AuthorRecord, stored_entries_and_state, stored_work
 
 _DUPLICATE_KEY = 11000
 
@@ -39,7 +50,8 @@ _DUPLICATE_KEY = 11000
 # (``revision``: a work seen before its author's import in one run and after it in
 # another is one AuthorUpdated more or less), optimistic-write versions and the outbox.
 PROJECTION = Projection.of(
-    authors=("revision", "state.revision", "outbox", "outbox_token"),
+    json_fields=("entries_json", "state_json", "work_json"),
+    authors=("revision", "state_json.revision", "outbox", "outbox_token"),
     works=(),
     standing=("version",),
 )
@@ -49,16 +61,35 @@ class WriteConflict(Exception):
     """Another writer changed a document between our read and our write: re-read and retry."""
 
 
+@dataclass(slots=True)
+class LoadedAuthors:
+    records: dict[str, AuthorRecord]
+    # Outbox token -> the authors its write touched, for every pending token the records carry.
+    pending: dict[str, set[str]]
+
+    def finished_tokens(self) -> list[str]:
+        """Pending tokens all of whose authors are among the records: publishing their
+        outboxes (carried along or not) publishes everything that write left pending."""
+        carried: dict[str, set[str]] = {}
+        for record in self.records.values():
+            if record.outbox_token in self.pending:
+                carried.setdefault(record.outbox_token, set()).add(record.author_id)
+        return [t for t, authors in carried.items() if self.pending[t] <= authors]
+
+
 class ProfileStore:
     def __init__(self, db: AsyncDatabase) -> None:
         self.db = db
         self.authors = db["authors"]
         self.works = db["works"]
         self.standing = db["standing"]
+        self.outboxes = db["outboxes"]
 
     async def ensure_indexes(self) -> None:
         await self.authors.create_index([("name_keys", ASCENDING)], name="name_keys")
-        await self.authors.create_index([("outbox_token", ASCENDING)], name="outbox_token")
+        # Outboxes are found through ``outboxes`` now; the old index only slowed every write.
+        if "outbox_token" in await self.authors.index_information():
+            await self.authors.drop_index("outbox_token")
 
     # --- ingestion ------------------------------------------------------------------
 
@@ -69,16 +100,39 @@ class ProfileStore:
         cursor = self.works.find({"_id": {"$in": ids}}, {"fingerprint": 1, "author_ids": 1})
         return {doc["_id"]: doc async for doc in cursor}
 
-    async def load_authors(self, author_ids: Iterable[str]) -> dict[str, AuthorRecord]:
+    async def load_authors(self, author_ids: Iterable[str]) -> LoadedAuthors:
+        """The authors by id, each with its outbox only if that is still pending (an
+        outbox already published is left in the document but read as empty)."""
         ids = list(set(author_ids))
         if not ids:
+            return LoadedAuthors({}, {})
+        docs = {doc["_id"]: doc async for doc in self.authors.find({"_id": {"$in": ids}}, {"outbox": 0})}
+        pending = await self._pending({doc.get("outbox_token") for doc in docs.values()} - {None})
+        with_outbox = [i for i, doc in docs.items() if doc.get("outbox_token") in pending]
+        if with_outbox:
+            async for doc in self.authors.find({"_id": {"$in": with_outbox}}, {"outbox": 1, "outbox_token": 1}):
+                docs[doc["_id"]].update(outbox=doc.get("outbox") or [], outbox_token=doc.get("outbox_token"))
+        records = {}
+        for author_id, doc in docs.items():
+            if doc.get("outbox_token") not in pending:
+                doc.update(outbox=[], outbox_token=None)
+            records[author_id] = AuthorRecord.from_doc(doc)
+        return LoadedAuthors(records, pending)
+
+    async def _pending(self, tokens: set[str]) -> dict[str, set[str]]:
+        if not tokens:
             return {}
-        return {doc["_id"]: AuthorRecord.from_doc(doc) async for doc in self.authors.find({"_id": {"$in": ids}})}
+        return {d["_id"]: set(d["authors"]) async for d in self.outboxes.find({"_id": {"$in": list(tokens)}})}
 
     async def write_authors(self, records: list[AuthorRecord], read_revisions: dict[str, int | None]) -> str:
         """Write changed authors (state + outbox in one document each); returns the outbox
         token they carry. Raises WriteConflict if any was changed by someone else."""
         token = uuid.uuid4().hex
+        if not records:
+            return token
+        # The marker first: an author carrying this token is pending from its write on.
+        await self.outboxes.insert_one({"_id": token, "authors": [r.author_id for r in records],
+                                        "written": False, "at": datetime.now(UTC)})
         ops: list[Any] = []
         updates = 0
         for record in records:
@@ -99,6 +153,8 @@ class ProfileStore:
             raise
         if matched != updates:
             raise WriteConflict(f"{updates - matched} author(s) changed concurrently")
+        # Every author of this token is written: from now on the sweep may publish it.
+        await self.outboxes.update_one({"_id": token}, {"$set": {"written": True}})
         for record in records:
             record.outbox_token = token
         return token
@@ -117,19 +173,26 @@ class ProfileStore:
             if not all(e.get("code") == _DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
                 raise
 
-    async def clear_outboxes(self, tokens: dict[str, str]) -> None:
-        """Empty the outboxes just published, unless a later write (with a new token,
-        carrying these events along) replaced them meanwhile."""
-        if tokens:
-            await self.authors.update_many(
-                {"_id": {"$in": list(tokens)}, "outbox_token": {"$in": list(set(tokens.values()))}},
-                {"$set": {"outbox": [], "outbox_token": None}},
-            )
+    async def mark_published(self, tokens: Iterable[str]) -> None:
+        """The outboxes of these tokens are published: one delete, whatever the number of
+        authors (their documents keep the stale outbox until their next write)."""
+        if tokens := list(set(tokens)):
+            await self.outboxes.delete_many({"_id": {"$in": tokens}})
 
-    async def pending_outboxes(self, limit: int = 500) -> list[AuthorRecord]:
-        """Authors whose outbox was written but not yet published (e.g. after a crash)."""
-        cursor = self.authors.find({"outbox_token": {"$ne": None}}).limit(limit)
-        return [AuthorRecord.from_doc(doc) async for doc in cursor]
+    async def pending_outboxes(self, written_before: datetime, stale_before: datetime,
+                               limit: int = 100) -> list[tuple[str, list[AuthorRecord]]]:
+        """Outboxes written but not published (e.g. after a crash): each token with the
+        authors still carrying it. Tokens written after ``written_before`` are most likely
+        being published right now and are left to their writer; a token whose write never
+        finished is taken once older than ``stale_before`` (its writer died mid-write)."""
+        markers = [d async for d in self.outboxes.find(
+            {"$or": [{"written": True, "at": {"$lt": written_before}}, {"at": {"$lt": stale_before}}]}).limit(limit)]
+        found = []
+        for marker in markers:
+            cursor = self.authors.find({"_id": {"$in": marker["authors"]}})
+            found.append((marker["_id"], [AuthorRecord.from_doc(d) async for d in cursor
+                                          if d.get("outbox_token") == marker["_id"]]))
+        return found
 
     # --- standing (claims, trust, followers) ------------------------------------------
 
@@ -161,7 +224,10 @@ class ProfileStore:
     # --- reads for HTTP -------------------------------------------------------------
 
     async def author(self, author_id: str) -> dict[str, Any] | None:
-        return await self.authors.find_one({"_id": author_id}, {"outbox": 0})
+        doc = await self.authors.find_one({"_id": author_id}, {"outbox": 0, "name_keys": 0})
+        if doc is not None:
+            doc["works"], doc["state"] = stored_entries_and_state(doc)
+        return doc
 
     async def standing_of(self, author_id: str) -> dict[str, Any] | None:
         return await self.standing.find_one({"_id": author_id})
@@ -169,11 +235,12 @@ class ProfileStore:
     async def works_by_id(self, work_ids: list[str]) -> dict[str, dict[str, Any]]:
         if not work_ids:
             return {}
-        return {doc["_id"]: doc["work"] async for doc in self.works.find({"_id": {"$in": work_ids}}, {"work": 1})}
+        cursor = self.works.find({"_id": {"$in": work_ids}}, {"work_json": 1, "work": 1})
+        return {doc["_id"]: stored_work(doc) async for doc in cursor}
 
     async def search(self, folded_prefix: str, limit: int) -> list[dict[str, Any]]:
         cursor = self.authors.find(
             {"name_keys": {"$regex": "^" + re.escape(folded_prefix)}},
-            {"display_name": 1, "affiliation": 1, "state.works_count": 1},
+            {"display_name": 1, "affiliation": 1, "works_count": 1},
         ).sort("display_name", ASCENDING).limit(limit)
         return [doc async for doc in cursor]
