@@ -97,8 +97,10 @@ async def run_pipeline(stream: MixedStream, settle_timeout: float) -> dict[str, 
 
         async def progress() -> None:
             while True:
-                await asyncio.sleep(30)
-                print(f"  {loop.time() - started:6.0f} s: lag {sum((await pipe.lag()).values()):,}, "
+                await asyncio.sleep(10)
+                lag = await pipe.lag()
+                behind = ", ".join(f"{g.split('.', 1)[-1]} {n:,}" for g, n in sorted(lag.items(), key=lambda x: -x[1]) if n)
+                print(f"  {loop.time() - started:6.0f} s: lag {sum(lag.values()):,} ({behind or 'none'}), "
                       f"probes visible {len(visible)}/{len(probes)}", flush=True)
 
         reporter = asyncio.create_task(progress())
