@@ -287,6 +287,20 @@ class ClaimsStore:
         if done:
             await self.unpublished.delete_many({"_id": {"$in": done}})
 
+    async def covered_by(self, tokens: Iterable[str | None], claim_ids: Iterable[str]) -> list[str]:
+        """Of these live outbox tokens, those every claim of which is among ``claim_ids``.
+
+        A token tags every claim one write stored; a writer that republished the outboxes
+        of only some of them (a batch or a sweep that loaded one record) must not mark the
+        token published, or the other claims' events are forgotten unpublished. Those
+        tokens stay for their own writer's retry or the sweeper, which reads all their claims."""
+        wanted = sorted({t for t in tokens if t})
+        if not wanted:
+            return []
+        have = set(claim_ids)
+        return [d["_id"] async for d in self.unpublished.find({"_id": {"$in": wanted}}, {"claims": 1})
+                if set(d.get("claims", [])) <= have]
+
     async def _forget_published(self, claims: Iterable[Claim]) -> None:
         """An outbox whose token is no longer in ``unpublished`` holds nothing left to publish."""
         with_outbox = [c for c in claims if c.outbox]
