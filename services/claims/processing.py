@@ -158,7 +158,10 @@ class ClaimsProcessor:
             return False
         await self.store.release_all(book.slots.released, self.limits)
         await self.publisher.publish(republish + fresh)
-        await self.store.mark_published([token, *(c.outbox_token for c in pending)])
+        # Earlier writes' tokens only when this book held every claim they tagged (and so
+        # republished all their events); the others wait for their writer or the sweeper.
+        covered = await self.store.covered_by((c.outbox_token for c in pending), book.claims)
+        await self.store.mark_published([token, *covered])
         return True
 
 

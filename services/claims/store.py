@@ -254,6 +254,8 @@ class ClaimsStore:
         return True
 
     async def _ensure_waiting(self, claims: list[Claim]) -> None:
+        # ``at``: when the service started waiting (the first insert wins; the sweeper
+        # measures the wait from it). ``since``: when the claim was requested.
         at = datetime.now(UTC)
         docs = [{"_id": c.claim_id, "since": c.created_at, "at": at} for c in claims]
         for start in range(0, len(docs), INSERTS_PER_COMMAND):
@@ -287,6 +289,20 @@ class ClaimsStore:
         if done:
             await self.unpublished.delete_many({"_id": {"$in": done}})
 
+    async def covered_by(self, tokens: Iterable[str | None], claim_ids: Iterable[str]) -> list[str]:
+        """Of these live outbox tokens, those every claim of which is among ``claim_ids``.
+
+        A token tags every claim one write stored; a writer that republished the outboxes
+        of only some of them (a batch or a sweep that loaded one record) must not mark the
+        token published, or the other claims' events are forgotten unpublished. Those
+        tokens stay for their own writer's retry or the sweeper, which reads all their claims."""
+        wanted = sorted({t for t in tokens if t})
+        if not wanted:
+            return []
+        have = set(claim_ids)
+        return [d["_id"] async for d in self.unpublished.find({"_id": {"$in": wanted}}, {"claims": 1})
+                if set(d.get("claims", [])) <= have]
+
     async def _forget_published(self, claims: Iterable[Claim]) -> None:
         """An outbox whose token is no longer in ``unpublished`` holds nothing left to publish."""
         with_outbox = [c for c in claims if c.outbox]
@@ -299,7 +315,13 @@ class ClaimsStore:
     # --- the sweeper's queries (small collections) ------------------------------------
 
     async def pending_since_before(self, before: datetime, limit: int = 500) -> list[Claim]:
-        docs = [d async for d in self.waiting.find({"since": {"$lt": before}}).sort("since", 1).limit(limit)]
+        """Claims this service has been holding for their author since before ``before``.
+
+        The wait is measured on this service's clock from when it parked the claim
+        (``at``), not from the request's ``occurred_at``: a request that reached the
+        service late (consumer lag, a broker outage, a replay of old commands) must still
+        get its full wait for an author whose record may be right behind it."""
+        docs = [d async for d in self.waiting.find({"at": {"$lt": before}}).sort("at", 1).limit(limit)]
         claims = await self._claims({d["_id"] for d in docs})
         orphan_before = datetime.now(UTC) - ORPHAN_AFTER
         # Left by a writer that stopped before deleting it; a claim not stored yet may be

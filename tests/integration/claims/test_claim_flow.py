@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 
+from contracts import Envelope
 from contracts.events.claims import (
     ClaimEvidenceSubmitted,
     ClaimRequested,
@@ -99,6 +101,25 @@ async def test_claim_waits_for_its_author_then_expires_or_is_decided(ns: Namespa
         processor = service.http.state.claims_processor
         assert await processor.sweep_once() == 0
     assert len(of_type(await claim_events(ns), "ClaimRejected", "never")) == 1
+
+
+async def test_a_late_request_still_waits_its_full_time_for_its_author(ns: Namespace, producer) -> None:
+    """The wait for an author counts from when the service parked the claim, not from
+    when the request was made: a request that reaches the service an hour late (consumer
+    lag, a broker outage) is not expired by the next sweep."""
+    service = claims_service(ns, pending_author_timeout_s=600)
+    an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
+    late = Envelope.wrap(ClaimRequested(claim_id="late", author_id="slow-author", user_id="u1", evidence=EMAIL_OK),
+                         producer="webapp", occurred_at=an_hour_ago)
+    async with service.running():
+        await send(producer, ns, late)
+        await events_until(ns, lambda ev: of_type(ev, "ClaimSubmitted", "late"), "late submitted")
+        processor = service.http.state.claims_processor
+        assert await processor.sweep_once() == 0
+        assert (await service.db.claims.find_one({"_id": "late"}))["status"] == "pending_author"
+        await send(producer, ns, author_registered("slow-author"))
+        events = await events_until(ns, lambda ev: of_type(ev, "ClaimApproved", "late"), "approved once its author came")
+    assert not of_type(events, "ClaimRejected", "late")
 
 
 async def test_replayed_commands_change_nothing_twice(ns: Namespace, producer) -> None:
