@@ -27,6 +27,7 @@ from service_runtime.offsets import end_offsets, group_progress
 from service_runtime.projection import Projection
 from service_runtime.service import Service
 from service_runtime.settings import RuntimeSettings
+from service_runtime.topic_reader import iter_topic
 
 
 
@@ -90,6 +91,28 @@ def _without(doc: Any, ignore: frozenset[str], prefix: str = "") -> Any:
     if isinstance(doc, list):
         return [_without(v, ignore, prefix) for v in doc]
     return doc
+
+
+async def published_revisions(settings: RuntimeSettings, topic: str, revision_of: Callable[[str, dict[str, Any]], int | None]
+                              ) -> dict[str, int]:
+    """Per author, the highest revision the live service published on its own output topic.
+
+    A rebuild reproduces a service's facts but may count its changes differently (two
+    commands applied in one batch live and in two here); a revision counter that restarted
+    lower than what consumers hold would make them ignore the next changes as stale, so a
+    rebuild takes each author's counter from what was published (a drain hook)."""
+    top: dict[str, int] = {}
+    async for batch in iter_topic(settings.kafka_bootstrap_servers, settings.physical_topic(topic)):
+        for record in batch:
+            try:
+                doc = json.loads(record.value)
+                revision = revision_of(doc["event_type"], doc["data"])
+                author_id = doc["data"]["author_id"]
+            except (ValueError, KeyError, TypeError):
+                continue  # not an event of ours (poison is dead-lettered by the consumers)
+            if revision is not None and revision > top.get(author_id, 0):
+                top[author_id] = revision
+    return top
 
 
 def _decoded(doc: dict[str, Any], json_fields: frozenset[str]) -> dict[str, Any]:

@@ -56,6 +56,8 @@ def build_service(settings: FollowSettings | None = None) -> Service:
     service.on_startup(store.create_indexes)
     service.background(commands.sweep_forever)
     service.on_drain(commands.settle)
+    if settings.rebuilding:
+        service.on_drain(commands.adopt_published_revisions)
     service.http.state.follow_store = store
     service.http.include_router(router)
     return service

@@ -36,6 +36,7 @@ from contracts.topics import Topic
 from service_runtime.delivery import Incoming
 from service_runtime.logging import get_logger
 from service_runtime.publishing import EventPublisher, Outgoing
+from service_runtime.replay import published_revisions
 from services.follow.rules import Command, apply_commands
 from services.follow.store import FollowStore, edge_doc, edge_from
 from services.follow.settings import FollowSettings
@@ -241,6 +242,16 @@ class FollowCommands:
                 return
             await self.sweep_once(throttle=False)
         log.warning("parked_commands_left_after_settle")
+
+    async def adopt_published_revisions(self) -> None:
+        """Rebuild only (a drain hook): each author's count revision continues from the last
+        FollowerCountChanged the live service published (see ``published_revisions``)."""
+        top = await published_revisions(
+            self.settings, Topic.FOLLOWS_EVENTS,
+            lambda event_type, data: data.get("revision") if event_type == "FollowerCountChanged" else None)
+        docs = await self.store.authors_by_id(top)
+        await self.store.set_count_revisions({a: r for a, r in top.items()
+                                              if int((docs.get(a) or {}).get("count_revision") or 0) < r})
 
     def _nudge(self, parked: dict[str, Any]) -> Outgoing:
         envelope = Envelope.model_validate(json.loads(parked["envelope"]))

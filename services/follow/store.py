@@ -224,6 +224,12 @@ class FollowStore:
         if ids:
             await self.parked.delete_many({"_id": {"$in": list(ids)}})
 
+    async def set_count_revisions(self, revisions: dict[str, int]) -> None:
+        if revisions:
+            async with self._author_writes:
+                await bulk_update(self.authors, [UpdateOne({"_id": a}, {"$set": {"count_revision": r}})
+                                                 for a, r in revisions.items()])
+
     async def mark_nudged(self, author_id: str, at: datetime) -> None:
         async with self._author_writes:
             await self.authors.update_one({"_id": author_id}, {"$set": {"nudged_at": at}})

@@ -7,7 +7,7 @@ import asyncio
 from contracts.events import profile as profile_events
 from contracts.topics import Topic
 from service_runtime.service import Service
-from services.profile.handlers import IngestPublications, RecordStanding
+from services.profile.handlers import IngestPublications, RecordStanding, adopt_published_revisions
 from services.profile.routes import router
 from services.profile.settings import ProfileSettings
 from services.profile.store import PROJECTION, ProfileStore
@@ -43,6 +43,8 @@ def build_service(settings: ProfileSettings | None = None) -> Service:
             await asyncio.sleep(OUTBOX_SWEEP_INTERVAL_S)
 
     service.background(sweep_outboxes)
+    if settings.rebuilding:
+        service.on_drain(lambda: adopt_published_revisions(store, settings))
     service.http.state.profile_store = store
     service.http.include_router(router)
     return service

@@ -8,9 +8,11 @@ from datetime import UTC, datetime, timedelta
 
 from contracts.envelope import Envelope, EventModel
 from contracts.events.publications import AuthorImported, WorkIngested
+from contracts.topics import Topic
 from service_runtime.delivery import Incoming
 from service_runtime.logging import get_logger
 from service_runtime.publishing import EventPublisher, Outgoing
+from service_runtime.replay import published_revisions
 from services.profile.ingest import authors_touched, plan_batch
 from services.profile.settings import ProfileSettings
 from services.profile.standing import merge, newest, standing_update
@@ -101,6 +103,20 @@ class IngestPublications:
         if flushed:
             log.info("outboxes_flushed", authors=flushed)
         return flushed
+
+
+async def adopt_published_revisions(store: ProfileStore, settings: ProfileSettings) -> None:
+    """Rebuild only (a drain hook): each author's revision continues from the last event the
+    live service published for it (see ``service_runtime.replay.published_revisions``)."""
+    top = await published_revisions(settings, Topic.PROFILE_EVENTS,
+                                    lambda _, data: (data.get("author") or {}).get("revision"))
+    records = (await store.load_authors(top)).records
+    behind = [r for a, r in records.items() if r.revision < top[a]]
+    for record in behind:
+        record.revision = top[record.author_id]
+        if record.state is not None:
+            record.state["revision"] = record.revision
+    await store.set_revisions(behind)
 
 
 class RecordStanding:

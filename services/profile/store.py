@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from pymongo import ASCENDING, InsertOne, ReplaceOne
+from pymongo import ASCENDING, InsertOne, ReplaceOne, UpdateOne
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
@@ -46,12 +46,12 @@ from services.profile.ingest import AuthorRecord, stored_entries_and_state, stor
 
 _DUPLICATE_KEY = 11000
 
-# What a rebuild from the log must reproduce. Left out: the per-author change counter
-# (``revision``: a work seen before its author's import in one run and after it in
-# another is one AuthorUpdated more or less), optimistic-write versions and the outbox.
+# What a rebuild from the log must reproduce. Left out: optimistic-write versions and the
+# outbox. (The per-author ``revision`` may count changes differently in a rebuild; it is
+# taken from the last published event at the end: handlers.adopt_published_revisions.)
 PROJECTION = Projection.of(
     json_fields=("entries_json", "state_json", "work_json"),
-    authors=("revision", "state_json.revision", "outbox", "outbox_token"),
+    authors=("outbox", "outbox_token"),
     works=(),
     standing=("version",),
 )
@@ -118,6 +118,16 @@ class ProfileStore:
                 doc.update(outbox=[], outbox_token=None)
             records[author_id] = AuthorRecord.from_doc(doc)
         return LoadedAuthors(records, pending)
+
+    async def set_revisions(self, records: list[AuthorRecord]) -> None:
+        """Rebuild only: the revision (and the state's copy of it) of these authors."""
+        ops: list[Any] = []
+        for record in records:
+            doc = record.to_doc(record.outbox_token or "")
+            ops.append(UpdateOne({"_id": record.author_id},
+                                 {"$set": {"revision": doc["revision"], "state_json": doc["state_json"]}}))
+        if ops:
+            await bulk_update(self.authors, ops)
 
     async def _pending(self, tokens: set[str]) -> dict[str, set[str]]:
         if not tokens:
