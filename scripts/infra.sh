@@ -102,8 +102,18 @@ log.retention.hours=-1
 PROPS
 }
 
+warn_ephemeral() { # warn_ephemeral PORT: a port in the ephemeral range can be taken by a client's self-connect
+  local range lo hi
+  range="$(cat /proc/sys/net/ipv4/ip_local_port_range 2>/dev/null)" || return 0
+  read -r lo hi <<<"$range"
+  if (( $1 >= lo && $1 <= hi )); then
+    echo "infra: warning: port $1 is in the ephemeral range $lo-$hi; a restart may find it taken (see README, Ports)" >&2
+  fi
+}
+
 start_kafka() {
   if alive kafka; then return 0; fi
+  warn_ephemeral "$KAFKA_PORT"
   port_open "$KAFKA_PORT" && die "127.0.0.1:$KAFKA_PORT is taken by a process this script did not start"
   install_kafka
   mkdir -p "$KAFKA_DATA"
