@@ -244,14 +244,15 @@ class FollowCommands:
         log.warning("parked_commands_left_after_settle")
 
     async def adopt_published_revisions(self) -> None:
-        """Rebuild only (a drain hook): each author's count revision continues from the last
-        FollowerCountChanged the live service published (see ``published_revisions``)."""
+        """Rebuild only (a drain hook): each author's count revision is the one of the last
+        FollowerCountChanged the live service published (see ``published_revisions``), which
+        is what consumers hold, whether this rebuild counted fewer changes or more."""
         top = await published_revisions(
             self.settings, Topic.FOLLOWS_EVENTS,
             lambda event_type, data: data.get("revision") if event_type == "FollowerCountChanged" else None)
         docs = await self.store.authors_by_id(top)
         await self.store.set_count_revisions({a: r for a, r in top.items()
-                                              if int((docs.get(a) or {}).get("count_revision") or 0) < r})
+                                              if int((docs.get(a) or {}).get("count_revision") or 0) != r})
 
     def _nudge(self, parked: dict[str, Any]) -> Outgoing:
         envelope = Envelope.model_validate(json.loads(parked["envelope"]))

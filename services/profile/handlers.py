@@ -106,12 +106,14 @@ class IngestPublications:
 
 
 async def adopt_published_revisions(store: ProfileStore, settings: ProfileSettings) -> None:
-    """Rebuild only (a drain hook): each author's revision continues from the last event the
+    """Rebuild only (a drain hook): each author's revision is the one of the last event the
     live service published for it (see ``service_runtime.replay.published_revisions``)."""
     top = await published_revisions(settings, Topic.PROFILE_EVENTS,
                                     lambda _, data: (data.get("author") or {}).get("revision"))
     records = (await store.load_authors(top)).records
-    behind = [r for a, r in records.items() if r.revision < top[a]]
+    # Exactly the published one: consumers hold it, so the next change (one more) is newer
+    # for them, whether this rebuild counted fewer changes or more.
+    behind = [r for a, r in records.items() if r.revision != top[a]]
     for record in behind:
         record.revision = top[record.author_id]
         if record.state is not None:
