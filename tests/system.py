@@ -4,13 +4,15 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import httpx
 
+from bzpeer_cli.demo import Story
 from bzpeer_cli.services import SERVICE_NAMES, build, settings_class
 from service_runtime.auth import mint_token
+from service_runtime.publishing import EventPublisher
 from tests.conftest import Namespace
 
 class System:
@@ -24,6 +26,17 @@ class System:
 
     def token(self, user_id: str, *roles: str) -> dict[str, str]:
         return {"Authorization": f"Bearer {mint_token(self.settings['claims'], user_id, list(roles))}"}
+
+    @contextlib.asynccontextmanager
+    async def story(self, webapp: EventPublisher, out: Callable[[str], None] = lambda line: None) -> AsyncIterator[Story]:
+        """The seed story (``bzpeer_cli.demo``) played against this system's HTTP apps."""
+        clients = {name: self.http(name) for name in SERVICE_NAMES}
+        try:
+            yield Story(webapp, clients, token=lambda user, roles: mint_token(self.settings["claims"], user, roles),
+                        out=out)
+        finally:
+            for client in clients.values():
+                await client.aclose()
 
     @contextlib.asynccontextmanager
     async def running(self) -> AsyncIterator[System]:

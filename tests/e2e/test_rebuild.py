@@ -3,12 +3,7 @@ the live one after the seed story has run through the whole system."""
 
 from __future__ import annotations
 
-import pytest
-
-from bzpeer_cli.demo import Story
 from bzpeer_cli.services import SERVICE_NAMES, build
-from service_runtime.auth import mint_token
-from service_runtime.kafka import make_broker
 from service_runtime.publishing import EventPublisher
 from service_runtime.replay import compare_databases, rebuild
 from services.profile.seed import load_seed
@@ -16,26 +11,12 @@ from tests.conftest import Namespace
 from tests.system import System
 
 
-@pytest.fixture
-async def webapp(ns: Namespace):
-    broker = make_broker(ns.infra["kafka"], client_id="webapp")
-    await broker.connect()
-    yield EventPublisher(broker, "webapp", ns.topic_prefix)
-    await broker.stop()
-
-
 async def test_each_projection_rebuilt_from_the_log_equals_the_live_one(ns: Namespace, webapp: EventPublisher) -> None:
     system = System(ns)
     async with system.running():
         await load_seed(webapp)
-        clients = {name: system.http(name) for name in SERVICE_NAMES}
-        story = Story(webapp, clients, token=lambda user, roles: mint_token(system.settings["claims"], user, roles),
-                      out=lambda line: None)
-        try:
+        async with system.story(webapp) as story:
             await story.play()
-        finally:
-            for c in clients.values():
-                await c.aclose()
     differences: dict[str, list[str]] = {}
     for name in SERVICE_NAMES:
         live = system.settings[name]

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from bzpeer_cli.demo import Story
-from service_runtime.auth import mint_token
-from service_runtime.kafka import make_broker
 from service_runtime.publishing import EventPublisher
 from services.profile.seed import SEED_AUTHOR_ID, load_seed
 from tests.conftest import Namespace, eventually
@@ -18,14 +15,6 @@ from tests.system import System
 async def system(ns: Namespace):
     async with System(ns).running() as running:
         yield running
-
-
-@pytest.fixture
-async def webapp(ns: Namespace):
-    broker = make_broker(ns.infra["kafka"], client_id="webapp")
-    await broker.connect()
-    yield EventPublisher(broker, "webapp", ns.topic_prefix)
-    await broker.stop()
 
 
 async def seed_page(system: System) -> dict | None:
@@ -43,17 +32,11 @@ async def test_seed_page_then_follow_claim_new_work_and_rival_claim(system: Syst
     assert page["counts"] == {"works": 28, "followers": 0, "topics": 9, "close_collaborators": 4}
     assert page["direct_collaboration_unlocked"] is False
 
-    clients = {name: system.http(name) for name in ("profile", "claims", "trust", "follow")}
     lines: list[str] = []
-    story = Story(webapp, clients, token=lambda user, roles: mint_token(system.settings["claims"], user, roles),
-                  out=lines.append)
-    try:
+    async with system.story(webapp, out=lines.append) as story:
         snaps = await story.play()
         # Exactly one notification per source event: nothing arrives twice later either.
         kinds = sorted(n["kind"] for n in await story.notifications())
-    finally:
-        for c in clients.values():
-            await c.aclose()
     seed, followed, claimed, newer, rival = (s.page for s in snaps)
     assert seed["trust_snapshot"] == {"score": 21, "band": "Emerging", "verification_level": "L1", "claimed": False}
     assert seed["counts"] == {"works": 28, "followers": 0, "topics": 9, "close_collaborators": 4}

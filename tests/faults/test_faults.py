@@ -152,8 +152,17 @@ async def test_store_unreachable_for_10s_mid_stream(ns: Namespace, producer: AIO
             await proxy.cut()
             loop = asyncio.get_running_loop()
             cut_at = loop.time()
-            await asyncio.sleep(2)  # a batch whose writes were done before the cut may still commit
-            before = await pipe.committed_offsets()
+            # A batch whose writes were done before the cut may still commit: wait until two
+            # reads of the committed offsets agree, then nothing may move until the store is back.
+            seen: list[dict] = []
+
+            def unchanged(offsets: dict) -> bool:
+                steady = bool(seen) and offsets == seen[-1]
+                seen.append(offsets)
+                return steady
+
+            before = await eventually(pipe.committed_offsets, until=unchanged, interval=0.5, timeout=30,
+                                      what="commits of batches finished before the cut")
             while loop.time() - cut_at < 10:
                 assert await pipe.committed_offsets() == before, "a consumer group committed while the store was cut"
                 assert await pipe.dead_letters() == {}, "dead-lettered while the store was cut"

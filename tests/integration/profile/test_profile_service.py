@@ -215,10 +215,10 @@ async def test_standing_from_other_services_including_out_of_order_and_stale(
     assert body["trust_snapshot"]["verification_level"] == "L2" and body["direct_collaboration_unlocked"] is True
 
 
-async def test_events_written_but_not_published_before_a_crash_are_published_on_redelivery(ns: Namespace) -> None:
-    # The crash: the handler wrote state and outbox, then the process died before publishing.
-    service = build_service(ns.settings("profile", cls=ProfileSettings))
-    env = ingested(work("w-crash", "ada", "bob"))
+async def crash_between_write_and_publish(settings: ProfileSettings, env: Envelope) -> None:
+    """The crash: the handler writes state and outbox for ``env``, then the process dies
+    before publishing."""
+    service = build_service(settings)
     handler = IngestPublications(ProfileStore(service.db), service.publisher, service.settings)
     await service.broker.start()
     try:
@@ -226,6 +226,11 @@ async def test_events_written_but_not_published_before_a_crash_are_published_on_
         await handler._apply([(env, payload)])  # noqa: SLF001 - stop exactly between write and publish
     finally:
         await service.broker.stop()
+
+
+async def test_events_written_but_not_published_before_a_crash_are_published_on_redelivery(ns: Namespace) -> None:
+    env = ingested(work("w-crash", "ada", "bob"))
+    await crash_between_write_and_publish(ns.settings("profile", cls=ProfileSettings), env)
     assert await read_topic(ns.infra["kafka"], ns.topic(Topic.PROFILE_EVENTS)) == []
 
     restarted = build_service(ns.settings("profile", cls=ProfileSettings))
@@ -251,15 +256,8 @@ async def test_an_outbox_whose_input_never_comes_again_is_published_by_the_sweep
     # outbox left in the author document is stale: the author's next change publishes
     # only its own event.
     settings = ns.settings("profile", cls=ProfileSettings, outbox_grace_s=0)
-    service = build_service(settings)
     env = ingested(work("w-lost", "ada", "bob"))
-    handler = IngestPublications(ProfileStore(service.db), service.publisher, service.settings)
-    await service.broker.start()
-    try:
-        _, payload = decode(Topic.PUBLICATIONS_INGESTED, env.to_bytes())
-        await handler._apply([(env, payload)])  # noqa: SLF001 - stop exactly between write and publish
-    finally:
-        await service.broker.stop()
+    await crash_between_write_and_publish(settings, env)
 
     restarted = build_service(settings)
     async with restarted.running():
