@@ -13,7 +13,8 @@ from service_runtime.delivery import Incoming
 from service_runtime.logging import get_logger
 from service_runtime.publishing import EventPublisher, Outgoing
 from service_runtime.replay import published_revisions
-from services.profile.ingest import authors_touched, plan_batch
+from services.profile.ingest import BatchPlan, authors_touched, plan_batch, stored_work
+from services.profile.page import first_page
 from services.profile.settings import ProfileSettings
 from services.profile.standing import merge, newest, standing_update
 from services.profile.store import ProfileStore, WriteConflict
@@ -78,6 +79,7 @@ class IngestPublications:
             item = to_outbox(out)
             fresh[item] = out
             plan.authors[event.payload.key()].outbox.append(item)
+        await self._cut_first_pages(plan)
         # Authors before works: a redelivery re-reads the old works document and so still
         # knows which authors a corrected author list dropped.
         changed = plan.changed_authors
@@ -85,6 +87,23 @@ class IngestPublications:
         await self.store.write_works(plan.works, stored=set(stored))
         outgoing = [fresh.get(item) or from_outbox(item) for record in plan.authors.values() for item in record.outbox]
         return outgoing, finished + ([token] if changed else [])
+
+    async def _cut_first_pages(self, plan: BatchPlan) -> None:
+        """Each changed author's first page, from the works this batch wrote and the page it
+        had; only works neither holds (an author dropped from a work, or a page cut for
+        another size) are read, all in one read."""
+        limit = self.settings.page_works
+        known = {work_id: stored_work(doc) for work_id, doc in plan.works.items()}
+        for record in plan.changed_authors:
+            for work in record.first_page or ():
+                known.setdefault(work["work_id"], work)
+        missing = {work_id for record in plan.changed_authors
+                   for work_id in first_page(record.entries, limit, known)[2]}
+        if missing:
+            known |= await self.store.works_by_id(list(missing))
+        for record in plan.changed_authors:
+            record.first_page, record.first_page_cursor, _ = first_page(record.entries, limit, known)
+            record.first_page_limit = limit
 
     async def _publish(self, outgoing: list[Outgoing], tokens: list[str]) -> None:
         await self.publisher.publish(outgoing)

@@ -39,6 +39,11 @@ class AuthorRecord:
     outbox_token: str | None = None
     changed: bool = False
     imported: bool = False  # identity from an AuthorImported (else only from works' author lists)
+    # The page's first works (newest first), whole, and the cursor to the rest: kept in the
+    # author document so the page is one read (see page.first_page). None: not stored yet.
+    first_page: list[dict[str, Any]] | None = None
+    first_page_cursor: str | None = None
+    first_page_limit: int | None = None  # the page size it was cut for
 
     @classmethod
     def from_doc(cls, doc: dict[str, Any]) -> AuthorRecord:
@@ -48,6 +53,8 @@ class AuthorRecord:
             entries=entries, revision=doc.get("revision", 0), state=state,
             outbox=list(doc.get("outbox") or []), outbox_token=doc.get("outbox_token"),
             imported=doc.get("imported", False),
+            first_page=json.loads(doc["page_json"]) if "page_json" in doc else None,
+            first_page_cursor=doc.get("page_cursor"), first_page_limit=doc.get("page_limit"),
         )
 
     def to_doc(self, outbox_token: str) -> dict[str, Any]:
@@ -59,6 +66,9 @@ class AuthorRecord:
             # the set of works only, not on the order their partitions were consumed in.
             "entries_json": _compact_json(newest_first(self.entries)), "state_json": _compact_json(self.state),
             "revision": self.revision, "outbox": self.outbox, "outbox_token": outbox_token, "imported": self.imported,
+            **({} if self.first_page is None else {
+                "page_json": _compact_json(self.first_page), "page_limit": self.first_page_limit,
+                "page_cursor": self.first_page_cursor}),
         }
 
 

@@ -1,5 +1,9 @@
 """The profile page's JSON, assembled from the stored author, standing and works: pure.
 
+The page's first works are cut at ingestion and kept in the author document
+(``first_page``), so a page is one author read and one standing read; a page cut for
+another page size (or an author written before) is assembled from the works collection.
+
 Before the trust service has scored an author, ``trust_snapshot.score`` and ``band`` are
 null (the page shows "not scored yet"), never a made-up number; ``verification_level``
 is always known (the claim-derived level while claimed, else the record's L0/L1).
@@ -45,6 +49,18 @@ def page_slice(entries: list[WorkEntry], cursor: str | None, limit: int) -> tupl
     return shown, encode_cursor(shown[-1]) if len(ordered) > limit else None
 
 
+def first_page(entries: list[WorkEntry], limit: int, known: dict[str, dict[str, Any]]
+               ) -> tuple[list[dict[str, Any]] | None, str | None, list[str]]:
+    """The first ``limit`` works (whole, newest first) and the cursor to the rest, from the
+    works whose content is ``known``; the ids missing from ``known`` are returned (and the
+    page is None) so the caller can read them and ask again."""
+    shown, cursor = page_slice(entries, None, limit)
+    missing = [e["id"] for e in shown if e["id"] not in known]
+    if missing:
+        return None, cursor, missing
+    return [known[e["id"]] for e in shown], cursor, []
+
+
 def works_page(shown: list[WorkEntry], works: dict[str, dict[str, Any]], next_cursor: str | None) -> dict[str, Any]:
     items = [works[e["id"]] for e in shown if e["id"] in works]
     return {"items": items, "next_cursor": next_cursor}
@@ -61,7 +77,17 @@ def trust_snapshot(state: dict[str, Any], standing: dict[str, Any] | None) -> di
     }
 
 
-def author_page(doc: dict[str, Any], standing: dict[str, Any] | None, works: dict[str, Any]) -> dict[str, Any]:
+def author_page_json(page: dict[str, Any], works_json: str, next_cursor: str | None) -> bytes:
+    """The page (``author_page``) as JSON bytes with its first works (``works_json``, a JSON
+    list, stored so) spliced in as they are: parsing and re-encoding 20 works was most of
+    the page's CPU."""
+    head = json.dumps(page, separators=(",", ":"), ensure_ascii=False)
+    tail = f',"works":{{"items":{works_json},"next_cursor":{json.dumps(next_cursor)}}}}}'
+    return (head[:-1] + tail).encode()
+
+
+def author_page(doc: dict[str, Any], standing: dict[str, Any] | None) -> dict[str, Any]:
+    """The page without its works (author_page_json adds them)."""
     state = doc["state"]
     snapshot = trust_snapshot(state, standing)
     followers = ((standing or {}).get("followers") or {}).get("count", 0)
@@ -83,7 +109,6 @@ def author_page(doc: dict[str, Any], standing: dict[str, Any] | None, works: dic
         "topics": state["topics"],
         "close_collaborators": state["close_collaborators"],
         "works_by_year": state["works_by_year"],
-        "works": works,
         "direct_collaboration_unlocked": snapshot["claimed"],
         "revision": state["revision"],
     }

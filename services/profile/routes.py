@@ -3,17 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from contracts.events.common import ID_PATTERN
 from contracts.events.publications import Work, WorkIngested
 from service_runtime.auth import IMPORTER, CurrentUser, require_role
 from service_runtime.publishing import EventPublisher
 from services.profile.derive import fold_name
-from services.profile.page import BadCursor, author_page, page_slice, works_page
+from services.profile.page import BadCursor, author_page, author_page_json, page_slice, works_page
 from services.profile.store import ProfileStore
 
 router = APIRouter(tags=["profile"])
@@ -44,16 +45,23 @@ async def _registered(store: ProfileStore, author_id: str) -> dict[str, Any]:
 
 
 @router.get("/authors/{author_id}", summary="The author's profile page", response_class=JSONResponse)
-async def get_author(author_id: AuthorId, store: Store, page_works: Annotated[int, Depends(get_page_works)]) -> JSONResponse:
+async def get_author(author_id: AuthorId, store: Store, page_works: Annotated[int, Depends(get_page_works)]) -> Response:
     # The author and its standing at once: two round trips in the time of one.
-    doc, standing = await asyncio.gather(store.author(author_id), store.standing_of(author_id))
+    doc, standing = await asyncio.gather(store.page_source(author_id), store.standing_of(author_id))
     if doc is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no author record with id {author_id!r}")
-    shown, next_cursor = page_slice(doc.get("works", []), None, page_works)
-    works = await store.works_by_id([e["id"] for e in shown])
-    # The page is plain JSON already (strings, numbers, lists): sent as it is, without
-    # FastAPI's recursive encoder, which cost as much as the three reads.
-    return JSONResponse(author_page(doc, standing, works_page(shown, works, next_cursor)))
+    if doc.get("page_limit") == page_works and "page_json" in doc:
+        # The usual page: its first works were cut at ingestion and are sent as stored.
+        page = author_page({"_id": author_id, "state": json.loads(doc["state_json"])}, standing)
+        body = author_page_json(page, doc["page_json"], doc.get("page_cursor"))
+    else:  # written before first pages were stored, or cut for another page size
+        doc = await _registered(store, author_id)
+        shown, next_cursor = page_slice(doc.get("works", []), None, page_works)
+        works = await store.works_by_id([e["id"] for e in shown])
+        items = works_page(shown, works, next_cursor)["items"]
+        body = author_page_json(author_page(doc, standing), json.dumps(items, ensure_ascii=False), next_cursor)
+    # Plain JSON bytes: FastAPI's recursive encoder cost as much as the reads.
+    return Response(body, media_type="application/json")
 
 
 @router.get("/authors/{author_id}/works", summary="The author's works, newest first, by cursor")

@@ -149,6 +149,44 @@ async def test_corrected_work_publishes_work_updated_and_identical_reingest_publ
     assert all(e["data"]["work"]["title"] == "Corrected title" for e in events if e["event_type"] == "WorkUpdated")
 
 
+async def test_the_page_first_works_follow_new_works_corrections_and_a_dropped_author(
+    ns: Namespace, producer: AIOKafkaProducer
+) -> None:
+    # The page's first works are cut at ingestion and stored with the author; whatever
+    # happens to the works, they must be what the works route shows for the first page.
+    service = build_service(ns.settings("profile", cls=ProfileSettings, page_works=3))
+    async with service.running(), httpx.AsyncClient(transport=httpx.ASGITransport(app=service.http),
+                                                    base_url="http://profile") as http:
+        async def shown(author_id: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]], Any, Any]:
+            response = await page(http, author_id)
+            if response.status_code == 404:
+                return [], [], None, None
+            body = response.json()
+            listed = (await http.get(f"/authors/{author_id}/works", params={"limit": 3})).json()
+            return ([(w["work_id"], w["title"]) for w in body["works"]["items"]],
+                    [(w["work_id"], w["title"]) for w in listed["items"]],
+                    body["works"]["next_cursor"], listed["next_cursor"])
+
+        works = [work(f"w{i}", "ada", "bob", title=f"Title {i}", year=2010 + i) for i in range(5)]
+        for w in works:
+            await send(producer, ns, ingested(w))
+        first, listed, cursor, listed_cursor = await eventually(
+            lambda: shown("ada"), until=lambda s: len(s[0]) == 3 and s[0][0][0] == "w4", what="newest three works")
+        assert first == listed == [("w4", "Title 4"), ("w3", "Title 3"), ("w2", "Title 2")]
+        assert cursor == listed_cursor is not None
+
+        await send(producer, ns, ingested({**works[3], "title": "Title 3, corrected"}))
+        first, listed, *_ = await eventually(lambda: shown("bob"), until=lambda s: s[0][1][1] == "Title 3, corrected")
+        assert first == listed == [("w4", "Title 4"), ("w3", "Title 3, corrected"), ("w2", "Title 2")]
+
+        # ada is dropped from w4: w1, which neither the batch nor ada's stored page holds, moves up.
+        await send(producer, ns, ingested(work("w4", "bob", title="Title 4", year=2014)))
+        first, listed, *_ = await eventually(lambda: shown("ada"), until=lambda s: s[0][0][0] == "w3")
+        assert first == listed == [("w3", "Title 3, corrected"), ("w2", "Title 2"), ("w1", "Title 1")]
+        stored = await ProfileStore(service.db).page_source("ada")
+        assert stored["page_limit"] == 3, "the page was served from the author document"
+
+
 def bad_inputs() -> list[tuple[str, bytes]]:
     good = ingested(work("w-ok", "ada")).model_dump(mode="json")
 

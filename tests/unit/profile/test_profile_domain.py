@@ -113,10 +113,10 @@ def test_page_shows_null_score_before_trust_and_claim_level_while_claimed() -> N
     plan = plan_batch([ingested(work("w1", "a", external_ids={"doi": "10.1000/x"}))], {}, {}, min_shared_works=2)
     record = plan.authors["a"]
     doc = {"_id": "a", "works": record.entries, "state": record.state}  # as ProfileStore.author reads it
-    page = author_page(doc, None, {"items": [], "next_cursor": None})
+    page = author_page(doc, None)
     assert page["trust_snapshot"] == {"score": None, "band": None, "verification_level": "L1", "claimed": False}
     claimed = {"claim": {"claimed": True, "verification_level": "L3", "revision": 5}}
-    page = author_page(doc, claimed, {"items": [], "next_cursor": None})
+    page = author_page(doc, claimed)
     assert page["trust_snapshot"]["verification_level"] == "L3" and page["direct_collaboration_unlocked"]
 
 
