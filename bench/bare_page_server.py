@@ -1,6 +1,6 @@
 """The bare baseline for profile page reads: the same two reads by ``_id`` the profile
 service makes for a page (the author's page source and its standing), the stored first
-page sent back as it is, on the same uvicorn (uvloop + httptools), without FastAPI,
+page inflated and sent back, on the same uvicorn (uvloop + httptools), without FastAPI,
 validation or page assembly. Run by bench_profile.py:
 
     python bench/bare_page_server.py PORT DATABASE
@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+import zlib
 
 import uvicorn
 from pymongo import AsyncMongoClient
@@ -24,9 +25,9 @@ async def app(scope: dict, receive, send) -> None:  # type: ignore[no-untyped-de
         return
     author_id = scope["path"].rsplit("/", 1)[-1]
     doc, _standing = await asyncio.gather(
-        db.authors.find_one({"_id": author_id}, {"state_json": 1, "page_json": 1, "page_limit": 1, "page_cursor": 1}),
+        db.authors.find_one({"_id": author_id}, {"state_json": 1, "page_works": 1, "page_limit": 1, "page_cursor": 1}),
         db.standing.find_one({"_id": author_id}))
-    body = doc["page_json"].encode() if doc else b"{}"
+    body = zlib.decompress(doc["page_works"]) if doc else b"{}"
     await send({"type": "http.response.start", "status": 200 if doc else 404,
                 "headers": [(b"content-type", b"application/json")]})
     await send({"type": "http.response.body", "body": body})

@@ -22,6 +22,7 @@ from contracts.envelope import Envelope, EventModel, deterministic_event_id
 from contracts.events import profile as ev
 from contracts.events.publications import AuthorImported, Work, WorkIngested
 from services.profile.derive import derive_state, name_keys, newest_first, work_entry, work_fingerprint
+from services.profile.page import pack_works, unpack_works
 
 IDENTITY_FIELDS = ("display_name", "description", "affiliation", "orcid", "open_to_collaborate")
 
@@ -53,7 +54,7 @@ class AuthorRecord:
             entries=entries, revision=doc.get("revision", 0), state=state,
             outbox=list(doc.get("outbox") or []), outbox_token=doc.get("outbox_token"),
             imported=doc.get("imported", False),
-            first_page=json.loads(doc["page_json"]) if "page_json" in doc else None,
+            first_page=json.loads(unpack_works(doc["page_works"])) if "page_works" in doc else None,
             first_page_cursor=doc.get("page_cursor"), first_page_limit=doc.get("page_limit"),
         )
 
@@ -67,7 +68,7 @@ class AuthorRecord:
             "entries_json": _compact_json(newest_first(self.entries)), "state_json": _compact_json(self.state),
             "revision": self.revision, "outbox": self.outbox, "outbox_token": outbox_token, "imported": self.imported,
             **({} if self.first_page is None else {
-                "page_json": _compact_json(self.first_page), "page_limit": self.first_page_limit,
+                "page_works": pack_works(self.first_page), "page_limit": self.first_page_limit,
                 "page_cursor": self.first_page_cursor}),
         }
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import zlib
 from typing import Any
 
 from services.profile.derive import WorkEntry, newest_first
@@ -47,6 +48,19 @@ def page_slice(entries: list[WorkEntry], cursor: str | None, limit: int) -> tupl
         ordered = [e for e in ordered if (-e["y"], e["id"]) > (-year, work_id)]
     shown = ordered[:limit]
     return shown, encode_cursor(shown[-1]) if len(ordered) > limit else None
+
+
+def pack_works(works: list[dict[str, Any]]) -> bytes:
+    """The first page's works as stored: compact JSON, zlib-compressed (level 1). FerretDB's
+    cost to read a document grows with its bytes, and abstracts make a real first page
+    ~40 KB of JSON (the seed's); compressed it is ~3x smaller, and inflating it costs
+    ~0.1 ms."""
+    return zlib.compress(json.dumps(works, separators=(",", ":"), ensure_ascii=False).encode(), 1)
+
+
+def unpack_works(packed: bytes) -> str:
+    """The JSON list ``pack_works`` stored."""
+    return zlib.decompress(packed).decode()
 
 
 def first_page(entries: list[WorkEntry], limit: int, known: dict[str, dict[str, Any]]

@@ -5,8 +5,9 @@ Collections:
 * ``authors`` - one document per registered author: identity, a folded ``name_keys``
   list for search, ``works_count``, one compact entry per work and the derived state
   (contracts' AuthorState) as JSON strings (``entries_json``, ``state_json``: see
-  ``ingest.stored_entries_and_state``), the page's first works, whole, as one JSON string
-  (``page_json``, cut for ``page_limit`` works, ``page_cursor`` to the rest), ``revision``,
+  ``ingest.stored_entries_and_state``), the page's first works, whole, as compressed JSON
+  (``page_works``: see ``page.pack_works``; cut for ``page_limit`` works, ``page_cursor``
+  to the rest), ``revision``,
   and the ``outbox`` of events written in the same single-document update as the change
   that caused them.
 * ``works`` - one document per work (``_id`` = work id), the work as last ingested
@@ -52,7 +53,7 @@ _DUPLICATE_KEY = 11000
 # outbox. (The per-author ``revision`` may count changes differently in a rebuild; it is
 # taken from the last published event at the end: handlers.adopt_published_revisions.)
 PROJECTION = Projection.of(
-    json_fields=("entries_json", "state_json", "work_json", "page_json"),
+    json_fields=("entries_json", "state_json", "work_json"),
     authors=("outbox", "outbox_token"),
     works=(),
     standing=("version",),
@@ -238,7 +239,7 @@ class ProfileStore:
     async def page_source(self, author_id: str) -> dict[str, Any] | None:
         """What the page needs of an author document: its state and stored first page."""
         return await self.authors.find_one({"_id": author_id},
-                                           {"state_json": 1, "state": 1, "page_json": 1, "page_limit": 1, "page_cursor": 1})
+                                           {"state_json": 1, "state": 1, "page_works": 1, "page_limit": 1, "page_cursor": 1})
 
     async def author(self, author_id: str) -> dict[str, Any] | None:
         doc = await self.authors.find_one({"_id": author_id}, {"outbox": 0, "name_keys": 0})

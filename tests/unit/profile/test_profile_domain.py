@@ -12,7 +12,8 @@ from contracts.events.publications import AuthorImported, Work, WorkIngested
 from contracts.registry import decode
 from services.profile.derive import fold_name, name_keys
 from services.profile.ingest import AuthorRecord, plan_batch
-from services.profile.page import BadCursor, author_page, page_slice
+from services.profile.page import (BadCursor, author_page, author_page_json, first_page, pack_works, page_slice,
+                                   unpack_works)
 from services.profile.seed import DEMO_ORCID, SEED_AUTHOR_ID, seed_envelopes
 from services.profile.standing import merge, newest
 
@@ -118,6 +119,21 @@ def test_page_shows_null_score_before_trust_and_claim_level_while_claimed() -> N
     claimed = {"claim": {"claimed": True, "verification_level": "L3", "revision": 5}}
     page = author_page(doc, claimed)
     assert page["trust_snapshot"]["verification_level"] == "L3" and page["direct_collaboration_unlocked"]
+
+
+def test_first_page_is_cut_newest_first_names_missing_works_and_round_trips_into_the_page() -> None:
+    entries = [{"id": f"w{i}", "y": 2000 + i} for i in range(5)]
+    known = {f"w{i}": {"work_id": f"w{i}", "title": f"Tïtle {i}"} for i in (4, 3)}
+    works, cursor, missing = first_page(entries, 3, known)
+    assert works is None and missing == ["w2"], "a work neither the batch nor the old page holds is asked for"
+    known["w2"] = {"work_id": "w2", "title": "Title 2"}
+    works, cursor, missing = first_page(entries, 3, known)
+    assert [w["work_id"] for w in works] == ["w4", "w3", "w2"] and not missing
+    assert cursor == page_slice(entries, None, 3)[1] is not None
+    plan = plan_batch([ingested(work("w1", "a"))], {}, {}, min_shared_works=2)
+    page = author_page({"_id": "a", "state": plan.authors["a"].state}, None)
+    body = json.loads(author_page_json(page, unpack_works(pack_works(works)), cursor))
+    assert body == {**page, "works": {"items": works, "next_cursor": cursor}}
 
 
 def test_cursor_paging_is_stable_when_works_are_added() -> None:
