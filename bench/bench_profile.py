@@ -2,6 +2,8 @@
 
     .local/venv/bin/python bench/bench_profile.py                 # 100,000 works, 10,000 authors
     .local/venv/bin/python bench/bench_profile.py --works 10000 --authors 1000 --read-seconds 10
+    .local/venv/bin/python bench/bench_profile.py --keep           # then, later, on a quiet machine:
+    .local/venv/bin/python bench/bench_profile.py --reads-only RUN  # (same --authors as the kept run)
 
 1. Publishes N ``WorkIngested`` (two authors each: a first author and one co-author, so
    every author has ~2N/A works) to a private topic prefix on the real broker.
@@ -353,13 +355,20 @@ async def main() -> None:
     parser.add_argument("--authors", type=int, default=10_000)
     parser.add_argument("--rate", type=float, default=200.0, help="read requests per second")
     parser.add_argument("--read-seconds", type=float, default=15.0)
+    parser.add_argument("--keep", action="store_true",
+                        help="keep the service's database and topics, and print the run id for --reads-only")
+    parser.add_argument("--reads-only", metavar="RUN",
+                        help="only measure reads, on the data a --keep run left (its run id)")
     args = parser.parse_args()
-    run = uuid.uuid4().hex[:8]
+    run = args.reads_only or uuid.uuid4().hex[:8]
     prefix = f"bench{run}."
     settings = ProfileSettings(topic_prefix=prefix, mongodb_database=f"bench{run}_profile",
                                consumer_group_prefix=f"bench{run}", log_level="WARNING")
     baseline_db = f"bench{run}_baseline"
     topic = prefix + Topic.PUBLICATIONS_INGESTED
+    if args.reads_only:
+        await report_reads(settings, args)
+        return
     await ensure_topics(KAFKA, prefix=prefix)
     try:
         print(f"generating and publishing {args.works:,} works for {args.authors:,} authors ...", flush=True)
@@ -379,23 +388,29 @@ async def main() -> None:
         base_ok = base_counts == expected
         print(f"  correctness   : {'OK' if base_ok else 'FAILED: works counts differ'}", flush=True)
         print(f"ratio           : {ours / base:9.0%}  (target >= 50%)", flush=True)
-
-        with tempfile.TemporaryDirectory() as workdir:
-            ours_reads, bare_reads = await measure_reads(settings, args.authors, args.rate, args.read_seconds, Path(workdir))
-        print(f"GET /authors/{{id}} at {args.rate:.0f} req/s, {args.read_seconds:.0f} s each (vegeta, open loop):", flush=True)
-        for name, r in (("profile service", ours_reads), ("bare page server", bare_reads)):
-            lat = r["latencies"]
-            print(f"  {name}: p50 {lat['50th'] / 1e6:6.1f} ms  p99 {lat['99th'] / 1e6:6.1f} ms  "
-                  f"({r['requests']} requests, at least {r['rate']:.0f} req/s, success {r['success']:.1%}, "
-                  f"status {r['status_codes']})", flush=True)
-        print(f"  p99 ratio (ours / bare): {ours_reads['latencies']['99th'] / bare_reads['latencies']['99th']:.2f}  "
-              f"(target: ours p99 < 20 ms)", flush=True)
+        await report_reads(settings, args)
     finally:
-        await delete_topics(KAFKA, [prefix + t for t in TOPICS])
         client = AsyncMongoClient(MONGODB_URI)
-        for db in (settings.database_name, baseline_db):
-            await client.drop_database(db)
+        await client.drop_database(baseline_db)
+        if args.keep:
+            print(f"kept for --reads-only {run}: database {settings.database_name}, topics {prefix}*", flush=True)
+        else:
+            await delete_topics(KAFKA, [prefix + t for t in TOPICS])
+            await client.drop_database(settings.database_name)
         await client.close()
+
+
+async def report_reads(settings: ProfileSettings, args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as workdir:
+        ours_reads, bare_reads = await measure_reads(settings, args.authors, args.rate, args.read_seconds, Path(workdir))
+    print(f"GET /authors/{{id}} at {args.rate:.0f} req/s, {args.read_seconds:.0f} s each (vegeta, open loop):", flush=True)
+    for name, r in (("profile service", ours_reads), ("bare page server", bare_reads)):
+        lat = r["latencies"]
+        print(f"  {name}: p50 {lat['50th'] / 1e6:6.1f} ms  p99 {lat['99th'] / 1e6:6.1f} ms  "
+              f"({r['requests']} requests, at least {r['rate']:.0f} req/s, success {r['success']:.1%}, "
+              f"status {r['status_codes']})", flush=True)
+    print(f"  p99 ratio (ours / bare): {ours_reads['latencies']['99th'] / bare_reads['latencies']['99th']:.2f}  "
+          f"(target: ours p99 < 20 ms)", flush=True)
 
 
 if __name__ == "__main__":
