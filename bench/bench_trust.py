@@ -146,11 +146,10 @@ async def group_lag(group: str, ends: dict[TopicPartition, int]) -> int:
 
 async def wait_scored(service, authors: int) -> None:
     store = service.trust_store
-    while (n := await store.authors.count_documents({"score": {"$exists": True}})) < authors or \
-            await store.authors.count_documents({"$or": [{"dirty": True}, {"outbox_pending": True}]}):
+    while (n := await store.count_scored()) < authors or await store.count_dirty() or await store.pending_outboxes():
         if os.environ.get("BENCH_DEBUG"):
-            print("scored", n, "dirty", await store.authors.count_documents({"dirty": True}),
-                  "docs", await store.authors.count_documents({}), flush=True)
+            print("scored", n, "dirty", await store.count_dirty(), "docs", await store.authors.count_documents({}),
+                  flush=True)
         await asyncio.sleep(0.5)
 
 
@@ -168,8 +167,7 @@ async def run_ours(settings: TrustSettings, ends: dict[TopicPartition, int]) -> 
             # The store is asked only once the process looks done (lag, then its own queue):
             # each count reads the whole collection, which would slow what is measured.
             if await group_lag(settings.consumer_group, ends) == 0 and service.recomputer.idle() and \
-                    await store.authors.count_documents({"dirty": True}) == 0 and \
-                    await store.authors.count_documents({"outbox_pending": True}) == 0:
+                    await store.count_dirty() == 0 and not await store.pending_outboxes():
                 break
             await asyncio.sleep(0.25)
         elapsed = time.perf_counter() - started

@@ -140,7 +140,7 @@ class SignalHandler:
         changed = {k: after[k] for k in signals.SOURCES if k in after and after[k] is not projection.get(k)}
         if not changed:
             return None, None, None
-        fields: dict[str, Any] = dict(changed)
+        marks: dict[str, Any] = {}
         wait_for = None
         # Only an author the profile registered is scored; other signals wait for it.
         if "profile" in after:
@@ -154,9 +154,8 @@ class SignalHandler:
                 due_at = now + self.max_delay
             else:
                 due_at = min(now + self.window, dirty_since + self.max_delay)
-            fields.update(dirty=True, dirty_since=dirty_since, burst_from=burst_from, due_at=due_at)
-        update = UpdateOne({"_id": author_id}, {"$set": fields, "$inc": {"seq": 1}}, upsert=True)
-        return update, fields.get("due_at"), wait_for
+            marks.update(dirty=True, dirty_since=dirty_since, burst_from=burst_from, due_at=due_at)
+        return self.store.signal_update(author_id, after, marks), marks.get("due_at"), wait_for
 
 
 class PublishedScores:
