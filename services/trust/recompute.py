@@ -28,6 +28,7 @@ from services.trust.store import TrustStore
 
 log = get_logger(__name__)
 Clock = Callable[[], datetime]
+ACKNOWLEDGED_CACHE = 500_000
 
 
 def _now() -> datetime:
@@ -63,6 +64,9 @@ class Recomputer:
         self.recomputations = 0  # authors scored by this process
         self.published = 0  # TrustScoreChanged acknowledged by the broker
         self._due: dict[str, datetime] = {}  # author -> when to recompute it (see ``schedule``)
+        # Event ids of outboxes known to be acknowledged (history recorded): a pass does not
+        # look them up again before replacing them. Only a cache, bounded.
+        self._acknowledged: set[str] = set()
         # Authors this process's consumer holds back on purpose (see handlers): not orphans.
         self.held_back: Callable[[], set[str]] = set
 
@@ -91,7 +95,8 @@ class Recomputer:
         held = [d["_id"] for d in docs]
         try:
             # An outbox a pass left unpublished (it died) goes out before a newer one replaces it.
-            await self._publish([Envelope.model_validate_json(d["outbox"]) for d in await self.store.unpublished(docs)])
+            unpublished = await self.store.unpublished(docs, self._acknowledged)
+            await self._publish([Envelope.model_validate_json(d["outbox"]) for d in unpublished])
             todo = [d for d in docs if d.get("dirty") or not only_dirty]
             if todo:
                 results = [self._score(doc) for doc in todo]
@@ -141,7 +146,7 @@ class Recomputer:
         """Publish outboxes left unacknowledged by a pass that died before the broker
         acknowledged them (the broker, then the history), under lease. Reads the whole
         collection (see ``TrustStore.sweep_scan``)."""
-        return await self._flush(await self.store.pending_outboxes())
+        return await self._flush((await self.store.sweep_scan(self._acknowledged))[1])
 
     async def _flush(self, ids: list[str]) -> int:
         published = self.published
@@ -155,6 +160,9 @@ class Recomputer:
             return 0
         await self.publisher.publish([Outgoing(str(Topic.TRUST_EVENTS), env.data["author_id"], env) for env in envelopes])
         await self.store.record_history([history_entry(env) for env in envelopes])
+        if len(self._acknowledged) > ACKNOWLEDGED_CACHE:
+            self._acknowledged.clear()
+        self._acknowledged.update(str(env.event_id) for env in envelopes)
         self.published += len(envelopes)
         return len(envelopes)
 
@@ -180,7 +188,7 @@ class Recomputer:
         """What the consumer did not schedule in this process: outboxes left unpublished,
         and authors due for more than ``overdue_s`` (marked dirty before a restart, or by a
         replica that died). Reads the whole collection once, so it runs seldom."""
-        dirty, unpublished = await self.store.sweep_scan()
+        dirty, unpublished = await self.store.sweep_scan(self._acknowledged)
         await self._flush(unpublished)
         now = self.clock()
         held_back = self.held_back()

@@ -205,15 +205,19 @@ class TrustStore:
         stored = await self._by_ids(self.authors, [doc["_id"] for doc, _, _ in results], {"scored_at": 1})
         return [d["_id"] for d in stored if d.get("scored_at") == scored_at]
 
-    async def unpublished(self, docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        """The documents among these whose outbox has no history entry (not acknowledged)."""
-        with_outbox = {d["outbox_id"]: d for d in docs if d.get("outbox_id")}
+    async def unpublished(self, docs: list[dict[str, Any]], acknowledged: set[str] | None = None) -> list[dict[str, Any]]:
+        """The documents among these whose outbox has no history entry (not acknowledged).
+        Event ids in ``acknowledged`` (known to have one) are not looked up again; those
+        found are added to it."""
+        known = acknowledged if acknowledged is not None else set()
+        with_outbox = {d["outbox_id"]: d for d in docs if d.get("outbox_id") and d["outbox_id"] not in known}
         if not with_outbox:
             return []
-        acknowledged = {h["_id"] for h in await self._by_ids(self.history, list(with_outbox), {"_id": 1})}
-        return [d for event_id, d in with_outbox.items() if event_id not in acknowledged]
+        found = {h["_id"] for h in await self._by_ids(self.history, list(with_outbox), {"_id": 1})}
+        known.update(found)
+        return [d for event_id, d in with_outbox.items() if event_id not in found]
 
-    async def sweep_scan(self) -> tuple[dict[str, datetime], list[str]]:
+    async def sweep_scan(self, acknowledged: set[str] | None = None) -> tuple[dict[str, datetime], list[str]]:
         """One read of the whole collection (FerretDB filters without ``_id`` scan it, so
         this runs seldom): the dirty authors with when each is due, and the authors whose
         outbox was never acknowledged."""
@@ -221,7 +225,7 @@ class TrustStore:
                                    {"dirty": 1, "due_at": 1, "outbox_id": 1}, batch_size=ONE_BATCH)
         docs = [doc async for doc in cursor]
         dirty = {d["_id"]: d["due_at"] for d in docs if d.get("dirty") and d.get("due_at") is not None}
-        return dirty, [d["_id"] for d in await self.unpublished(docs)]
+        return dirty, [d["_id"] for d in await self.unpublished(docs, acknowledged)]
 
     async def pending_outboxes(self) -> list[str]:
         """Authors whose last TrustScoreChanged is not acknowledged yet (a full read)."""
