@@ -10,7 +10,8 @@ breakdown and the signals it was computed from). Beside them, scalars: ``registe
 marker (``dirty``, ``dirty_since``, ``burst_from``, ``due_at``), the score's
 ``formula_version`` and ``scored_at``, and the last ``TrustScoreChanged`` this copy
 computed (``outbox``: its envelope as JSON, ``outbox_id``: its event id).
-``trust_history``: one document per published change, ``_id`` = its event id. Its
+``trust_history``: one document per published change, ``_id`` = its event id, with
+``author_id``, ``revision``, ``changed_at`` and the rest as one JSON string (``entry``). Its
 presence is also the broker's acknowledgement of the outbox: an outbox whose event id
 has no history entry is not published yet, so publishing costs one insert per batch of
 changes and no update per author to clear the outbox.
@@ -55,7 +56,7 @@ MARKS = ("dirty_since", "burst_from", "due_at")
 PROJECTION = Projection.of(**{
     AUTHORS: ("seq", "dirty", "dirty_since", "due_at", "burst_from", "outbox", "outbox_id", "scored_at"),
     HISTORY: (),
-}, json_fields=("signals", "score"))
+}, json_fields=("signals", "score", "entry"))
 
 
 def _dumps(value: Any) -> str:
@@ -265,4 +266,4 @@ class TrustStore:
         if before_revision is not None:
             query["revision"] = {"$lt": before_revision}
         cursor = self.history.find(query, batch_size=ONE_BATCH).sort("revision", DESCENDING).limit(limit)
-        return [doc async for doc in cursor]
+        return [{**{k: v for k, v in doc.items() if k != "entry"}, **json.loads(doc["entry"])} async for doc in cursor]
