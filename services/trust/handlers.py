@@ -52,16 +52,22 @@ class SignalHandler:
         # Authors held back until the consumer reads their partitions to the end:
         # partition number -> author -> event time of the author's first unscored event.
         self._held_back: dict[int, dict[str, datetime]] = {}
-        self._held_since: dict[str, datetime] = {}  # author -> when it was held back
+        # When a batch last brought records of each partition number (any input topic).
+        self._partition_read_at: dict[int, datetime] = {}
         # The latest event time read per (topic, partition): how far the log was read.
         self._read_up_to: dict[tuple[str, int], datetime] = {}
 
     def held_back(self) -> set[str]:
         """Authors held back on purpose, not left behind: the recompute loop's sweep leaves
-        them to this handler. Only for a minute, in case no batch ever comes to release them
-        (batches are what tell how far the log was read)."""
+        them to this handler. Only while batches keep reading their partition number: one
+        not read for a minute (revoked in a rebalance, or the consumer stalled) no longer
+        holds its authors back (batches are what tell how far the log was read). Counted
+        per author instead, an author whose follower count was read a minute before its
+        profile events (the partitions of a long backlog are read at different paces) was
+        taken by the sweep, scored and published twice."""
         limit = self.clock() - HOLD_BACK_LIMIT
-        return {a for authors in self._held_back.values() for a in authors if self._held_since.get(a, limit) > limit}
+        return {a for partition, authors in self._held_back.items()
+                if self._partition_read_at.get(partition, limit) > limit for a in authors}
 
     async def __call__(self, batch: Sequence[Incoming]) -> None:
         observations: dict[str, list[signals.Observation]] = {}
@@ -102,12 +108,10 @@ class SignalHandler:
         for authors in self._held_back.values():
             for author_id in due.keys() | hold.keys():
                 authors.pop(author_id, None)
-        for author_id in due:
-            self._held_since.pop(author_id, None)
         for author_id, (partition, burst_from) in hold.items():
             self._held_back.setdefault(partition, {})[author_id] = burst_from
-            self._held_since.setdefault(author_id, now)
         for item in batch:
+            self._partition_read_at[item.partition] = now
             tp = (item.topic, item.partition)
             self._read_up_to[tp] = max(self._read_up_to.get(tp, item.envelope.occurred_at), item.envelope.occurred_at)
         backlog = batch[-1].backlog if batch else frozenset()
@@ -122,7 +126,6 @@ class SignalHandler:
                     a: now for a, burst_from in authors.items() if read_up_to - burst_from >= self.max_delay}
             for author_id in release:
                 del authors[author_id]
-                self._held_since.pop(author_id, None)
             due.update(release)
             if not authors:
                 del self._held_back[partition]
@@ -140,7 +143,7 @@ class SignalHandler:
         changed = {k: after[k] for k in signals.SOURCES if k in after and after[k] is not projection.get(k)}
         if not changed:
             return None, None, None
-        fields: dict[str, Any] = dict(changed)
+        marks: dict[str, Any] = {}
         wait_for = None
         # Only an author the profile registered is scored; other signals wait for it.
         if "profile" in after:
@@ -154,9 +157,8 @@ class SignalHandler:
                 due_at = now + self.max_delay
             else:
                 due_at = min(now + self.window, dirty_since + self.max_delay)
-            fields.update(dirty=True, dirty_since=dirty_since, burst_from=burst_from, due_at=due_at)
-        update = UpdateOne({"_id": author_id}, {"$set": fields, "$inc": {"seq": 1}}, upsert=True)
-        return update, fields.get("due_at"), wait_for
+            marks.update(dirty=True, dirty_since=dirty_since, burst_from=burst_from, due_at=due_at)
+        return self.store.signal_update(author_id, after, marks), marks.get("due_at"), wait_for
 
 
 class PublishedScores:

@@ -4,14 +4,16 @@ One pass: lease the due authors (an inserted lease document each, so two replica
 hold one author), compute each score from its stored signals, store the score and, when
 score or band changed, the TrustScoreChanged in the author's own document (the outbox)
 in the same single-document update, conditional on the signals read being still the
-latest; then record the history, publish, and clear the outbox. A crash anywhere in between leaves
-the outbox in place and the next pass (or the next process) publishes the very same
-event: its id is derived from (author, formula version, revision).
+latest; then publish, and record the history, which is the acknowledgement: an outbox
+whose event has no history entry is not published yet. A crash anywhere in between
+leaves the outbox unacknowledged and the next pass (or the next process) publishes the
+very same event: its id is derived from (author, formula version, revision).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -27,6 +29,7 @@ from services.trust.store import TrustStore
 
 log = get_logger(__name__)
 Clock = Callable[[], datetime]
+ACKNOWLEDGED_CACHE = 500_000
 
 
 def _now() -> datetime:
@@ -62,6 +65,9 @@ class Recomputer:
         self.recomputations = 0  # authors scored by this process
         self.published = 0  # TrustScoreChanged acknowledged by the broker
         self._due: dict[str, datetime] = {}  # author -> when to recompute it (see ``schedule``)
+        # Event ids of outboxes known to be acknowledged (history recorded): a pass does not
+        # look them up again before replacing them. Only a cache, bounded.
+        self._acknowledged: set[str] = set()
         # Authors this process's consumer holds back on purpose (see handlers): not orphans.
         self.held_back: Callable[[], set[str]] = set
 
@@ -90,18 +96,23 @@ class Recomputer:
         held = [d["_id"] for d in docs]
         try:
             # An outbox a pass left unpublished (it died) goes out before a newer one replaces it.
-            await self._publish([d for d in docs if d.get("outbox_pending")])
+            unpublished = await self.store.unpublished(docs, self._acknowledged)
+            await self._publish([Envelope.model_validate_json(d["outbox"]) for d in unpublished])
             todo = [d for d in docs if d.get("dirty") or not only_dirty]
             if todo:
+                results = [self._score(doc) for doc in todo]
                 async with self.store.write_lock:
-                    stored = await self.store.save_scores([self._score(doc) for doc in todo])
+                    saved = set(await self.store.save_scores(
+                        [(doc, score, envelope and envelope.model_dump(mode="json")) for doc, score, envelope in results],
+                        self.clock()))
+                stored = len(saved)
                 self.recomputations += stored
-                await self._publish(await self.store.pending_outboxes(len(todo), [d["_id"] for d in todo]))
+                await self._publish([envelope for doc, _, envelope in results if envelope and doc["_id"] in saved])
         finally:
             await self.store.release(token, held)
         return stored
 
-    def _score(self, doc: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict | None]:
+    def _score(self, doc: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], Envelope | None]:
         inputs = signals.score_inputs(doc, self.formula)
         assert inputs is not None, "only authors with a profile are marked dirty"
         result = scoring.compute(inputs, self.formula)
@@ -126,32 +137,35 @@ class Recomputer:
                 formula_version=result.formula_version, revision=revision, inputs=ScoreInputs(**snapshot),
             )
             event_id = deterministic_event_id(doc["_id"], "TrustScoreChanged", result.formula_version, revision)
-            envelope = Envelope.wrap(event, producer=self.publisher.producer_name, event_id=event_id)
-            outbox = {"envelope": envelope.model_dump(mode="json"), "signals": snapshot}
+            outbox = Envelope.wrap(event, producer=self.publisher.producer_name, event_id=event_id)
         score = {"score": result.score, "band": result.band, "verification_level": result.verification_level,
                  "components": [_component(c) for c in result.components],
-                 "formula_version": result.formula_version, "revision": revision, "signals": snapshot,
-                 "computed_at": self.clock()}
+                 "formula_version": result.formula_version, "revision": revision, "signals": snapshot}
         return doc, score, outbox
 
-    async def flush_outboxes(self, limit: int = 5000) -> int:
-        """Publish outboxes left pending by a pass that died before the broker
-        acknowledged them (history first, then the broker, then clear), under lease."""
+    async def flush_outboxes(self) -> int:
+        """Publish outboxes left unacknowledged by a pass that died before the broker
+        acknowledged them (the broker, then the history), under lease. Reads the whole
+        collection (see ``TrustStore.sweep_scan``)."""
+        return await self._flush((await self.store.sweep_scan(self._acknowledged))[1])
+
+    async def _flush(self, ids: list[str]) -> int:
         published = self.published
-        ids = [d["_id"] for d in await self.store.pending_outboxes(limit)]
         for start in range(0, len(ids), 1000):
             await self.recompute(ids[start:start + 1000], only_dirty=True)
         return self.published - published
 
-    async def _publish(self, docs: list[dict[str, Any]]) -> int:
-        if not docs:
+    async def _publish(self, envelopes: list[Envelope]) -> int:
+        """To the broker, then the history entries, which acknowledge the outboxes."""
+        if not envelopes:
             return 0
-        envelopes = [Envelope.model_validate(d["outbox"]["envelope"]) for d in docs]
-        await self.store.record_history([history_entry(env) for env in envelopes])
         await self.publisher.publish([Outgoing(str(Topic.TRUST_EVENTS), env.data["author_id"], env) for env in envelopes])
-        await self.store.clear_outboxes([(d["_id"], str(env.event_id)) for env, d in zip(envelopes, docs)])
-        self.published += len(docs)
-        return len(docs)
+        await self.store.record_history([history_entry(env) for env in envelopes])
+        if len(self._acknowledged) > ACKNOWLEDGED_CACHE:
+            self._acknowledged.clear()
+        self._acknowledged.update(str(env.event_id) for env in envelopes)
+        self.published += len(envelopes)
+        return len(envelopes)
 
     async def settle_rebuilt(self, batch: int = 500) -> None:
         """Rebuild only (a drain hook). The scores came from trust.events; rescore every
@@ -167,19 +181,21 @@ class Recomputer:
             try:
                 unchanged = [r for r in (self._score(doc) for doc in docs) if r[2] is None]
                 async with self.store.write_lock:
-                    await self.store.save_scores(unchanged)
+                    await self.store.save_scores(unchanged, self.clock())
             finally:
                 await self.store.release(token, [d["_id"] for d in docs])
 
     async def sweep(self, overdue_s: float) -> None:
         """What the consumer did not schedule in this process: outboxes left unpublished,
         and authors due for more than ``overdue_s`` (marked dirty before a restart, or by a
-        replica that died). Reads the whole collection, so it runs seldom."""
-        await self.flush_outboxes()
+        replica that died). Reads the whole collection once, so it runs seldom."""
+        dirty, unpublished = await self.store.sweep_scan(self._acknowledged)
+        await self._flush(unpublished)
         now = self.clock()
         held_back = self.held_back()
-        for author_id in await self.store.due_ids(now - timedelta(seconds=overdue_s), 100_000):
-            if author_id not in held_back:
+        overdue = now - timedelta(seconds=overdue_s)
+        for author_id, due_at in dirty.items():
+            if due_at <= overdue and author_id not in held_back:
                 self._due.setdefault(author_id, now)
 
     async def run_due_once(self, batch: int) -> int:
@@ -222,13 +238,15 @@ def _component(c: scoring.Component) -> dict[str, Any]:
 
 def history_entry(envelope: Envelope) -> dict[str, Any]:
     """The history document of a published TrustScoreChanged: made of the event alone, so
-    that a rebuild from trust.events writes the very same document."""
+    that a rebuild from trust.events writes the very same document. What is only read back
+    whole is one JSON string (``entry``; see ``store``): cheap to insert and to look up."""
     data = envelope.data
+    entry = {"score": data["score"], "band": data["band"], "verification_level": data["verification_level"],
+             "previous_score": data["previous_score"], "previous_band": data["previous_band"],
+             "reason": data["reason"], "components": data["components"], "formula_version": data["formula_version"],
+             "signals": data.get("inputs")}
     return {"_id": str(envelope.event_id), "author_id": data["author_id"], "revision": data["revision"],
-            "score": data["score"], "band": data["band"], "verification_level": data["verification_level"],
-            "previous_score": data["previous_score"], "previous_band": data["previous_band"],
-            "reason": data["reason"], "components": data["components"], "formula_version": data["formula_version"],
-            "signals": data.get("inputs"), "changed_at": envelope.occurred_at}
+            "entry": json.dumps(entry, sort_keys=True, separators=(",", ":")), "changed_at": envelope.occurred_at}
 
 
 def score_of(envelope: Envelope) -> dict[str, Any]:

@@ -49,7 +49,7 @@ async def test_rescore_interrupted_and_resumed_rescored_once_published_once(ns: 
     service, ids = await scored_authors(ns, producer, 40)
     async with service.running():
         store = service.trust_store
-        before = {d["_id"]: d["score"]["score"] async for d in store.authors.find({})}
+        before = {d["_id"]: d["score"]["score"] for d in await store.authors_by_id(ids)}
         first_run = Recomputer(store, service.publisher, formula=V2)
         progress = await rescore_all(store, first_run, chunk=7, max_authors=15)  # stopped part way
         assert progress.rescored == 15 and await store.count_behind(2) == 25
@@ -61,8 +61,8 @@ async def test_rescore_interrupted_and_resumed_rescored_once_published_once(ns: 
         lines: list[str] = []
         await rescore_all(store, resumed, chunk=7, on_progress=lambda p: lines.append(p.line()))
         assert await store.count_behind(2) == 0
-        assert await store.authors.count_documents({"outbox_pending": True}) == 0
-        after = {d["_id"]: d["score"]["score"] async for d in store.authors.find({})}
+        assert await store.pending_outboxes() == []
+        after = {d["_id"]: d["score"]["score"] for d in await store.authors_by_id(ids)}
         events = await eventually(lambda: trust_events(ns), until=lambda e: sum(
             x["data"]["formula_version"] == 2 for x in e) >= sum(before[a] != after[a] for a in ids))
     assert lines[-1].startswith("rescored 18/18 authors")  # 40 - 15 - 7 stored by the crashed run
@@ -101,8 +101,9 @@ async def test_two_replicas_racing_for_the_same_authors_score_and_publish_each_c
                 await send(producer, ns, *[registered(a) for a in ids])
             else:
                 await send(producer, ns, *[work_added(a, revision, extra_2024=2 * revision) for a in ids])
-            await eventually(lambda: store.authors.count_documents({"dirty": True, "profile.revision": revision}),
-                             until=lambda n: n == len(ids), what=f"revision {revision} stored, unscored")
+            await eventually(lambda: store.authors_by_id(ids), what=f"revision {revision} stored, unscored",
+                             until=lambda docs: sum(d.get("dirty") and d["profile"]["revision"] == revision
+                                                    for d in docs) == len(ids))
             done = await asyncio.gather(first.recomputer.recompute(ids, only_dirty=True),
                                         second.recomputer.recompute(ids, only_dirty=True))
             assert sum(done) == len(ids), f"round {revision}: {done} scores stored for {len(ids)} authors"

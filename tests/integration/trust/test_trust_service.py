@@ -31,6 +31,12 @@ async def events_for(ns: Namespace, author_id: str, n: int) -> list[dict]:
     return await eventually(lambda: _of(ns, author_id), until=lambda e: len(e) >= n, what=f"{n} TrustScoreChanged")
 
 
+async def settled(service, author_id: str) -> dict | None:
+    """The author's document, and whether its last score change is still unpublished."""
+    doc = await service.trust_store.author(author_id)
+    return doc and {**doc, "unpublished": bool(await service.trust_store.unpublished([doc]))}
+
+
 async def _of(ns: Namespace, author_id: str) -> list[dict]:
     return [e for e in await trust_events(ns) if e["data"]["author_id"] == author_id]
 
@@ -126,9 +132,8 @@ async def test_duplicates_and_stale_revisions_never_move_the_score(ns: Namespace
         await send_envelopes(producer, ns, envs)  # the same two events again (redelivery)
         await send(producer, ns, work_added("a1", 2, extra_2024=1))  # an older state, late
         await send(producer, ns, followers("a1", 900, 5), followers("a1", 2, 4))  # count 2 is older
-        await eventually(lambda: service.trust_store.author("a1"), until=lambda d: (
-            d and d.get("followers") and not d.get("dirty") and "score" in d and not d.get("outbox_pending")))
-        doc = await service.trust_store.author("a1")
+        doc = await eventually(lambda: settled(service, "a1"), until=lambda d: (
+            d and d.get("followers") and not d.get("dirty") and "score" in d and not d["unpublished"]))
     assert doc["profile"]["revision"] == 3 and doc["followers"] == {"revision": 5, "count": 900}
     assert doc["score"]["signals"]["works_count"] == 30 and doc["score"]["signals"]["followers"] == 900
     published = await _of(ns, "a1")
