@@ -10,6 +10,10 @@ author's follow state. Per author and batch:
 4. park what must wait for the author, then write count, applied offset and the new
    ``pending`` outbox in ONE update of the author document (the commit point);
 5. write the edges, publish the events, drop finished parked commands, clear ``pending``.
+
+Each step runs for all the batch's authors together (one read of the authors, one of the
+edges concerned, one bulk update of the commits, one bulk write of the edges, one publish,
+one bulk clear): an author's commit point is still its own document update.
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from service_runtime.delivery import Incoming
 from service_runtime.logging import get_logger
 from service_runtime.publishing import EventPublisher, Outgoing
 from service_runtime.replay import published_revisions
-from services.follow.rules import Command, apply_commands
+from services.follow.rules import Command, Edge, apply_commands
 from services.follow.store import FollowStore, edge_doc, edge_from
 from services.follow.settings import FollowSettings
 
@@ -85,25 +89,48 @@ class FollowCommands:
             await self._handle(batch)
 
     async def _handle(self, batch: Sequence[Incoming]) -> None:
+        """The whole batch together: one read of its authors, one of the edges concerned,
+        one bulk update committing every author (each update its author's commit point),
+        then one bulk write of the edges, one publish and one bulk clear of the outboxes."""
         by_author: dict[str, list[Incoming]] = {}
         for item in batch:
             by_author.setdefault(item.payload.author_id, []).append(item)  # type: ignore[attr-defined]
-        docs = await self.store.authors_by_id(by_author)
-        # Authors are independent of each other; each one's commands stay in order.
-        await asyncio.gather(*(self._author(a, docs.get(a) or {}, items) for a, items in by_author.items()))
-
-    async def _author(self, author_id: str, doc: dict[str, Any], items: list[Incoming]) -> None:
-        if doc.get("pending"):
-            await self._finish(author_id, doc["pending"])
-        new = [
-            Queued(i.envelope, i.payload, i.partition, i.offset)  # type: ignore[arg-type]
-            for i in items
-            if not self.is_nudge(i.envelope) and not _applied_before(doc, i)
-        ]
-        parked = await self._parked(author_id) if doc.get("has_parked") else []
-        if not new and not parked:
+        found = await self.store.authors_by_id(by_author)
+        docs = {a: found.get(a) or {} for a in by_author}
+        # Outboxes a crash left behind are carried out first (each step is idempotent).
+        await self._finish({a: d["pending"] for a, d in docs.items() if d.get("pending")})
+        with_parked = [a for a, d in docs.items() if d.get("has_parked")]
+        parked = dict(zip(with_parked, await asyncio.gather(*(self._parked(a) for a in with_parked)), strict=True))
+        queues: dict[str, tuple[list[Queued], list[Queued]]] = {}
+        for author_id, items in by_author.items():
+            new = [
+                Queued(i.envelope, i.payload, i.partition, i.offset)  # type: ignore[arg-type]
+                for i in items
+                if not self.is_nudge(i.envelope) and not _applied_before(docs[author_id], i)
+            ]
+            if new or parked.get(author_id):
+                queues[author_id] = (parked.get(author_id, []), new)
+        if not queues:
             return
+        edges = await self.store.edges_of_many({
+            a: {q.payload.user_id for q in old + new} for a, (old, new) in queues.items() if docs[a].get("known")})
         now = datetime.now(UTC)
+        commits: dict[str, dict[str, Any]] = {}
+        to_park: list[dict[str, Any]] = []
+        for author_id, (old, new) in queues.items():
+            fields, park = self._author(author_id, docs[author_id], old, new, edges.get(author_id, {}), now)
+            commits[author_id] = fields
+            to_park.extend(self._parked_doc(author_id, q, now) for q in park)
+        await self.store.park(to_park)
+        await self.store.set_authors_fields(commits)  # each author's update is its commit point
+        await self._finish({a: fields["pending"] for a, fields in commits.items()})
+
+    def _author(
+        self, author_id: str, doc: dict[str, Any], parked: list[Queued], new: list[Queued], edges: dict[str, Edge],
+        now: datetime,
+    ) -> tuple[dict[str, Any], list[Queued]]:
+        """One author's commit (the fields to set, with the ``pending`` outbox) and the
+        commands to park."""
         events: list[Outgoing] = []
         fields: dict[str, Any] = {}
         to_park: list[Queued] = []
@@ -112,7 +139,7 @@ class FollowCommands:
         if doc.get("known"):
             queue = parked + new
             parked_done = [q.parked["_id"] for q in parked if q.parked]
-            changed = await self._apply(author_id, doc, queue, events, fields)
+            changed = self._apply(author_id, doc, queue, edges, events, fields)
         else:
             for q in parked:
                 if q.parked and q.parked["expires_at"] <= now:
@@ -128,26 +155,23 @@ class FollowCommands:
         if new:
             fields["applied_partition"] = new[-1].partition
             fields["applied_offset"] = new[-1].offset
-        pending = {
+        fields["pending"] = {
             "id": uuid.uuid4().hex,
             # FerretDB stores no nested arrays: one sub-document per edge.
             "edges": [{"u": user, **edge_doc(edge)} for user, edge in changed.items()],
             "events": [encode_outgoing(e) for e in events],
             "parked_done": parked_done,
         }
-        fields["pending"] = pending
-        await self.store.park([self._parked_doc(author_id, q, now) for q in to_park])
-        await self.store.set_author_fields(author_id, fields)  # the commit point
-        await self._finish(author_id, pending)
+        return fields, to_park
 
-    async def _apply(
-        self, author_id: str, doc: dict[str, Any], queue: list[Queued], events: list[Outgoing], fields: dict[str, Any]
+    def _apply(
+        self, author_id: str, doc: dict[str, Any], queue: list[Queued], edges: dict[str, Edge],
+        events: list[Outgoing], fields: dict[str, Any],
     ) -> dict[str, Any]:
         commands = [
             Command("follow" if q.is_follow else "unfollow", q.payload.user_id, q.envelope.occurred_at, q)
             for q in queue
         ]
-        edges = await self.store.edges_of(author_id, {c.user_id for c in commands})
         start = int(doc.get("follower_count") or 0)
         applied = apply_commands(commands, edges, start, doc.get("owner_user_id"))
         for outcome in applied.outcomes:
@@ -174,13 +198,16 @@ class FollowCommands:
             fields["pages"] = self.store.pages_with(doc.get("pages") or [], applied.changed)
         return dict(applied.changed)
 
-    async def _finish(self, author_id: str, pending: dict[str, Any]) -> None:
-        """Carry out a committed batch; every step is idempotent, so re-running it is safe."""
-        edges = {state["u"]: edge_from(state) for state in pending.get("edges", [])}
-        await self.store.write_edges(author_id, edges)
-        await self.publisher.publish([decode_outgoing(e) for e in pending.get("events", [])])
-        await self.store.drop_parked(pending.get("parked_done", []))
-        await self.store.clear_pending(author_id, pending["id"])
+    async def _finish(self, pending: dict[str, dict[str, Any]]) -> None:
+        """Carry out committed outboxes (author -> outbox), all authors together; every step
+        is idempotent, so re-running it is safe."""
+        if not pending:
+            return
+        await self.store.write_edges_many({a: {state["u"]: edge_from(state) for state in p.get("edges", [])}
+                                           for a, p in pending.items()})
+        await self.publisher.publish([decode_outgoing(e) for p in pending.values() for e in p.get("events", [])])
+        await self.store.drop_parked([i for p in pending.values() for i in p.get("parked_done", [])])
+        await self.store.clear_pendings({a: p["id"] for a, p in pending.items()})
 
     async def _parked(self, author_id: str) -> list[Queued]:
         queued = []

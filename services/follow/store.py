@@ -152,26 +152,41 @@ class FollowStore:
                                              for a, fields in changes.items()])
 
     async def clear_pending(self, author_id: str, pending_id: str) -> None:
+        await self.clear_pendings({author_id: pending_id})
+
+    async def clear_pendings(self, pending_ids: dict[str, str]) -> None:
+        """Drop each author's outbox if it is still the given one, all authors in bulk."""
+        if not pending_ids:
+            return
         async with self._author_writes:
-            await self.authors.update_one({"_id": author_id, "pending.id": pending_id}, {"$unset": {"pending": ""}})
+            await bulk_update(self.authors, [UpdateOne({"_id": a, "pending.id": pid}, {"$unset": {"pending": ""}})
+                                             for a, pid in pending_ids.items()])
 
     async def authors_with_parked(self) -> list[dict[str, Any]]:
-        return await self.authors.find({"has_parked": True}).to_list(None)
+        # The parked collection is small (usually empty): scanning it, then reading those
+        # authors by _id, spares the sweeper a scan of every author each tick.
+        ids = {d["author_id"] for d in await self.parked.find({}, {"author_id": 1}).to_list(None)}
+        docs = await self.authors_by_id(ids)
+        return [d for d in docs.values() if d.get("has_parked")]
 
     # --- follower index -------------------------------------------------------------
 
     def page_id(self, author_id: str, page: int) -> str:
         return f"{author_id}#{page}"
 
-    async def _pages(self, author_id: str, pages: Iterable[int]) -> dict[int, dict[str, Edge]]:
-        numbers = sorted(set(pages))
-        docs = await self._find_many(self.follower_pages, (self.page_id(author_id, p) for p in numbers))
-        return {p: decode_page(docs.get(self.page_id(author_id, p))) for p in numbers}
-
     async def edges_of(self, author_id: str, user_ids: Iterable[str]) -> dict[str, Edge]:
-        users = set(user_ids)
-        pages = await self._pages(author_id, {page_of(u, self.pages) for u in users})
-        return {u: e for page in pages.values() for u, e in page.items() if u in users}
+        return (await self.edges_of_many({author_id: user_ids}))[author_id]
+
+    async def edges_of_many(self, user_ids: dict[str, Iterable[str]]) -> dict[str, dict[str, Edge]]:
+        """The edges of these users, per author, from one read of the pages that hold them."""
+        users = {a: set(u) for a, u in user_ids.items()}
+        pages = await self._pages_of({a: {page_of(u, self.pages) for u in us} for a, us in users.items()})
+        return {a: {u: e for page in pages[a].values() for u, e in page.items() if u in users[a]} for a in users}
+
+    async def _pages_of(self, numbers: dict[str, Iterable[int]]) -> dict[str, dict[int, dict[str, Edge]]]:
+        wanted = {a: sorted(set(ns)) for a, ns in numbers.items()}
+        docs = await self._find_many(self.follower_pages, (self.page_id(a, p) for a, ns in wanted.items() for p in ns))
+        return {a: {p: decode_page(docs.get(self.page_id(a, p))) for p in ns} for a, ns in wanted.items()}
 
     async def all_edges(self, author_id: str, pages: Sequence[int]) -> list[tuple[str, Edge]]:
         return (await self.edges_of_authors({author_id: pages}))[author_id]
@@ -187,24 +202,30 @@ class FollowStore:
         return out
 
     async def write_edges(self, author_id: str, edges: dict[str, Edge]) -> None:
-        """Set each edge to its state after the batch (idempotent: a replay sets the same).
+        await self.write_edges_many({author_id: edges})
+
+    async def write_edges_many(self, edges: dict[str, dict[str, Edge]]) -> None:
+        """Set each author's edges to their state after the batch (idempotent: a replay sets
+        the same): one read of the pages concerned, one bulk write of the pages and one of
+        the users' following documents (one update per user, whatever the authors).
         Pages are rewritten whole: the command consumer is the only writer of an author's."""
-        if not edges:
+        touched: dict[str, dict[int, dict[str, Edge]]] = {}
+        following: dict[str, dict[str, Any]] = {}
+        for author_id, changes in edges.items():
+            for user, edge in changes.items():
+                touched.setdefault(author_id, {}).setdefault(page_of(user, self.pages), {})[user] = edge
+                following.setdefault(user, {})[f"a.{field_key(author_id)}"] = {"on": edge.active,
+                                                                               "at": edge.followed_at}
+        if not touched:
             return
-        touched: dict[int, dict[str, Edge]] = {}
-        for user, edge in edges.items():
-            touched.setdefault(page_of(user, self.pages), {})[user] = edge
-        current = await self._pages(author_id, touched)
+        current = await self._pages_of({a: pages.keys() for a, pages in touched.items()})
         await bulk_update(self.follower_pages, [
-            UpdateOne({"_id": self.page_id(author_id, p)},
-                      {"$set": {"author_id": author_id, "j": encode_page({**current[p], **changes})}}, upsert=True)
-            for p, changes in sorted(touched.items())
+            UpdateOne({"_id": self.page_id(a, p)},
+                      {"$set": {"author_id": a, "j": encode_page({**current[a][p], **changes})}}, upsert=True)
+            for a, pages in touched.items() for p, changes in sorted(pages.items())
         ])
-        await bulk_update(self.following, [
-            UpdateOne({"_id": user}, {"$set": {f"a.{field_key(author_id)}": {"on": edge.active, "at": edge.followed_at}}},
-                      upsert=True)
-            for user, edge in edges.items()
-        ])
+        await bulk_update(self.following, [UpdateOne({"_id": user}, {"$set": fields}, upsert=True)
+                                           for user, fields in following.items()])
 
     def pages_with(self, existing: Sequence[int], users: Iterable[str]) -> list[int]:
         return sorted(set(existing) | {page_of(u, self.pages) for u in users})
