@@ -99,8 +99,7 @@ class FollowCommands:
         docs = {a: found.get(a) or {} for a in by_author}
         # Outboxes a crash left behind are carried out first (each step is idempotent).
         await self._finish({a: d["pending"] for a, d in docs.items() if d.get("pending")})
-        with_parked = [a for a, d in docs.items() if d.get("has_parked")]
-        parked = dict(zip(with_parked, await asyncio.gather(*(self._parked(a) for a in with_parked)), strict=True))
+        parked = await self._parked({a: d for a, d in docs.items() if d.get("has_parked")})
         queues: dict[str, tuple[list[Queued], list[Queued]]] = {}
         for author_id, items in by_author.items():
             new = [
@@ -120,20 +119,27 @@ class FollowCommands:
         for author_id, (old, new) in queues.items():
             fields, park = self._author(author_id, docs[author_id], old, new, edges.get(author_id, {}), now)
             commits[author_id] = fields
-            to_park.extend(self._parked_doc(author_id, q, now) for q in park)
+            to_park.extend(park)
         await self.store.park(to_park)
+        # The sweeper finds parked authors in ``parked_authors``: added before the commit
+        # (a parked author is always found), removed after it (a stale entry is passed over).
+        await self.store.add_parked_authors([a for a, f in commits.items()
+                                             if f["has_parked"] and not docs[a].get("has_parked")])
         await self.store.set_authors_fields(commits)  # each author's update is its commit point
+        await self.store.remove_parked_authors([a for a, f in commits.items()
+                                                if not f["has_parked"] and docs[a].get("has_parked")])
         await self._finish({a: fields["pending"] for a, fields in commits.items()})
 
     def _author(
         self, author_id: str, doc: dict[str, Any], parked: list[Queued], new: list[Queued], edges: dict[str, Edge],
         now: datetime,
-    ) -> tuple[dict[str, Any], list[Queued]]:
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """One author's commit (the fields to set, with the ``pending`` outbox) and the
-        commands to park."""
+        documents of the commands to park."""
         events: list[Outgoing] = []
         fields: dict[str, Any] = {}
         to_park: list[Queued] = []
+        waiting: list[dict[str, Any]] = []  # parked before and still parked
         parked_done: list[str] = []
         changed: dict[str, Any] = {}
         if doc.get("known"):
@@ -146,12 +152,15 @@ class FollowCommands:
                     parked_done.append(q.parked["_id"])
                     if q.is_follow:
                         events.append(self._rejected(q, "unknown_author"))
-            still_parked = len(parked) - len(parked_done)
+            waiting = [q.parked for q in parked if q.parked and q.parked["_id"] not in parked_done]
             # An unfollow of an unknown author is a no-op unless a parked follow precedes it.
             for q in new:
-                if q.is_follow or still_parked or to_park:
+                if q.is_follow or waiting or to_park:
                     to_park.append(q)
-            fields["has_parked"] = bool(still_parked or to_park)
+        park_docs = [self._parked_doc(author_id, q, now) for q in to_park]
+        fields["has_parked"] = bool(waiting or park_docs)
+        fields["parked_ids"] = [d["_id"] for d in waiting + park_docs]
+        fields["parked_until"] = min((d["expires_at"] for d in waiting + park_docs), default=None)
         if new:
             fields["applied_partition"] = new[-1].partition
             fields["applied_offset"] = new[-1].offset
@@ -162,7 +171,7 @@ class FollowCommands:
             "events": [encode_outgoing(e) for e in events],
             "parked_done": parked_done,
         }
-        return fields, to_park
+        return fields, park_docs
 
     def _apply(
         self, author_id: str, doc: dict[str, Any], queue: list[Queued], edges: dict[str, Edge],
@@ -183,7 +192,6 @@ class FollowCommands:
                 events.append(self._event(AuthorUnfollowed(author_id=author_id, user_id=user, count=outcome.count), q))
             elif outcome.result == "rejected_self_follow":
                 events.append(self._rejected(q, "self_follow"))
-        fields["has_parked"] = False
         if applied.count != start:
             revision = int(doc.get("count_revision") or 0) + 1
             last = queue[-1]
@@ -209,12 +217,19 @@ class FollowCommands:
         await self.store.drop_parked([i for p in pending.values() for i in p.get("parked_done", [])])
         await self.store.clear_pendings({a: p["id"] for a, p in pending.items()})
 
-    async def _parked(self, author_id: str) -> list[Queued]:
-        queued = []
-        for doc in await self.store.parked_for(author_id):
-            envelope, payload = decode(Topic.WEBAPP_FOLLOWS, doc["envelope"].encode())
-            queued.append(Queued(envelope, payload, doc["partition"], doc["offset"], doc))  # type: ignore[arg-type]
-        return queued
+    async def _parked(self, docs: dict[str, dict[str, Any]]) -> dict[str, list[Queued]]:
+        """The parked commands of these authors in offset order, read by the ids their
+        documents list (one read for all)."""
+        found = await self.store.parked_by_id(i for d in docs.values() for i in d.get("parked_ids") or [])
+        out: dict[str, list[Queued]] = {}
+        for author_id, doc in docs.items():
+            queued = []
+            for parked in sorted((found[i] for i in doc.get("parked_ids") or [] if i in found),
+                                 key=lambda p: p["offset"]):
+                envelope, payload = decode(Topic.WEBAPP_FOLLOWS, parked["envelope"].encode())
+                queued.append(Queued(envelope, payload, parked["partition"], parked["offset"], parked))  # type: ignore[arg-type]
+            out[author_id] = queued
+        return out
 
     def _parked_doc(self, author_id: str, q: Queued, now: datetime) -> dict[str, Any]:
         return {
@@ -243,17 +258,18 @@ class FollowCommands:
         command consumer stays the one writer of their follow state. Returns nudges sent."""
         now = datetime.now(UTC)
         renudge_after = timedelta(seconds=max(2 * self.settings.sweep_interval_s, 1.0))
-        nudges: list[Outgoing] = []
+        due = []
         for author in await self.store.authors_with_parked():
             nudged_at = author.get("nudged_at")
             if throttle and nudged_at is not None and now - nudged_at < renudge_after:
                 continue
-            parked = await self.store.parked_for(author["_id"])
-            if not parked:
-                continue
-            if author.get("known") or any(p["expires_at"] <= now for p in parked):
-                nudges.append(self._nudge(parked[0]))
-                await self.store.mark_nudged(author["_id"], now)
+            until = author.get("parked_until")
+            if author.get("parked_ids") and (author.get("known") or (until is not None and until <= now)):
+                due.append(author)
+        first = await self.store.parked_by_id(a["parked_ids"][0] for a in due)
+        due = [a for a in due if a["parked_ids"][0] in first]
+        nudges = [self._nudge(first[a["parked_ids"][0]]) for a in due]
+        await self.store.mark_nudged([a["_id"] for a in due], now)
         if self.settings.rebuilding:
             # A rebuild publishes nothing and runs as one process: hand the nudges to the
             # command handler directly.

@@ -12,7 +12,10 @@ the one lookup FerretDB's SQLite backend answers without scanning the collection
   (``<author_id>#<page>``), each one JSON string user -> [on, followed_at, unfollowed_at]. Unfollows keep the edge,
   marked, so a fan-out knows who followed at the moment of its source event.
 * ``following``: per user, the authors they follow (the reverse index for HTTP).
-* ``parked``: follow commands for authors not known yet, waiting for the author.
+* ``parked``: follow commands for authors not known yet, waiting for the author; the
+  author document lists their ids (``parked_ids``, in offset order) and when the first
+  expires (``parked_until``), and ``parked_authors`` has one document per author with
+  parked commands: the sweeper's starting point, so no path scans ``parked`` or ``authors``.
 * ``fanouts`` / ``fanout_chunks``: the plan of each fan-out and the members of its chunks;
   ``fanouts_published`` / ``fanout_chunks_done``: one marker document per plan whose chunks
   were published and per chunk notified (inserts, not updates of the plan).
@@ -44,7 +47,7 @@ DUPLICATE_KEY = 11000
 # stands, its outbox and parking marks; parked commands and fan-out plans are work in
 # progress.
 PROJECTION = Projection.of(
-    authors=("pending", "applied_partition", "applied_offset", "has_parked", "nudged_at"),
+    authors=("pending", "applied_partition", "applied_offset", "has_parked", "parked_ids", "parked_until", "nudged_at"),
     follower_pages=(),
     following=(),
     inbox=(),
@@ -99,6 +102,7 @@ class FollowStore:
         self.follower_pages = db.follower_pages
         self.following = db.following
         self.parked = db.parked
+        self.parked_authors = db.parked_authors
         self.fanouts = db.fanouts
         self.chunks = db.fanout_chunks
         self.chunks_done = db.fanout_chunks_done
@@ -163,11 +167,19 @@ class FollowStore:
                                              for a, pid in pending_ids.items()])
 
     async def authors_with_parked(self) -> list[dict[str, Any]]:
-        # The parked collection is small (usually empty): scanning it, then reading those
-        # authors by _id, spares the sweeper a scan of every author each tick.
-        ids = {d["author_id"] for d in await self.parked.find({}, {"author_id": 1}).to_list(None)}
+        """The authors with parked commands: from ``parked_authors`` (one small document
+        per such author), read by _id; an entry whose author has none left (a crash between
+        the author's commit and the entry's removal) is passed over."""
+        ids = [d["_id"] for d in await self.parked_authors.find({}).to_list(None)]
         docs = await self.authors_by_id(ids)
         return [d for d in docs.values() if d.get("has_parked")]
+
+    async def add_parked_authors(self, author_ids: Sequence[str]) -> None:
+        await self.insert_ignoring_duplicates(self.parked_authors, [{"_id": a} for a in author_ids])
+
+    async def remove_parked_authors(self, author_ids: Sequence[str]) -> None:
+        if author_ids:
+            await self.parked_authors.delete_many({"_id": {"$in": list(author_ids)}})
 
     # --- follower index -------------------------------------------------------------
 
@@ -242,7 +254,12 @@ class FollowStore:
         await self.insert_ignoring_duplicates(self.parked, docs)
 
     async def parked_for(self, author_id: str) -> list[dict[str, Any]]:
+        """An author's parked commands by a scan of ``parked`` (tests and tools; the service
+        reads them by the ids its author documents list: ``parked_by_id``)."""
         return await self.parked.find({"author_id": author_id}).sort("offset", ASCENDING).to_list(None)
+
+    async def parked_by_id(self, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        return await self._find_many(self.parked, ids)
 
     async def drop_parked(self, ids: Sequence[str]) -> None:
         if ids:
@@ -254,9 +271,10 @@ class FollowStore:
                 await bulk_update(self.authors, [UpdateOne({"_id": a}, {"$set": {"count_revision": r}})
                                                  for a, r in revisions.items()])
 
-    async def mark_nudged(self, author_id: str, at: datetime) -> None:
-        async with self._author_writes:
-            await self.authors.update_one({"_id": author_id}, {"$set": {"nudged_at": at}})
+    async def mark_nudged(self, author_ids: Sequence[str], at: datetime) -> None:
+        if author_ids:
+            async with self._author_writes:
+                await bulk_update(self.authors, [UpdateOne({"_id": a}, {"$set": {"nudged_at": at}}) for a in author_ids])
 
     # --- fan-out --------------------------------------------------------------------
 
