@@ -47,6 +47,11 @@ from services.follow.settings import FollowSettings
 
 log = get_logger(__name__)
 NUDGE_PREFIX = "nudge:"
+# A nudge is answered by the author's next commit (which clears ``nudged_at``); one still
+# unanswered after this long is sent again (lost: a crash between marking and publishing).
+# Re-sending sooner floods a command partition that is behind with nudges for every
+# parked author, each tick, and keeps it behind.
+NUDGE_RETRY_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,6 +166,8 @@ class FollowCommands:
         fields["has_parked"] = bool(waiting or park_docs)
         fields["parked_ids"] = [d["_id"] for d in waiting + park_docs]
         fields["parked_until"] = min((d["expires_at"] for d in waiting + park_docs), default=None)
+        if doc.get("nudged_at") is not None:
+            fields["nudged_at"] = None  # the nudge, if one is on its way, is answered
         if new:
             fields["applied_partition"] = new[-1].partition
             fields["applied_offset"] = new[-1].offset
@@ -257,7 +264,7 @@ class FollowCommands:
         rejected (waited long enough): send a nudge through their partition, so the
         command consumer stays the one writer of their follow state. Returns nudges sent."""
         now = datetime.now(UTC)
-        renudge_after = timedelta(seconds=max(2 * self.settings.sweep_interval_s, 1.0))
+        renudge_after = timedelta(seconds=max(2 * self.settings.sweep_interval_s, NUDGE_RETRY_S))
         due = []
         for author in await self.store.authors_with_parked():
             nudged_at = author.get("nudged_at")
