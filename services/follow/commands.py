@@ -4,16 +4,16 @@ Commands for one author share a partition (keyed by author_id), so one consumer 
 them in order; this use case keeps that order inside a batch and is the only writer of an
 author's follow state. Per author and batch:
 
-1. finish the author's ``pending`` outbox, if a crash left one (edges, events, parked);
+1. finish the author's ``pending`` outbox, if a crash left it not done (edges, events, parked);
 2. skip commands at or below the author's applied offset (a redelivered batch);
 3. apply parked commands (oldest first), then the new ones, to the edges;
 4. park what must wait for the author, then write count, applied offset and the new
    ``pending`` outbox in ONE update of the author document (the commit point);
-5. write the edges, publish the events, drop finished parked commands, clear ``pending``.
+5. write the edges, publish the events, drop finished parked commands, mark ``pending`` done.
 
 Each step runs for all the batch's authors together (one read of the authors, one of the
 edges concerned, one bulk update of the commits, one bulk write of the edges, one publish,
-one bulk clear): an author's commit point is still its own document update.
+one insert of "done" markers): an author's commit point is still its own document update.
 """
 
 from __future__ import annotations
@@ -48,9 +48,10 @@ from services.follow.settings import FollowSettings
 log = get_logger(__name__)
 NUDGE_PREFIX = "nudge:"
 # A nudge is answered by the author's next commit (which clears ``nudged_at``); one still
-# unanswered after this long is sent again (lost: a crash between marking and publishing).
-# Re-sending sooner floods a command partition that is behind with nudges for every
-# parked author, each tick, and keeps it behind.
+# unanswered after this long is sent again (lost: a crash between marking and publishing,
+# or still queued behind a backlog), then after twice as long each time (``nudges``: how
+# many went unanswered). Re-sending every tick flooded command partitions that were behind
+# with nudges for every parked author, and kept them behind.
 NUDGE_RETRY_S = 30.0
 
 
@@ -103,7 +104,9 @@ class FollowCommands:
         found = await self.store.authors_by_id(by_author)
         docs = {a: found.get(a) or {} for a in by_author}
         # Outboxes a crash left behind are carried out first (each step is idempotent).
-        await self._finish({a: d["pending"] for a, d in docs.items() if d.get("pending")})
+        outboxes = {a: d["pending"] for a, d in docs.items() if d.get("pending")}
+        done = await self.store.outboxes_done(p["id"] for p in outboxes.values())
+        await self._finish({a: p for a, p in outboxes.items() if p["id"] not in done})
         parked = await self._parked({a: d for a, d in docs.items() if d.get("has_parked")})
         queues: dict[str, tuple[list[Queued], list[Queued]]] = {}
         for author_id, items in by_author.items():
@@ -167,7 +170,7 @@ class FollowCommands:
         fields["parked_ids"] = [d["_id"] for d in waiting + park_docs]
         fields["parked_until"] = min((d["expires_at"] for d in waiting + park_docs), default=None)
         if doc.get("nudged_at") is not None:
-            fields["nudged_at"] = None  # the nudge, if one is on its way, is answered
+            fields.update(nudged_at=None, nudges=0)  # the nudge, if one is on its way, is answered
         if new:
             fields["applied_partition"] = new[-1].partition
             fields["applied_offset"] = new[-1].offset
@@ -222,7 +225,7 @@ class FollowCommands:
                                            for a, p in pending.items()})
         await self.publisher.publish([decode_outgoing(e) for p in pending.values() for e in p.get("events", [])])
         await self.store.drop_parked([i for p in pending.values() for i in p.get("parked_done", [])])
-        await self.store.clear_pendings({a: p["id"] for a, p in pending.items()})
+        await self.store.mark_outboxes_done([p["id"] for p in pending.values()])
 
     async def _parked(self, docs: dict[str, dict[str, Any]]) -> dict[str, list[Queued]]:
         """The parked commands of these authors in offset order, read by the ids their
@@ -264,11 +267,12 @@ class FollowCommands:
         rejected (waited long enough): send a nudge through their partition, so the
         command consumer stays the one writer of their follow state. Returns nudges sent."""
         now = datetime.now(UTC)
-        renudge_after = timedelta(seconds=max(2 * self.settings.sweep_interval_s, NUDGE_RETRY_S))
+        retry_s = max(2 * self.settings.sweep_interval_s, NUDGE_RETRY_S)
         due = []
         for author in await self.store.authors_with_parked():
             nudged_at = author.get("nudged_at")
-            if throttle and nudged_at is not None and now - nudged_at < renudge_after:
+            wait = timedelta(seconds=retry_s * 2 ** min(int(author.get("nudges") or 0), 6))
+            if throttle and nudged_at is not None and now - nudged_at < wait:
                 continue
             until = author.get("parked_until")
             if author.get("parked_ids") and (author.get("known") or (until is not None and until <= now)):
@@ -276,7 +280,8 @@ class FollowCommands:
         first = await self.store.parked_by_id(a["parked_ids"][0] for a in due)
         due = [a for a in due if a["parked_ids"][0] in first]
         nudges = [self._nudge(first[a["parked_ids"][0]]) for a in due]
-        await self.store.mark_nudged([a["_id"] for a in due], now)
+        await self.store.mark_nudged({a["_id"]: int(a.get("nudges") or 0) + (a.get("nudged_at") is not None)
+                                      for a in due}, now)
         if self.settings.rebuilding:
             # A rebuild publishes nothing and runs as one process: hand the nudges to the
             # command handler directly.

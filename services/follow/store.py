@@ -7,7 +7,8 @@ the one lookup FerretDB's SQLite backend answers without scanning the collection
   revisions that guard them), the exact follower count with its revision, the offset of
   the last command applied, and ``pending``: the outbox of the last command batch (edge
   writes, events to publish, parked commands to drop), written in the same update as the
-  count and cleared once done. A crash anywhere is healed by the next batch of that author.
+  count; once carried out, its id goes into ``outboxes_done`` (an insert). A crash
+  anywhere is healed by the next batch of that author.
 * ``follower_pages``: an author's follower index cut into pages by hash of user id
   (``<author_id>#<page>``), each one JSON string user -> [on, followed_at, unfollowed_at]. Unfollows keep the edge,
   marked, so a fan-out knows who followed at the moment of its source event.
@@ -47,7 +48,8 @@ DUPLICATE_KEY = 11000
 # stands, its outbox and parking marks; parked commands and fan-out plans are work in
 # progress.
 PROJECTION = Projection.of(
-    authors=("pending", "applied_partition", "applied_offset", "has_parked", "parked_ids", "parked_until", "nudged_at"),
+    authors=("pending", "applied_partition", "applied_offset", "has_parked", "parked_ids", "parked_until", "nudged_at",
+             "nudges"),
     follower_pages=(),
     following=(),
     inbox=(),
@@ -103,6 +105,7 @@ class FollowStore:
         self.following = db.following
         self.parked = db.parked
         self.parked_authors = db.parked_authors
+        self.done_outboxes = db.outboxes_done
         self.fanouts = db.fanouts
         self.chunks = db.fanout_chunks
         self.chunks_done = db.fanout_chunks_done
@@ -155,16 +158,15 @@ class FollowStore:
             await bulk_update(self.authors, [UpdateOne({"_id": a}, {"$set": fields}, upsert=True)
                                              for a, fields in changes.items()])
 
-    async def clear_pending(self, author_id: str, pending_id: str) -> None:
-        await self.clear_pendings({author_id: pending_id})
+    async def mark_outboxes_done(self, outbox_ids: Sequence[str]) -> None:
+        """Record these outboxes as carried out. A marker document each rather than
+        unsetting ``pending`` in the author documents: an insert costs a fraction of a
+        whole-document update on FerretDB, and the outbox is replaced at the author's
+        next commit anyway."""
+        await self.insert_ignoring_duplicates(self.done_outboxes, [{"_id": i} for i in outbox_ids])
 
-    async def clear_pendings(self, pending_ids: dict[str, str]) -> None:
-        """Drop each author's outbox if it is still the given one, all authors in bulk."""
-        if not pending_ids:
-            return
-        async with self._author_writes:
-            await bulk_update(self.authors, [UpdateOne({"_id": a, "pending.id": pid}, {"$unset": {"pending": ""}})
-                                             for a, pid in pending_ids.items()])
+    async def outboxes_done(self, outbox_ids: Iterable[str]) -> set[str]:
+        return set(await self._find_many(self.done_outboxes, outbox_ids))
 
     async def authors_with_parked(self) -> list[dict[str, Any]]:
         """The authors with parked commands: from ``parked_authors`` (one small document
@@ -271,10 +273,12 @@ class FollowStore:
                 await bulk_update(self.authors, [UpdateOne({"_id": a}, {"$set": {"count_revision": r}})
                                                  for a, r in revisions.items()])
 
-    async def mark_nudged(self, author_ids: Sequence[str], at: datetime) -> None:
-        if author_ids:
+    async def mark_nudged(self, nudges: dict[str, int], at: datetime) -> None:
+        """Nudged now (author -> how many earlier nudges went unanswered)."""
+        if nudges:
             async with self._author_writes:
-                await bulk_update(self.authors, [UpdateOne({"_id": a}, {"$set": {"nudged_at": at}}) for a in author_ids])
+                await bulk_update(self.authors, [UpdateOne({"_id": a}, {"$set": {"nudged_at": at, "nudges": n}})
+                                                 for a, n in nudges.items()])
 
     # --- fan-out --------------------------------------------------------------------
 
