@@ -4,12 +4,16 @@ Commands for one author share a partition (keyed by author_id), so one consumer 
 them in order; this use case keeps that order inside a batch and is the only writer of an
 author's follow state. Per author and batch:
 
-1. finish the author's ``pending`` outbox, if a crash left one (edges, events, parked);
+1. finish the author's ``pending`` outbox, if a crash left it not done (edges, events, parked);
 2. skip commands at or below the author's applied offset (a redelivered batch);
 3. apply parked commands (oldest first), then the new ones, to the edges;
 4. park what must wait for the author, then write count, applied offset and the new
    ``pending`` outbox in ONE update of the author document (the commit point);
-5. write the edges, publish the events, drop finished parked commands, clear ``pending``.
+5. write the edges, publish the events, drop finished parked commands, mark ``pending`` done.
+
+Each step runs for all the batch's authors together (one read of the authors, one of the
+edges concerned, one bulk update of the commits, one bulk write of the edges, one publish,
+one insert of "done" markers): an author's commit point is still its own document update.
 """
 
 from __future__ import annotations
@@ -37,12 +41,18 @@ from service_runtime.delivery import Incoming
 from service_runtime.logging import get_logger
 from service_runtime.publishing import EventPublisher, Outgoing
 from service_runtime.replay import published_revisions
-from services.follow.rules import Command, apply_commands
+from services.follow.rules import Command, Edge, apply_commands
 from services.follow.store import FollowStore, edge_doc, edge_from
 from services.follow.settings import FollowSettings
 
 log = get_logger(__name__)
 NUDGE_PREFIX = "nudge:"
+# A nudge is answered by the author's next commit (which clears ``nudged_at``); one still
+# unanswered after this long is sent again (lost: a crash between marking and publishing,
+# or still queued behind a backlog), then after twice as long each time (``nudges``: how
+# many went unanswered). Re-sending every tick flooded command partitions that were behind
+# with nudges for every parked author, and kept them behind.
+NUDGE_RETRY_S = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,69 +95,102 @@ class FollowCommands:
             await self._handle(batch)
 
     async def _handle(self, batch: Sequence[Incoming]) -> None:
+        """The whole batch together: one read of its authors, one of the edges concerned,
+        one bulk update committing every author (each update its author's commit point),
+        then one bulk write of the edges, one publish and one bulk clear of the outboxes."""
         by_author: dict[str, list[Incoming]] = {}
         for item in batch:
             by_author.setdefault(item.payload.author_id, []).append(item)  # type: ignore[attr-defined]
-        docs = await self.store.authors_by_id(by_author)
-        # Authors are independent of each other; each one's commands stay in order.
-        await asyncio.gather(*(self._author(a, docs.get(a) or {}, items) for a, items in by_author.items()))
-
-    async def _author(self, author_id: str, doc: dict[str, Any], items: list[Incoming]) -> None:
-        if doc.get("pending"):
-            await self._finish(author_id, doc["pending"])
-        new = [
-            Queued(i.envelope, i.payload, i.partition, i.offset)  # type: ignore[arg-type]
-            for i in items
-            if not self.is_nudge(i.envelope) and not _applied_before(doc, i)
-        ]
-        parked = await self._parked(author_id) if doc.get("has_parked") else []
-        if not new and not parked:
+        found = await self.store.authors_by_id(by_author)
+        docs = {a: found.get(a) or {} for a in by_author}
+        # Outboxes a crash left behind are carried out first (each step is idempotent).
+        outboxes = {a: d["pending"] for a, d in docs.items() if d.get("pending")}
+        done = await self.store.outboxes_done(p["id"] for p in outboxes.values())
+        await self._finish({a: p for a, p in outboxes.items() if p["id"] not in done})
+        parked = await self._parked({a: d for a, d in docs.items() if d.get("has_parked")})
+        queues: dict[str, tuple[list[Queued], list[Queued]]] = {}
+        for author_id, items in by_author.items():
+            new = [
+                Queued(i.envelope, i.payload, i.partition, i.offset)  # type: ignore[arg-type]
+                for i in items
+                if not self.is_nudge(i.envelope) and not _applied_before(docs[author_id], i)
+            ]
+            if new or parked.get(author_id):
+                queues[author_id] = (parked.get(author_id, []), new)
+        if not queues:
             return
+        edges = await self.store.edges_of_many({
+            a: {q.payload.user_id for q in old + new} for a, (old, new) in queues.items() if docs[a].get("known")})
         now = datetime.now(UTC)
+        commits: dict[str, dict[str, Any]] = {}
+        to_park: list[dict[str, Any]] = []
+        for author_id, (old, new) in queues.items():
+            fields, park = self._author(author_id, docs[author_id], old, new, edges.get(author_id, {}), now)
+            commits[author_id] = fields
+            to_park.extend(park)
+        await self.store.park(to_park)
+        # The sweeper finds parked authors in ``parked_authors``: added before the commit
+        # (a parked author is always found), removed after it (a stale entry is passed over).
+        await self.store.add_parked_authors([a for a, f in commits.items()
+                                             if f["has_parked"] and not docs[a].get("has_parked")])
+        await self.store.set_authors_fields(commits)  # each author's update is its commit point
+        await self.store.remove_parked_authors([a for a, f in commits.items()
+                                                if not f["has_parked"] and docs[a].get("has_parked")])
+        await self._finish({a: fields["pending"] for a, fields in commits.items()})
+
+    def _author(
+        self, author_id: str, doc: dict[str, Any], parked: list[Queued], new: list[Queued], edges: dict[str, Edge],
+        now: datetime,
+    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        """One author's commit (the fields to set, with the ``pending`` outbox) and the
+        documents of the commands to park."""
         events: list[Outgoing] = []
         fields: dict[str, Any] = {}
         to_park: list[Queued] = []
+        waiting: list[dict[str, Any]] = []  # parked before and still parked
         parked_done: list[str] = []
         changed: dict[str, Any] = {}
         if doc.get("known"):
             queue = parked + new
             parked_done = [q.parked["_id"] for q in parked if q.parked]
-            changed = await self._apply(author_id, doc, queue, events, fields)
+            changed = self._apply(author_id, doc, queue, edges, events, fields)
         else:
             for q in parked:
                 if q.parked and q.parked["expires_at"] <= now:
                     parked_done.append(q.parked["_id"])
                     if q.is_follow:
                         events.append(self._rejected(q, "unknown_author"))
-            still_parked = len(parked) - len(parked_done)
+            waiting = [q.parked for q in parked if q.parked and q.parked["_id"] not in parked_done]
             # An unfollow of an unknown author is a no-op unless a parked follow precedes it.
             for q in new:
-                if q.is_follow or still_parked or to_park:
+                if q.is_follow or waiting or to_park:
                     to_park.append(q)
-            fields["has_parked"] = bool(still_parked or to_park)
+        park_docs = [self._parked_doc(author_id, q, now) for q in to_park]
+        fields["has_parked"] = bool(waiting or park_docs)
+        fields["parked_ids"] = [d["_id"] for d in waiting + park_docs]
+        fields["parked_until"] = min((d["expires_at"] for d in waiting + park_docs), default=None)
+        if doc.get("nudged_at") is not None:
+            fields.update(nudged_at=None, nudges=0)  # the nudge, if one is on its way, is answered
         if new:
             fields["applied_partition"] = new[-1].partition
             fields["applied_offset"] = new[-1].offset
-        pending = {
+        fields["pending"] = {
             "id": uuid.uuid4().hex,
             # FerretDB stores no nested arrays: one sub-document per edge.
             "edges": [{"u": user, **edge_doc(edge)} for user, edge in changed.items()],
             "events": [encode_outgoing(e) for e in events],
             "parked_done": parked_done,
         }
-        fields["pending"] = pending
-        await self.store.park([self._parked_doc(author_id, q, now) for q in to_park])
-        await self.store.set_author_fields(author_id, fields)  # the commit point
-        await self._finish(author_id, pending)
+        return fields, park_docs
 
-    async def _apply(
-        self, author_id: str, doc: dict[str, Any], queue: list[Queued], events: list[Outgoing], fields: dict[str, Any]
+    def _apply(
+        self, author_id: str, doc: dict[str, Any], queue: list[Queued], edges: dict[str, Edge],
+        events: list[Outgoing], fields: dict[str, Any],
     ) -> dict[str, Any]:
         commands = [
             Command("follow" if q.is_follow else "unfollow", q.payload.user_id, q.envelope.occurred_at, q)
             for q in queue
         ]
-        edges = await self.store.edges_of(author_id, {c.user_id for c in commands})
         start = int(doc.get("follower_count") or 0)
         applied = apply_commands(commands, edges, start, doc.get("owner_user_id"))
         for outcome in applied.outcomes:
@@ -159,7 +202,6 @@ class FollowCommands:
                 events.append(self._event(AuthorUnfollowed(author_id=author_id, user_id=user, count=outcome.count), q))
             elif outcome.result == "rejected_self_follow":
                 events.append(self._rejected(q, "self_follow"))
-        fields["has_parked"] = False
         if applied.count != start:
             revision = int(doc.get("count_revision") or 0) + 1
             last = queue[-1]
@@ -174,20 +216,30 @@ class FollowCommands:
             fields["pages"] = self.store.pages_with(doc.get("pages") or [], applied.changed)
         return dict(applied.changed)
 
-    async def _finish(self, author_id: str, pending: dict[str, Any]) -> None:
-        """Carry out a committed batch; every step is idempotent, so re-running it is safe."""
-        edges = {state["u"]: edge_from(state) for state in pending.get("edges", [])}
-        await self.store.write_edges(author_id, edges)
-        await self.publisher.publish([decode_outgoing(e) for e in pending.get("events", [])])
-        await self.store.drop_parked(pending.get("parked_done", []))
-        await self.store.clear_pending(author_id, pending["id"])
+    async def _finish(self, pending: dict[str, dict[str, Any]]) -> None:
+        """Carry out committed outboxes (author -> outbox), all authors together; every step
+        is idempotent, so re-running it is safe."""
+        if not pending:
+            return
+        await self.store.write_edges_many({a: {state["u"]: edge_from(state) for state in p.get("edges", [])}
+                                           for a, p in pending.items()})
+        await self.publisher.publish([decode_outgoing(e) for p in pending.values() for e in p.get("events", [])])
+        await self.store.drop_parked([i for p in pending.values() for i in p.get("parked_done", [])])
+        await self.store.mark_outboxes_done([p["id"] for p in pending.values()])
 
-    async def _parked(self, author_id: str) -> list[Queued]:
-        queued = []
-        for doc in await self.store.parked_for(author_id):
-            envelope, payload = decode(Topic.WEBAPP_FOLLOWS, doc["envelope"].encode())
-            queued.append(Queued(envelope, payload, doc["partition"], doc["offset"], doc))  # type: ignore[arg-type]
-        return queued
+    async def _parked(self, docs: dict[str, dict[str, Any]]) -> dict[str, list[Queued]]:
+        """The parked commands of these authors in offset order, read by the ids their
+        documents list (one read for all)."""
+        found = await self.store.parked_by_id(i for d in docs.values() for i in d.get("parked_ids") or [])
+        out: dict[str, list[Queued]] = {}
+        for author_id, doc in docs.items():
+            queued = []
+            for parked in sorted((found[i] for i in doc.get("parked_ids") or [] if i in found),
+                                 key=lambda p: p["offset"]):
+                envelope, payload = decode(Topic.WEBAPP_FOLLOWS, parked["envelope"].encode())
+                queued.append(Queued(envelope, payload, parked["partition"], parked["offset"], parked))  # type: ignore[arg-type]
+            out[author_id] = queued
+        return out
 
     def _parked_doc(self, author_id: str, q: Queued, now: datetime) -> dict[str, Any]:
         return {
@@ -215,18 +267,21 @@ class FollowCommands:
         rejected (waited long enough): send a nudge through their partition, so the
         command consumer stays the one writer of their follow state. Returns nudges sent."""
         now = datetime.now(UTC)
-        renudge_after = timedelta(seconds=max(2 * self.settings.sweep_interval_s, 1.0))
-        nudges: list[Outgoing] = []
+        retry_s = max(2 * self.settings.sweep_interval_s, NUDGE_RETRY_S)
+        due = []
         for author in await self.store.authors_with_parked():
             nudged_at = author.get("nudged_at")
-            if throttle and nudged_at is not None and now - nudged_at < renudge_after:
+            wait = timedelta(seconds=retry_s * 2 ** min(int(author.get("nudges") or 0), 6))
+            if throttle and nudged_at is not None and now - nudged_at < wait:
                 continue
-            parked = await self.store.parked_for(author["_id"])
-            if not parked:
-                continue
-            if author.get("known") or any(p["expires_at"] <= now for p in parked):
-                nudges.append(self._nudge(parked[0]))
-                await self.store.mark_nudged(author["_id"], now)
+            until = author.get("parked_until")
+            if author.get("parked_ids") and (author.get("known") or (until is not None and until <= now)):
+                due.append(author)
+        first = await self.store.parked_by_id(a["parked_ids"][0] for a in due)
+        due = [a for a in due if a["parked_ids"][0] in first]
+        nudges = [self._nudge(first[a["parked_ids"][0]]) for a in due]
+        await self.store.mark_nudged({a["_id"]: int(a.get("nudges") or 0) + (a.get("nudged_at") is not None)
+                                      for a in due}, now)
         if self.settings.rebuilding:
             # A rebuild publishes nothing and runs as one process: hand the nudges to the
             # command handler directly.

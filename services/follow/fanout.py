@@ -20,7 +20,7 @@ import asyncio
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
@@ -46,10 +46,10 @@ class FanoutTrigger:
     author_id: str
     kind: NotificationKind
     title: str
+    fanout_id: str = field(init=False)  # derived from the source event id, once
 
-    @property
-    def fanout_id(self) -> str:
-        return str(fanout_id(self.source.event_id))
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "fanout_id", str(fanout_id(self.source.event_id)))
 
 
 class FanoutPlanner:
@@ -63,7 +63,8 @@ class FanoutPlanner:
 
         ``authors``: the author documents as read for the batch (their follower pages). One
         read of the plans, one of the follower pages of every author concerned, one insert of
-        the chunks and one of the plans, one publish of every chunk, one "published" update.
+        the chunks and one of the plans, one publish of every chunk, one insert of the
+        "published" markers.
         A plan written but not published (a crash in between) is published again as it stands.
         """
         if not triggers:

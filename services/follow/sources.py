@@ -8,6 +8,7 @@ triggers planned together (``FanoutPlanner.plan``)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -26,9 +27,12 @@ from contracts.events.claims import (
 from contracts.events.profile import AuthorRegistered, AuthorUpdated, WorkAdded, WorkUpdated
 from contracts.events.trust import TrustScoreChanged
 from service_runtime.delivery import Incoming
+from service_runtime.logging import get_logger
 from services.follow.fanout import FanoutPlanner, FanoutTrigger
 from services.follow.rules import band_went_up, notification_title
 from services.follow.store import FollowStore
+
+log = get_logger(__name__)
 
 _PROFILE = (AuthorRegistered, AuthorUpdated, WorkAdded, WorkUpdated)
 _CLAIM_STATE = (ClaimSubmitted, ClaimNeedsReview, ClaimApproved, ClaimRejected, ClaimWithdrawnEvent, ClaimRevoked,
@@ -72,11 +76,17 @@ class SourceEvents:
         self.planner = planner  # None in a rebuild: fan-outs were planned and sent live
 
     async def handle(self, batch: Sequence[Incoming]) -> None:
+        started = time.perf_counter()
         authors = await self.store.authors_by_id(i.payload.author_id for i in batch)  # type: ignore[attr-defined]
+        read = time.perf_counter()
         applied = apply_source_events([(i.envelope, i.payload) for i in batch], authors)
         await self.store.set_authors_fields(applied.changes)
+        written = time.perf_counter()
         if self.planner is not None:
             await self.planner.plan(applied.triggers, authors)
+        log.info("source_batch", events=len(batch), authors=len(authors), changed=len(applied.changes),
+                 triggers=len(applied.triggers), read_s=round(read - started, 3),
+                 write_s=round(written - read, 3), plan_s=round(time.perf_counter() - written, 3))
 
 
 def _set(out: SourceBatch, doc: dict[str, Any], fields: dict[str, Any]) -> None:
@@ -86,16 +96,29 @@ def _set(out: SourceBatch, doc: dict[str, Any], fields: dict[str, Any]) -> None:
 
 
 def _identity(doc: dict[str, Any], display_name: str, revision: int) -> dict[str, Any]:
-    """The author exists; keep the newest name (stale or replayed revisions are ignored)."""
+    """The author exists; keep the newest name (stale or replayed revisions are ignored).
+
+    A newer revision that changes neither is not written: nearly every profile event is a
+    new revision of its author (each work), and rewriting the author document for each
+    was most of this consumer's store time. ``profile_revision`` is thus the revision of
+    the last change; an author's profile events are read in order, so one seen again (a
+    redelivery) with a revision above the stored one came after the last change and
+    carries the stored name: skipped again, as the first time."""
     if revision <= int(doc.get("profile_revision") or 0):
+        return {}
+    if doc.get("known") and doc.get("display_name") == display_name:
         return {}
     return {"known": True, "display_name": display_name, "profile_revision": revision}
 
 
 def _owner(doc: dict[str, Any], claim: AuthorClaimState) -> dict[str, Any]:
+    """The newest owner; as for the name, a newer revision with the same owner is not written."""
     if claim.revision <= int(doc.get("claim_revision") or 0):
         return {}
-    return {"owner_user_id": claim.owner_user_id if claim.claimed else None, "claim_revision": claim.revision}
+    owner = claim.owner_user_id if claim.claimed else None
+    if "owner_user_id" in doc and doc["owner_user_id"] == owner:
+        return {}
+    return {"owner_user_id": owner, "claim_revision": claim.revision}
 
 
 def _name(doc: dict[str, Any]) -> str:

@@ -7,13 +7,19 @@ the one lookup FerretDB's SQLite backend answers without scanning the collection
   revisions that guard them), the exact follower count with its revision, the offset of
   the last command applied, and ``pending``: the outbox of the last command batch (edge
   writes, events to publish, parked commands to drop), written in the same update as the
-  count and cleared once done. A crash anywhere is healed by the next batch of that author.
+  count; once carried out, its id goes into ``outboxes_done`` (an insert). A crash
+  anywhere is healed by the next batch of that author.
 * ``follower_pages``: an author's follower index cut into pages by hash of user id
   (``<author_id>#<page>``), each one JSON string user -> [on, followed_at, unfollowed_at]. Unfollows keep the edge,
   marked, so a fan-out knows who followed at the moment of its source event.
 * ``following``: per user, the authors they follow (the reverse index for HTTP).
-* ``parked``: follow commands for authors not known yet, waiting for the author.
-* ``fanouts`` / ``fanout_chunks``: the plan of each fan-out and the members of its chunks.
+* ``parked``: follow commands for authors not known yet, waiting for the author; the
+  author document lists their ids (``parked_ids``, in offset order) and when the first
+  expires (``parked_until``), and ``parked_authors`` has one document per author with
+  parked commands: the sweeper's starting point, so no path scans ``parked`` or ``authors``.
+* ``fanouts`` / ``fanout_chunks``: the plan of each fan-out and the members of its chunks;
+  ``fanouts_published`` / ``fanout_chunks_done``: one marker document per plan whose chunks
+  were published and per chunk notified (inserts, not updates of the plan).
 * ``inbox``: notifications, ``_id`` = the deterministic notification id, so inserting one
   twice is a no-op.
 """
@@ -42,7 +48,8 @@ DUPLICATE_KEY = 11000
 # stands, its outbox and parking marks; parked commands and fan-out plans are work in
 # progress.
 PROJECTION = Projection.of(
-    authors=("pending", "applied_partition", "applied_offset", "has_parked", "nudged_at"),
+    authors=("pending", "applied_partition", "applied_offset", "has_parked", "parked_ids", "parked_until", "nudged_at",
+             "nudges"),
     follower_pages=(),
     following=(),
     inbox=(),
@@ -97,9 +104,12 @@ class FollowStore:
         self.follower_pages = db.follower_pages
         self.following = db.following
         self.parked = db.parked
+        self.parked_authors = db.parked_authors
+        self.done_outboxes = db.outboxes_done
         self.fanouts = db.fanouts
         self.chunks = db.fanout_chunks
         self.chunks_done = db.fanout_chunks_done
+        self.fanouts_published = db.fanouts_published
         self.inbox = db.inbox
         self._reads = asyncio.Semaphore(_READ_CONCURRENCY)
         # The command, source and sweeper consumers all update author documents; FerretDB
@@ -148,27 +158,49 @@ class FollowStore:
             await bulk_update(self.authors, [UpdateOne({"_id": a}, {"$set": fields}, upsert=True)
                                              for a, fields in changes.items()])
 
-    async def clear_pending(self, author_id: str, pending_id: str) -> None:
-        async with self._author_writes:
-            await self.authors.update_one({"_id": author_id, "pending.id": pending_id}, {"$unset": {"pending": ""}})
+    async def mark_outboxes_done(self, outbox_ids: Sequence[str]) -> None:
+        """Record these outboxes as carried out. A marker document each rather than
+        unsetting ``pending`` in the author documents: an insert costs a fraction of a
+        whole-document update on FerretDB, and the outbox is replaced at the author's
+        next commit anyway."""
+        await self.insert_ignoring_duplicates(self.done_outboxes, [{"_id": i} for i in outbox_ids])
+
+    async def outboxes_done(self, outbox_ids: Iterable[str]) -> set[str]:
+        return set(await self._find_many(self.done_outboxes, outbox_ids))
 
     async def authors_with_parked(self) -> list[dict[str, Any]]:
-        return await self.authors.find({"has_parked": True}).to_list(None)
+        """The authors with parked commands: from ``parked_authors`` (one small document
+        per such author), read by _id; an entry whose author has none left (a crash between
+        the author's commit and the entry's removal) is passed over."""
+        ids = [d["_id"] for d in await self.parked_authors.find({}).to_list(None)]
+        docs = await self.authors_by_id(ids)
+        return [d for d in docs.values() if d.get("has_parked")]
+
+    async def add_parked_authors(self, author_ids: Sequence[str]) -> None:
+        await self.insert_ignoring_duplicates(self.parked_authors, [{"_id": a} for a in author_ids])
+
+    async def remove_parked_authors(self, author_ids: Sequence[str]) -> None:
+        if author_ids:
+            await self.parked_authors.delete_many({"_id": {"$in": list(author_ids)}})
 
     # --- follower index -------------------------------------------------------------
 
     def page_id(self, author_id: str, page: int) -> str:
         return f"{author_id}#{page}"
 
-    async def _pages(self, author_id: str, pages: Iterable[int]) -> dict[int, dict[str, Edge]]:
-        numbers = sorted(set(pages))
-        docs = await self._find_many(self.follower_pages, (self.page_id(author_id, p) for p in numbers))
-        return {p: decode_page(docs.get(self.page_id(author_id, p))) for p in numbers}
-
     async def edges_of(self, author_id: str, user_ids: Iterable[str]) -> dict[str, Edge]:
-        users = set(user_ids)
-        pages = await self._pages(author_id, {page_of(u, self.pages) for u in users})
-        return {u: e for page in pages.values() for u, e in page.items() if u in users}
+        return (await self.edges_of_many({author_id: user_ids}))[author_id]
+
+    async def edges_of_many(self, user_ids: dict[str, Iterable[str]]) -> dict[str, dict[str, Edge]]:
+        """The edges of these users, per author, from one read of the pages that hold them."""
+        users = {a: set(u) for a, u in user_ids.items()}
+        pages = await self._pages_of({a: {page_of(u, self.pages) for u in us} for a, us in users.items()})
+        return {a: {u: e for page in pages[a].values() for u, e in page.items() if u in users[a]} for a in users}
+
+    async def _pages_of(self, numbers: dict[str, Iterable[int]]) -> dict[str, dict[int, dict[str, Edge]]]:
+        wanted = {a: sorted(set(ns)) for a, ns in numbers.items()}
+        docs = await self._find_many(self.follower_pages, (self.page_id(a, p) for a, ns in wanted.items() for p in ns))
+        return {a: {p: decode_page(docs.get(self.page_id(a, p))) for p in ns} for a, ns in wanted.items()}
 
     async def all_edges(self, author_id: str, pages: Sequence[int]) -> list[tuple[str, Edge]]:
         return (await self.edges_of_authors({author_id: pages}))[author_id]
@@ -184,24 +216,30 @@ class FollowStore:
         return out
 
     async def write_edges(self, author_id: str, edges: dict[str, Edge]) -> None:
-        """Set each edge to its state after the batch (idempotent: a replay sets the same).
+        await self.write_edges_many({author_id: edges})
+
+    async def write_edges_many(self, edges: dict[str, dict[str, Edge]]) -> None:
+        """Set each author's edges to their state after the batch (idempotent: a replay sets
+        the same): one read of the pages concerned, one bulk write of the pages and one of
+        the users' following documents (one update per user, whatever the authors).
         Pages are rewritten whole: the command consumer is the only writer of an author's."""
-        if not edges:
+        touched: dict[str, dict[int, dict[str, Edge]]] = {}
+        following: dict[str, dict[str, Any]] = {}
+        for author_id, changes in edges.items():
+            for user, edge in changes.items():
+                touched.setdefault(author_id, {}).setdefault(page_of(user, self.pages), {})[user] = edge
+                following.setdefault(user, {})[f"a.{field_key(author_id)}"] = {"on": edge.active,
+                                                                               "at": edge.followed_at}
+        if not touched:
             return
-        touched: dict[int, dict[str, Edge]] = {}
-        for user, edge in edges.items():
-            touched.setdefault(page_of(user, self.pages), {})[user] = edge
-        current = await self._pages(author_id, touched)
+        current = await self._pages_of({a: pages.keys() for a, pages in touched.items()})
         await bulk_update(self.follower_pages, [
-            UpdateOne({"_id": self.page_id(author_id, p)},
-                      {"$set": {"author_id": author_id, "j": encode_page({**current[p], **changes})}}, upsert=True)
-            for p, changes in sorted(touched.items())
+            UpdateOne({"_id": self.page_id(a, p)},
+                      {"$set": {"author_id": a, "j": encode_page({**current[a][p], **changes})}}, upsert=True)
+            for a, pages in touched.items() for p, changes in sorted(pages.items())
         ])
-        await bulk_update(self.following, [
-            UpdateOne({"_id": user}, {"$set": {f"a.{field_key(author_id)}": {"on": edge.active, "at": edge.followed_at}}},
-                      upsert=True)
-            for user, edge in edges.items()
-        ])
+        await bulk_update(self.following, [UpdateOne({"_id": user}, {"$set": fields}, upsert=True)
+                                           for user, fields in following.items()])
 
     def pages_with(self, existing: Sequence[int], users: Iterable[str]) -> list[int]:
         return sorted(set(existing) | {page_of(u, self.pages) for u in users})
@@ -218,7 +256,12 @@ class FollowStore:
         await self.insert_ignoring_duplicates(self.parked, docs)
 
     async def parked_for(self, author_id: str) -> list[dict[str, Any]]:
+        """An author's parked commands by a scan of ``parked`` (tests and tools; the service
+        reads them by the ids its author documents list: ``parked_by_id``)."""
         return await self.parked.find({"author_id": author_id}).sort("offset", ASCENDING).to_list(None)
+
+    async def parked_by_id(self, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        return await self._find_many(self.parked, ids)
 
     async def drop_parked(self, ids: Sequence[str]) -> None:
         if ids:
@@ -230,23 +273,31 @@ class FollowStore:
                 await bulk_update(self.authors, [UpdateOne({"_id": a}, {"$set": {"count_revision": r}})
                                                  for a, r in revisions.items()])
 
-    async def mark_nudged(self, author_id: str, at: datetime) -> None:
-        async with self._author_writes:
-            await self.authors.update_one({"_id": author_id}, {"$set": {"nudged_at": at}})
+    async def mark_nudged(self, nudges: dict[str, int], at: datetime) -> None:
+        """Nudged now (author -> how many earlier nudges went unanswered)."""
+        if nudges:
+            async with self._author_writes:
+                await bulk_update(self.authors, [UpdateOne({"_id": a}, {"$set": {"nudged_at": at, "nudges": n}})
+                                                 for a, n in nudges.items()])
 
     # --- fan-out --------------------------------------------------------------------
 
     async def fanout(self, fanout_id: str) -> dict[str, Any] | None:
         """The plan, with ``done``: the numbers of its finished chunks."""
-        plan = await self._find_one(self.fanouts, fanout_id)
+        plan = (await self.fanouts_by_id([fanout_id])).get(fanout_id)
         if plan is not None:
             finished = await self.finished_chunks(f"{fanout_id}:{n}" for n in range(len(plan["chunks"])))
             plan["done"] = [n for n in range(len(plan["chunks"])) if f"{fanout_id}:{n}" in finished]
         return plan
 
     async def fanouts_by_id(self, fanout_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-        """The plans that exist among these ids (without ``done``: planning never needs it)."""
-        return await self._find_many(self.fanouts, fanout_ids)
+        """The plans that exist among these ids, with ``published`` (without ``done``:
+        planning never needs it)."""
+        plans = await self._find_many(self.fanouts, fanout_ids)
+        marked = await self._find_many(self.fanouts_published, [f for f, p in plans.items() if not p.get("published")])
+        for f in marked:
+            plans[f]["published"] = True
+        return plans
 
     async def create_fanouts(self, docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         """Insert each plan unless one exists; return the plans that stand (the first ones)."""
@@ -263,7 +314,10 @@ class FollowStore:
         return {d["_id"]: standing.get(d["_id"], d) for d in docs}
 
     async def mark_fanouts_published(self, fanout_ids: Sequence[str]) -> None:
-        await bulk_update(self.fanouts, [UpdateOne({"_id": f}, {"$set": {"published": True}}) for f in fanout_ids])
+        # A marker document per plan rather than ``$set`` on the plan: FerretDB rewrites a
+        # whole document per update (~3 ms each, a plan per new work), an insert of small
+        # documents costs a fraction of a millisecond each.
+        await self.insert_ignoring_duplicates(self.fanouts_published, [{"_id": f} for f in fanout_ids])
 
     async def finished_chunks(self, chunk_keys: Iterable[str]) -> set[str]:
         """Which of these chunks (``<fanout_id>:<n>``) are finished."""

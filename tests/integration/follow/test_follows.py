@@ -42,9 +42,15 @@ async def settled_count(ns: Namespace, service: Service, author: str, expected: 
         return max(counts, key=lambda e: e["data"]["revision"])["data"]["count"] if counts else None
 
     await eventually(last_count, until=lambda c: c == expected, timeout=60, what=f"count {expected}")
-    # The outbox is cleared right after the events are acknowledged.
-    doc = await eventually(lambda: store_of(service).author(author), until=lambda d: d and "pending" not in d,
-                           what="outbox cleared")
+    # The outbox is marked done right after the events are acknowledged.
+    store = store_of(service)
+
+    async def carried_out() -> dict | None:
+        doc = await store.author(author)
+        outbox = (doc or {}).get("pending")
+        return doc if doc and (outbox is None or await store.outboxes_done([outbox["id"]])) else None
+
+    doc = await eventually(carried_out, until=lambda d: d is not None, what="outbox carried out")
     assert doc["follower_count"] == expected
 
 
