@@ -26,15 +26,16 @@ AuthorId = Annotated[str, Path(pattern=ID_PATTERN, description="author id, e.g. 
 UserId = Annotated[str, Path(pattern=ID_PATTERN, description="user id (the token's subject)")]
 
 
-def get_store(request: Request) -> FollowStore:
+# async: FastAPI runs a plain ``def`` dependency in a worker thread (see profile's routes).
+async def get_store(request: Request) -> FollowStore:
     return request.app.state.follow_store
 
 
-def get_publisher(request: Request) -> EventPublisher:
+async def get_publisher(request: Request) -> EventPublisher:
     return request.app.state.service.publisher
 
 
-def get_settings(request: Request) -> FollowSettings:
+async def get_settings(request: Request) -> FollowSettings:
     return request.app.state.service.settings
 
 
