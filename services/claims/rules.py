@@ -192,6 +192,12 @@ class Book:
     def author(self, author_id: str) -> AuthorRecord:
         return self.authors.setdefault(author_id, AuthorRecord(author_id))
 
+    def seen_revision(self, author_id: str) -> int:
+        """The revision of the author record decisions are taken against now (0: not known
+        yet): every event says it, so a rebuild applies the input where live saw it."""
+        author = self.authors.get(author_id)
+        return author.identity.revision if author is not None and author.identity is not None else 0
+
     def index_open_claims(self) -> None:
         """Make each record's ``open_claims`` match the statuses of the claims in the book
         (a claim opened or closed by this batch, or by an earlier attempt that stopped
@@ -430,7 +436,8 @@ class Book:
         kind, owner = outcome[0], claim.claim_id
         if len(outcome) > 1 and kind == "rejected":  # another claim of the record lost
             claim = self.claims[outcome[1]]
-        common = dict(claim_id=claim.claim_id, author_id=claim.author_id, user_id=claim.user_id, author_claim=state)
+        common = dict(claim_id=claim.claim_id, author_id=claim.author_id, user_id=claim.user_id, author_claim=state,
+                      author_revision=self.seen_revision(claim.author_id))
         payload: EventModel
         if kind == "submitted":
             payload = ClaimSubmitted(status=claim.status, **common)
@@ -450,7 +457,7 @@ class Book:
                 return None
             payload = VerificationLevelChanged(
                 author_id=claim.author_id, verification_level=state.verification_level, previous_level=previous,
-                author_claim=state,
+                author_claim=state, author_revision=self.seen_revision(claim.author_id),
             )
             return Emit(payload, (payload.event_type, claim.author_id, str(state.revision)), owner)
         return Emit(payload, (payload.event_type, claim.claim_id), owner)
@@ -468,6 +475,7 @@ class Book:
         state = self.authors[author_id].claim if author_id in self.authors else UNCLAIMED
         payload = ClaimRejected(
             claim_id=claim_id, author_id=author_id, user_id=user_id, author_claim=state, reason="unknown_claim",
+            author_revision=self.seen_revision(author_id),
         )
         return Emit(payload, (payload.event_type, claim_id, "refused"), None)
 
@@ -476,5 +484,6 @@ class Book:
         payload = ClaimRejected(
             claim_id=claim.claim_id, author_id=claim.author_id, user_id=user_id or claim.user_id,
             author_claim=self.author(claim.author_id).claim, reason=reason, detail=detail,
+            author_revision=self.seen_revision(claim.author_id),
         )
         return [Emit(payload, (payload.event_type, claim.claim_id, "refused"), None)]

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pymongo import AsyncMongoClient
 
 from contracts.events.claims import ClaimRequested, Evidence
+from contracts.topics import Topic
 from service_runtime.replay import compare_databases, rebuild
 from services.claims.app import build_service
 from services.claims.store import PROJECTION
@@ -69,4 +70,49 @@ async def test_rebuild_equals_live_for_claims_before_and_after_their_author(ns: 
         "early": [("pending_author", "requested"), ("approved", "author_arrived")],
         "after": [("approved", "requested")],
         "ghost": [("pending_author", "requested"), ("rejected", "expired")],
+    }
+
+
+async def send_at(producer, ns: Namespace, envelope: object, timestamp_ms: int) -> None:
+    """One record with the append time given: what a rebuild sees of records that a lagging
+    consumer fetched in another order than they were appended."""
+    topic = Topic.PROFILE_EVENTS if envelope.producer == "profile" else Topic.WEBAPP_CLAIMS  # type: ignore[attr-defined]
+    await producer.send(ns.topic(topic), envelope.to_bytes(), key=envelope.data["author_id"].encode(),  # type: ignore[attr-defined]
+                        timestamp_ms=timestamp_ms)
+    await producer.flush()
+
+
+async def test_rebuild_follows_the_order_live_saw_not_the_append_times(ns: Namespace, producer) -> None:
+    """A lagging consumer fetches the partitions of two topics in whatever order its fetches
+    return: it may see an author's registration before a claim appended earlier (and decide
+    the claim at once), or a claim before a registration appended earlier (and park it).
+    The record timestamps say the other order; the rebuild must still take live's path,
+    which the decisions on claims.events record."""
+    service = claims_service(ns)
+    base = int(datetime.now(UTC).timestamp() * 1000) - 60_000
+    async with service.running():
+        # Live sees the author first, then a claim whose record says it was appended earlier.
+        await send_at(producer, ns, author_registered("seen-first"), base + 10_000)
+        await authors_known(service, "seen-first")
+        await send_at(producer, ns, claim("at-once", "seen-first", "u1"), base)
+        await events_until(ns, lambda ev: of_type(ev, "ClaimApproved", "at-once"), "at-once approved at once")
+        # Live sees the claim first (it waits), then a registration appended "earlier".
+        await send_at(producer, ns, claim("parked", "seen-late", "u2"), base + 20_000)
+        await events_until(ns, lambda ev: of_type(ev, "ClaimSubmitted", "parked"), "parked waiting")
+        await send_at(producer, ns, author_registered("seen-late"), base + 15_000)
+        await events_until(ns, lambda ev: of_type(ev, "ClaimApproved", "parked"), "parked approved when its author came")
+    live = service.settings
+    rebuilt_db = live.database_name + "_rebuilt"
+    ns.databases.append(rebuilt_db)
+    result = await rebuild(build_service, live, database=rebuilt_db)
+    assert await compare_databases(live.mongodb_uri, live.database_name, rebuilt_db, result.projection) == []
+    client: AsyncMongoClient = AsyncMongoClient(live.mongodb_uri)
+    try:
+        paths = {c["_id"]: [(h["status"], h["event"]) for h in c["history"]]
+                 async for c in client[rebuilt_db].claims.find({})}
+    finally:
+        await client.close()
+    assert paths == {
+        "at-once": [("approved", "requested")],
+        "parked": [("pending_author", "requested"), ("approved", "author_arrived")],
     }
