@@ -5,10 +5,11 @@ from __future__ import annotations
 import heapq
 from collections.abc import Sequence
 
-from contracts.events.claims import ClaimRequested
+from contracts.events.claims import ClaimRejected, ClaimRequested
 from contracts.topics import Topic
 from service_runtime.delivery import Incoming
 from services.claims.processing import ClaimsProcessor, is_expiry
+from services.claims.rules import SLOT_REFUSAL
 from services.claims.store import ClaimsStore
 
 HANDLED_PROFILE_EVENTS = frozenset({"AuthorRegistered", "AuthorUpdated", "WorkAdded", "WorkUpdated"})
@@ -148,7 +149,8 @@ class RebuildInLiveOrder:
         self.store = store
 
     async def handle(self, batch: Sequence[Incoming]) -> None:
-        keep = [i for i in batch if (i.topic == Topic.CLAIMS_EVENTS and (is_expiry(i) or said_what_live_saw(i)))
+        keep = [i for i in batch if (i.topic == Topic.CLAIMS_EVENTS
+                                     and (is_expiry(i) or said_what_live_saw(i) or is_slot_refusal(i)))
                 or (i.topic != Topic.CLAIMS_EVENTS and relevant(i))]
         await self.store.defer(keep)
 
@@ -157,7 +159,10 @@ class RebuildInLiveOrder:
         seen: dict[str, int] = {}
         for item in await self.store.deferred():  # each partition in offset order
             if item.topic == Topic.CLAIMS_EVENTS and not is_expiry(item):
-                seen.setdefault(str(item.envelope.causation_id), revision_seen(item))  # type: ignore[arg-type]
+                if said_what_live_saw(item):
+                    seen.setdefault(str(item.envelope.causation_id), revision_seen(item))  # type: ignore[arg-type]
+                if is_slot_refusal(item):
+                    self.processor.live_refusals[item.payload.claim_id] = item.payload.reason  # type: ignore[attr-defined]
             else:
                 inputs.append(item)
         ordered = live_order(inputs, seen)
@@ -167,3 +172,9 @@ class RebuildInLiveOrder:
 
 def said_what_live_saw(item: Incoming) -> bool:
     return item.envelope.causation_id is not None and revision_seen(item) is not None
+
+
+def is_slot_refusal(item: Incoming) -> bool:
+    """A claims.events record of a claim rejected because its user had no slot left."""
+    return (item.topic == Topic.CLAIMS_EVENTS and isinstance(item.payload, ClaimRejected)
+            and item.payload.reason in SLOT_REFUSAL.values())

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from aiokafka.partitioner import murmur2
 from pymongo import AsyncMongoClient
 
 from contracts.events.claims import ClaimRequested, Evidence
@@ -116,3 +117,29 @@ async def test_rebuild_follows_the_order_live_saw_not_the_append_times(ns: Names
         "at-once": [("approved", "requested")],
         "parked": [("pending_author", "requested"), ("approved", "author_arrived")],
     }
+
+
+async def test_rebuild_gives_the_last_slot_to_the_claim_live_gave_it_to(ns: Namespace, producer) -> None:
+    """Two claims of one user in two partitions race for the user's last open slot: live
+    took the first it saw, the rebuild merges the partitions in another order (here the
+    record timestamps say the other claim came first). The rebuild refuses the claim live
+    refused, so the slot goes where it went live."""
+    service = claims_service(ns, max_open_claims_per_user=1)
+    base = int(datetime.now(UTC).timestamp() * 1000) - 60_000
+    # Two records in two partitions of webapp.claims (partition = murmur2(key) % 6).
+    assert {partition_of("race-a"), partition_of("race-b")} == {4, 3}
+    async with service.running():
+        await send_at(producer, ns, claim("won", "race-a", "u1"), base + 20_000)
+        await events_until(ns, lambda ev: of_type(ev, "ClaimSubmitted", "won"), "won waiting with the slot")
+        await send_at(producer, ns, claim("lost", "race-b", "u1"), base + 10_000)
+        events = await events_until(ns, lambda ev: of_type(ev, "ClaimRejected", "lost"), "lost refused")
+        assert of_type(events, "ClaimRejected", "lost")[0]["data"]["reason"] == "too_many_open_claims"
+    live = service.settings
+    rebuilt_db = live.database_name + "_rebuilt"
+    ns.databases.append(rebuilt_db)
+    result = await rebuild(build_service, live, database=rebuilt_db)
+    assert await compare_databases(live.mongodb_uri, live.database_name, rebuilt_db, result.projection) == []
+
+
+def partition_of(key: str, partitions: int = 6) -> int:
+    return (murmur2(key.encode()) & 0x7FFFFFFF) % partitions
