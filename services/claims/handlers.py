@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import heapq
+import time
 from collections.abc import Sequence
 
 from contracts.events.claims import ClaimRejected, ClaimRequested
 from contracts.topics import Topic
 from service_runtime.delivery import Incoming
+from service_runtime.logging import get_logger
 from services.claims.processing import ClaimsProcessor, is_expiry
 from services.claims.rules import SLOT_REFUSAL
 from services.claims.store import ClaimsStore
+
+log = get_logger(__name__)
 
 HANDLED_PROFILE_EVENTS = frozenset({"AuthorRegistered", "AuthorUpdated", "WorkAdded", "WorkUpdated"})
 
@@ -101,10 +105,12 @@ def live_order(inputs: Sequence[Incoming], seen: dict[str, int]) -> list[Incomin
     heapq.heapify(ready)
     queued = {i for _, i in ready}
     out: list[Incoming] = []
+    forced = 0
     while heads:
         if not ready:
             # Constraints that contradict each other (a log live could not have written):
             # let the oldest partition head go rather than stop.
+            forced += 1
             i = min(heads, key=lambda h: key[h])
             blocked[i] = 0
             heapq.heappush(ready, (key[i], i))
@@ -123,6 +129,8 @@ def live_order(inputs: Sequence[Incoming], seen: dict[str, int]) -> list[Incomin
             if blocked[j] <= 0:
                 heapq.heappush(ready, (key[j], j))
                 queued.add(j)
+    if forced:
+        log.warning("claims_rebuild_order_contradictions", inputs=len(items), forced=forced)
     return out
 
 
@@ -166,8 +174,11 @@ class RebuildInLiveOrder:
             else:
                 inputs.append(item)
         ordered = live_order(inputs, seen)
+        started = time.monotonic()
         for start in range(0, len(ordered), batch):
             await self.processor.handle(ordered[start:start + batch])
+        log.info("claims_rebuild_applied", inputs=len(ordered), placed_by_live=len(seen),
+                 slot_refusals=len(self.processor.live_refusals), seconds=round(time.monotonic() - started, 1))
 
 
 def said_what_live_saw(item: Incoming) -> bool:
