@@ -88,6 +88,10 @@ class _ClaimEvent(EventModel):
     author_id: Id
     user_id: Id
     author_claim: AuthorClaimState
+    # The revision of the author record (profile's ``AuthorState.revision``) the decision
+    # was taken against; 0: the record was not known yet. A rebuild reads it to apply the
+    # input where live saw it relative to the author's profile events (None: not said).
+    author_revision: int | None = Field(default=None, ge=0)
 
 
 class ClaimSubmitted(_ClaimEvent):
@@ -127,6 +131,10 @@ class VerificationLevelChanged(EventModel):
     verification_level: VerificationLevel | None
     previous_level: VerificationLevel | None = None
     author_claim: AuthorClaimState
+    # The revision of the author record (profile's ``AuthorState.revision``) the decision
+    # was taken against; 0: the record was not known yet. A rebuild reads it to apply the
+    # input where live saw it relative to the author's profile events (None: not said).
+    author_revision: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _consistent(self) -> VerificationLevelChanged:

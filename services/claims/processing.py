@@ -54,6 +54,8 @@ class ClaimsProcessor:
         self.publisher = publisher
         self.settings = settings
         self.limits = Limits(settings.max_open_claims_per_user, settings.max_approved_claims_per_user)
+        # Rebuild only: the slot refusals live published, by claim id (see ``Book._take``).
+        self.live_refusals: dict[str, str] = {}
 
     # --- consumed batches -------------------------------------------------------------
 
@@ -70,6 +72,7 @@ class ClaimsProcessor:
 
     def _apply(self, book: Book, batch: Sequence[Incoming]) -> list[tuple[Emit, Envelope | str]]:
         out: list[tuple[Emit, Envelope | str]] = []
+        book.live_refusals = self.live_refusals
         for item in batch:
             cause, now, p = str(item.envelope.event_id), item.envelope.occurred_at, item.payload
             if item.topic == Topic.PROFILE_EVENTS:

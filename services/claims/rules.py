@@ -8,7 +8,7 @@ publish. The caller loads the book, persists what is marked dirty and publishes 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -32,6 +32,7 @@ from contracts.events.claims import (
 
 OPEN = frozenset({"pending_author", "needs_review"})
 OPEN_SLOT, APPROVED_SLOT = "open", "approved"
+SLOT_REFUSAL = {OPEN_SLOT: "too_many_open_claims", APPROVED_SLOT: "user_already_owns_a_record"}
 UNCLAIMED = AuthorClaimState(claimed=False, revision=1)
 
 
@@ -188,9 +189,17 @@ class Book:
         self.slots = slots
         self.dirty_authors: set[str] = set()
         self.dirty_claims: set[str] = set()
+        # Rebuild only: claim id -> the slot refusal live published for it (claims.events).
+        self.live_refusals: Mapping[str, str] = {}
 
     def author(self, author_id: str) -> AuthorRecord:
         return self.authors.setdefault(author_id, AuthorRecord(author_id))
+
+    def seen_revision(self, author_id: str) -> int:
+        """The revision of the author record decisions are taken against now (0: not known
+        yet): every event says it, so a rebuild applies the input where live saw it."""
+        author = self.authors.get(author_id)
+        return author.identity.revision if author is not None and author.identity is not None else 0
 
     def index_open_claims(self) -> None:
         """Make each record's ``open_claims`` match the statuses of the claims in the book
@@ -240,7 +249,7 @@ class Book:
         def decide() -> list[tuple[str, ...]]:
             author = self.author(claim.author_id)
             if author.identity is None and not author.claim.claimed:
-                if not self.slots.acquire(OPEN_SLOT, claim.user_id, claim.claim_id):
+                if not self._take(OPEN_SLOT, claim):
                     self._reject(claim, now, "too_many_open_claims", None, "requested")
                     return [("submitted",), ("rejected",)]
                 self._set(claim, now, "pending_author", "requested")
@@ -352,17 +361,26 @@ class Book:
         level = automatic_level(Evidence.model_validate(claim.evidence), author.identity)
         if level is not None:
             return self._try_approve(claim, now, level, event)
-        if claim.status != "needs_review" and not self.slots.acquire(OPEN_SLOT, claim.user_id, claim.claim_id):
+        if claim.status != "needs_review" and not self._take(OPEN_SLOT, claim):
             self._reject(claim, now, "too_many_open_claims", None, event)
             return [("rejected",)]
         self._set(claim, now, "needs_review", event)
         return [("needs_review",)]
 
+    def _take(self, kind: str, claim: Claim) -> bool:
+        """A slot of the user's limit for the claim. Claims of one user in several
+        partitions race for the last slot; a rebuild, whose order across partitions is not
+        live's, refuses the claims live refused (``live_refusals``) and so leaves the slot
+        to the one live gave it to."""
+        if self.live_refusals.get(claim.claim_id) == SLOT_REFUSAL[kind]:
+            return False
+        return self.slots.acquire(kind, claim.user_id, claim.claim_id)
+
     def _try_approve(self, claim: Claim, now: datetime, level: str, event: str, by: str | None = None) -> list[tuple[str, ...]]:
         if self.author(claim.author_id).claim.claimed:
             self._reject(claim, now, "already_claimed", None, event)
             return [("rejected",)]
-        if not self.slots.acquire(APPROVED_SLOT, claim.user_id, claim.claim_id):
+        if not self._take(APPROVED_SLOT, claim):
             self._reject(claim, now, "user_already_owns_a_record", None, event)
             return [("rejected",)]
         self.slots.release(OPEN_SLOT, claim.user_id, claim.claim_id)
@@ -430,7 +448,8 @@ class Book:
         kind, owner = outcome[0], claim.claim_id
         if len(outcome) > 1 and kind == "rejected":  # another claim of the record lost
             claim = self.claims[outcome[1]]
-        common = dict(claim_id=claim.claim_id, author_id=claim.author_id, user_id=claim.user_id, author_claim=state)
+        common = dict(claim_id=claim.claim_id, author_id=claim.author_id, user_id=claim.user_id, author_claim=state,
+                      author_revision=self.seen_revision(claim.author_id))
         payload: EventModel
         if kind == "submitted":
             payload = ClaimSubmitted(status=claim.status, **common)
@@ -450,7 +469,7 @@ class Book:
                 return None
             payload = VerificationLevelChanged(
                 author_id=claim.author_id, verification_level=state.verification_level, previous_level=previous,
-                author_claim=state,
+                author_claim=state, author_revision=self.seen_revision(claim.author_id),
             )
             return Emit(payload, (payload.event_type, claim.author_id, str(state.revision)), owner)
         return Emit(payload, (payload.event_type, claim.claim_id), owner)
@@ -468,6 +487,7 @@ class Book:
         state = self.authors[author_id].claim if author_id in self.authors else UNCLAIMED
         payload = ClaimRejected(
             claim_id=claim_id, author_id=author_id, user_id=user_id, author_claim=state, reason="unknown_claim",
+            author_revision=self.seen_revision(author_id),
         )
         return Emit(payload, (payload.event_type, claim_id, "refused"), None)
 
@@ -476,5 +496,6 @@ class Book:
         payload = ClaimRejected(
             claim_id=claim.claim_id, author_id=claim.author_id, user_id=user_id or claim.user_id,
             author_claim=self.author(claim.author_id).claim, reason=reason, detail=detail,
+            author_revision=self.seen_revision(claim.author_id),
         )
         return [Emit(payload, (payload.event_type, claim.claim_id, "refused"), None)]
