@@ -25,7 +25,7 @@ from service_runtime.logging import get_logger
 from service_runtime.publishing import EventPublisher, Outgoing
 from service_runtime.retry import TRANSIENT_ERRORS
 from services.trust import scoring, signals
-from services.trust.store import TrustStore
+from services.trust.store import TrustStore, history_key
 
 log = get_logger(__name__)
 Clock = Callable[[], datetime]
@@ -65,8 +65,8 @@ class Recomputer:
         self.recomputations = 0  # authors scored by this process
         self.published = 0  # TrustScoreChanged acknowledged by the broker
         self._due: dict[str, datetime] = {}  # author -> when to recompute it (see ``schedule``)
-        # Event ids of outboxes known to be acknowledged (history recorded): a pass does not
-        # look them up again before replacing them. Only a cache, bounded.
+        # History keys of outboxes known to be acknowledged (history recorded): a pass does
+        # not look them up again before replacing them. Only a cache, bounded.
         self._acknowledged: set[str] = set()
         # Authors this process's consumer holds back on purpose (see handlers): not orphans.
         self.held_back: Callable[[], set[str]] = set
@@ -163,7 +163,7 @@ class Recomputer:
         await self.store.record_history([history_entry(env) for env in envelopes])
         if len(self._acknowledged) > ACKNOWLEDGED_CACHE:
             self._acknowledged.clear()
-        self._acknowledged.update(str(env.event_id) for env in envelopes)
+        self._acknowledged.update(history_key(env.data["author_id"], env.data["revision"]) for env in envelopes)
         self.published += len(envelopes)
         return len(envelopes)
 
@@ -245,7 +245,8 @@ def history_entry(envelope: Envelope) -> dict[str, Any]:
              "previous_score": data["previous_score"], "previous_band": data["previous_band"],
              "reason": data["reason"], "components": data["components"], "formula_version": data["formula_version"],
              "signals": data.get("inputs")}
-    return {"_id": str(envelope.event_id), "author_id": data["author_id"], "revision": data["revision"],
+    return {"_id": history_key(data["author_id"], data["revision"]), "event_id": str(envelope.event_id),
+            "author_id": data["author_id"], "revision": data["revision"],
             "entry": json.dumps(entry, sort_keys=True, separators=(",", ":")), "changed_at": envelope.occurred_at}
 
 

@@ -92,8 +92,8 @@ async def get_history(
     cursor: Annotated[int | None, Query(ge=1, description="next_cursor of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> HistoryPage:
-    await _known_author(store, author_id)
-    docs = await store.history_page(author_id, cursor, limit + 1)
-    items = [HistoryEntry(event_id=d["_id"], **{k: v for k, v in d.items() if k not in ("_id", "author_id")})
-             for d in docs[:limit]]
+    doc = await _known_author(store, author_id)
+    newest = doc["score"]["revision"] if doc.get("score") else 0
+    docs = await store.history_page(author_id, newest, cursor, limit + 1)
+    items = [HistoryEntry(**{k: v for k, v in d.items() if k != "author_id"}) for d in docs[:limit]]
     return HistoryPage(items=items, next_cursor=items[-1].revision if len(docs) > limit else None)

@@ -9,18 +9,22 @@ breakdown and the signals it was computed from). Beside them, scalars: ``registe
 (the profile registered the author), ``seq`` (bumped on every signal change), the dirty
 marker (``dirty``, ``dirty_since``, ``burst_from``, ``due_at``), the score's
 ``formula_version`` and ``scored_at``, and the last ``TrustScoreChanged`` this copy
-computed (``outbox``: its envelope as JSON, ``outbox_id``: its event id).
-``trust_history``: one document per published change, ``_id`` = its event id, with
-``author_id``, ``revision``, ``changed_at`` and the rest as one JSON string (``entry``). Its
-presence is also the broker's acknowledgement of the outbox: an outbox whose event id
-has no history entry is not published yet, so publishing costs one insert per batch of
-changes and no update per author to clear the outbox.
+computed (``outbox``: its envelope as JSON, ``outbox_key``: the ``_id`` its history entry
+gets, see ``history_key``).
+``trust_history``: one document per published change, ``_id`` = ``<author id>#<revision,
+zero-padded>`` (``history_key``), with ``event_id``, ``author_id``, ``revision``,
+``changed_at`` and the rest as one JSON string (``entry``). The key makes a page of an
+author's history one ``_id $in`` (the only indexed read on FerretDB): an author's
+revisions are 1, 2, ... n without a gap, each change publishing the next one. Its
+presence is also the broker's acknowledgement of the outbox: an outbox whose key has no
+history entry is not published yet, so publishing costs one insert per batch of changes
+and no update per author to clear the outbox.
 ``trust_leases``: one document per author being recomputed, ``_id`` = the author id. An
 insert is the one write FerretDB arbitrates between connections (the unique ``_id``), so
 the lease is taken by inserting it, never by updating a field (see ``claim``).
 
 Readers get decoded documents: ``{"_id", "profile", "claim", "followers", "seq",
-"dirty", ..., "score": {...} (once scored), "outbox": str, "outbox_id": ...}``.
+"dirty", ..., "score": {...} (once scored), "outbox": str, "outbox_key": ...}``.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ import uuid
 from datetime import datetime, timedelta
 from typing import Any
 
-from pymongo import ASCENDING, DESCENDING, UpdateOne
+from pymongo import ASCENDING, UpdateOne
 from pymongo.errors import BulkWriteError
 from pymongo.asynchronous.database import AsyncDatabase
 
@@ -54,9 +58,15 @@ MARKS = ("dirty_since", "burst_from", "due_at")
 # and the history. Left out: the coalescing and lease bookkeeping, the outbox, and when
 # this copy computed the score.
 PROJECTION = Projection.of(**{
-    AUTHORS: ("seq", "dirty", "dirty_since", "due_at", "burst_from", "outbox", "outbox_id", "scored_at"),
+    AUTHORS: ("seq", "dirty", "dirty_since", "due_at", "burst_from", "outbox", "outbox_key", "scored_at"),
     HISTORY: (),
 }, json_fields=("signals", "score", "entry"))
+
+
+def history_key(author_id: str, revision: int) -> str:
+    """The ``_id`` of an author's history entry of this revision: zero-padded, so the keys
+    of one author sort as its revisions; ``#`` never occurs in an author id."""
+    return f"{author_id}#{revision:010d}"
 
 
 def _dumps(value: Any) -> str:
@@ -91,7 +101,6 @@ class TrustStore:
         # docs/architecture.md), which is why no hot path filters on these fields.
         await self.authors.create_index([("dirty", ASCENDING), ("due_at", ASCENDING)])
         await self.authors.create_index([("formula_version", ASCENDING)])
-        await self.history.create_index([("author_id", ASCENDING), ("revision", DESCENDING)])
 
     async def _by_ids(self, collection, ids: list[str], projection: dict[str, int] | None = None) -> list[dict[str, Any]]:
         docs: list[dict[str, Any]] = []
@@ -191,9 +200,9 @@ class TrustStore:
                          "dirty": False},
                 "$unset": dict.fromkeys(MARKS, "")}
             if outbox is not None:
-                update["$set"].update(outbox=_dumps(outbox), outbox_id=outbox["event_id"])
+                update["$set"].update(outbox=_dumps(outbox), outbox_key=history_key(doc["_id"], outbox["data"]["revision"]))
             else:
-                update["$unset"].update(outbox="", outbox_id="")
+                update["$unset"].update(outbox="", outbox_key="")
             seq = doc["seq"] if "seq" in doc else {"$exists": False}
             ops.append(UpdateOne({"_id": doc["_id"], "seq": seq}, update))
         if not ops:
@@ -208,10 +217,10 @@ class TrustStore:
 
     async def unpublished(self, docs: list[dict[str, Any]], acknowledged: set[str] | None = None) -> list[dict[str, Any]]:
         """The documents among these whose outbox has no history entry (not acknowledged).
-        Event ids in ``acknowledged`` (known to have one) are not looked up again; those
+        History keys in ``acknowledged`` (known to be there) are not looked up again; those
         found are added to it."""
         known = acknowledged if acknowledged is not None else set()
-        with_outbox = {d["outbox_id"]: d for d in docs if d.get("outbox_id") and d["outbox_id"] not in known}
+        with_outbox = {d["outbox_key"]: d for d in docs if d.get("outbox_key") and d["outbox_key"] not in known}
         if not with_outbox:
             return []
         found = {h["_id"] for h in await self._by_ids(self.history, list(with_outbox), {"_id": 1})}
@@ -222,8 +231,8 @@ class TrustStore:
         """One read of the whole collection (FerretDB filters without ``_id`` scan it, so
         this runs seldom): the dirty authors with when each is due, and the authors whose
         outbox was never acknowledged."""
-        cursor = self.authors.find({"$or": [{"dirty": True}, {"outbox_id": {"$exists": True}}]},
-                                   {"dirty": 1, "due_at": 1, "outbox_id": 1}, batch_size=ONE_BATCH)
+        cursor = self.authors.find({"$or": [{"dirty": True}, {"outbox_key": {"$exists": True}}]},
+                                   {"dirty": 1, "due_at": 1, "outbox_key": 1}, batch_size=ONE_BATCH)
         docs = [doc async for doc in cursor]
         dirty = {d["_id"]: d["due_at"] for d in docs if d.get("dirty") and d.get("due_at") is not None}
         return dirty, [d["_id"] for d in await self.unpublished(docs, acknowledged)]
@@ -261,9 +270,20 @@ class TrustStore:
     async def authors_by_id(self, author_ids: list[str]) -> list[dict[str, Any]]:
         return [_decoded(doc) for doc in await self._by_ids(self.authors, author_ids)]
 
-    async def history_page(self, author_id: str, before_revision: int | None, limit: int) -> list[dict[str, Any]]:
-        query: dict[str, Any] = {"author_id": author_id}
-        if before_revision is not None:
-            query["revision"] = {"$lt": before_revision}
-        cursor = self.history.find(query, batch_size=ONE_BATCH).sort("revision", DESCENDING).limit(limit)
-        return [{**{k: v for k, v in doc.items() if k != "entry"}, **json.loads(doc["entry"])} async for doc in cursor]
+    async def history_page(self, author_id: str, newest_revision: int, before_revision: int | None,
+                           limit: int) -> list[dict[str, Any]]:
+        """Up to ``limit`` history entries of the author, newest first, below
+        ``before_revision`` (the cursor) if given, from ``newest_revision`` (its score's)
+        down. The revisions are contiguous, so the page is the keys of the next ``limit``
+        revisions: one ``_id $in``, never a filter on ``author_id`` (a scan of the whole
+        history on FerretDB). A revision without an entry (the newest one while its change
+        is being published) costs one more read of the keys below, not a short page."""
+        top = newest_revision if before_revision is None else min(newest_revision, before_revision - 1)
+        docs: list[dict[str, Any]] = []
+        while top >= 1 and len(docs) < limit:
+            want = min(limit - len(docs), IDS_PER_QUERY)
+            found = await self._by_ids(self.history, [history_key(author_id, r) for r in range(top, max(0, top - want), -1)])
+            docs += sorted(found, key=lambda d: d["revision"], reverse=True)
+            top -= want
+        return [{**{k: v for k, v in doc.items() if k not in ("_id", "entry")}, **json.loads(doc["entry"])}
+                for doc in docs]

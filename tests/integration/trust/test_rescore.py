@@ -62,7 +62,13 @@ async def test_rescore_interrupted_and_resumed_rescored_once_published_once(ns: 
         await rescore_all(store, resumed, chunk=7, on_progress=lambda p: lines.append(p.line()))
         assert await store.count_behind(2) == 0
         assert await store.pending_outboxes() == []
-        after = {d["_id"]: d["score"]["score"] for d in await store.authors_by_id(ids)}
+        docs = await store.authors_by_id(ids)
+        after = {d["_id"]: d["score"]["score"] for d in docs}
+        # A formula change continues each author's revisions: its history, read by key from
+        # the score's revision down, is revisions n..1 and holds every entry recorded.
+        histories = {d["_id"]: [h["revision"] for h in await store.history_page(d["_id"], d["score"]["revision"], None, 100)]
+                     for d in docs}
+        recorded = await store.history.count_documents({})
         events = await eventually(lambda: trust_events(ns), until=lambda e: sum(
             x["data"]["formula_version"] == 2 for x in e) >= sum(before[a] != after[a] for a in ids))
     assert lines[-1].startswith("rescored 18/18 authors")  # 40 - 15 - 7 stored by the crashed run
@@ -73,6 +79,8 @@ async def test_rescore_interrupted_and_resumed_rescored_once_published_once(ns: 
     counts = Counter(e["event_id"] for e in v2)
     assert len(counts) == len(changed)  # one change per author whose score moved
     assert all(e["data"]["previous_score"] == before[e["data"]["author_id"]] for e in v2)
+    assert histories == {a: [2, 1] if a in changed else [1] for a in ids}
+    assert recorded == sum(len(h) for h in histories.values())
 
 
 async def test_two_replicas_never_hold_the_same_author(ns: Namespace, producer) -> None:

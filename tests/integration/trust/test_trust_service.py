@@ -77,6 +77,65 @@ async def test_seed_profile_scores_21_then_claim_raises_it_with_history(ns: Name
         assert (await client.get("/trust/bad id!")).status_code == 422
 
 
+async def test_history_pages_newest_first_by_cursor_each_change_once(ns: Namespace, producer) -> None:
+    # Seven changes: the first score, then two more 2024 preprints at a time (+1.2 points
+    # each step, so every step moves the rounded score). Each is sent once the previous
+    # one is published, so none is coalesced with the next.
+    service = trust(ns)
+    async with service.running(), http(service) as client:
+        await send(producer, ns, registered("pager"))
+        await events_for(ns, "pager", 1)
+        for step in range(1, 7):
+            await send(producer, ns, work_added("pager", step + 1, extra_2024=2 * step))
+            await events_for(ns, "pager", step + 1)
+        events = await events_for(ns, "pager", 7)
+        await eventually(lambda: settled(service, "pager"), until=lambda d: not d["dirty"] and not d["unpublished"],
+                         what="last change acknowledged")
+
+        pages, cursor = [], None
+        while True:
+            params = {"limit": 3} | ({"cursor": cursor} if cursor is not None else {})
+            page = (await client.get("/trust/pager/history", params=params)).json()
+            pages.append(page)
+            cursor = page["next_cursor"]
+            if cursor is None:
+                break
+        whole = (await client.get("/trust/pager/history", params={"limit": 7})).json()
+        six = (await client.get("/trust/pager/history", params={"limit": 6})).json()
+        below_one = (await client.get("/trust/pager/history", params={"cursor": 1})).json()
+        above_all = (await client.get("/trust/pager/history", params={"cursor": 99, "limit": 2})).json()
+
+    assert [[i["revision"] for i in p["items"]] for p in pages] == [[7, 6, 5], [4, 3, 2], [1]]
+    assert [p["next_cursor"] for p in pages] == [5, 2, None]
+    items = [i for p in pages for i in p["items"]]
+    newest_first = sorted((e for e in events), key=lambda e: -e["data"]["revision"])
+    assert [i["event_id"] for i in items] == [e["event_id"] for e in newest_first]  # each change once, in order
+    assert [(i["score"], i["previous_score"]) for i in items] == [
+        (e["data"]["score"], e["data"]["previous_score"]) for e in newest_first]
+    assert [i["score"] for i in items] == [28, 27, 26, 25, 23, 22, 21]
+    assert whole["items"] == items and whole["next_cursor"] is None
+    assert six["items"] == items[:6] and six["next_cursor"] == 2
+    assert below_one == {"items": [], "next_cursor": None}
+    assert above_all["items"] == items[:2] and above_all["next_cursor"] == 6
+
+
+async def test_a_change_not_yet_acknowledged_leaves_no_hole_in_the_first_page(ns: Namespace, producer) -> None:
+    # The author's newest revision is stored with its outbox, not yet in the history (the
+    # broker has not acknowledged it): the first page starts one revision lower, full.
+    service = trust(ns)
+    async with service.running():
+        await send(producer, ns, registered("gap"))
+        await events_for(ns, "gap", 1)
+        for step in range(1, 4):
+            await send(producer, ns, work_added("gap", step + 1, extra_2024=2 * step))
+            await events_for(ns, "gap", step + 1)
+        await eventually(lambda: settled(service, "gap"), until=lambda d: not d["dirty"] and not d["unpublished"])
+        store = service.trust_store
+        page = await store.history_page("gap", 5, None, 3)  # revision 5: computed, not published yet
+        assert [d["revision"] for d in page] == [4, 3, 2]
+        assert [d["revision"] for d in await store.history_page("gap", 5, 3, 3)] == [2, 1]
+
+
 async def test_a_burst_of_500_works_is_one_recomputation_and_one_event(ns: Namespace, producer) -> None:
     await burst_of_500_works_is_one_recomputation(ns, producer, trust(ns))
 
