@@ -14,7 +14,8 @@ router = APIRouter(prefix="/trust", tags=["trust"])
 AuthorId = Annotated[str, Path(pattern=ID_PATTERN, description="the author record's id")]
 
 
-def get_store(request: Request) -> TrustStore:
+# async: FastAPI runs a plain ``def`` dependency in a worker thread (see profile's routes).
+async def get_store(request: Request) -> TrustStore:
     return request.app.state.trust_store
 
 
