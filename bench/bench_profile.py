@@ -24,7 +24,7 @@
 5. Reads: the service's HTTP in its own process (uvicorn on a free local port) and, as
    the bare baseline, ``bare_page_server.py`` (the same two reads by ``_id``, the stored
    first page sent as it is, no framework), each given ``GET /authors/{id}`` for random
-   authors at a fixed rate by vegeta (open loop), in alternating halves; p50/p99 of
+   authors at a fixed rate by vegeta (open loop), taking turns; p50/p99 of
    each, their ratio, the rate achieved and the status codes.
 
 Everything it creates (topics, databases, the server process) is removed at the end.
@@ -69,6 +69,7 @@ KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 MONGODB_URI = os.environ.get("MONGODB_URI", "mongodb://127.0.0.1:27017")
 BATCH = 500
 PAGE_WORKS = ProfileSettings().page_works
+READ_TURNS = 6
 VEGETA = ROOT / ".local" / "bin" / "vegeta"
 VEGETA_MODULE = "github.com/tsenart/vegeta/v12@v12.13.0"
 
@@ -317,7 +318,8 @@ def report(results: list[Path]) -> dict:
 async def measure_reads(settings: ProfileSettings, n_authors: int, rate: float, seconds: float,
                         workdir: Path) -> tuple[dict, dict]:
     """Ours (the profile service's HTTP in its own process) and the bare page server, each
-    attacked for ``seconds`` in alternating halves, so both meet the same machine load."""
+    attacked for ``seconds`` in turns of ``READ_TURNS`` (short, so that a burst of other
+    load on the shared machine falls on both alike)."""
     ensure_vegeta()
     ours_port, bare_port = free_port(), free_port()
     env = {**os.environ, "HTTP_PORT": str(ours_port), "TOPIC_PREFIX": settings.topic_prefix,
@@ -335,12 +337,13 @@ async def measure_reads(settings: ProfileSettings, n_authors: int, rate: float, 
         results: dict[str, list[Path]] = {"ours": [], "bare": []}
         for port in (ours_port, bare_port):  # warm up connections and caches
             attack(port, n_authors, 50, 2, workdir / "warmup.bin", seed=1)
-        for half in range(2):
-            for name, port in (("ours", ours_port), ("bare", bare_port)):
-                out = workdir / f"{name}{half}.bin"
-                attack(port, n_authors, rate, seconds / 2, out, seed=11 + half)
+        for turn in range(READ_TURNS):
+            for i, (name, port) in enumerate((("ours", ours_port), ("bare", bare_port))):
+                out = workdir / f"{name}{turn}.bin"
+                # Authors of their own for each: the second must not find the first's in a warm cache.
+                attack(port, n_authors, rate, seconds / READ_TURNS, out, seed=11 + 2 * turn + i)
                 results[name].append(out)
-        # The rate each half held (a merged report would count the pause between halves).
+        # The rate each turn held (a merged report would count the pauses between turns).
         rates = {name: min(report([f])["rate"] for f in files) for name, files in results.items()}
         return ({**report(results["ours"]), "rate": rates["ours"]}, {**report(results["bare"]), "rate": rates["bare"]})
     finally:
