@@ -25,7 +25,6 @@ import asyncio
 import os
 import statistics
 import sys
-import time
 import uuid
 from pathlib import Path
 

@@ -18,11 +18,9 @@ import asyncio
 import json
 import os
 import random
-import statistics
 import sys
-import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -31,6 +29,7 @@ from pymongo import DESCENDING, AsyncMongoClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from services.trust.store import HISTORY, ONE_BATCH, TrustStore, history_key  # noqa: E402
+from bench_store_lookup import timed  # noqa: E402  (this script's directory is on sys.path)
 
 MONGODB_URI = os.environ.get("MONGODB_URI", "mongodb://127.0.0.1:27017")
 PAGE = 21  # the route asks for limit + 1 (default limit 20)
@@ -48,16 +47,6 @@ def entry_doc(author_id: str, revision: int) -> dict[str, Any]:
     return {"_id": history_key(author_id, revision), "event_id": str(uuid.uuid4()), "author_id": author_id,
             "revision": revision, "entry": json.dumps(entry, sort_keys=True, separators=(",", ":")),
             "changed_at": datetime.now(UTC)}
-
-
-async def timed(op: Callable[[str], Awaitable[Any]], keys: list[str]) -> float:
-    """Median milliseconds of ``op`` over ``keys``, one at a time."""
-    times = []
-    for key in keys:
-        started = time.perf_counter()
-        await op(key)
-        times.append((time.perf_counter() - started) * 1000)
-    return statistics.median(times)
 
 
 async def main() -> None:

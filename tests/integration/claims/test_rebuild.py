@@ -32,6 +32,23 @@ def claim(claim_id: str, author_id: str, user_id: str) -> object:
     return command(ClaimRequested(claim_id=claim_id, author_id=author_id, user_id=user_id, evidence=EMAIL_OK))
 
 
+async def rebuilt_paths(ns: Namespace, live: object) -> dict[str, list[tuple[str, str]]]:
+    """Rebuild the claims projection from the log beside live's, check the two are equal,
+    and return each rebuilt claim's path (status, event) to show it took live's way."""
+    rebuilt_db = live.database_name + "_rebuilt"  # type: ignore[attr-defined]
+    ns.databases.append(rebuilt_db)
+    result = await rebuild(build_service, live, database=rebuilt_db)
+    assert await compare_databases(live.mongodb_uri, live.database_name, rebuilt_db,  # type: ignore[attr-defined]
+                                   result.projection) == []
+    assert result.projection == PROJECTION
+    client: AsyncMongoClient = AsyncMongoClient(live.mongodb_uri)  # type: ignore[attr-defined]
+    try:
+        return {c["_id"]: [(h["status"], h["event"]) for h in c["history"]]
+                async for c in client[rebuilt_db].claims.find({})}
+    finally:
+        await client.close()
+
+
 async def test_rebuild_equals_live_for_claims_before_and_after_their_author(ns: Namespace, producer) -> None:
     service = claims_service(ns)
     processor = service.http.state.claims_processor
@@ -54,20 +71,8 @@ async def test_rebuild_equals_live_for_claims_before_and_after_their_author(ns: 
         await send(producer, ns, author_registered("ghost-author"))
         await authors_known(service, "ghost-author")
         await events_until(ns, lambda ev: of_type(ev, "ClaimRejected", "ghost"), "ghost expired")
-    live = service.settings
-    rebuilt_db = live.database_name + "_rebuilt"
-    ns.databases.append(rebuilt_db)
-    result = await rebuild(build_service, live, database=rebuilt_db)
-    assert await compare_databases(live.mongodb_uri, live.database_name, rebuilt_db, result.projection) == []
-    assert result.projection == PROJECTION
     # Not equal by accident: the rebuilt claims took the same paths as live.
-    client: AsyncMongoClient = AsyncMongoClient(live.mongodb_uri)
-    try:
-        paths = {c["_id"]: [(h["status"], h["event"]) for h in c["history"]]
-                 async for c in client[rebuilt_db].claims.find({})}
-    finally:
-        await client.close()
-    assert paths == {
+    assert await rebuilt_paths(ns, service.settings) == {
         "early": [("pending_author", "requested"), ("approved", "author_arrived")],
         "after": [("approved", "requested")],
         "ghost": [("pending_author", "requested"), ("rejected", "expired")],
@@ -102,18 +107,7 @@ async def test_rebuild_follows_the_order_live_saw_not_the_append_times(ns: Names
         await events_until(ns, lambda ev: of_type(ev, "ClaimSubmitted", "parked"), "parked waiting")
         await send_at(producer, ns, author_registered("seen-late"), base + 15_000)
         await events_until(ns, lambda ev: of_type(ev, "ClaimApproved", "parked"), "parked approved when its author came")
-    live = service.settings
-    rebuilt_db = live.database_name + "_rebuilt"
-    ns.databases.append(rebuilt_db)
-    result = await rebuild(build_service, live, database=rebuilt_db)
-    assert await compare_databases(live.mongodb_uri, live.database_name, rebuilt_db, result.projection) == []
-    client: AsyncMongoClient = AsyncMongoClient(live.mongodb_uri)
-    try:
-        paths = {c["_id"]: [(h["status"], h["event"]) for h in c["history"]]
-                 async for c in client[rebuilt_db].claims.find({})}
-    finally:
-        await client.close()
-    assert paths == {
+    assert await rebuilt_paths(ns, service.settings) == {
         "at-once": [("approved", "requested")],
         "parked": [("pending_author", "requested"), ("approved", "author_arrived")],
     }
@@ -134,11 +128,7 @@ async def test_rebuild_gives_the_last_slot_to_the_claim_live_gave_it_to(ns: Name
         await send_at(producer, ns, claim("lost", "race-b", "u1"), base + 10_000)
         events = await events_until(ns, lambda ev: of_type(ev, "ClaimRejected", "lost"), "lost refused")
         assert of_type(events, "ClaimRejected", "lost")[0]["data"]["reason"] == "too_many_open_claims"
-    live = service.settings
-    rebuilt_db = live.database_name + "_rebuilt"
-    ns.databases.append(rebuilt_db)
-    result = await rebuild(build_service, live, database=rebuilt_db)
-    assert await compare_databases(live.mongodb_uri, live.database_name, rebuilt_db, result.projection) == []
+    await rebuilt_paths(ns, service.settings)
 
 
 def partition_of(key: str, partitions: int = 6) -> int:

@@ -140,7 +140,7 @@ def test_cursor_paging_is_stable_when_works_are_added() -> None:
     entries = [{"id": f"w{i}", "y": 2000 + i % 3} for i in range(10)]
     first, cursor = page_slice(entries, None, 4)
     entries.append({"id": "w-new", "y": 2002})  # a newer work arrives between page loads
-    rest, seen = [], [e["id"] for e in first]
+    seen = [e["id"] for e in first]
     while cursor:
         page, cursor = page_slice(entries, cursor, 4)
         seen += [e["id"] for e in page]
