@@ -29,7 +29,7 @@ from pymongo import DESCENDING, AsyncMongoClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from services.trust.store import HISTORY, ONE_BATCH, TrustStore, history_key  # noqa: E402
-from bench_store_lookup import timed  # noqa: E402  (this script's directory is on sys.path)
+from bench_store_lookup import print_comparison, timed  # noqa: E402  (this script's directory is on sys.path)
 
 MONGODB_URI = os.environ.get("MONGODB_URI", "mongodb://127.0.0.1:27017")
 PAGE = 21  # the route asks for limit + 1 (default limit 20)
@@ -90,9 +90,7 @@ async def main() -> None:
         ]
         print(f"{len(docs):,} history entries over {len(newest):,} authors; pages of {PAGE}; median ms per page "
               f"over {len(keys)} authors")
-        print(f"{'page':24} {'by _id (keys)':>14} {'filter author_id':>18} {'ratio':>8}")
-        for label, by_id, by_filter in rows:
-            print(f"{label:24} {by_id:14.2f} {by_filter:18.2f} {by_filter / by_id:8.0f}x")
+        print_comparison(("page", "by _id (keys)", "filter author_id (scan)"), rows)
     finally:
         await client.drop_database(name)
         await client.close()
