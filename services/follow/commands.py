@@ -41,7 +41,8 @@ from service_runtime.delivery import Incoming
 from service_runtime.logging import get_logger
 from service_runtime.publishing import EventPublisher, Outgoing
 from service_runtime.replay import published_revisions
-from services.follow.rules import Command, Edge, apply_commands
+from service_runtime.offsets import group_progress
+from services.follow.rules import Command, Edge, LogMark, apply_commands, read_until, unknown_author_expired
 from services.follow.store import FollowStore, edge_doc, edge_from
 from services.follow.settings import FollowSettings
 
@@ -53,6 +54,9 @@ NUDGE_PREFIX = "nudge:"
 # many went unanswered). Re-sending every tick flooded command partitions that were behind
 # with nudges for every parked author, and kept them behind.
 NUDGE_RETRY_S = 30.0
+# End-offset marks of profile.events kept for the sources group to reach (``_sources_read_until``).
+MAX_LOG_MARKS = 600
+SOURCE_PROGRESS_TIMEOUT_S = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,6 +88,7 @@ class FollowCommands:
         self.publisher = publisher
         self.settings = settings
         self._handling = asyncio.Lock()
+        self._log_marks: list[LogMark] = []  # profile.events end offsets not yet read by the sources group
 
     def is_nudge(self, envelope: Envelope) -> bool:
         """A copy of a parked command the sweeper sends to wake its author's partition up."""
@@ -122,10 +127,16 @@ class FollowCommands:
         edges = await self.store.edges_of_many({
             a: {q.payload.user_id for q in old + new} for a, (old, new) in queues.items() if docs[a].get("known")})
         now = datetime.now(UTC)
+        # Parked follows of unknown authors whose wait is over are rejected only if the
+        # sources consumer has read profile.events up to the end of their wait.
+        expiring = any(not docs[a].get("known") and any(q.parked and q.parked["expires_at"] <= now for q in old)
+                       for a, (old, _) in queues.items())
+        sources_read_until = await self.store.sources_read_until() if expiring else None
         commits: dict[str, dict[str, Any]] = {}
         to_park: list[dict[str, Any]] = []
         for author_id, (old, new) in queues.items():
-            fields, park = self._author(author_id, docs[author_id], old, new, edges.get(author_id, {}), now)
+            fields, park = self._author(author_id, docs[author_id], old, new, edges.get(author_id, {}), now,
+                                        sources_read_until)
             commits[author_id] = fields
             to_park.extend(park)
         await self.store.park(to_park)
@@ -140,7 +151,7 @@ class FollowCommands:
 
     def _author(
         self, author_id: str, doc: dict[str, Any], parked: list[Queued], new: list[Queued], edges: dict[str, Edge],
-        now: datetime,
+        now: datetime, sources_read_until: datetime | None = None,
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """One author's commit (the fields to set, with the ``pending`` outbox) and the
         documents of the commands to park."""
@@ -156,7 +167,7 @@ class FollowCommands:
             changed = self._apply(author_id, doc, queue, edges, events, fields)
         else:
             for q in parked:
-                if q.parked and q.parked["expires_at"] <= now:
+                if q.parked and unknown_author_expired(q.parked["expires_at"], sources_read_until):
                     parked_done.append(q.parked["_id"])
                     if q.is_follow:
                         events.append(self._rejected(q, "unknown_author"))
@@ -264,18 +275,22 @@ class FollowCommands:
 
     async def sweep_once(self, *, throttle: bool = True) -> int:
         """Wake up authors whose parked follows can now be applied (author known) or
-        rejected (waited long enough): send a nudge through their partition, so the
-        command consumer stays the one writer of their follow state. Returns nudges sent."""
+        rejected (waited long enough, and profile.events read up to the end of the wait):
+        send a nudge through their partition, so the command consumer stays the one writer
+        of their follow state. Returns nudges sent."""
         now = datetime.now(UTC)
         retry_s = max(2 * self.settings.sweep_interval_s, NUDGE_RETRY_S)
         due = []
-        for author in await self.store.authors_with_parked():
+        parked_authors = await self.store.authors_with_parked()
+        sources_read_until = await self._sources_read_until(now, parked_authors)
+        for author in parked_authors:
             nudged_at = author.get("nudged_at")
             wait = timedelta(seconds=retry_s * 2 ** min(int(author.get("nudges") or 0), 6))
             if throttle and nudged_at is not None and now - nudged_at < wait:
                 continue
             until = author.get("parked_until")
-            if author.get("parked_ids") and (author.get("known") or (until is not None and until <= now)):
+            if author.get("parked_ids") and (
+                    author.get("known") or (until is not None and unknown_author_expired(until, sources_read_until))):
                 due.append(author)
         first = await self.store.parked_by_id(a["parked_ids"][0] for a in due)
         due = [a for a in due if a["parked_ids"][0] in first]
@@ -289,6 +304,34 @@ class FollowCommands:
         else:
             await self.publisher.publish(nudges)
         return len(nudges)
+
+    async def _sources_read_until(self, now: datetime, parked_authors: list[dict[str, Any]]) -> datetime | None:
+        """The moment up to which the sources consumer group has handled profile.events
+        (stored, so the command consumer of any replica reads the same), advanced while an
+        unknown author's wait is over and its follows wait for that reading: each time, the
+        topic's end offsets are marked (taken now, so every record appended before ``now``
+        lies below them) and compared with the offsets the group committed (after handling)."""
+        waiting = [a["parked_until"] for a in parked_authors
+                   if not a.get("known") and a.get("parked_until") is not None and a["parked_until"] <= now]
+        if not waiting:
+            return None
+        stored = await self.store.sources_read_until()
+        if stored is not None and max(waiting) <= stored:
+            return stored
+        topic = self.settings.physical_topic(Topic.PROFILE_EVENTS)
+        try:
+            progress = await asyncio.wait_for(group_progress(
+                self.settings.kafka_bootstrap_servers, self.settings.sources_group, [topic]), SOURCE_PROGRESS_TIMEOUT_S)
+        except Exception as exc:  # broker unreachable: the follows wait, known authors are still nudged
+            log.warning("sources_progress_failed", error=repr(exc))
+            return stored
+        if len(self._log_marks) < MAX_LOG_MARKS:  # full: the oldest marks are reached first anyway
+            self._log_marks.append(LogMark(now, {p.partition: p.end for p in progress}))
+        reached, self._log_marks = read_until(self._log_marks, {p.partition: p.committed for p in progress})
+        if reached is not None and (stored is None or reached > stored):
+            await self.store.advance_sources_read_until(reached)
+            return reached
+        return stored
 
     async def settle(self) -> None:
         """Rebuild only (a drain hook): apply every parked command whose author is known by now."""
