@@ -41,8 +41,8 @@ from service_runtime.delivery import Incoming
 from service_runtime.logging import get_logger
 from service_runtime.publishing import EventPublisher, Outgoing
 from service_runtime.replay import published_revisions
-from service_runtime.offsets import group_progress
-from services.follow.rules import Command, Edge, LogMark, apply_commands, read_until, unknown_author_expired
+from service_runtime.offsets import ReadHorizon
+from services.follow.rules import Command, Edge, apply_commands, unknown_author_expired
 from services.follow.store import FollowStore, edge_doc, edge_from
 from services.follow.settings import FollowSettings
 
@@ -54,9 +54,6 @@ NUDGE_PREFIX = "nudge:"
 # many went unanswered). Re-sending every tick flooded command partitions that were behind
 # with nudges for every parked author, and kept them behind.
 NUDGE_RETRY_S = 30.0
-# End-offset marks of profile.events kept for the sources group to reach (``_sources_read_until``).
-MAX_LOG_MARKS = 600
-SOURCE_PROGRESS_TIMEOUT_S = 15.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,7 +85,9 @@ class FollowCommands:
         self.publisher = publisher
         self.settings = settings
         self._handling = asyncio.Lock()
-        self._log_marks: list[LogMark] = []  # profile.events end offsets not yet read by the sources group
+        # How far the sources group has read profile.events (see ``_sources_read_until``).
+        self._sources_read = ReadHorizon(settings.kafka_bootstrap_servers, settings.sources_group,
+                                         [settings.physical_topic(Topic.PROFILE_EVENTS)])
 
     def is_nudge(self, envelope: Envelope) -> bool:
         """A copy of a parked command the sweeper sends to wake its author's partition up."""
@@ -308,9 +307,7 @@ class FollowCommands:
     async def _sources_read_until(self, now: datetime, parked_authors: list[dict[str, Any]]) -> datetime | None:
         """The moment up to which the sources consumer group has handled profile.events
         (stored, so the command consumer of any replica reads the same), advanced while an
-        unknown author's wait is over and its follows wait for that reading: each time, the
-        topic's end offsets are marked (taken now, so every record appended before ``now``
-        lies below them) and compared with the offsets the group committed (after handling)."""
+        unknown author's wait is over and its follows wait for that reading."""
         waiting = [a["parked_until"] for a in parked_authors
                    if not a.get("known") and a.get("parked_until") is not None and a["parked_until"] <= now]
         if not waiting:
@@ -318,16 +315,11 @@ class FollowCommands:
         stored = await self.store.sources_read_until()
         if stored is not None and max(waiting) <= stored:
             return stored
-        topic = self.settings.physical_topic(Topic.PROFILE_EVENTS)
         try:
-            progress = await asyncio.wait_for(group_progress(
-                self.settings.kafka_bootstrap_servers, self.settings.sources_group, [topic]), SOURCE_PROGRESS_TIMEOUT_S)
+            reached = await self._sources_read.advance(now)
         except Exception as exc:  # broker unreachable: the follows wait, known authors are still nudged
             log.warning("sources_progress_failed", error=repr(exc))
             return stored
-        if len(self._log_marks) < MAX_LOG_MARKS:  # full: the oldest marks are reached first anyway
-            self._log_marks.append(LogMark(now, {p.partition: p.end for p in progress}))
-        reached, self._log_marks = read_until(self._log_marks, {p.partition: p.committed for p in progress})
         if reached is not None and (stored is None or reached > stored):
             await self.store.advance_sources_read_until(reached)
             return reached

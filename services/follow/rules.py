@@ -150,30 +150,6 @@ def notification_title(kind: str, author_name: str, detail: str | None = None) -
 # --- unknown authors --------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
-class LogMark:
-    """The end offsets of a topic's partitions, taken at ``at`` (or later): every record
-    appended before ``at`` lies below them."""
-
-    at: datetime
-    ends: dict[int, int]
-
-
-def read_until(marks: Sequence[LogMark], committed: dict[int, int]) -> tuple[datetime | None, list[LogMark]]:
-    """How far a consumer group has read a topic, as a moment: the newest mark whose end
-    offsets its committed offsets (partition -> next offset to read) all reached, so every
-    record appended before that moment has been handled. Returns it (None: no mark reached
-    yet) and the marks not reached yet, still to wait for."""
-    reached: datetime | None = None
-    left: list[LogMark] = []
-    for mark in marks:
-        if all(committed.get(p, 0) >= end for p, end in mark.ends.items()):
-            reached = mark.at if reached is None else max(reached, mark.at)
-        else:
-            left.append(mark)
-    return reached, [m for m in left if reached is None or m.at > reached]
-
-
 def unknown_author_expired(expires_at: datetime, sources_read_until: datetime | None) -> bool:
     """A follow parked for an unknown author is rejected only once the wait is over AND the
     author's events have been read up to that moment: a registration appended before the

@@ -10,7 +10,6 @@ from services.follow.rules import (
     NO_EDGE,
     Command,
     Edge,
-    LogMark,
     apply_commands,
     band_went_up,
     cut_chunks,
@@ -18,7 +17,6 @@ from services.follow.rules import (
     from_field_key,
     in_range,
     page_of,
-    read_until,
     recipients,
     unknown_author_expired,
 )
@@ -94,21 +92,7 @@ def test_pages_are_stable_and_field_keys_round_trip() -> None:
         assert "." not in key and from_field_key(key) == identifier
 
 
-
-
-
-def test_read_until_is_the_newest_mark_the_committed_offsets_reached() -> None:
-    marks = [LogMark(T0, {0: 5, 1: 3}), LogMark(T0 + timedelta(seconds=1), {0: 9, 1: 3}),
-             LogMark(T0 + timedelta(seconds=2), {0: 12, 1: 4})]
-    assert read_until(marks, {0: 4, 1: 3}) == (None, marks)
-    reached, left = read_until(marks, {0: 9, 1: 3})
-    assert reached == T0 + timedelta(seconds=1) and left == marks[2:]
-    assert read_until(marks, {0: 12, 1: 4}) == (T0 + timedelta(seconds=2), [])
-
-
-def test_a_partition_never_committed_reaches_only_an_empty_mark() -> None:
-    assert read_until([LogMark(T0, {0: 0, 1: 0})], {}) == (T0, [])
-    assert read_until([LogMark(T0, {0: 1})], {})[0] is None
+# --- unknown authors --------------------------------------------------------------
 
 
 def test_a_parked_follow_of_an_unknown_author_expires_only_once_its_events_were_read_past_the_wait() -> None:
