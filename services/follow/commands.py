@@ -105,6 +105,11 @@ class FollowCommands:
         by_author: dict[str, list[Incoming]] = {}
         for item in batch:
             by_author.setdefault(item.payload.author_id, []).append(item)  # type: ignore[attr-defined]
+        # How far profile.events has been read, BEFORE the authors: every registration
+        # appended before that moment is then in the documents read next. Read the other
+        # way round, a registration handled in between would leave its author unknown here
+        # while the moment says it was read, and its follows would be rejected.
+        sources_read_until = await self.store.sources_read_until()
         found = await self.store.authors_by_id(by_author)
         docs = {a: found.get(a) or {} for a in by_author}
         # Outboxes a crash left behind are carried out first (each step is idempotent).
@@ -126,11 +131,6 @@ class FollowCommands:
         edges = await self.store.edges_of_many({
             a: {q.payload.user_id for q in old + new} for a, (old, new) in queues.items() if docs[a].get("known")})
         now = datetime.now(UTC)
-        # Parked follows of unknown authors whose wait is over are rejected only if the
-        # sources consumer has read profile.events up to the end of their wait.
-        expiring = any(not docs[a].get("known") and any(q.parked and q.parked["expires_at"] <= now for q in old)
-                       for a, (old, _) in queues.items())
-        sources_read_until = await self.store.sources_read_until() if expiring else None
         commits: dict[str, dict[str, Any]] = {}
         to_park: list[dict[str, Any]] = []
         for author_id, (old, new) in queues.items():
@@ -153,7 +153,8 @@ class FollowCommands:
         now: datetime, sources_read_until: datetime | None = None,
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """One author's commit (the fields to set, with the ``pending`` outbox) and the
-        documents of the commands to park."""
+        documents of the commands to park. A parked follow of an unknown author is rejected
+        once its wait ended before ``sources_read_until`` (``rules.unknown_author_expired``)."""
         events: list[Outgoing] = []
         fields: dict[str, Any] = {}
         to_park: list[Queued] = []
