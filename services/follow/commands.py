@@ -223,6 +223,11 @@ class FollowCommands:
                 event_id=deterministic_event_id(last.envelope.event_id, "FollowerCountChanged", revision),
             ))
             fields.update(follower_count=applied.count, count_revision=revision)
+        elif applied.changed:
+            # Written even when the batch nets to no change (a follow and its unfollow): a
+            # rebuild that applies in one batch what live applied in two (parked commands)
+            # then holds the same count, 0, not none.
+            fields["follower_count"] = applied.count
         if applied.changed:
             fields["pages"] = self.store.pages_with(doc.get("pages") or [], applied.changed)
         return dict(applied.changed)
