@@ -164,6 +164,18 @@ async def test_a_follow_is_not_rejected_while_the_authors_registration_is_still_
         assert await store_of(service).parked_for("lagged") == []
 
 
+async def test_a_parked_follow_and_its_unfollow_applied_together_store_the_count(ns, producer, follow) -> None:
+    """Applied in one batch they net to no change, and the count is still stored (0), as
+    when they are applied one batch each: a rebuild may batch them differently from live."""
+    await publish(producer, ns, [follow_cmd("u1", "pair"), unfollow_cmd("u1", "pair")], Topic.WEBAPP_FOLLOWS)
+    await eventually(lambda: store_of(follow).parked_for("pair"), until=lambda p: len(p) == 2, what="both parked")
+    await publish(producer, ns, [registered("pair")], Topic.PROFILE_EVENTS)
+    doc = await eventually(lambda: store_of(follow).author("pair"),
+                           until=lambda d: d and not d.get("parked_ids") and "follower_count" in d,
+                           what="applied, count stored")
+    assert doc["follower_count"] == 0 and await edges_in_store(follow, "pair") == 0
+
+
 async def test_parked_follows_apply_in_order_when_the_author_arrives(ns, producer, follow) -> None:
     await publish(producer, ns, [follow_cmd("u1", "late"), follow_cmd("u2", "late"), unfollow_cmd("u1", "late"),
                                  follow_cmd("u3", "late")], Topic.WEBAPP_FOLLOWS)
