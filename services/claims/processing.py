@@ -36,6 +36,7 @@ from contracts.events.profile import AuthorState
 from contracts.topics import Topic
 from service_runtime.delivery import Incoming
 from service_runtime.logging import get_logger
+from service_runtime.offsets import ReadHorizon
 from service_runtime.publishing import EventPublisher, Outgoing
 from services.claims.rules import Book, Claim, Emit, Identity, Limits
 from services.claims.settings import ClaimsSettings
@@ -56,6 +57,9 @@ class ClaimsProcessor:
         self.limits = Limits(settings.max_open_claims_per_user, settings.max_approved_claims_per_user)
         # Rebuild only: the slot refusals live published, by claim id (see ``Book._take``).
         self.live_refusals: dict[str, str] = {}
+        # How far this service's consumer group has read profile.events (see ``sweep_once``).
+        self.profile_read = ReadHorizon(settings.kafka_bootstrap_servers, settings.consumer_group,
+                                        [settings.physical_topic(Topic.PROFILE_EVENTS)])
 
     # --- consumed batches -------------------------------------------------------------
 
@@ -117,9 +121,19 @@ class ClaimsProcessor:
 
     async def sweep_once(self, now: datetime | None = None) -> int:
         """Reject claims whose author never arrived; publish outboxes a stopped writer left.
-        Safe with several replicas: writes are guarded, event ids derive from the claim."""
+        Safe with several replicas: writes are guarded, event ids derive from the claim.
+
+        A claim waits its time, and then until this service has read profile.events up to
+        the end of its wait: under a backlog, an author registered before that moment may
+        not be read yet, and is not unknown."""
         now = now or datetime.now(UTC)
         expired = await self.store.pending_since_before(now - self.wait)
+        if expired:
+            read = await self._profile_read_until(now)
+            if read is None:
+                expired = []
+            elif read < now:
+                expired = await self.store.pending_since_before(read - self.wait)
         for claim in expired:
             cause = expiry_cause(claim.claim_id)
             for _ in range(self.settings.conflict_attempts):
@@ -131,6 +145,13 @@ class ClaimsProcessor:
             await self.publisher.publish([_outgoing(entry) for c in stale for entry in c.outbox])
             await self.store.mark_published(c.outbox_token for c in stale)
         return len(expired)
+
+    async def _profile_read_until(self, now: datetime) -> datetime | None:
+        try:
+            return await self.profile_read.advance(now)
+        except Exception as exc:  # broker unreachable: expiries wait for the next sweep
+            log.warning("claims_profile_progress_failed", error=repr(exc))
+            return self.profile_read.reached
 
     # --- one attempt --------------------------------------------------------------------
 

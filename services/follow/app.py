@@ -11,7 +11,7 @@ from services.follow.fanout import ChunkWorker, FanoutPlanner
 from services.follow.inbox import InboxEvents
 from services.follow.handlers import Handlers
 from services.follow.routes import router
-from services.follow.settings import FollowSettings
+from services.follow.settings import SOURCES_GROUP, FollowSettings
 from services.follow.sources import SourceEvents
 from services.follow.store import PROJECTION, FollowStore
 
@@ -35,7 +35,7 @@ def build_service(settings: FollowSettings | None = None) -> Service:
     # other, so a huge fan-out cannot hold up other authors' follows or events.
     service.consume(Topic.WEBAPP_FOLLOWS, handler=handlers.on_commands)
     service.consume(Topic.PROFILE_EVENTS, Topic.CLAIMS_EVENTS, Topic.TRUST_EVENTS,
-                    handler=handlers.on_source_events, group="sources")
+                    handler=handlers.on_source_events, group=SOURCES_GROUP)
     service.consume(Topic.FOLLOW_FANOUT, handler=handlers.on_fanout_chunks, group="fanout", runs="live")
     # Live, the chunk worker already wrote every notification it published: the inbox
     # consumer needs only the read marks and passes over the notifications undecoded (a

@@ -41,7 +41,8 @@ from service_runtime.delivery import Incoming
 from service_runtime.logging import get_logger
 from service_runtime.publishing import EventPublisher, Outgoing
 from service_runtime.replay import published_revisions
-from services.follow.rules import Command, Edge, apply_commands
+from service_runtime.offsets import ReadHorizon
+from services.follow.rules import Command, Edge, apply_commands, unknown_author_expired
 from services.follow.store import FollowStore, edge_doc, edge_from
 from services.follow.settings import FollowSettings
 
@@ -84,6 +85,9 @@ class FollowCommands:
         self.publisher = publisher
         self.settings = settings
         self._handling = asyncio.Lock()
+        # How far the sources group has read profile.events (see ``_sources_read_until``).
+        self._sources_read = ReadHorizon(settings.kafka_bootstrap_servers, settings.sources_group,
+                                         [settings.physical_topic(Topic.PROFILE_EVENTS)])
 
     def is_nudge(self, envelope: Envelope) -> bool:
         """A copy of a parked command the sweeper sends to wake its author's partition up."""
@@ -101,6 +105,11 @@ class FollowCommands:
         by_author: dict[str, list[Incoming]] = {}
         for item in batch:
             by_author.setdefault(item.payload.author_id, []).append(item)  # type: ignore[attr-defined]
+        # How far profile.events has been read, BEFORE the authors: every registration
+        # appended before that moment is then in the documents read next. Read the other
+        # way round, a registration handled in between would leave its author unknown here
+        # while the moment says it was read, and its follows would be rejected.
+        sources_read_until = await self.store.sources_read_until()
         found = await self.store.authors_by_id(by_author)
         docs = {a: found.get(a) or {} for a in by_author}
         # Outboxes a crash left behind are carried out first (each step is idempotent).
@@ -125,7 +134,8 @@ class FollowCommands:
         commits: dict[str, dict[str, Any]] = {}
         to_park: list[dict[str, Any]] = []
         for author_id, (old, new) in queues.items():
-            fields, park = self._author(author_id, docs[author_id], old, new, edges.get(author_id, {}), now)
+            fields, park = self._author(author_id, docs[author_id], old, new, edges.get(author_id, {}), now,
+                                        sources_read_until)
             commits[author_id] = fields
             to_park.extend(park)
         await self.store.park(to_park)
@@ -140,10 +150,11 @@ class FollowCommands:
 
     def _author(
         self, author_id: str, doc: dict[str, Any], parked: list[Queued], new: list[Queued], edges: dict[str, Edge],
-        now: datetime,
+        now: datetime, sources_read_until: datetime | None = None,
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """One author's commit (the fields to set, with the ``pending`` outbox) and the
-        documents of the commands to park."""
+        documents of the commands to park. A parked follow of an unknown author is rejected
+        once its wait ended before ``sources_read_until`` (``rules.unknown_author_expired``)."""
         events: list[Outgoing] = []
         fields: dict[str, Any] = {}
         to_park: list[Queued] = []
@@ -156,7 +167,7 @@ class FollowCommands:
             changed = self._apply(author_id, doc, queue, edges, events, fields)
         else:
             for q in parked:
-                if q.parked and q.parked["expires_at"] <= now:
+                if q.parked and unknown_author_expired(q.parked["expires_at"], sources_read_until):
                     parked_done.append(q.parked["_id"])
                     if q.is_follow:
                         events.append(self._rejected(q, "unknown_author"))
@@ -212,6 +223,11 @@ class FollowCommands:
                 event_id=deterministic_event_id(last.envelope.event_id, "FollowerCountChanged", revision),
             ))
             fields.update(follower_count=applied.count, count_revision=revision)
+        elif applied.changed:
+            # Written even when the batch nets to no change (a follow and its unfollow): a
+            # rebuild that applies in one batch what live applied in two (parked commands)
+            # then holds the same count, 0, not none.
+            fields["follower_count"] = applied.count
         if applied.changed:
             fields["pages"] = self.store.pages_with(doc.get("pages") or [], applied.changed)
         return dict(applied.changed)
@@ -264,18 +280,22 @@ class FollowCommands:
 
     async def sweep_once(self, *, throttle: bool = True) -> int:
         """Wake up authors whose parked follows can now be applied (author known) or
-        rejected (waited long enough): send a nudge through their partition, so the
-        command consumer stays the one writer of their follow state. Returns nudges sent."""
+        rejected (waited long enough, and profile.events read up to the end of the wait):
+        send a nudge through their partition, so the command consumer stays the one writer
+        of their follow state. Returns nudges sent."""
         now = datetime.now(UTC)
         retry_s = max(2 * self.settings.sweep_interval_s, NUDGE_RETRY_S)
         due = []
-        for author in await self.store.authors_with_parked():
+        parked_authors = await self.store.authors_with_parked()
+        sources_read_until = await self._sources_read_until(now, parked_authors)
+        for author in parked_authors:
             nudged_at = author.get("nudged_at")
             wait = timedelta(seconds=retry_s * 2 ** min(int(author.get("nudges") or 0), 6))
             if throttle and nudged_at is not None and now - nudged_at < wait:
                 continue
             until = author.get("parked_until")
-            if author.get("parked_ids") and (author.get("known") or (until is not None and until <= now)):
+            if author.get("parked_ids") and (
+                    author.get("known") or (until is not None and unknown_author_expired(until, sources_read_until))):
                 due.append(author)
         first = await self.store.parked_by_id(a["parked_ids"][0] for a in due)
         due = [a for a in due if a["parked_ids"][0] in first]
@@ -289,6 +309,27 @@ class FollowCommands:
         else:
             await self.publisher.publish(nudges)
         return len(nudges)
+
+    async def _sources_read_until(self, now: datetime, parked_authors: list[dict[str, Any]]) -> datetime | None:
+        """The moment up to which the sources consumer group has handled profile.events
+        (stored, so the command consumer of any replica reads the same), advanced while an
+        unknown author's wait is over and its follows wait for that reading."""
+        waiting = [a["parked_until"] for a in parked_authors
+                   if not a.get("known") and a.get("parked_until") is not None and a["parked_until"] <= now]
+        if not waiting:
+            return None
+        stored = await self.store.sources_read_until()
+        if stored is not None and max(waiting) <= stored:
+            return stored
+        try:
+            reached = await self._sources_read.advance(now)
+        except Exception as exc:  # broker unreachable: the follows wait, known authors are still nudged
+            log.warning("sources_progress_failed", error=repr(exc))
+            return stored
+        if reached is not None and (stored is None or reached > stored):
+            await self.store.advance_sources_read_until(reached)
+            return reached
+        return stored
 
     async def settle(self) -> None:
         """Rebuild only (a drain hook): apply every parked command whose author is known by now."""

@@ -145,3 +145,15 @@ def notification_title(kind: str, author_name: str, detail: str | None = None) -
     else:
         text = f"{author_name} is now {detail}" if detail else f"{author_name} moved up a trust band"
     return text[:600]
+
+
+# --- unknown authors --------------------------------------------------------------
+
+
+def unknown_author_expired(expires_at: datetime, sources_read_until: datetime | None) -> bool:
+    """A follow parked for an unknown author is rejected only once the wait is over AND the
+    author's events have been read up to that moment: a registration appended before the
+    wait ended has been seen by then, so the author is really unknown. A wall-clock wait
+    alone rejects follows of authors already registered but not read yet (a lagging
+    ``profile.events`` consumer)."""
+    return sources_read_until is not None and expires_at <= sources_read_until

@@ -7,12 +7,17 @@ from pydantic import Field
 from service_runtime.settings import RuntimeSettings
 
 
+# The consumer group (suffix) that reads profile.events, claims.events and trust.events.
+SOURCES_GROUP = "sources"
+
+
 class FollowSettings(RuntimeSettings):
     service_name: str = "follow"
     http_port: int = 8004
 
     # A follow of an author not known yet is parked this long for the author to arrive
-    # (profile.events may lag the web app), then rejected with reason unknown_author.
+    # (profile.events may lag the web app), then rejected with reason unknown_author once
+    # profile.events has been read up to the end of the wait (see README, unknown authors).
     unknown_author_wait_s: float = Field(default=60.0, gt=0)
     # How often the sweeper looks for parked follows to apply or reject.
     sweep_interval_s: float = Field(default=1.0, gt=0)
@@ -23,3 +28,7 @@ class FollowSettings(RuntimeSettings):
     follower_pages: int = Field(default=256, ge=1, le=4096)
     # Page size of the HTTP lists.
     page_limit: int = Field(default=100, ge=1, le=1000)
+
+    @property
+    def sources_group(self) -> str:
+        return f"{self.consumer_group}.{SOURCES_GROUP}"

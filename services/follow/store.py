@@ -60,6 +60,7 @@ _READ_CONCURRENCY = 32
 _IDS_PER_READ = 128
 
 
+_PROFILE_PROGRESS = "profile.events"
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
@@ -105,6 +106,7 @@ class FollowStore:
         self.following = db.following
         self.parked = db.parked
         self.parked_authors = db.parked_authors
+        self.source_progress = db.source_progress
         self.done_outboxes = db.outboxes_done
         self.fanouts = db.fanouts
         self.chunks = db.fanout_chunks
@@ -272,6 +274,16 @@ class FollowStore:
             async with self._author_writes:
                 await bulk_update(self.authors, [UpdateOne({"_id": a}, {"$set": {"count_revision": r}})
                                                  for a, r in revisions.items()])
+
+    async def sources_read_until(self) -> datetime | None:
+        """The moment up to which the source consumer has handled every ``profile.events``
+        record (see ``FollowCommands.sweep_once``); None until it is first established."""
+        doc = await self._find_one(self.source_progress, _PROFILE_PROGRESS)
+        return None if doc is None else doc.get("read_until")
+
+    async def advance_sources_read_until(self, at: datetime) -> None:
+        # $max: a sweeper of another replica that measured an earlier moment never moves it back.
+        await self.source_progress.update_one({"_id": _PROFILE_PROGRESS}, {"$max": {"read_until": at}}, upsert=True)
 
     async def mark_nudged(self, nudges: dict[str, int], at: datetime) -> None:
         """Nudged now (author -> how many earlier nudges went unanswered)."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from datetime import UTC, datetime, timedelta
 
 from contracts import Envelope
@@ -12,6 +13,8 @@ from contracts.events.claims import (
     ClaimWithdrawn,
     Evidence,
 )
+from contracts.topics import Topic
+from services.claims.processing import ClaimsProcessor
 from tests.conftest import Namespace, eventually
 from tests.integration.claims.helpers import (
     ORCID,
@@ -120,6 +123,34 @@ async def test_a_late_request_still_waits_its_full_time_for_its_author(ns: Names
         await send(producer, ns, author_registered("slow-author"))
         events = await events_until(ns, lambda ev: of_type(ev, "ClaimApproved", "late"), "approved once its author came")
     assert not of_type(events, "ClaimRejected", "late")
+
+
+async def test_a_claim_is_not_expired_while_its_authors_registration_is_still_unread(
+        ns: Namespace, producer, monkeypatch) -> None:
+    """The author is registered in profile.events, but the consumer has not read that far
+    (held here, as a long backlog holds it): a sweep after the wait must not reject the
+    claim; it is decided once the registration is read."""
+    gate = asyncio.Event()
+    handle = ClaimsProcessor.handle
+
+    async def held(self: ClaimsProcessor, batch) -> None:
+        if any(item.topic == Topic.PROFILE_EVENTS for item in batch):
+            await gate.wait()
+        await handle(self, batch)
+
+    monkeypatch.setattr(ClaimsProcessor, "handle", held)
+    service = claims_service(ns, pending_author_timeout_s=600)
+    async with service.running():
+        await send(producer, ns, command(ClaimRequested(claim_id="unread", author_id="behind", user_id="u1",
+                                                        evidence=EMAIL_OK)))
+        await events_until(ns, lambda ev: of_type(ev, "ClaimSubmitted", "unread"), "submitted, waiting")
+        await send(producer, ns, author_registered("behind"))
+        processor = service.http.state.claims_processor
+        # Two hours on, the wait is long over on the clock; the registration is still unread.
+        assert await processor.sweep_once(now=datetime.now(UTC) + timedelta(hours=2)) == 0
+        gate.set()
+        events = await events_until(ns, lambda ev: of_type(ev, "ClaimApproved", "unread"), "approved once read")
+    assert not of_type(events, "ClaimRejected", "unread")
 
 
 async def test_replayed_commands_change_nothing_twice(ns: Namespace, producer) -> None:

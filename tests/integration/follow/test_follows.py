@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from contracts.topics import Topic, dlq_topic
 from service_runtime.service import Service
 from services.follow.app import build_service
+from services.follow.sources import SourceEvents
 from services.follow.store import FollowStore
 from tests.conftest import Namespace, eventually
 from tests.integration.follow.conftest import (
@@ -31,6 +32,10 @@ async def edges_in_store(service: Service, author: str) -> int:
     store = store_of(service)
     doc = await store.author(author) or {}
     return sum(1 for _, e in await store.all_edges(author, doc.get("pages") or []) if e.active)
+
+
+async def clock() -> datetime:
+    return datetime.now(UTC)
 
 
 async def settled_count(ns: Namespace, service: Service, author: str, expected: int) -> None:
@@ -124,6 +129,51 @@ async def test_following_an_unknown_author_is_rejected_after_the_wait(ns, produc
         await publish(producer, ns, [follow_cmd("u3", "ghost")], Topic.WEBAPP_FOLLOWS)
         await settled_count(ns, service, "ghost", 1)
         assert len(await events(ns, Topic.FOLLOWS_EVENTS, "FollowRejected")) == 2
+
+
+async def test_a_follow_is_not_rejected_while_the_authors_registration_is_still_unread(
+        ns, producer, monkeypatch) -> None:
+    """The author is registered in profile.events, but the source consumer has not read
+    that far (held here, as a long backlog holds it): the wait running out on the clock
+    must not reject the follow; it is applied once the registration is read."""
+    gate = asyncio.Event()
+    handle = SourceEvents.handle
+
+    async def held(self: SourceEvents, batch) -> None:
+        await gate.wait()
+        await handle(self, batch)
+
+    monkeypatch.setattr(SourceEvents, "handle", held)
+    service = build_service(follow_settings(ns, unknown_author_wait_s=1.0))
+    async with service.running():
+        await publish(producer, ns, [registered("lagged")], Topic.PROFILE_EVENTS)
+        await publish(producer, ns, [follow_cmd("u1", "lagged")], Topic.WEBAPP_FOLLOWS)
+        first = await eventually(lambda: store_of(service).parked_for("lagged"), until=lambda p: len(p) == 1,
+                                 what="first follow parked")
+        await eventually(clock, until=lambda now: now > first[0]["expires_at"],
+                         what="the wait of the first follow over on the clock")
+        # A second command of the author: its batch decides on the first follow, whose
+        # wait is over on the clock (a wall-clock rule rejects it here).
+        second = follow_cmd("u2", "lagged")
+        await publish(producer, ns, [second], Topic.WEBAPP_FOLLOWS)
+        await eventually(lambda: store_of(service).parked_for("lagged"),
+                         until=lambda p: str(second.event_id) in {d["_id"] for d in p}, what="second follow parked")
+        gate.set()
+        await settled_count(ns, service, "lagged", 2)
+        assert await events(ns, Topic.FOLLOWS_EVENTS, "FollowRejected") == []
+        assert await store_of(service).parked_for("lagged") == []
+
+
+async def test_a_parked_follow_and_its_unfollow_applied_together_store_the_count(ns, producer, follow) -> None:
+    """Applied in one batch they net to no change, and the count is still stored (0), as
+    when they are applied one batch each: a rebuild may batch them differently from live."""
+    await publish(producer, ns, [follow_cmd("u1", "pair"), unfollow_cmd("u1", "pair")], Topic.WEBAPP_FOLLOWS)
+    await eventually(lambda: store_of(follow).parked_for("pair"), until=lambda p: len(p) == 2, what="both parked")
+    await publish(producer, ns, [registered("pair")], Topic.PROFILE_EVENTS)
+    doc = await eventually(lambda: store_of(follow).author("pair"),
+                           until=lambda d: d and not d.get("parked_ids") and "follower_count" in d,
+                           what="applied, count stored")
+    assert doc["follower_count"] == 0 and await edges_in_store(follow, "pair") == 0
 
 
 async def test_parked_follows_apply_in_order_when_the_author_arrives(ns, producer, follow) -> None:

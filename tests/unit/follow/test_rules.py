@@ -18,6 +18,7 @@ from services.follow.rules import (
     in_range,
     page_of,
     recipients,
+    unknown_author_expired,
 )
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -89,3 +90,13 @@ def test_pages_are_stable_and_field_keys_round_trip() -> None:
     for identifier in ("openalex:A5017898742", "a.b.c", "50%.x"):
         key = field_key(identifier)
         assert "." not in key and from_field_key(key) == identifier
+
+
+# --- unknown authors --------------------------------------------------------------
+
+
+def test_a_parked_follow_of_an_unknown_author_expires_only_once_its_events_were_read_past_the_wait() -> None:
+    expires = T0 + timedelta(seconds=60)
+    assert not unknown_author_expired(expires, None)  # nothing known about the reading yet
+    assert not unknown_author_expired(expires, expires - timedelta(seconds=1))  # lagging: maybe registered
+    assert unknown_author_expired(expires, expires)
