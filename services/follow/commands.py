@@ -164,6 +164,10 @@ class FollowCommands:
         if doc.get("known"):
             queue = parked + new
             parked_done = [q.parked["_id"] for q in parked if q.parked]
+            # A command a batch parked and then died before its commit point comes again
+            # once its author is known, and is applied directly: its parked document (same
+            # id, no author lists it) goes too, or it would wait in ``parked`` for ever.
+            parked_done += [str(q.envelope.event_id) for q in new]
             changed = self._apply(author_id, doc, queue, edges, events, fields)
         else:
             for q in parked:

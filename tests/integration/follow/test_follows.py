@@ -176,6 +176,24 @@ async def test_a_parked_follow_and_its_unfollow_applied_together_store_the_count
     assert doc["follower_count"] == 0 and await edges_in_store(follow, "pair") == 0
 
 
+async def test_a_command_parked_by_a_batch_that_died_before_its_commit_leaves_no_parked_document(
+    ns, producer, follow
+) -> None:
+    """The batch parked the follow (its author unknown) and died before its commit point;
+    by the redelivery the author is known, so the follow is applied directly, and the
+    parked document nobody lists must go with it."""
+    store = store_of(follow)
+    await publish(producer, ns, [registered("known-now")], Topic.PROFILE_EVENTS)
+    await eventually(lambda: store.author("known-now"), until=lambda d: d and d.get("known"), what="author known")
+    command = follow_cmd("u1", "known-now")
+    await store.park([{"_id": str(command.event_id), "author_id": "known-now", "partition": 0, "offset": 0,
+                       "envelope": command.model_dump_json(), "parked_at": await clock(),
+                       "expires_at": await clock() + timedelta(seconds=60)}])
+    await publish(producer, ns, [command], Topic.WEBAPP_FOLLOWS)
+    await settled_count(ns, follow, "known-now", 1)
+    await eventually(lambda: store.parked_for("known-now"), until=lambda p: p == [], what="parked document dropped")
+
+
 async def test_parked_follows_apply_in_order_when_the_author_arrives(ns, producer, follow) -> None:
     await publish(producer, ns, [follow_cmd("u1", "late"), follow_cmd("u2", "late"), unfollow_cmd("u1", "late"),
                                  follow_cmd("u3", "late")], Topic.WEBAPP_FOLLOWS)
