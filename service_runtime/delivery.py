@@ -56,11 +56,6 @@ class Incoming:
     backlog: frozenset[tuple[str, int]] = frozenset()
 
     @property
-    def more_in_log(self) -> bool:
-        """More records of this message's own partition were already in the log."""
-        return (self.topic, self.partition) in self.backlog
-
-    @property
     def event_type(self) -> str:
         return self.envelope.event_type
 

@@ -11,6 +11,10 @@ from datetime import datetime
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from service_runtime.logging import get_logger
+
+log = get_logger(__name__)
+
 
 @dataclass(frozen=True, slots=True)
 class PartitionProgress:
@@ -115,3 +119,12 @@ class ReadHorizon:
         if reached is not None and (self.reached is None or reached > self.reached):
             self.reached = reached
         return self.reached
+
+    async def try_advance(self, now: datetime) -> datetime | None:
+        """``advance``, or the moment reached so far when the broker does not answer: what
+        waits on this reading keeps waiting until the next try."""
+        try:
+            return await self.advance(now)
+        except Exception as exc:
+            log.warning("read_horizon_not_advanced", group=self.group_id, error=repr(exc))
+            return self.reached

@@ -133,3 +133,17 @@ async def eventually(
         if loop.time() > deadline:
             raise AssertionError(f"{what} not reached within {timeout}s; last value: {result!r}"[:1500])
         await asyncio.sleep(interval)
+
+
+async def throughout(
+    probe: Callable[[], Awaitable[T]], *, holds: Callable[[T], bool] = bool, seconds: float,
+    interval: float = 0.5, what: str = "condition",
+) -> None:
+    """Poll ``probe`` for ``seconds`` and fail as soon as ``holds(result)`` does not: the
+    counterpart of ``eventually`` for a state that must last (an outage, nothing committed)."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + seconds
+    while loop.time() < deadline:
+        result = await probe()
+        assert holds(result), f"{what} stopped holding: {result!r}"[:1500]
+        await asyncio.sleep(interval)

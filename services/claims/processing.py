@@ -129,7 +129,7 @@ class ClaimsProcessor:
         now = now or datetime.now(UTC)
         expired = await self.store.pending_since_before(now - self.wait)
         if expired:
-            read = await self._profile_read_until(now)
+            read = await self.profile_read.try_advance(now)
             if read is None:
                 expired = []
             elif read < now:
@@ -145,13 +145,6 @@ class ClaimsProcessor:
             await self.publisher.publish([_outgoing(entry) for c in stale for entry in c.outbox])
             await self.store.mark_published(c.outbox_token for c in stale)
         return len(expired)
-
-    async def _profile_read_until(self, now: datetime) -> datetime | None:
-        try:
-            return await self.profile_read.advance(now)
-        except Exception as exc:  # broker unreachable: expiries wait for the next sweep
-            log.warning("claims_profile_progress_failed", error=repr(exc))
-            return self.profile_read.reached
 
     # --- one attempt --------------------------------------------------------------------
 

@@ -325,11 +325,9 @@ class FollowCommands:
         stored = await self.store.sources_read_until()
         if stored is not None and max(waiting) <= stored:
             return stored
-        try:
-            reached = await self._sources_read.advance(now)
-        except Exception as exc:  # broker unreachable: the follows wait, known authors are still nudged
-            log.warning("sources_progress_failed", error=repr(exc))
-            return stored
+        # Broker unreachable: this process's last reading, so the follows wait (known
+        # authors are still nudged).
+        reached = await self._sources_read.try_advance(now)
         if reached is not None and (stored is None or reached > stored):
             await self.store.advance_sources_read_until(reached)
             return reached

@@ -93,16 +93,17 @@ class IngestPublications:
         had; only works neither holds (an author dropped from a work, or a page cut for
         another size) are read, all in one read."""
         limit = self.settings.page_works
+        changed = plan.changed_authors
         known = {work_id: stored_work(doc) for work_id, doc in plan.works.items()}
-        for record in plan.changed_authors:
+        for record in changed:
             for work in record.first_page or ():
                 known.setdefault(work["work_id"], work)
-        missing = {work_id for record in plan.changed_authors
-                   for work_id in first_page(record.entries, limit, known)[2]}
-        if missing:
+        cuts = {record.author_id: first_page(record.entries, limit, known) for record in changed}
+        if missing := {work_id for _, _, ids in cuts.values() for work_id in ids}:
             known |= await self.store.works_by_id(list(missing))
-        for record in plan.changed_authors:
-            record.first_page, record.first_page_cursor, _ = first_page(record.entries, limit, known)
+            cuts |= {a: first_page(plan.authors[a].entries, limit, known) for a, (_, _, ids) in cuts.items() if ids}
+        for record in changed:
+            record.first_page, record.first_page_cursor, _ = cuts[record.author_id]
             record.first_page_limit = limit
 
     async def _publish(self, outgoing: list[Outgoing], tokens: list[str]) -> None:
