@@ -349,8 +349,12 @@ class FollowCommands:
             self.settings, Topic.FOLLOWS_EVENTS,
             lambda event_type, data: data.get("revision") if event_type == "FollowerCountChanged" else None)
         docs = await self.store.authors_by_id(top)
-        await self.store.set_count_revisions({a: r for a, r in top.items()
-                                              if int((docs.get(a) or {}).get("count_revision") or 0) != r})
+        revisions: dict[str, int | None] = {a: r for a, r in top.items()
+                                            if int((docs.get(a) or {}).get("count_revision") or 0) != r}
+        # And none where live published none: its batches netted every change to zero
+        # (a parked follow and its unfollow applied together) where this rebuild's did not.
+        revisions.update({a: None for a in await self.store.authors_with_count_revision() if a not in top})
+        await self.store.set_count_revisions(revisions)
 
     def _nudge(self, parked: dict[str, Any]) -> Outgoing:
         envelope = Envelope.model_validate(json.loads(parked["envelope"]))

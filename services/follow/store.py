@@ -269,11 +269,18 @@ class FollowStore:
         if ids:
             await self.parked.delete_many({"_id": {"$in": list(ids)}})
 
-    async def set_count_revisions(self, revisions: dict[str, int]) -> None:
+    async def set_count_revisions(self, revisions: dict[str, int | None]) -> None:
+        """Author -> count revision; None removes it (no count was ever published)."""
         if revisions:
             async with self._author_writes:
-                await bulk_update(self.authors, [UpdateOne({"_id": a}, {"$set": {"count_revision": r}})
-                                                 for a, r in revisions.items()])
+                await bulk_update(self.authors, [
+                    UpdateOne({"_id": a}, {"$set": {"count_revision": r}} if r is not None
+                              else {"$unset": {"count_revision": ""}})
+                    for a, r in revisions.items()])
+
+    async def authors_with_count_revision(self) -> list[str]:
+        """Rebuild only (a scan): the authors holding a count revision."""
+        return [d["_id"] async for d in self.authors.find({"count_revision": {"$exists": True}}, {"_id": 1})]
 
     async def sources_read_until(self) -> datetime | None:
         """The moment up to which the source consumer has handled every ``profile.events``

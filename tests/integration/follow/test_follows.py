@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from contracts.topics import Topic, dlq_topic
 from service_runtime.service import Service
 from services.follow.app import build_service
+from services.follow.commands import FollowCommands
 from services.follow.sources import SourceEvents
 from services.follow.store import FollowStore
 from tests.conftest import Namespace, eventually
@@ -174,6 +175,22 @@ async def test_a_parked_follow_and_its_unfollow_applied_together_store_the_count
                            until=lambda d: d and not d.get("parked_ids") and "follower_count" in d,
                            what="applied, count stored")
     assert doc["follower_count"] == 0 and await edges_in_store(follow, "pair") == 0
+
+
+async def test_a_rebuild_keeps_no_count_revision_where_live_published_no_count(ns, producer, follow) -> None:
+    """Live applied a parked follow and its unfollow together (no count change, no
+    revision); a rebuild that applied them one batch each counted two changes. Its
+    revisions are taken from what live published: none, so none; the others adopt theirs."""
+    await publish(producer, ns, [registered("counted")], Topic.PROFILE_EVENTS)
+    await publish(producer, ns, [follow_cmd("u1", "counted")], Topic.WEBAPP_FOLLOWS)
+    await settled_count(ns, follow, "counted", 1)
+    store = store_of(follow)
+    await store.set_authors_fields({"netted": {"known": True, "follower_count": 0, "count_revision": 2},
+                                    "counted": {"count_revision": 5}})
+    commands = FollowCommands(store, follow.publisher, follow_settings(ns))
+    await commands.adopt_published_revisions()
+    assert "count_revision" not in (await store.author("netted") or {})
+    assert (await store.author("counted") or {})["count_revision"] == 1
 
 
 async def test_a_command_parked_by_a_batch_that_died_before_its_commit_leaves_no_parked_document(
