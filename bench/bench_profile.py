@@ -57,11 +57,12 @@ sys.path.insert(0, str(ROOT))
 from contracts.envelope import Envelope  # noqa: E402
 from contracts.events.publications import Work, WorkIngested  # noqa: E402
 from contracts.topics import TOPICS, Topic  # noqa: E402
+from service_runtime import compact  # noqa: E402
 from service_runtime.kafka import delete_topics, ensure_topics  # noqa: E402
 from service_runtime.store import UPDATES_PER_COMMAND  # noqa: E402
 from service_runtime.topic_reader import iter_topic  # noqa: E402
 from services.profile.derive import derive_state, distinct_topics, name_keys  # noqa: E402
-from services.profile.page import first_page, pack_works, unpack_works  # noqa: E402
+from services.profile.page import first_page, pack_works  # noqa: E402
 from services.profile.app import build_service  # noqa: E402
 from services.profile.settings import ProfileSettings  # noqa: E402
 
@@ -148,7 +149,7 @@ def _entry(work: dict, author_id: str, fingerprint: str) -> dict:
 
 
 def _compact(value: object) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    return compact.dumps(value)
 
 
 async def run_baseline(topic: str, database: str, n_works: int) -> float:
@@ -175,8 +176,8 @@ async def run_baseline(topic: str, database: str, n_works: int) -> float:
                 a for d in stored.values() for a in d.get("author_ids", [])}
             authors = {}
             async for d in db.authors.find({"_id": {"$in": list(ids)}}):
-                d["entries"] = json.loads(d["entries_json"])
-                d["page"] = {w["work_id"]: w for w in json.loads(unpack_works(d["page_works"]))}
+                d["entries"] = compact.unpack(d["entries_z"])
+                d["page"] = {w["work_id"]: w for w in compact.unpack(d["page_works"])}
                 authors[d["_id"]] = d
             fresh, changed, work_docs = set(), set(), {}
             for w in works:
@@ -207,7 +208,7 @@ async def run_baseline(topic: str, database: str, n_works: int) -> float:
                 page, cursor, _ = first_page(doc["entries"], PAGE_WORKS, doc["page"])
                 out = {"_id": author_id, **{k: v for k, v in identity.items() if k != "author_id"},
                        "name_keys": name_keys(doc["display_name"]), "works_count": len(doc["entries"]),
-                       "entries_json": _compact(doc["entries"]), "state_json": _compact(state), "revision": doc["revision"],
+                       "entries_z": compact.pack(doc["entries"]), "state_json": _compact(state), "revision": doc["revision"],
                        "page_works": pack_works(page), "page_limit": PAGE_WORKS, "page_cursor": cursor}
                 ops.append(InsertOne(out) if author_id in fresh else ReplaceOne({"_id": author_id}, out))
             work_ops = [ReplaceOne({"_id": i}, d) if i in stored else InsertOne(d) for i, d in work_docs.items()]

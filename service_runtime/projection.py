@@ -13,8 +13,9 @@ class Projection:
     Collections not named here (work queues, outbox markers) are not part of it."""
 
     collections: dict[str, frozenset[str]]
-    # Fields stored as JSON strings (FerretDB reads flat strings much faster than nested
-    # documents), decoded before comparing so the ignored paths can reach inside them.
+    # Fields stored as JSON strings or packed JSON (``service_runtime.compact``: FerretDB
+    # reads flat strings much faster than nested documents), decoded before comparing so
+    # the ignored paths can reach inside them and a difference is shown readably.
     json_fields: frozenset[str] = frozenset()
 
     @classmethod

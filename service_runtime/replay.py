@@ -23,6 +23,7 @@ from typing import Any
 
 from pymongo import AsyncMongoClient
 
+from service_runtime import compact
 from service_runtime.offsets import end_offsets, group_progress
 from service_runtime.projection import Projection
 from service_runtime.service import Service
@@ -116,7 +117,13 @@ async def published_revisions(settings: RuntimeSettings, topic: str, revision_of
 
 
 def _decoded(doc: dict[str, Any], json_fields: frozenset[str]) -> dict[str, Any]:
-    return {k: json.loads(v) if k in json_fields and isinstance(v, str) else v for k, v in doc.items()}
+    return {k: _decoded_value(v) if k in json_fields else v for k, v in doc.items()}
+
+
+def _decoded_value(value: Any) -> Any:
+    if isinstance(value, str):
+        return json.loads(value)
+    return compact.unpack(value) if isinstance(value, bytes) else value
 
 
 def _short(value: Any, width: int = 120) -> str:

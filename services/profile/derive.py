@@ -65,36 +65,110 @@ def work_entry(work: Work, author_id: str, fingerprint: str) -> WorkEntry:
     }
 
 
-def record_verification_level(orcid: str | None, entries: list[WorkEntry]) -> str:
+def record_verification_level(orcid: str | None, works_with_external_id: int) -> str:
     """L1 when the record is linked to a public scholarly index (an ORCID iD, or a work
     with a DOI or arXiv id); L0 for a bare record. L2/L3 come from the claims service."""
-    return "L1" if orcid or any(e["x"] for e in entries) else "L0"
+    return "L1" if orcid or works_with_external_id else "L0"
 
 
 def derive_state(identity: dict[str, Any], entries: list[WorkEntry], revision: int, min_shared_works: int) -> dict[str, Any]:
     """The author's full current state (the fields of contracts' ``AuthorState``)."""
-    by_year = Counter(str(e["y"]) for e in entries)
-    topic_counts = Counter(topic for e in entries for topic in e["t"])
-    shared = Counter(co["id"] for e in entries for co in e["co"])
-    names = {co["id"]: co["n"] for e in entries for co in e["co"]}
-    close = [(co_id, n) for co_id, n in shared.items() if n >= min_shared_works]
-    return {
-        "author_id": identity["author_id"],
-        "display_name": identity["display_name"],
-        "description": identity.get("description"),
-        "affiliation": identity.get("affiliation"),
-        "orcid": identity.get("orcid"),
-        "open_to_collaborate": bool(identity.get("open_to_collaborate", False)),
-        "works_count": len(entries),
-        "works_by_year": dict(sorted(by_year.items(), reverse=True)),
-        "topics": [{"name": t, "count": n} for t, n in sorted(topic_counts.items(), key=lambda tn: (-tn[1], tn[0]))],
-        "close_collaborators": [
-            {"author_id": co_id, "display_name": names[co_id], "shared_works": n}
-            for co_id, n in sorted(close, key=lambda cn: (-cn[1], names[cn[0]]))
-        ],
-        "record_verification_level": record_verification_level(identity.get("orcid"), entries),
-        "revision": revision,
-    }
+    return Tally(entries, min_shared_works).state(identity, revision)
+
+
+class Tally:
+    """The counts an author's state is derived from, kept up to date entry by entry.
+
+    The planner derives the state after every change of a batch (each event carries it);
+    recounting all entries each time cost O(works) per change, O(works^2) for an author
+    whose back catalogue arrives in one batch. Adding or removing an entry is O(its topics
+    and co-authors); the state is then O(years, topics, close collaborators)."""
+
+    def __init__(self, entries: list[WorkEntry], min_shared_works: int) -> None:
+        self.min_shared = min_shared_works
+        self.works = 0
+        self.with_external_id = 0
+        self.by_year: Counter[str] = Counter()
+        self.topics: Counter[str] = Counter()
+        self.shared: Counter[str] = Counter()
+        self.close: set[str] = set()
+        # Each co-author's fullest spelling (``fuller_name``): the same whatever the order
+        # the works came in. A removal may take the fullest one away: names are then
+        # recounted from ``entries`` (rare: a corrected or dropped work).
+        self.names: dict[str, str] = {}
+        self._entries = entries
+        self._names_stale = False
+        for entry in entries:
+            self.add(entry)
+
+    def add(self, entry: WorkEntry) -> None:
+        self._count(entry, 1)
+        for co in entry["co"]:
+            held = self.names.get(co["id"])
+            if held is None or fuller_name(co["n"], held):
+                self.names[co["id"]] = co["n"]
+
+    def remove(self, entry: WorkEntry, entries: list[WorkEntry]) -> None:
+        """``entry`` left the author; ``entries`` are the ones that remain (for the names)."""
+        self._count(entry, -1)
+        self._entries = entries
+        self._names_stale = self._names_stale or bool(entry["co"])
+
+    def _count(self, entry: WorkEntry, sign: int) -> None:
+        self.works += sign
+        self.with_external_id += sign * bool(entry["x"])
+        self.by_year[str(entry["y"])] += sign
+        for topic in entry["t"]:
+            self.topics[topic] += sign
+        for co in entry["co"]:
+            n = self.shared[co["id"]] = self.shared[co["id"]] + sign
+            if n >= self.min_shared:
+                self.close.add(co["id"])
+            else:
+                self.close.discard(co["id"])
+
+    def state(self, identity: dict[str, Any], revision: int) -> dict[str, Any]:
+        """The author's full current state (the fields of contracts' ``AuthorState``)."""
+        if self._names_stale:
+            self.names = {}
+            for entry in self._entries:
+                for co in entry["co"]:
+                    held = self.names.get(co["id"])
+                    if held is None or fuller_name(co["n"], held):
+                        self.names[co["id"]] = co["n"]
+            self._names_stale = False
+        names, shared = self.names, self.shared
+        orcid = identity.get("orcid")
+        return {
+            "author_id": identity["author_id"],
+            "display_name": identity["display_name"],
+            "description": identity.get("description"),
+            "affiliation": identity.get("affiliation"),
+            "orcid": orcid,
+            "open_to_collaborate": bool(identity.get("open_to_collaborate", False)),
+            "works_count": self.works,
+            "works_by_year": {y: n for y, n in sorted(self.by_year.items(), reverse=True) if n > 0},
+            "topics": [{"name": t, "count": n}
+                       for t, n in sorted(self.topics.items(), key=lambda tn: (-tn[1], tn[0])) if n > 0],
+            "close_collaborators": [
+                {"author_id": co_id, "display_name": names[co_id], "shared_works": shared[co_id]}
+                for co_id in sorted(self.close, key=lambda c: (-shared[c], names[c], c))
+            ],
+            "record_verification_level": record_verification_level(orcid, self.with_external_id),
+            "revision": revision,
+        }
+
+
+def fuller_name(candidate: str, held: str | None) -> bool:
+    """Whether ``candidate`` is the fuller of two spellings of a name (longer; equal
+    lengths: the alphabetically first), a total order so the result is the same in any order."""
+    if held is None:
+        return True
+    return (len(candidate), _reverse(candidate)) > (len(held), _reverse(held))
+
+
+def _reverse(name: str) -> tuple[int, ...]:
+    return tuple(-ord(c) for c in name)
 
 
 def newest_first(entries: list[WorkEntry]) -> list[WorkEntry]:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 from contracts.envelope import Envelope, EventModel
 from contracts.events.publications import AuthorImported, WorkIngested
 from contracts.topics import Topic
+from service_runtime import compact
 from service_runtime.delivery import Incoming
 from service_runtime.logging import get_logger
 from service_runtime.publishing import EventPublisher, Outgoing
@@ -24,12 +24,13 @@ log = get_logger(__name__)
 
 def to_outbox(out: Outgoing) -> str:
     # One JSON string per event: FerretDB rewrites a document several times faster when
-    # the outbox is a list of strings than when it is deeply nested documents.
-    return json.dumps({"topic": out.topic, "key": out.key, "envelope": out.envelope.model_dump(mode="json")})
+    # the outbox is a list of strings than when it is deeply nested documents. The envelope
+    # is serialized by pydantic straight to JSON (no dict in between).
+    return f'{{"topic":{compact.dumps(out.topic)},"key":{compact.dumps(out.key)},"envelope":{out.envelope.model_dump_json()}}}'
 
 
 def from_outbox(item: str) -> Outgoing:
-    doc = json.loads(item)
+    doc = compact.loads(item)
     return Outgoing(doc["topic"], doc["key"], Envelope.model_validate(doc["envelope"]))
 
 

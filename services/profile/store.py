@@ -4,8 +4,8 @@ Collections:
 
 * ``authors`` - one document per registered author: identity, a folded ``name_keys``
   list for search, ``works_count``, one compact entry per work and the derived state
-  (contracts' AuthorState) as JSON strings (``entries_json``, ``state_json``: see
-  ``ingest.stored_entries_and_state``), the page's first works, whole, as compressed JSON
+  (contracts' AuthorState), packed and as a JSON string (``entries_z``, ``state_json``:
+  see ``ingest.stored_entries_and_state``), the page's first works, whole, packed
   (``page_works``: see ``page.pack_works``; cut for ``page_limit`` works, ``page_cursor``
   to the rest), ``revision``,
   and the ``outbox`` of events written in the same single-document update as the change
@@ -53,7 +53,7 @@ _DUPLICATE_KEY = 11000
 # outbox. (The per-author ``revision`` may count changes differently in a rebuild; it is
 # taken from the last published event at the end: handlers.adopt_published_revisions.)
 PROJECTION = Projection.of(
-    json_fields=("entries_json", "state_json", "work_json"),
+    json_fields=("entries_z", "entries_json", "state_json", "page_works", "work_json"),
     authors=("outbox", "outbox_token"),
     works=(),
     standing=("version",),
