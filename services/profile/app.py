@@ -23,7 +23,7 @@ OUTBOX_SWEEP_INTERVAL_S = 60.0
 def build_service(settings: ProfileSettings | None = None) -> Service:
     settings = settings or ProfileSettings()
     service = Service(settings, title="bzpeer profile", description=DESCRIPTION)
-    store = ProfileStore(service.db)
+    store = ProfileStore(service.db, settings.written_cache_entries)
     service.projection = PROJECTION
     ingest = IngestPublications(store, service.publisher, settings)
     service.consume(Topic.PUBLICATIONS_INGESTED, handler=ingest, group="ingest")

@@ -101,6 +101,15 @@ class Tally:
         for entry in entries:
             self.add(entry)
 
+    def copy(self, entries: list[WorkEntry]) -> Tally:
+        """The same counts, for a copy of the entries they were counted from."""
+        other = Tally.__new__(Tally)
+        other.min_shared, other.works, other.with_external_id = self.min_shared, self.works, self.with_external_id
+        other.by_year, other.topics, other.shared = self.by_year.copy(), self.topics.copy(), self.shared.copy()
+        other.close, other.names = set(self.close), dict(self.names)
+        other._entries, other._names_stale = entries, self._names_stale
+        return other
+
     def add(self, entry: WorkEntry) -> None:
         self._count(entry, 1)
         for co in entry["co"]:

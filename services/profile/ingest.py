@@ -85,15 +85,25 @@ class AuthorRecord:
         return self.tally.state(self.identity, self.revision)
 
     @classmethod
-    def from_doc(cls, doc: dict[str, Any]) -> AuthorRecord:
-        entries, state = stored_entries_and_state(doc)
+    def from_doc(cls, doc: dict[str, Any], written: AuthorRecord | None = None) -> AuthorRecord:
+        """The record of a stored document. ``written``: this process's record of the same
+        revision, as it wrote it; its entries, counts and page are taken (copied: the
+        planner changes them) instead of decoded again."""
+        if written is not None and written.revision == doc.get("revision", 0):
+            entries = list(written.entries)
+            tally = written.tally.copy(entries) if written.tally is not None else None
+            state = compact.loads(doc["state_json"])
+            first_page = written.first_page
+        else:
+            entries, state = stored_entries_and_state(doc)
+            tally = None
+            first_page = compact.unpack(doc["page_works"]) if "page_works" in doc else None
         return cls(
             author_id=doc["_id"], identity={k: doc.get(k) for k in IDENTITY_FIELDS} | {"author_id": doc["_id"]},
             entries=entries, revision=doc.get("revision", 0), state=state,
             outbox=list(doc.get("outbox") or []), outbox_token=doc.get("outbox_token"),
-            imported=doc.get("imported", False),
-            first_page=compact.unpack(doc["page_works"]) if "page_works" in doc else None,
-            first_page_cursor=doc.get("page_cursor"), first_page_limit=doc.get("page_limit"),
+            imported=doc.get("imported", False), first_page=first_page,
+            first_page_cursor=doc.get("page_cursor"), first_page_limit=doc.get("page_limit"), tally=tally,
         )
 
     def to_doc(self, outbox_token: str) -> dict[str, Any]:

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections import OrderedDict
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -80,9 +81,42 @@ class LoadedAuthors:
         return [t for t, authors in carried.items() if self.pending[t] <= authors]
 
 
+class WrittenAuthors:
+    """The author records this process wrote last, decoded, up to ``max_entries`` work
+    entries in all (least recently used dropped first).
+
+    Every batch reads each author it touches and needs all of its entries and its first
+    page; decoding them again was the largest cost of a batch for an author with hundreds
+    of works. A record is taken only for the revision it was written with: any other
+    writer's change (another replica, a rebuild) moves the revision on."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._records: OrderedDict[str, AuthorRecord] = OrderedDict()
+        self._entries = 0
+
+    def get(self, author_id: str) -> AuthorRecord | None:
+        record = self._records.get(author_id)
+        if record is not None:
+            self._records.move_to_end(author_id)
+        return record
+
+    def keep(self, records: Iterable[AuthorRecord]) -> None:
+        for record in records:
+            if (old := self._records.pop(record.author_id, None)) is not None:
+                self._entries -= len(old.entries)
+            if len(record.entries) <= self.max_entries:
+                self._records[record.author_id] = record
+                self._entries += len(record.entries)
+        while self._entries > self.max_entries:
+            _, old = self._records.popitem(last=False)
+            self._entries -= len(old.entries)
+
+
 class ProfileStore:
-    def __init__(self, db: AsyncDatabase) -> None:
+    def __init__(self, db: AsyncDatabase, written_cache_entries: int = 0) -> None:
         self.db = db
+        self.written = WrittenAuthors(written_cache_entries)
         self.authors = db["authors"]
         self.works = db["works"]
         self.standing = db["standing"]
@@ -119,7 +153,7 @@ class ProfileStore:
         for author_id, doc in docs.items():
             if doc.get("outbox_token") not in pending:
                 doc.update(outbox=[], outbox_token=None)
-            records[author_id] = AuthorRecord.from_doc(doc)
+            records[author_id] = AuthorRecord.from_doc(doc, self.written.get(author_id))
         return LoadedAuthors(records, pending)
 
     async def set_revisions(self, records: list[AuthorRecord]) -> None:
@@ -166,6 +200,8 @@ class ProfileStore:
             raise
         if matched != updates:
             raise WriteConflict(f"{updates - matched} author(s) changed concurrently")
+        # As written: the planner is done with them (a next batch takes copies).
+        self.written.keep(records)
         # Every author of this token is written: from now on the sweep may publish it.
         await self.outboxes.update_one({"_id": token}, {"$set": {"written": True}})
         for record in records:

@@ -18,7 +18,10 @@ from contracts.events.publications import AuthorImported, Work, WorkIngested
 from contracts.events.trust import TrustScoreChanged
 from contracts.registry import decode
 from contracts.topics import Topic, dlq_topic
+from service_runtime import compact
 from service_runtime.auth import IMPORTER, mint_token
+from service_runtime.delivery import Incoming
+from service_runtime.kafka import ensure_topics
 from service_runtime.service import Service
 from service_runtime.topic_reader import read_topic
 from services.profile.app import build_service
@@ -336,3 +339,28 @@ async def test_http_import_requires_the_importer_role_and_publishes_the_work(
     assert (await http.get("/authors/zoe/works", params={"cursor": "!!"})).status_code == 422
     assert (await http.get("/authors/zoe/works", params={"limit": 0})).status_code == 422
     assert (await http.get("/authors", params={"q": ""})).status_code == 422
+
+
+async def test_a_replica_sees_what_another_wrote_since_its_own_write(ns: Namespace) -> None:
+    """Each process keeps the authors it wrote decoded (``WrittenAuthors``); an author
+    another replica changed since is read from the store, not taken from memory."""
+    settings = ns.settings("profile", cls=ProfileSettings)
+    a, b = build_service(settings), build_service(settings)
+    replicas = [IngestPublications(ProfileStore(s.db, written_cache_entries=1000), s.publisher, settings)
+                for s in (a, b)]
+    await ensure_topics(ns.infra["kafka"], prefix=ns.topic_prefix)
+    await a.broker.start()
+    await b.broker.start()
+    try:
+        for n, replica in enumerate([0, 1, 0, 0, 1]):
+            env = ingested(work(f"w-{n}", "ada", "bob", year=2010 + n))
+            _, payload = decode(Topic.PUBLICATIONS_INGESTED, env.to_bytes())
+            await replicas[replica]([Incoming(env, payload, Topic.PUBLICATIONS_INGESTED, 0, n)])
+        doc = await ProfileStore(a.db).author("ada")
+        assert sorted(e["id"] for e in doc["works"]) == [f"w-{n}" for n in range(5)]
+        assert doc["state"]["works_count"] == 5 and doc["state"]["close_collaborators"][0]["shared_works"] == 5
+        page = await ProfileStore(a.db).page_source("ada")
+        assert [w["work_id"] for w in compact.unpack(page["page_works"])] == [f"w-{n}" for n in range(4, -1, -1)]
+    finally:
+        await a.broker.stop()
+        await b.broker.stop()

@@ -60,3 +60,20 @@ def test_the_state_does_not_depend_on_the_order_of_the_works() -> None:
     assert [c["display_name"] for c in state["close_collaborators"]] == ["Benjamin Caine", "Ilya Sutskever"]
     assert state["works_count"] == 6 and state["record_verification_level"] == "L1"
     assert state["works_by_year"] == {"2018": 1, "2017": 1, "2016": 2, "2015": 2}
+
+
+def test_a_record_taken_from_the_written_one_is_a_copy() -> None:
+    """The planner changes the record it is given; the written one stays as written (a
+    batch that fails after planning must find it unchanged)."""
+    written = AuthorRecord(author_id="a", identity=dict(IDENTITY), entries=[entry(1, 2020, ["ML"], [("b", 0)], True)],
+                           revision=3)
+    before = written.derive_state(1)
+    doc = written.to_doc("token")
+    taken = AuthorRecord.from_doc(doc, written)
+    taken.add_entry(entry(2, 2021, ["Speech"], [("b", 1)], False))
+    taken.revision += 1
+    assert taken.derive_state(1)["works_count"] == 2
+    assert len(written.entries) == 1 and written.derive_state(1) == before
+    # Another revision in the store than the one written: decoded from the document.
+    doc["revision"] = 4
+    assert AuthorRecord.from_doc(doc, written).tally is None
