@@ -22,7 +22,7 @@ from contracts.events import profile as ev
 from contracts.events.publications import AuthorImported, Work, WorkIngested
 from service_runtime import compact
 from services.profile.derive import Tally, fuller_name, name_keys, newest_first, work_entry, work_fingerprint
-from services.profile.page import pack_works, unpack_works
+from services.profile.page import pack_works
 
 IDENTITY_FIELDS = ("display_name", "description", "affiliation", "orcid", "open_to_collaborate")
 

@@ -8,7 +8,7 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from services.profile.derive import Tally, derive_state
+from services.profile.derive import derive_state
 from services.profile.ingest import AuthorRecord
 
 IDENTITY = {"author_id": "a", "display_name": "Quoc V. Le", "orcid": None}
