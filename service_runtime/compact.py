@@ -31,6 +31,17 @@ def unpack(blob: bytes) -> Any:
     return orjson.loads(zlib.decompress(blob))
 
 
+def pack_texts(texts: list[str]) -> bytes:
+    """JSON texts (each one value, already encoded) packed as one JSON array, without
+    decoding and re-encoding them."""
+    return zlib.compress(("[" + ",".join(texts) + "]").encode(), 1)
+
+
+def unpack_texts(blob: bytes) -> list[str]:
+    """The values ``pack_texts`` stored, each as compact JSON text again."""
+    return [orjson.dumps(value).decode() for value in orjson.loads(zlib.decompress(blob))]
+
+
 def unpack_text(blob: bytes) -> str:
     """The JSON text ``pack`` stored, undecoded (to splice into a response as it is)."""
     return zlib.decompress(blob).decode()

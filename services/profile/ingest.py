@@ -101,7 +101,7 @@ class AuthorRecord:
         return cls(
             author_id=doc["_id"], identity={k: doc.get(k) for k in IDENTITY_FIELDS} | {"author_id": doc["_id"]},
             entries=entries, revision=doc.get("revision", 0), state=state,
-            outbox=list(doc.get("outbox") or []), outbox_token=doc.get("outbox_token"),
+            outbox=stored_outbox(doc), outbox_token=doc.get("outbox_token"),
             imported=doc.get("imported", False), first_page=first_page,
             first_page_cursor=doc.get("page_cursor"), first_page_limit=doc.get("page_limit"), tally=tally,
         )
@@ -114,11 +114,22 @@ class AuthorRecord:
             # Entries kept newest first (the page's order): the stored list then depends on
             # the set of works only, not on the order their partitions were consumed in.
             "entries_z": compact.pack(newest_first(self.entries)), "state_json": compact.dumps(self.state),
-            "revision": self.revision, "outbox": self.outbox, "outbox_token": outbox_token, "imported": self.imported,
+            # Packed: one author's events of a batch repeat its state, and FerretDB's cost
+            # grows with the bytes of a document (read or written, even when not projected).
+            "revision": self.revision, "outbox_z": compact.pack_texts(self.outbox), "outbox_token": outbox_token,
+            "imported": self.imported,
             **({} if self.first_page is None else {
                 "page_works": pack_works(self.first_page), "page_limit": self.first_page_limit,
                 "page_cursor": self.first_page_cursor}),
         }
+
+
+def stored_outbox(doc: dict[str, Any]) -> list[str]:
+    """The events (``handlers.to_outbox`` items) a stored author document carries
+    (documents written before kept them as a list of strings, ``outbox``)."""
+    if doc.get("outbox_z") is not None:
+        return compact.unpack_texts(doc["outbox_z"])
+    return list(doc.get("outbox") or [])
 
 
 def stored_entries_and_state(doc: dict[str, Any]) -> tuple[list[dict[str, Any]], dict[str, Any] | None]:

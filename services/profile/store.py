@@ -8,8 +8,8 @@ Collections:
   see ``ingest.stored_entries_and_state``), the page's first works, whole, packed
   (``page_works``: see ``page.pack_works``; cut for ``page_limit`` works, ``page_cursor``
   to the rest), ``revision``,
-  and the ``outbox`` of events written in the same single-document update as the change
-  that caused them.
+  and the outbox of events (``outbox_z``, packed) written in the same single-document
+  update as the change that caused them.
 * ``works`` - one document per work (``_id`` = work id), the work as last ingested
   (``work_json``), its fingerprint and author ids.
 * ``outboxes`` - one small document per author write that has events not yet published
@@ -55,7 +55,7 @@ _DUPLICATE_KEY = 11000
 # taken from the last published event at the end: handlers.adopt_published_revisions.)
 PROJECTION = Projection.of(
     json_fields=("entries_z", "entries_json", "state_json", "page_works", "work_json"),
-    authors=("outbox", "outbox_token"),
+    authors=("outbox_z", "outbox", "outbox_token"),
     works=(),
     standing=("version",),
 )
@@ -143,16 +143,18 @@ class ProfileStore:
         ids = list(set(author_ids))
         if not ids:
             return LoadedAuthors({}, {})
-        docs = {doc["_id"]: doc async for doc in self.authors.find({"_id": {"$in": ids}}, {"outbox": 0})}
+        docs = {doc["_id"]: doc async for doc in self.authors.find({"_id": {"$in": ids}}, {"outbox_z": 0, "outbox": 0})}
         pending = await self._pending({doc.get("outbox_token") for doc in docs.values()} - {None})
         with_outbox = [i for i, doc in docs.items() if doc.get("outbox_token") in pending]
         if with_outbox:
-            async for doc in self.authors.find({"_id": {"$in": with_outbox}}, {"outbox": 1, "outbox_token": 1}):
-                docs[doc["_id"]].update(outbox=doc.get("outbox") or [], outbox_token=doc.get("outbox_token"))
+            async for doc in self.authors.find({"_id": {"$in": with_outbox}},
+                                               {"outbox_z": 1, "outbox": 1, "outbox_token": 1}):
+                docs[doc["_id"]].update(outbox_z=doc.get("outbox_z"), outbox=doc.get("outbox"),
+                                        outbox_token=doc.get("outbox_token"))
         records = {}
         for author_id, doc in docs.items():
             if doc.get("outbox_token") not in pending:
-                doc.update(outbox=[], outbox_token=None)
+                doc.update(outbox_z=None, outbox=[], outbox_token=None)
             records[author_id] = AuthorRecord.from_doc(doc, self.written.get(author_id))
         return LoadedAuthors(records, pending)
 
@@ -278,7 +280,7 @@ class ProfileStore:
                                            {"state_json": 1, "state": 1, "page_works": 1, "page_limit": 1, "page_cursor": 1})
 
     async def author(self, author_id: str) -> dict[str, Any] | None:
-        doc = await self.authors.find_one({"_id": author_id}, {"outbox": 0, "name_keys": 0})
+        doc = await self.authors.find_one({"_id": author_id}, {"outbox_z": 0, "outbox": 0, "name_keys": 0})
         if doc is not None:
             doc["works"], doc["state"] = stored_entries_and_state(doc)
         return doc
