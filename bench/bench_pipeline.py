@@ -13,6 +13,10 @@ Prints:
   consumer + producer (read, write to an output topic, commit per batch), and the ratio.
 
     .local/venv/bin/python bench/bench_pipeline.py [--events 50000] [--probe-every 100]
+    .local/venv/bin/python bench/bench_pipeline.py --events 10000 --rate 50   # paced
+
+Sent all at once (the default), the records wait in a backlog and the latency is mostly
+that wait; with ``--rate`` below what the pipeline sustains, it is the pipeline's own.
 
 Needs the broker and the store (make infra-up); uses its own topics and databases and
 removes them afterwards.
@@ -50,11 +54,15 @@ def pct(values: list[float], q: float) -> float:
 
 
 async def send_all(stream: MixedStream, producer: AIOKafkaProducer, prefix: str,
-                   arrivals: dict[str, float]) -> None:
-    """Send in stream order; a probe's arrival is when the broker acknowledged it."""
+                   arrivals: dict[str, float], rate: float = 0.0) -> None:
+    """Send in stream order, all at once or ``rate`` records/s (open loop: the pace does not
+    wait for the system); a probe's arrival is when the broker acknowledged it."""
     loop = asyncio.get_running_loop()
     pending = []
-    for r in stream.records:
+    started = loop.time()
+    for i, r in enumerate(stream.records):
+        if rate and (ahead := started + i / rate - loop.time()) > 0:
+            await asyncio.sleep(ahead)
         fut = await producer.send(prefix + r.topic, r.value, key=r.key)
         if r.probe:
             fut.add_done_callback(lambda _f, a=r.author_id: arrivals.setdefault(a, loop.time()))
@@ -76,7 +84,7 @@ async def watch_probes(profile_url: str, arrivals: dict[str, float], probes: set
             await asyncio.sleep(0.05)
 
 
-async def run_pipeline(stream: MixedStream, settle_timeout: float) -> dict[str, float]:
+async def run_pipeline(stream: MixedStream, settle_timeout: float, rate: float = 0.0) -> dict[str, float]:
     ns = Namespace({"kafka": KAFKA, "mongodb": MONGODB_URI})
     pipe = Pipeline(ns, overrides={n: {"log_level": "WARNING"} for n in ("profile", "claims", "trust", "follow")})
     producer = AIOKafkaProducer(bootstrap_servers=KAFKA, enable_idempotence=True, linger_ms=5)
@@ -90,7 +98,7 @@ async def run_pipeline(stream: MixedStream, settle_timeout: float) -> dict[str, 
         stop = asyncio.Event()
         watcher = asyncio.create_task(watch_probes(pipe.procs["profile"].url, arrivals, probes, visible, stop))
         started = loop.time()
-        await send_all(stream, producer, ns.topic_prefix, arrivals)
+        await send_all(stream, producer, ns.topic_prefix, arrivals, rate)
         sent = loop.time() - started
         print(f"  sent {len(stream):,} records in {sent:.1f} s", flush=True)
 
@@ -108,6 +116,7 @@ async def run_pipeline(stream: MixedStream, settle_timeout: float) -> dict[str, 
         finally:
             reporter.cancel()
         elapsed = loop.time() - started
+        print(f"  settled {elapsed - sent:.1f} s after the last record was sent", flush=True)
         await asyncio.wait_for(watcher, timeout=60)
         stop.set()
         latencies = [visible[a] - arrivals[a] for a in visible]
@@ -163,6 +172,9 @@ async def main() -> None:
     parser.add_argument("--probe-every", type=int, default=100, help="every k-th work is a latency probe")
     parser.add_argument("--settle-timeout", type=float, default=4 * 3600)
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--rate", type=float, default=0.0,
+                        help="send this many records/s (default: all at once, the backlog case); the "
+                             "latency then is the system's own when it keeps up")
     args = parser.parse_args()
 
     stream = mixed_stream(args.events, seed=args.seed, probe_every=args.probe_every, tag="b")
@@ -175,7 +187,7 @@ async def main() -> None:
     print(f"  {base['events_per_s']:,.0f} events/s ({base['seconds']:.1f} s)")
 
     print("pipeline (profile, claims, trust, follow: one process each):", flush=True)
-    ours = await run_pipeline(stream, args.settle_timeout)
+    ours = await run_pipeline(stream, args.settle_timeout, args.rate)
     print(f"  {ours['events_per_s']:,.1f} events/s end to end ({ours['seconds']:.1f} s until settled)")
     print(f"  work arrival -> trust score on GET /authors/{{id}}: p50 {ours['p50']:.2f} s, p99 {ours['p99']:.2f} s, "
           f"mean {ours['mean']:.2f} s ({ours['visible']}/{ours['probes']} probes)")
