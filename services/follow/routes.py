@@ -8,6 +8,7 @@ import binascii
 import re
 import uuid
 from datetime import datetime
+from http import HTTPStatus
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request, status
@@ -100,7 +101,7 @@ class MarkRead(BaseModel):
 def _user_id_valid(user: Principal) -> str:
     """The token's subject becomes the command's user id: it must be a valid id."""
     if not re.fullmatch(ID_PATTERN, user.user_id):
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "the token's subject is not a valid user id")
+        raise HTTPException(HTTPStatus.UNPROCESSABLE_ENTITY, "the token's subject is not a valid user id")
     return user.user_id
 
 
@@ -162,7 +163,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         created_at, nid = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
         return datetime.fromisoformat(created_at), nid
     except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "invalid cursor") from None
+        raise HTTPException(HTTPStatus.UNPROCESSABLE_ENTITY, "invalid cursor") from None
 
 
 @router.get("/users/{user_id}/notifications", response_model=NotificationsPage, tags=["notifications"],

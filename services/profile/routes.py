@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from http import HTTPStatus
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
@@ -77,7 +78,7 @@ async def get_author_works(
     try:
         shown, next_cursor = page_slice(doc.get("works", []), cursor, limit)
     except BadCursor as exc:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, str(exc)) from None
+        raise HTTPException(HTTPStatus.UNPROCESSABLE_ENTITY, str(exc)) from None
     works = await store.works_by_id([e["id"] for e in shown])
     return {"author_id": author_id, **works_page(shown, works, next_cursor)}
 
@@ -90,7 +91,7 @@ async def search_authors(
 ) -> dict[str, Any]:
     folded = fold_name(q)
     if not folded:
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_ENTITY, "q must contain a letter or digit")
+        raise HTTPException(HTTPStatus.UNPROCESSABLE_ENTITY, "q must contain a letter or digit")
     found = await store.search(folded, limit)
     return {"query": q, "items": [
         {"author_id": d["_id"], "display_name": d["display_name"], "affiliation": d.get("affiliation"),
