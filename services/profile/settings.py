@@ -16,8 +16,8 @@ class ProfileSettings(RuntimeSettings):
     close_collaborator_min_shared_works: int = Field(default=5, ge=1)
     # Works shown on the page itself; the rest are paged through /authors/{id}/works.
     page_works: int = Field(default=20, ge=1, le=100)
-    # Work entries of the authors last written kept decoded in memory (store.WrittenAuthors);
-    # ~1-2 KB each. 0: decode every author on every batch.
+    # Work entries of the authors last written kept decoded in memory (store.WrittenAuthors),
+    # with their first pages: ~1-3 KB per entry. 0: decode every author on every batch.
     written_cache_entries: int = Field(default=100_000, ge=0)
     # How often an optimistic write is retried when another writer changed the same author.
     write_conflict_attempts: int = Field(default=8, ge=1)

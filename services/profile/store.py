@@ -106,7 +106,11 @@ class WrittenAuthors:
             if (old := self._records.pop(record.author_id, None)) is not None:
                 self._entries -= len(old.entries)
             if len(record.entries) <= self.max_entries:
-                self._records[record.author_id] = record
+                # Only what ``AuthorRecord.from_doc`` takes from it (not the outbox, which
+                # repeats the state in every event).
+                self._records[record.author_id] = AuthorRecord(
+                    record.author_id, {}, record.entries, record.revision, tally=record.tally,
+                    first_page=record.first_page)
                 self._entries += len(record.entries)
         while self._entries > self.max_entries:
             _, old = self._records.popitem(last=False)
