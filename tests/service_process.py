@@ -13,6 +13,7 @@ Output goes to a temporary log file (``proc.log_path``, ``proc.log_text()``).
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import os
 import signal
 import socket
@@ -27,6 +28,14 @@ import httpx
 from service_runtime.settings import RuntimeSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+_PR_SET_PDEATHSIG = 1
+
+
+def _end_with_parent() -> None:
+    """In the child, before exec (Linux): SIGTERM when the test process dies. A test process
+    that is killed runs no teardown, and its services would go on consuming."""
+    if sys.platform == "linux":
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def free_port() -> int:
@@ -78,7 +87,7 @@ class ServiceProcess:
             log.flush()
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "bzpeer_cli.main", "run", self.service],
-                cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+                cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_end_with_parent,
             )
         self.starts += 1
         await self.wait_ready()
