@@ -112,6 +112,9 @@ class Tally:
 
     def add(self, entry: WorkEntry) -> None:
         self._count(entry, 1)
+        self._name(entry)
+
+    def _name(self, entry: WorkEntry) -> None:
         for co in entry["co"]:
             held = self.names.get(co["id"])
             if held is None or fuller_name(co["n"], held):
@@ -141,10 +144,7 @@ class Tally:
         if self._names_stale:
             self.names = {}
             for entry in self._entries:
-                for co in entry["co"]:
-                    held = self.names.get(co["id"])
-                    if held is None or fuller_name(co["n"], held):
-                        self.names[co["id"]] = co["n"]
+                self._name(entry)
             self._names_stale = False
         names, shared = self.names, self.shared
         orcid = identity.get("orcid")
