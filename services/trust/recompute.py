@@ -13,7 +13,6 @@ very same event: its id is derived from (author, formula version, revision).
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -25,7 +24,7 @@ from service_runtime.logging import get_logger
 from service_runtime.publishing import EventPublisher, Outgoing
 from service_runtime.retry import TRANSIENT_ERRORS
 from services.trust import scoring, signals
-from services.trust.store import TrustStore, history_key
+from services.trust.store import TrustStore, encode, history_key
 
 log = get_logger(__name__)
 Clock = Callable[[], datetime]
@@ -247,7 +246,7 @@ def history_entry(envelope: Envelope) -> dict[str, Any]:
              "signals": data.get("inputs")}
     return {"_id": history_key(data["author_id"], data["revision"]), "event_id": str(envelope.event_id),
             "author_id": data["author_id"], "revision": data["revision"],
-            "entry": json.dumps(entry, sort_keys=True, separators=(",", ":")), "changed_at": envelope.occurred_at}
+            "entry": encode(entry), "changed_at": envelope.occurred_at}
 
 
 def score_of(envelope: Envelope) -> dict[str, Any]:

@@ -40,7 +40,7 @@ from pymongo.errors import BulkWriteError
 from pymongo.asynchronous.database import AsyncDatabase
 
 from service_runtime.projection import Projection
-from service_runtime.store import bulk_update
+from service_runtime.store import IDS_PER_QUERY, bulk_update, find_by_ids, id_slices
 from services.trust.signals import SOURCES
 
 AUTHORS = "trust_authors"
@@ -51,7 +51,6 @@ LEASES = "trust_leases"
 # collection was seen to block the store for every client: never leave one open.
 ONE_BATCH = 100_000
 DUPLICATE_KEY = 11000
-IDS_PER_QUERY = 500  # an _id $in of this many is one indexed query on FerretDB
 MARKS = ("dirty_since", "burst_from", "due_at")
 
 # What a rebuild from the log must reproduce: each author's signals and published score,
@@ -69,7 +68,8 @@ def history_key(author_id: str, revision: int) -> str:
     return f"{author_id}#{revision:010d}"
 
 
-def _dumps(value: Any) -> str:
+def encode(value: Any) -> str:
+    """A value the store keeps as one JSON string (keys sorted: equal values, equal strings)."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
 
 
@@ -95,6 +95,7 @@ class TrustStore:
         # computed from stale signals was seen to stick). Each read-then-write runs under
         # this lock, which makes them one writer per process.
         self.write_lock = asyncio.Lock()
+        self._reads = asyncio.Semaphore(1)  # slices of a long id list are read one at a time
 
     async def create_indexes(self) -> None:
         # Used by MongoDB; FerretDB's SQLite backend uses only the _id index (see
@@ -103,11 +104,7 @@ class TrustStore:
         await self.authors.create_index([("formula_version", ASCENDING)])
 
     async def _by_ids(self, collection, ids: list[str], projection: dict[str, int] | None = None) -> list[dict[str, Any]]:
-        docs: list[dict[str, Any]] = []
-        for start in range(0, len(ids), IDS_PER_QUERY):
-            cursor = collection.find({"_id": {"$in": ids[start:start + IDS_PER_QUERY]}}, projection, batch_size=ONE_BATCH)
-            docs += [doc async for doc in cursor]
-        return docs
+        return list((await find_by_ids(collection, ids, projection, gate=self._reads, batch_size=ONE_BATCH)).values())
 
     # --- signals (the consumer) -------------------------------------------------------
 
@@ -119,7 +116,7 @@ class TrustStore:
     @staticmethod
     def signal_update(author_id: str, projection: dict[str, Any], marks: dict[str, Any]) -> UpdateOne:
         """The write of an author's new signals (all sources, one JSON string) and marks."""
-        fields = {"signals": _dumps({k: projection[k] for k in SOURCES if k in projection}), **marks}
+        fields = {"signals": encode({k: projection[k] for k in SOURCES if k in projection}), **marks}
         if "profile" in projection:
             fields["registered"] = True
         return UpdateOne({"_id": author_id}, {"$set": fields, "$inc": {"seq": 1}}, upsert=True)
@@ -164,8 +161,8 @@ class TrustStore:
         token = uuid.uuid4().hex
         if not author_ids:
             return token, []
-        for start in range(0, len(author_ids), IDS_PER_QUERY):
-            await self.leases.delete_many({"_id": {"$in": author_ids[start:start + IDS_PER_QUERY]}, "until": {"$lt": now}})
+        for part in id_slices(author_ids):
+            await self.leases.delete_many({"_id": {"$in": part}, "until": {"$lt": now}})
         until = now + timedelta(seconds=lease_s)
         held: set[str] = set()
         try:
@@ -181,8 +178,8 @@ class TrustStore:
         return token, [_decoded(doc) for doc in await self._by_ids(self.authors, mine)]
 
     async def release(self, token: str, author_ids: list[str]) -> None:
-        for start in range(0, len(author_ids), IDS_PER_QUERY):
-            await self.leases.delete_many({"_id": {"$in": author_ids[start:start + IDS_PER_QUERY]}, "token": token})
+        for part in id_slices(author_ids):
+            await self.leases.delete_many({"_id": {"$in": part}, "token": token})
 
     async def save_scores(self, results: list[tuple[dict[str, Any], dict[str, Any], dict | None]],
                           scored_at: datetime) -> list[str]:
@@ -196,11 +193,11 @@ class TrustStore:
         ops: list[UpdateOne] = []
         for doc, score, outbox in results:
             update: dict[str, Any] = {
-                "$set": {"score": _dumps(score), "formula_version": score["formula_version"], "scored_at": scored_at,
+                "$set": {"score": encode(score), "formula_version": score["formula_version"], "scored_at": scored_at,
                          "dirty": False},
                 "$unset": dict.fromkeys(MARKS, "")}
             if outbox is not None:
-                update["$set"].update(outbox=_dumps(outbox), outbox_key=history_key(doc["_id"], outbox["data"]["revision"]))
+                update["$set"].update(outbox=encode(outbox), outbox_key=history_key(doc["_id"], outbox["data"]["revision"]))
             else:
                 update["$unset"].update(outbox="", outbox_key="")
             seq = doc["seq"] if "seq" in doc else {"$exists": False}
@@ -244,7 +241,7 @@ class TrustStore:
     async def adopt_scores(self, scores: dict[str, dict[str, Any]]) -> None:
         """Set each author's score to the one given unless it holds a later revision (rebuild)."""
         held = {doc["_id"]: _decoded(doc).get("score") for doc in await self._by_ids(self.authors, list(scores), {"score": 1})}
-        ops = [UpdateOne({"_id": a}, {"$set": {"score": _dumps(s), "formula_version": s["formula_version"]}}, upsert=True)
+        ops = [UpdateOne({"_id": a}, {"$set": {"score": encode(s), "formula_version": s["formula_version"]}}, upsert=True)
                for a, s in scores.items() if not held.get(a) or held[a]["revision"] < s["revision"]]
         if ops:
             await bulk_update(self.authors, ops)
