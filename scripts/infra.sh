@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# Local infrastructure without Docker: a real Apache Kafka 4.x broker (KRaft, jars from
-# Maven Central, run on this machine's Java 17) and FerretDB v1.24.2 (built with
-# `go install`, SQLite backend), both on 127.0.0.1.
+# Local infrastructure without Docker, all on 127.0.0.1: a real Apache Kafka 4.x broker
+# (KRaft, jars from Maven Central, run on this machine's Java 17) and the store: FerretDB
+# 2.5 on a PostgreSQL 15 cluster of our own with the DocumentDB extension (built once by
+# scripts/build-store.sh).
 #
-#   scripts/infra.sh up      install what is missing, start both, wait until healthy
+#   scripts/infra.sh up      install what is missing, start all three, wait until healthy
 #   scripts/infra.sh down    stop what this script started (by process id)
 #   scripts/infra.sh status  print what runs where
+#   scripts/infra.sh start-kafka|stop-kafka          the broker alone (fault tests)
+#   scripts/infra.sh start-ferretdb|stop-ferretdb    the store's wire server alone (fault
+#                                                    tests: PostgreSQL keeps running)
 #
-# Everything it writes (binaries, classpath, data, logs, pids) lives under $BZPEER_HOME
-# (default .local/ in the repo, ignored by git). Maven and Go keep their own caches, so a
-# second `up` starts in seconds without downloading anything.
+# Everything it writes (classpath, data, logs, pids) lives under $BZPEER_HOME (default
+# .local/ in the repo, ignored by git). Maven and Go keep their own caches, so a second
+# `up` starts in seconds without downloading anything.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -19,11 +23,13 @@ LOGS="$HOME_DIR/logs"
 KAFKA_PORT="${KAFKA_PORT:-9092}"
 KAFKA_CONTROLLER_PORT="${KAFKA_CONTROLLER_PORT:-9093}"
 FERRETDB_PORT="${FERRETDB_PORT:-27017}"
-FERRETDB_VERSION="v1.24.2"
+POSTGRES_PORT="${POSTGRES_PORT:-15432}"
+FERRETDB_VERSION="v2.5.0"
 KAFKA_DATA="$HOME_DIR/data/kafka"
-FERRETDB_DATA="$HOME_DIR/data/ferretdb"
+POSTGRES_DATA="$HOME_DIR/data/postgres"
 KAFKA_CP="$HOME_DIR/kafka/classpath.txt"
-FERRETDB_BIN="$HOME_DIR/bin/ferretdb"
+FERRETDB_BIN="$HOME_DIR/bin/ferretdb-$FERRETDB_VERSION"
+PG_BIN="/usr/lib/postgresql/15/bin"
 
 die() { echo "infra: $*" >&2; exit 1; }
 need() { command -v "$1" >/dev/null 2>&1 || die "$1 is required but not installed ($2)"; }
@@ -54,29 +60,6 @@ install_kafka() {
     -Dmdep.outputFile="$KAFKA_CP.tmp" >"$LOGS/maven.log" 2>&1 \
     || die "mvn could not resolve Kafka; see $LOGS/maven.log"
   mv "$KAFKA_CP.tmp" "$KAFKA_CP"
-}
-
-install_ferretdb() {
-  local patch="$ROOT/infra/ferretdb/sqlite-id-index.patch"
-  [[ -x "$FERRETDB_BIN" && "$FERRETDB_BIN" -nt "$patch" ]] && return 0
-  need go "Go 1.22 or newer, e.g. apt-get install golang"
-  need patch "patch, e.g. apt-get install patch"
-  echo "infra: building FerretDB $FERRETDB_VERSION from the Go module proxy (first run only, ~2 min)"
-  # A bare `go install ...@v1.24.2` builds a binary that panics at start: the module has no
-  # build/version/version.txt (FerretDB's release tooling generates it). So we fetch the
-  # very same module through the proxy, add that one file, and build it with `go build`.
-  local src="$HOME_DIR/src/ferretdb-$FERRETDB_VERSION" mod
-  mod="$(go mod download -json "github.com/FerretDB/FerretDB@$FERRETDB_VERSION" 2>>"$LOGS/go-install.log" \
-    | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')"
-  [[ -n "$mod" && -d "$mod" ]] || die "go mod download of FerretDB failed; see $LOGS/go-install.log"
-  rm -rf "$src"; mkdir -p "$(dirname "$src")" "$(dirname "$FERRETDB_BIN")"
-  cp -r "$mod" "$src"; chmod -R u+w "$src"
-  echo "$FERRETDB_VERSION" >"$src/build/version/version.txt"
-  # Our one fix to FerretDB: _id lookups written the way the _id index is (see the patch).
-  patch -s -p1 -d "$src" <"$patch" || die "patching FerretDB failed"
-  (cd "$src" && go build -trimpath -o "$FERRETDB_BIN" ./cmd/ferretdb) >>"$LOGS/go-install.log" 2>&1 \
-    || die "building FerretDB failed; see $LOGS/go-install.log"
-  rm -rf "$src"
 }
 
 kafka_config() {
@@ -132,24 +115,82 @@ start_kafka() {
   wait_port kafka "$KAFKA_PORT" 90
 }
 
+install_store() {
+  "$ROOT/scripts/build-store.sh" --check && return 0
+  "$ROOT/scripts/build-store.sh"
+}
+
+as_postgres() { # PostgreSQL refuses to run as root: as root, run its commands as the postgres user
+  if [[ $EUID -eq 0 ]]; then setpriv --reuid=postgres --regid=postgres --init-groups -- "$@"; else "$@"; fi
+}
+
+init_postgres() {
+  [[ -f "$POSTGRES_DATA/PG_VERSION" ]] && return 0
+  echo "infra: creating the PostgreSQL cluster in $POSTGRES_DATA (first run only)"
+  rm -rf "$POSTGRES_DATA"; mkdir -p "$POSTGRES_DATA"
+  if [[ $EUID -eq 0 ]]; then
+    chown postgres:postgres "$POSTGRES_DATA"
+    as_postgres test -x "$POSTGRES_DATA" \
+      || die "the postgres user cannot reach $POSTGRES_DATA (a parent folder is not searchable by others)"
+  fi
+  chmod 700 "$POSTGRES_DATA"
+  as_postgres "$PG_BIN/initdb" -D "$POSTGRES_DATA" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 \
+    >"$LOGS/postgres-initdb.log" 2>&1 || die "initdb failed; see $LOGS/postgres-initdb.log"
+  # DocumentDB's settings at its tag (packaging/10-preload.sh); loopback only, trusted: a
+  # development store. pg_cron runs DocumentDB's background jobs.
+  as_postgres tee -a "$POSTGRES_DATA/postgresql.conf" >/dev/null <<CONF
+listen_addresses = '127.0.0.1'
+port = $POSTGRES_PORT
+unix_socket_directories = ''
+max_connections = 300
+shared_buffers = 512MB
+shared_preload_libraries = 'pg_cron,pg_documentdb_core,pg_documentdb'
+cron.database_name = 'postgres'
+documentdb.enableCompact = true
+documentdb.enableLetAndCollationForQueryMatch = true
+documentdb.enableNowSystemVariable = true
+documentdb.enableSortbyIdPushDownToPrimaryKey = true
+documentdb.enableSchemaValidation = true
+documentdb.enableBypassDocumentValidation = true
+documentdb.enableUserCrud = true
+documentdb.maxUserLimit = 100
+CONF
+}
+
+start_postgres() {
+  if alive postgres; then return 0; fi
+  warn_ephemeral "$POSTGRES_PORT"
+  port_open "$POSTGRES_PORT" && die "127.0.0.1:$POSTGRES_PORT is taken by a process this script did not start (set POSTGRES_PORT)"
+  install_store
+  init_postgres
+  rm -f "$POSTGRES_DATA/postmaster.pid"  # left by a killed server; the port check above says none runs
+  touch "$LOGS/postgres.log"; [[ $EUID -eq 0 ]] && chown postgres "$LOGS/postgres.log"
+  as_postgres "$PG_BIN/pg_ctl" -D "$POSTGRES_DATA" -l "$LOGS/postgres.log" -w -t 60 start >/dev/null \
+    || die "PostgreSQL did not start; see $LOGS/postgres.log"
+  head -1 "$POSTGRES_DATA/postmaster.pid" >"$RUN/postgres.pid"
+  "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$POSTGRES_PORT" -U postgres -d postgres -v ON_ERROR_STOP=1 \
+    -c "CREATE EXTENSION IF NOT EXISTS documentdb CASCADE" >>"$LOGS/postgres.log" 2>&1 \
+    || die "CREATE EXTENSION documentdb failed; see $LOGS/postgres.log"
+}
+
 start_ferretdb() {
   if alive ferretdb; then return 0; fi
   port_open "$FERRETDB_PORT" && die "127.0.0.1:$FERRETDB_PORT is taken by a process this script did not start"
-  install_ferretdb
-  mkdir -p "$FERRETDB_DATA"
-  nohup "$FERRETDB_BIN" --handler=sqlite --sqlite-url="file:$FERRETDB_DATA/" \
-    --listen-addr="127.0.0.1:$FERRETDB_PORT" --debug-addr=- --telemetry=disable \
-    --log-level=warn >"$LOGS/ferretdb.log" 2>&1 &
+  start_postgres
+  # --no-auth: FerretDB 2 authenticates by default; this store is for local development.
+  nohup "$FERRETDB_BIN" --postgresql-url="postgres://postgres@127.0.0.1:$POSTGRES_PORT/postgres" \
+    --no-auth --listen-addr="127.0.0.1:$FERRETDB_PORT" --debug-addr=- --telemetry=disable \
+    --log-level=warn >>"$LOGS/ferretdb.log" 2>&1 &
   echo $! >"$RUN/ferretdb.pid"
   wait_port ferretdb "$FERRETDB_PORT" 30
 }
 
-stop() { # stop NAME: SIGTERM, then SIGKILL after a grace period
-  local f="$RUN/$1.pid"
+stop() { # stop NAME [SIGNAL]: SIGNAL (default TERM), then KILL after a grace period
+  local f="$RUN/$1.pid" sig="${2:-TERM}"
   [[ -f "$f" ]] || return 0
   local pid; pid="$(cat "$f")"
   if kill -0 "$pid" 2>/dev/null; then
-    kill "$pid" 2>/dev/null || true
+    kill -s "$sig" "$pid" 2>/dev/null || true
     for _ in $(seq 1 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
     if kill -0 "$pid" 2>/dev/null; then
       kill -9 "$pid" 2>/dev/null || true
@@ -161,22 +202,25 @@ stop() { # stop NAME: SIGTERM, then SIGKILL after a grace period
 }
 
 status() {
-  for name in kafka ferretdb; do
+  for name in kafka postgres ferretdb; do
     if alive "$name"; then echo "$name: running (pid $(cat "$RUN/$name.pid"))"; else echo "$name: stopped"; fi
   done
   echo "kafka:    127.0.0.1:$KAFKA_PORT"
-  echo "ferretdb: mongodb://127.0.0.1:$FERRETDB_PORT"
+  echo "postgres: 127.0.0.1:$POSTGRES_PORT (data $POSTGRES_DATA)"
+  echo "ferretdb: mongodb://127.0.0.1:$FERRETDB_PORT (FerretDB $FERRETDB_VERSION)"
   echo "logs:     $LOGS"
 }
 
 mkdir -p "$RUN" "$LOGS"
 case "${1:-}" in
   up) start_kafka; start_ferretdb; status ;;
-  down) stop ferretdb; stop kafka ;;
+  # SIGINT is PostgreSQL's fast shutdown (SIGTERM waits for every client to leave).
+  down) stop ferretdb; stop postgres INT; stop kafka ;;
   status) status ;;
   start-kafka) start_kafka ;;
   stop-kafka) stop kafka ;;
+  install-store) install_store ;;
   start-ferretdb) start_ferretdb ;;
   stop-ferretdb) stop ferretdb ;;
-  *) echo "usage: $0 up|down|status|start-kafka|stop-kafka|start-ferretdb|stop-ferretdb" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|install-store|start-kafka|stop-kafka|start-ferretdb|stop-ferretdb" >&2; exit 2 ;;
 esac
