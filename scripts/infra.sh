@@ -154,6 +154,10 @@ documentdb.enableSchemaValidation = true
 documentdb.enableBypassDocumentValidation = true
 documentdb.enableUserCrud = true
 documentdb.maxUserLimit = 100
+# DocumentDB's unique indexes are exclusion constraints: racing inserts of one key can
+# wait on each other and are broken up by deadlock detection, after this long (1 s by
+# default); see service_runtime.store.insert_unique.
+deadlock_timeout = 100ms
 CONF
 }
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from service_runtime.kafka import TRANSIENT_BROKER_ERRORS
 from service_runtime.logging import get_logger
-from service_runtime.store import TRANSIENT_STORE_ERRORS
+from service_runtime.store import TRANSIENT_STORE_ERRORS, is_deadlock
 
 T = TypeVar("T")
 TRANSIENT_ERRORS = TRANSIENT_STORE_ERRORS + TRANSIENT_BROKER_ERRORS
@@ -16,7 +17,8 @@ log = get_logger(__name__)
 
 
 def is_transient(exc: BaseException) -> bool:
-    return isinstance(exc, TRANSIENT_ERRORS)
+    """Unreachable store or broker, or a write the store asks to retry (``is_deadlock``)."""
+    return isinstance(exc, TRANSIENT_ERRORS) or is_deadlock(exc)
 
 
 async def retry_transient(
@@ -37,9 +39,12 @@ async def retry_transient(
     while True:
         try:
             return await operation()
-        except TRANSIENT_ERRORS as exc:
+        except Exception as exc:
+            if not is_transient(exc):
+                raise
             if on_retry:
                 on_retry(exc)
             log.warning("transient_failure", what=what, error=repr(exc), retry_in_s=round(delay, 2))
-            await asyncio.sleep(delay)
+            # Jittered: writers that lost one race together must not retry in step.
+            await asyncio.sleep(random.uniform(delay / 2, delay))
             delay = min(delay * 2, max_delay_s)

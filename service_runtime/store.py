@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import random
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,7 +16,9 @@ from pymongo.errors import (
     AutoReconnect,
     BulkWriteError,
     ConnectionFailure,
+    DuplicateKeyError,
     NetworkTimeout,
+    OperationFailure,
     ServerSelectionTimeoutError,
     WaitQueueTimeoutError,
 )
@@ -27,6 +30,45 @@ TRANSIENT_STORE_ERRORS: tuple[type[BaseException], ...] = (
     ServerSelectionTimeoutError,
     WaitQueueTimeoutError,
 )
+
+
+# DocumentDB (under FerretDB 2) answers some losers of a race on a unique index with
+# "deadlock detected" instead of the duplicate-key error 11000; the same write retried
+# answers 11000 (or succeeds). ``service_runtime.retry`` retries it like an outage.
+DEADLOCK_DETECTED = 16908292
+
+
+def is_deadlock(exc: BaseException) -> bool:
+    """A write that lost a race inside the store and must be retried as it is."""
+    if isinstance(exc, BulkWriteError):
+        return any(e.get("code") == DEADLOCK_DETECTED for e in exc.details.get("writeErrors", []))
+    return isinstance(exc, OperationFailure) and exc.code == DEADLOCK_DETECTED
+
+
+async def insert_unique(collection: AsyncCollection, document: dict[str, Any], key: dict[str, Any], *,
+                        initial_delay_s: float = 0.05, max_delay_s: float = 2.0) -> bool:
+    """Insert ``document``, whose ``key`` (a filter on a unique index) other writers may be
+    inserting at the same moment: True if this insert won, False if another one did.
+
+    A unique index other than ``_id`` is an exclusion constraint in DocumentDB: racing
+    inserts wait on each other, and deadlock detection answers some "deadlock detected"
+    instead of a duplicate key. Retried at once, the losers keep the race going and can
+    starve the inserts still waiting (measured: 8 clients on one key, minutes). So a loser
+    backs off (jittered), and looks for a committed winner before inserting again."""
+    delay = initial_delay_s
+    while True:
+        try:
+            await collection.insert_one(document)
+            return True
+        except DuplicateKeyError:
+            return False
+        except OperationFailure as exc:
+            if exc.code != DEADLOCK_DETECTED:
+                raise
+        await asyncio.sleep(random.uniform(delay / 2, delay))
+        delay = min(delay * 2, max_delay_s)
+        if await collection.find_one(key, {"_id": 1}) is not None:
+            return False
 
 
 def connect_store(uri: str) -> AsyncMongoClient:
