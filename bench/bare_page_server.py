@@ -26,10 +26,16 @@ async def app(scope: dict, receive, send) -> None:  # type: ignore[no-untyped-de
     author_id = scope["path"].rsplit("/", 1)[-1]
     doc, _standing = await asyncio.gather(
         db.authors.find_one({"_id": author_id}, {"state_json": 1, "page_works": 1, "page_limit": 1, "page_cursor": 1}),
-        db.standing.find_one({"_id": author_id}))
+        db.standing.find_one({"_id": author_id}),
+    )
     body = zlib.decompress(doc["page_works"]) if doc else b"{}"
-    await send({"type": "http.response.start", "status": 200 if doc else 404,
-                "headers": [(b"content-type", b"application/json")]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 200 if doc else 404,
+            "headers": [(b"content-type", b"application/json")],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 

@@ -42,35 +42,53 @@ from pymongo import AsyncMongoClient, ReplaceOne
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from contracts import Envelope  # noqa: E402
-from contracts.events.claims import ClaimRequested, Evidence  # noqa: E402
-from contracts.events.common import Affiliation  # noqa: E402
-from contracts.events.profile import AuthorRegistered, AuthorState  # noqa: E402
-from contracts.topics import TOPICS, Topic  # noqa: E402
-from service_runtime.kafka import delete_topics, ensure_topics  # noqa: E402
-from service_runtime.offsets import partitions_of  # noqa: E402
-from service_runtime.store import bulk_update  # noqa: E402
-from service_runtime.topic_reader import iter_topic  # noqa: E402
-from services.claims.app import build_service  # noqa: E402
-from services.claims.settings import ClaimsSettings  # noqa: E402
+from contracts import Envelope
+from contracts.events.claims import ClaimRequested, Evidence
+from contracts.events.common import Affiliation
+from contracts.events.profile import AuthorRegistered, AuthorState
+from contracts.topics import TOPICS, Topic
+from service_runtime.kafka import delete_topics, ensure_topics
+from service_runtime.offsets import partitions_of
+from service_runtime.store import bulk_update
+from service_runtime.topic_reader import iter_topic
+from services.claims.app import build_service
+from services.claims.settings import ClaimsSettings
 
 KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 MONGODB_URI = os.environ.get("MONGODB_URI", "mongodb://127.0.0.1:27017")
 AUTO = Evidence(email="someone@cs.example.edu", email_verified=True)
 REVIEW = Evidence(statement="please review my publication list")
 MAX_OPEN, MAX_APPROVED = 3, 1
-OUTCOME = {"ClaimApproved": "approved", "ClaimRejected": "rejected", "ClaimNeedsReview": "needs_review",
-           "ClaimWithdrawn": "withdrawn", "ClaimRevoked": "revoked"}
+OUTCOME = {
+    "ClaimApproved": "approved",
+    "ClaimRejected": "rejected",
+    "ClaimNeedsReview": "needs_review",
+    "ClaimWithdrawn": "withdrawn",
+    "ClaimRevoked": "revoked",
+}
 
 
-def workload(n_authors: int, n_claims: int, seed: int = 7) -> tuple[list[Envelope], list[Envelope], dict[str, str | None]]:
+def workload(
+    n_authors: int, n_claims: int, seed: int = 7
+) -> tuple[list[Envelope], list[Envelope], dict[str, str | None]]:
     """Author records, claim commands in send order, and the expected winner per author."""
     rng = random.Random(seed)
     authors = [f"bench-author-{i}" for i in range(n_authors)]
     registered = [
-        Envelope.wrap(AuthorRegistered(author_id=a, author=AuthorState(
-            author_id=a, display_name=a, affiliation=Affiliation(name="Example U", domains=["example.edu"]),
-            works_count=1, record_verification_level="L1", revision=1)), producer="profile")
+        Envelope.wrap(
+            AuthorRegistered(
+                author_id=a,
+                author=AuthorState(
+                    author_id=a,
+                    display_name=a,
+                    affiliation=Affiliation(name="Example U", domains=["example.edu"]),
+                    works_count=1,
+                    record_verification_level="L1",
+                    revision=1,
+                ),
+            ),
+            producer="profile",
+        )
         for a in authors
     ]
     claimable = authors[: n_authors - n_authors // 10]  # the last 10% only get claims for review
@@ -100,14 +118,16 @@ def workload(n_authors: int, n_claims: int, seed: int = 7) -> tuple[list[Envelop
                 winners[a] = claim_id
         else:
             user = f"bench-reviewee-{rng.randrange(reviewers)}"
-        commands.append(Envelope.wrap(
-            ClaimRequested(claim_id=claim_id, author_id=a, user_id=user, evidence=ev), producer="webapp"))
+        commands.append(
+            Envelope.wrap(ClaimRequested(claim_id=claim_id, author_id=a, user_id=user, evidence=ev), producer="webapp")
+        )
     return registered, commands, winners
 
 
 async def produce(topic: str, envelopes: list[Envelope]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=KAFKA, enable_idempotence=True, linger_ms=20,
-                                max_batch_size=512 * 1024)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=KAFKA, enable_idempotence=True, linger_ms=20, max_batch_size=512 * 1024
+    )
     await producer.start()
     try:
         futures = [await producer.send(topic, e.to_bytes(), key=e.data["author_id"].encode()) for e in envelopes]
@@ -128,8 +148,9 @@ class SubmittedCounter:
     async def count(self) -> int:
         if self.consumer is None:
             tps = await partitions_of(KAFKA, [self.topic])
-            self.consumer = AIOKafkaConsumer(bootstrap_servers=KAFKA, group_id=None, enable_auto_commit=False,
-                                             auto_offset_reset="earliest")
+            self.consumer = AIOKafkaConsumer(
+                bootstrap_servers=KAFKA, group_id=None, enable_auto_commit=False, auto_offset_reset="earliest"
+            )
             await self.consumer.start()
             self.consumer.assign(tps)
             await self.consumer.seek_to_beginning(*tps)
@@ -158,10 +179,17 @@ async def wait_for(probe, target: int, timeout: float = 1800.0) -> None:
 
 
 async def run_service(prefix: str, database: str, registered: list[Envelope], commands: list[Envelope]) -> float:
-    settings = ClaimsSettings(environment="test", kafka_bootstrap_servers=KAFKA, mongodb_uri=MONGODB_URI,
-                              mongodb_database=database, topic_prefix=prefix, consumer_group_prefix=prefix.rstrip("."),
-                              max_open_claims_per_user=MAX_OPEN, max_approved_claims_per_user=MAX_APPROVED,
-                              log_level=os.environ.get("BENCH_LOG_LEVEL", "WARNING"))
+    settings = ClaimsSettings(
+        environment="test",
+        kafka_bootstrap_servers=KAFKA,
+        mongodb_uri=MONGODB_URI,
+        mongodb_database=database,
+        topic_prefix=prefix,
+        consumer_group_prefix=prefix.rstrip("."),
+        max_open_claims_per_user=MAX_OPEN,
+        max_approved_claims_per_user=MAX_APPROVED,
+        log_level=os.environ.get("BENCH_LOG_LEVEL", "WARNING"),
+    )
     service = build_service(settings)
     submitted = SubmittedCounter(prefix + Topic.CLAIMS_EVENTS)
     try:
@@ -178,8 +206,9 @@ async def run_service(prefix: str, database: str, registered: list[Envelope], co
         await submitted.close()
 
 
-async def run_baseline(topic: str, database: str, service_database: str, registered: list[Envelope],
-                       commands: list[Envelope]) -> float:
+async def run_baseline(
+    topic: str, database: str, service_database: str, registered: list[Envelope], commands: list[Envelope]
+) -> float:
     """A bare consumer writing, batch by batch, the documents the service ended with."""
     client = AsyncMongoClient(MONGODB_URI, tz_aware=True)
     source, db = client[service_database], client[database]
@@ -190,8 +219,14 @@ async def run_baseline(topic: str, database: str, service_database: str, registe
         slots[d["claim_id"]].append(d)
     # The records are there before the claims, as they were for the service.
     await db.authors.insert_many([{**authors[e.data["author_id"]], "claim": None} for e in registered])
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=KAFKA, group_id=f"{topic}.baseline",
-                                auto_offset_reset="earliest", enable_auto_commit=False, max_poll_records=500)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=KAFKA,
+        group_id=f"{topic}.baseline",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        max_poll_records=500,
+    )
     await consumer.start()
     try:
         started = time.perf_counter()
@@ -242,7 +277,11 @@ async def verify(prefix: str, database: str, winners: dict[str, str | None], n_c
         if owner != (approved_by_author.get(a) or [None])[0]:
             problems["records whose claim state disagrees with their approved claim"].append(a)
         listed = set(doc.get("open_claims") or [])
-        open_ids = {cid for cid, c in claims.items() if c["author_id"] == a and c["status"] in ("pending_author", "needs_review")}
+        open_ids = {
+            cid
+            for cid, c in claims.items()
+            if c["author_id"] == a and c["status"] in ("pending_author", "needs_review")
+        }
         if listed != open_ids:
             problems["records whose open-claims list disagrees with the claims"].append(a)
 
@@ -251,11 +290,14 @@ async def verify(prefix: str, database: str, winners: dict[str, str | None], n_c
     for c in claims.values():
         per_user[c["user_id"]][c["status"]] += 1
     problems["users over the open limit"] = [
-        u for u, n in per_user.items() if n["pending_author"] + n["needs_review"] > MAX_OPEN]
+        u for u, n in per_user.items() if n["pending_author"] + n["needs_review"] > MAX_OPEN
+    ]
     problems["users over the approved limit"] = [u for u, n in per_user.items() if n["approved"] > MAX_APPROVED]
     held = Counter((d["kind"], d["claim_id"]) for d in slots)
-    expected = Counter([("open", cid) for cid, c in claims.items() if c["status"] in ("pending_author", "needs_review")]
-                       + [("approved", cid) for cid, c in claims.items() if c["status"] == "approved"])
+    expected = Counter(
+        [("open", cid) for cid, c in claims.items() if c["status"] in ("pending_author", "needs_review")]
+        + [("approved", cid) for cid, c in claims.items() if c["status"] == "approved"]
+    )
     problems["slots not matching the claims"] = sorted((held - expected) + (expected - held))
 
     # Events: one ClaimSubmitted per claim, one current outcome equal to the store's.
@@ -290,19 +332,24 @@ async def verify(prefix: str, database: str, winners: dict[str, str | None], n_c
             approved_events[data["author_id"]].add(cid)
     problems["records with two owners in the events"] = [a for a, ids in approved_events.items() if len(ids) > 1]
     problems["records whose winner is not the first automatic claim"] = [
-        a for a, c in winners.items()
-        if (approved_by_author.get(a) or [None])[0] != c or approved_events.get(a, set()) != ({c} if c else set())]
+        a
+        for a, c in winners.items()
+        if (approved_by_author.get(a) or [None])[0] != c or approved_events.get(a, set()) != ({c} if c else set())
+    ]
     problems["claims without exactly one ClaimSubmitted"] = [cid for cid in claims if submitted[cid] != 1]
     problems["claims both approved and rejected"] = [cid for cid, kinds in terminal.items() if len(kinds) > 1]
     problems["claims whose last event disagrees with the store"] = [
-        cid for cid, c in claims.items() if last.get(cid) != c["status"]]
+        cid for cid, c in claims.items() if last.get(cid) != c["status"]
+    ]
     problems["claims missing from the store"] = [None] * (n_claims - len(claims))
     problems["outboxes or waiting claims left over"] = [k for k, n in leftovers.items() if n]
 
     print(f"claim statuses in the store: {dict(statuses)}")
     print(f"events published: {dict(event_types)} (+{duplicates} published twice under the same id)")
-    print(f"users: {len(per_user)}, most open claims held by one user: "
-          f"{max((n['pending_author'] + n['needs_review'] for n in per_user.values()), default=0)} (limit {MAX_OPEN})")
+    print(
+        f"users: {len(per_user)}, most open claims held by one user: "
+        f"{max((n['pending_author'] + n['needs_review'] for n in per_user.values()), default=0)} (limit {MAX_OPEN})"
+    )
     ok = True
     for what, found in problems.items():
         print(f"  {what}: {len(found)}" + (f" e.g. {found[:5]}" if found else ""))
@@ -324,7 +371,9 @@ async def main() -> int:
     try:
         service_s = await run_service(prefix, database, registered, commands)
         ok = await verify(prefix, database, winners, len(commands))
-        baseline_s = await run_baseline(base_prefix + Topic.WEBAPP_CLAIMS, base_database, database, registered, commands)
+        baseline_s = await run_baseline(
+            base_prefix + Topic.WEBAPP_CLAIMS, base_database, database, registered, commands
+        )
     finally:
         await delete_topics(KAFKA, [p + t for t in TOPICS for p in (prefix, base_prefix)])
         client = AsyncMongoClient(MONGODB_URI)
@@ -333,8 +382,10 @@ async def main() -> int:
         await client.close()
     n = len(commands)
     print(f"claims service: {n} claims in {service_s:.1f} s = {n / service_s:,.0f} claims/s")
-    print(f"bare baseline : {n} claims in {baseline_s:.1f} s = {n / baseline_s:,.0f} claims/s "
-          "(aiokafka + PyMongo, the same documents)")
+    print(
+        f"bare baseline : {n} claims in {baseline_s:.1f} s = {n / baseline_s:,.0f} claims/s "
+        "(aiokafka + PyMongo, the same documents)"
+    )
     print(f"ratio service/baseline: {baseline_s / service_s:.2f} (throughput)")
     print("invariants: OK" if ok else "invariants: VIOLATED")
     return 0 if ok else 1

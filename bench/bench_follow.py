@@ -26,18 +26,18 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from aiokafka import AIOKafkaProducer  # noqa: E402
-from pymongo import AsyncMongoClient  # noqa: E402
+from aiokafka import AIOKafkaProducer
+from pymongo import AsyncMongoClient
 
-from contracts import Envelope  # noqa: E402
-from contracts.events.notifications import NotificationCreated, fanout_id, notification_id  # noqa: E402
-from contracts.events.profile import AuthorState, WorkAdded, WorkSummary  # noqa: E402
-from contracts.topics import TOPICS, Topic  # noqa: E402
-from service_runtime.kafka import delete_topics, ensure_topics  # noqa: E402
-from service_runtime.topic_reader import iter_topic  # noqa: E402
-from services.follow.settings import FollowSettings  # noqa: E402
-from services.follow.store import FollowStore  # noqa: E402
-from tests.service_process import ServiceProcess  # noqa: E402
+from contracts import Envelope
+from contracts.events.notifications import NotificationCreated, fanout_id, notification_id
+from contracts.events.profile import AuthorState, WorkAdded, WorkSummary
+from contracts.topics import TOPICS, Topic
+from service_runtime.kafka import delete_topics, ensure_topics
+from service_runtime.topic_reader import iter_topic
+from services.follow.settings import FollowSettings
+from services.follow.store import FollowStore
+from tests.service_process import ServiceProcess
 
 KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 MONGODB_URI = os.environ.get("MONGODB_URI", "mongodb://127.0.0.1:27017")
@@ -46,15 +46,21 @@ AUTHOR = "openalex:A5017898742"
 
 def settings_for(run: str, chunk: int) -> FollowSettings:
     return FollowSettings(
-        environment="test", kafka_bootstrap_servers=KAFKA, mongodb_uri=MONGODB_URI,
-        mongodb_database=f"bench_follow_{run}", topic_prefix=f"bench{run}.", consumer_group_prefix=f"bench{run}",
-        fanout_chunk_size=chunk, log_level="INFO",
+        environment="test",
+        kafka_bootstrap_servers=KAFKA,
+        mongodb_uri=MONGODB_URI,
+        mongodb_database=f"bench_follow_{run}",
+        topic_prefix=f"bench{run}.",
+        consumer_group_prefix=f"bench{run}",
+        fanout_chunk_size=chunk,
+        log_level="INFO",
     )
 
 
 def work_added(at: datetime, author_id: str = AUTHOR) -> Envelope:
-    author = AuthorState(author_id=author_id, display_name="Quoc V. Le", works_count=29, record_verification_level="L1",
-                         revision=2)
+    author = AuthorState(
+        author_id=author_id, display_name="Quoc V. Le", works_count=29, record_verification_level="L1", revision=2
+    )
     work = WorkSummary(work_id="w-new", type="article", year=2026, title="A new paper by a much-followed author")
     return Envelope.wrap(WorkAdded(author_id=author_id, author=author, work=work), producer="bench", occurred_at=at)
 
@@ -89,8 +95,9 @@ async def fanout_run(replicas: int, followers: int, chunk: int) -> dict[str, flo
         await fanout_done(store, warm)
         source = work_added(datetime.now(UTC))
         started = time.perf_counter()
-        await producer.send_and_wait(settings.physical_topic(Topic.PROFILE_EVENTS), source.to_bytes(),
-                                     key=AUTHOR.encode())
+        await producer.send_and_wait(
+            settings.physical_topic(Topic.PROFILE_EVENTS), source.to_bytes(), key=AUTHOR.encode()
+        )
         plan = await fanout_done(store, source)
         elapsed = time.perf_counter() - started
         inbox = await db.inbox.count_documents({"author_id": AUTHOR})  # not the warm-up's
@@ -104,9 +111,15 @@ async def fanout_run(replicas: int, followers: int, chunk: int) -> dict[str, flo
         handled = [p.log_text().count("fanout_chunks_done") for p in procs]
         if os.environ.get("BENCH_SHOW_LOGS"):
             for p in procs:
-                print("\n".join(l for l in p.log_text().splitlines() if "fanout_" in l))
-        return {"elapsed": elapsed, "inbox": inbox, "distinct": len(ids), "records": records,
-                "chunks": len(plan["chunks"]), "per_replica": handled}  # type: ignore[dict-item]
+                print("\n".join(line for line in p.log_text().splitlines() if "fanout_" in line))
+        return {
+            "elapsed": elapsed,
+            "inbox": inbox,
+            "distinct": len(ids),
+            "records": records,
+            "chunks": len(plan["chunks"]),
+            "per_replica": handled,
+        }  # type: ignore[dict-item]
     finally:
         await producer.stop()
         for p in procs:
@@ -123,8 +136,9 @@ async def baseline(followers: int, chunk: int) -> float:
     await ensure_topics(KAFKA, [TOPICS[Topic.NOTIFICATIONS_EVENTS]], prefix=f"bench{run}.")
     client: AsyncMongoClient = AsyncMongoClient(MONGODB_URI, tz_aware=True)
     db = client[f"bench_follow_base_{run}"]
-    producer = AIOKafkaProducer(bootstrap_servers=KAFKA, enable_idempotence=True, acks="all", linger_ms=5,
-                                max_batch_size=256 * 1024)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=KAFKA, enable_idempotence=True, acks="all", linger_ms=5, max_batch_size=256 * 1024
+    )
     await producer.start()
     source = uuid.uuid4()
     created = datetime.now(UTC)
@@ -132,14 +146,42 @@ async def baseline(followers: int, chunk: int) -> float:
         started = time.perf_counter()
         for start in range(0, followers, chunk):
             users = [f"user-{i:07d}" for i in range(start, min(start + chunk, followers))]
-            notes = [NotificationCreated(notification_id=notification_id(source, u), user_id=u, author_id=AUTHOR,
-                                         kind="new_work", source_event_id=source, title="Quoc V. Le published a new work",
-                                         created_at=created) for u in users]
-            await db.inbox.insert_many([{"_id": str(n.notification_id), "user_id": n.user_id, "author_id": AUTHOR,
-                                         "kind": n.kind, "source_event_id": str(source), "title": n.title,
-                                         "created_at": created, "read": False} for n in notes], ordered=False)
-            futures = [await producer.send(topic, Envelope.wrap(n, producer="bench", event_id=n.notification_id)
-                                           .to_bytes(), key=n.user_id.encode()) for n in notes]
+            notes = [
+                NotificationCreated(
+                    notification_id=notification_id(source, u),
+                    user_id=u,
+                    author_id=AUTHOR,
+                    kind="new_work",
+                    source_event_id=source,
+                    title="Quoc V. Le published a new work",
+                    created_at=created,
+                )
+                for u in users
+            ]
+            await db.inbox.insert_many(
+                [
+                    {
+                        "_id": str(n.notification_id),
+                        "user_id": n.user_id,
+                        "author_id": AUTHOR,
+                        "kind": n.kind,
+                        "source_event_id": str(source),
+                        "title": n.title,
+                        "created_at": created,
+                        "read": False,
+                    }
+                    for n in notes
+                ],
+                ordered=False,
+            )
+            futures = [
+                await producer.send(
+                    topic,
+                    Envelope.wrap(n, producer="bench", event_id=n.notification_id).to_bytes(),
+                    key=n.user_id.encode(),
+                )
+                for n in notes
+            ]
             await asyncio.gather(*futures)
         return time.perf_counter() - started
     finally:
@@ -163,10 +205,12 @@ async def main() -> None:
     for replicas in args.replicas:
         r = await fanout_run(replicas, n, args.chunk)
         rate = n / r["elapsed"]
-        print(f"follow service, {replicas} replica(s):         {r['elapsed']:6.2f} s  {rate:9,.0f} notifications/s"
-              f"  ratio to baseline {rate / base_rate:5.2f}  | inbox {r['inbox']:,}, distinct ids on topic "
-              f"{r['distinct']:,} ({r['records']:,} records), {r['chunks']} chunks, chunk log lines per replica "
-              f"{r['per_replica']}")
+        print(
+            f"follow service, {replicas} replica(s):         {r['elapsed']:6.2f} s  {rate:9,.0f} notifications/s"
+            f"  ratio to baseline {rate / base_rate:5.2f}  | inbox {r['inbox']:,}, distinct ids on topic "
+            f"{r['distinct']:,} ({r['records']:,} records), {r['chunks']} chunks, chunk log lines per replica "
+            f"{r['per_replica']}"
+        )
 
 
 if __name__ == "__main__":

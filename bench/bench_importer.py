@@ -30,13 +30,13 @@ from aiokafka import AIOKafkaProducer
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from contracts.topics import TOPICS, Topic  # noqa: E402
-from importers.checkpoint import JsonFileCheckpoint  # noqa: E402
-from importers.openalex import import_author  # noqa: E402
-from importers.openalex_mapping import map_work  # noqa: E402
-from importers.settings import ImporterSettings  # noqa: E402
-from service_runtime.kafka import delete_topics, ensure_topics  # noqa: E402
-from tests.integration.importers.openalex_server import DATA, MEARMAN, OpenAlexStub  # noqa: E402
+from contracts.topics import TOPICS, Topic
+from importers.checkpoint import JsonFileCheckpoint
+from importers.openalex import import_author
+from importers.openalex_mapping import map_work
+from importers.settings import ImporterSettings
+from service_runtime.kafka import delete_topics, ensure_topics
+from tests.integration.importers.openalex_server import DATA, MEARMAN, OpenAlexStub
 
 KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 PER_PAGE = 100
@@ -55,7 +55,9 @@ def synthetic_works(n: int) -> list[dict]:
 
 def page_body(works: list[dict], page: int) -> bytes:
     meta = {"count": len(works), "db_response_time_ms": 1, "page": page, "per_page": PER_PAGE, "groups_count": None}
-    return json.dumps({"meta": meta, "results": works[(page - 1) * PER_PAGE: page * PER_PAGE], "group_by": []}).encode()
+    return json.dumps(
+        {"meta": meta, "results": works[(page - 1) * PER_PAGE : page * PER_PAGE], "group_by": []}
+    ).encode()
 
 
 async def baseline(base_url: str, topic: str, n: int) -> float:
@@ -65,8 +67,11 @@ async def baseline(base_url: str, topic: str, n: int) -> float:
         async with httpx.AsyncClient(base_url=base_url) as http:
             start, sent, page = time.perf_counter(), 0, 1
             while True:
-                body = (await http.get("/works", params={"filter": f"author.id:{MEARMAN}", "page": page,
-                                                          "per_page": PER_PAGE})).json()
+                body = (
+                    await http.get(
+                        "/works", params={"filter": f"author.id:{MEARMAN}", "page": page, "per_page": PER_PAGE}
+                    )
+                ).json()
                 futures = []
                 for w in body["results"]:
                     authors = [a["author"]["id"] for a in w["authorships"]]
@@ -85,11 +90,21 @@ async def baseline(base_url: str, topic: str, n: int) -> float:
 
 
 async def importer(base_url: str, prefix: str, n: int, state_dir: str) -> float:
-    settings = ImporterSettings(kafka_bootstrap_servers=KAFKA, topic_prefix=prefix, openalex_per_page=PER_PAGE,
-                                openalex_requests_per_second=100, log_level="WARNING")
+    settings = ImporterSettings(
+        kafka_bootstrap_servers=KAFKA,
+        topic_prefix=prefix,
+        openalex_per_page=PER_PAGE,
+        openalex_requests_per_second=100,
+        log_level="WARNING",
+    )
     start = time.perf_counter()
-    summary = await import_author(MEARMAN, settings=settings, base_url=base_url,
-                                  checkpoint=JsonFileCheckpoint(Path(state_dir) / "state.json"), progress=None)
+    summary = await import_author(
+        MEARMAN,
+        settings=settings,
+        base_url=base_url,
+        checkpoint=JsonFileCheckpoint(Path(state_dir) / "state.json"),
+        progress=None,
+    )
     elapsed = time.perf_counter() - start
     assert summary.published == n, summary.line()
     return elapsed
@@ -127,13 +142,19 @@ async def main() -> None:
         await delete_topics(KAFKA, [f"{prefix}{spec.name}", f"{prefix}bare.{spec.name}"])
 
     bare_rate, our_rate = n / min(bare), n / min(ours)
-    print(f"works: {n} in {n // PER_PAGE + (n % PER_PAGE > 0)} pages of {PER_PAGE} (~{len(json.dumps(works)) // n // 1024} KiB of JSON per work)")
+    print(
+        f"works: {n} in {n // PER_PAGE + (n % PER_PAGE > 0)} pages of {PER_PAGE} "
+        f"(~{len(json.dumps(works)) // n // 1024} KiB of JSON per work)"
+    )
     print(f"mapping alone (map_work):            {mapping_rate:10.0f} works/s")
     print(f"baseline (httpx + bare aiokafka):    {bare_rate:10.0f} works/s  (best of {len(bare)}: {min(bare):.2f}s)")
     print(f"importer (import_author):            {our_rate:10.0f} works/s  (best of {len(ours)}: {min(ours):.2f}s)")
     print(f"ratio importer / baseline:           {our_rate / bare_rate:10.2f}")
     polite = ImporterSettings().openalex_requests_per_second * PER_PAGE
-    print(f"(against OpenAlex, the default {polite / PER_PAGE:g} req/s x {PER_PAGE} works/page caps an import at {polite:.0f} works/s)")
+    print(
+        f"(against OpenAlex, the default {polite / PER_PAGE:g} req/s x {PER_PAGE} works/page "
+        f"caps an import at {polite:.0f} works/s)"
+    )
 
 
 if __name__ == "__main__":

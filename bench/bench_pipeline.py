@@ -34,15 +34,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import httpx  # noqa: E402
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # noqa: E402
-from pymongo import AsyncMongoClient  # noqa: E402
+import httpx
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from pymongo import AsyncMongoClient
 
-from contracts.topics import TOPICS  # noqa: E402
-from service_runtime.kafka import delete_topics, ensure_topics  # noqa: E402
-from tests.conftest import Namespace  # noqa: E402
-from tests.mixed_stream import TOPICS_IN, MixedStream, mixed_stream  # noqa: E402
-from tests.pipeline import Pipeline  # noqa: E402
+from contracts.topics import TOPICS
+from service_runtime.kafka import delete_topics, ensure_topics
+from tests.conftest import Namespace
+from tests.mixed_stream import TOPICS_IN, MixedStream, mixed_stream
+from tests.pipeline import Pipeline
 
 KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 MONGODB_URI = os.environ.get("MONGODB_URI", "mongodb://127.0.0.1:27017")
@@ -50,11 +50,12 @@ MONGODB_URI = os.environ.get("MONGODB_URI", "mongodb://127.0.0.1:27017")
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))]
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-async def send_all(stream: MixedStream, producer: AIOKafkaProducer, prefix: str,
-                   arrivals: dict[str, float], rate: float = 0.0) -> None:
+async def send_all(
+    stream: MixedStream, producer: AIOKafkaProducer, prefix: str, arrivals: dict[str, float], rate: float = 0.0
+) -> None:
     """Send in stream order, all at once or ``rate`` records/s (open loop: the pace does not
     wait for the system); a probe's arrival is when the broker acknowledged it."""
     loop = asyncio.get_running_loop()
@@ -70,8 +71,9 @@ async def send_all(stream: MixedStream, producer: AIOKafkaProducer, prefix: str,
     await asyncio.gather(*pending)
 
 
-async def watch_probes(profile_url: str, arrivals: dict[str, float], probes: set[str],
-                       visible: dict[str, float], stop: asyncio.Event) -> None:
+async def watch_probes(
+    profile_url: str, arrivals: dict[str, float], probes: set[str], visible: dict[str, float], stop: asyncio.Event
+) -> None:
     """Poll GET /authors/{id} of every probe that arrived until its trust score shows."""
     loop = asyncio.get_running_loop()
     async with httpx.AsyncClient(base_url=profile_url, timeout=10.0) as http:
@@ -106,9 +108,14 @@ async def run_pipeline(stream: MixedStream, settle_timeout: float, rate: float =
             while True:
                 await asyncio.sleep(10)
                 lag = await pipe.lag()
-                behind = ", ".join(f"{g.split('.', 1)[-1]} {n:,}" for g, n in sorted(lag.items(), key=lambda x: -x[1]) if n)
-                print(f"  {loop.time() - started:6.0f} s: lag {sum(lag.values()):,} ({behind or 'none'}), "
-                      f"probes visible {len(visible)}/{len(probes)}", flush=True)
+                behind = ", ".join(
+                    f"{g.split('.', 1)[-1]} {n:,}" for g, n in sorted(lag.items(), key=lambda x: -x[1]) if n
+                )
+                print(
+                    f"  {loop.time() - started:6.0f} s: lag {sum(lag.values()):,} ({behind or 'none'}), "
+                    f"probes visible {len(visible)}/{len(probes)}",
+                    flush=True,
+                )
 
         reporter = asyncio.create_task(progress())
         try:
@@ -120,10 +127,15 @@ async def run_pipeline(stream: MixedStream, settle_timeout: float, rate: float =
         await asyncio.wait_for(watcher, timeout=60)
         stop.set()
         latencies = [visible[a] - arrivals[a] for a in visible]
-        return {"seconds": elapsed, "events_per_s": len(stream) / elapsed, "probes": len(probes),
-                "visible": len(latencies), "p50": pct(latencies, 0.5) if latencies else float("nan"),
-                "p99": pct(latencies, 0.99) if latencies else float("nan"),
-                "mean": statistics.fmean(latencies) if latencies else float("nan")}
+        return {
+            "seconds": elapsed,
+            "events_per_s": len(stream) / elapsed,
+            "probes": len(probes),
+            "visible": len(latencies),
+            "p50": pct(latencies, 0.5) if latencies else float("nan"),
+            "p99": pct(latencies, 0.99) if latencies else float("nan"),
+            "mean": statistics.fmean(latencies) if latencies else float("nan"),
+        }
     finally:
         await producer.stop()
         await pipe.stop()
@@ -140,8 +152,14 @@ async def run_baseline(stream: MixedStream) -> dict[str, float]:
     out_topic = "profile.events"
     await ensure_topics(KAFKA, prefix=prefix)
     producer = AIOKafkaProducer(bootstrap_servers=KAFKA, enable_idempotence=True, linger_ms=5)
-    consumer = AIOKafkaConsumer(*(prefix + t for t in TOPICS_IN), bootstrap_servers=KAFKA, group_id=f"{prefix}bare",
-                                enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=500)
+    consumer = AIOKafkaConsumer(
+        *(prefix + t for t in TOPICS_IN),
+        bootstrap_servers=KAFKA,
+        group_id=f"{prefix}bare",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=500,
+    )
     await producer.start()
     await consumer.start()
     try:
@@ -151,8 +169,11 @@ async def run_baseline(stream: MixedStream) -> dict[str, float]:
         seen = 0
         while seen < len(stream):
             batches = await consumer.getmany(timeout_ms=200, max_records=500)
-            futures = [await producer.send(prefix + out_topic, r.value, key=r.key)
-                       for records in batches.values() for r in records]
+            futures = [
+                await producer.send(prefix + out_topic, r.value, key=r.key)
+                for records in batches.values()
+                for r in records
+            ]
             await asyncio.gather(*futures)
             if futures:
                 await consumer.commit()
@@ -172,15 +193,21 @@ async def main() -> None:
     parser.add_argument("--probe-every", type=int, default=100, help="every k-th work is a latency probe")
     parser.add_argument("--settle-timeout", type=float, default=4 * 3600)
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--rate", type=float, default=0.0,
-                        help="send this many records/s (default: all at once, the backlog case); the "
-                             "latency then is the system's own when it keeps up")
+    parser.add_argument(
+        "--rate",
+        type=float,
+        default=0.0,
+        help="send this many records/s (default: all at once, the backlog case); the "
+        "latency then is the system's own when it keeps up",
+    )
     args = parser.parse_args()
 
     stream = mixed_stream(args.events, seed=args.seed, probe_every=args.probe_every, tag="b")
     counts = stream.counts()
-    print(f"stream: {len(stream):,} records ({', '.join(f'{k} {v:,}' for k, v in sorted(counts.items()))}), "
-          f"{len(stream.authors):,} authors, {sum(r.probe for r in stream.records)} probe works")
+    print(
+        f"stream: {len(stream):,} records ({', '.join(f'{k} {v:,}' for k, v in sorted(counts.items()))}), "
+        f"{len(stream.authors):,} authors, {sum(r.probe for r in stream.records)} probe works"
+    )
 
     print("bare baseline (aiokafka consume -> produce -> commit):", flush=True)
     base = await run_baseline(stream)
@@ -189,8 +216,10 @@ async def main() -> None:
     print("pipeline (profile, claims, trust, follow: one process each):", flush=True)
     ours = await run_pipeline(stream, args.settle_timeout, args.rate)
     print(f"  {ours['events_per_s']:,.1f} events/s end to end ({ours['seconds']:.1f} s until settled)")
-    print(f"  work arrival -> trust score on GET /authors/{{id}}: p50 {ours['p50']:.2f} s, p99 {ours['p99']:.2f} s, "
-          f"mean {ours['mean']:.2f} s ({ours['visible']}/{ours['probes']} probes)")
+    print(
+        f"  work arrival -> trust score on GET /authors/{{id}}: p50 {ours['p50']:.2f} s, p99 {ours['p99']:.2f} s, "
+        f"mean {ours['mean']:.2f} s ({ours['visible']}/{ours['probes']} probes)"
+    )
     print(f"ratio pipeline / bare baseline (events/s): {ours['events_per_s'] / base['events_per_s']:.4f}")
 
 

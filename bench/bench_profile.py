@@ -34,11 +34,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import hashlib
 import json
 import os
 import random
 import socket
-import hashlib
 import subprocess
 import sys
 import tempfile
@@ -59,11 +59,10 @@ from contracts.events.publications import Work, WorkIngested  # noqa: E402
 from contracts.topics import TOPICS, Topic  # noqa: E402
 from service_runtime import compact  # noqa: E402
 from service_runtime.kafka import delete_topics, ensure_topics  # noqa: E402
-from service_runtime.store import UPDATES_PER_COMMAND  # noqa: E402
 from service_runtime.topic_reader import iter_topic  # noqa: E402
+from services.profile.app import build_service  # noqa: E402
 from services.profile.derive import derive_state, distinct_topics, name_keys  # noqa: E402
 from services.profile.page import first_page, pack_works  # noqa: E402
-from services.profile.app import build_service  # noqa: E402
 from services.profile.settings import ProfileSettings  # noqa: E402
 
 KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
@@ -97,12 +96,18 @@ def make_works(n_works: int, n_authors: int) -> list[tuple[bytes, bytes]]:
         first = i % n_authors
         other = (first + 1 + rng.randrange(n_authors - 1)) % n_authors
         work = Work(
-            work_id=f"bench:w{i}", type="article", year=2000 + i % 25, venue="Bench Journal",
+            work_id=f"bench:w{i}",
+            type="article",
+            year=2000 + i % 25,
+            venue="Bench Journal",
             title=f"Work number {i} on {topics[i % 7].lower()}",
             abstract=" ".join(rng.choice(words) for _ in range(170)),
-            external_ids={"doi": f"10.5555/bench.{i}"}, topics=[topics[i % 7], topics[(i // 7) % 7]],
-            authors=[{"author_id": f"bench:a{first}", "display_name": f"Author {first}"},
-                     {"author_id": f"bench:a{other}", "display_name": f"Author {other}"}],
+            external_ids={"doi": f"10.5555/bench.{i}"},
+            topics=[topics[i % 7], topics[(i // 7) % 7]],
+            authors=[
+                {"author_id": f"bench:a{first}", "display_name": f"Author {first}"},
+                {"author_id": f"bench:a{other}", "display_name": f"Author {other}"},
+            ],
         )
         env = Envelope.wrap(WorkIngested(author_id=f"bench:a{first}", work=work, source="bench"), producer="bench")
         out.append((f"bench:a{first}".encode(), env.to_bytes()))
@@ -114,7 +119,7 @@ async def produce(topic: str, records: list[tuple[bytes, bytes]]) -> None:
     await producer.start()
     try:
         for start in range(0, len(records), 5000):
-            futures = [await producer.send(topic, value, key=key) for key, value in records[start:start + 5000]]
+            futures = [await producer.send(topic, value, key=key) for key, value in records[start : start + 5000]]
             await asyncio.gather(*futures)
     finally:
         await producer.stop()
@@ -143,9 +148,14 @@ async def run_ours(settings: ProfileSettings, n_works: int) -> float:
 
 def _entry(work: dict, author_id: str, fingerprint: str) -> dict:
     ids = work.get("external_ids") or {}
-    return {"id": work["work_id"], "y": work["year"], "h": fingerprint, "x": bool(ids.get("doi") or ids.get("arxiv_id")),
-            "t": distinct_topics(work["topics"]),
-            "co": [{"id": a["author_id"], "n": a["display_name"]} for a in work["authors"] if a["author_id"] != author_id]}
+    return {
+        "id": work["work_id"],
+        "y": work["year"],
+        "h": fingerprint,
+        "x": bool(ids.get("doi") or ids.get("arxiv_id")),
+        "t": distinct_topics(work["topics"]),
+        "co": [{"id": a["author_id"], "n": a["display_name"]} for a in work["authors"] if a["author_id"] != author_id],
+    }
 
 
 def _compact(value: object) -> str:
@@ -159,8 +169,14 @@ async def run_baseline(topic: str, database: str, n_works: int) -> float:
     client = AsyncMongoClient(MONGODB_URI)
     db = client[database]
     await db.authors.create_index([("name_keys", ASCENDING)], name="name_keys")
-    consumer = AIOKafkaConsumer(topic, bootstrap_servers=KAFKA, group_id=f"{database}.baseline",
-                                enable_auto_commit=False, auto_offset_reset="earliest", max_poll_records=BATCH)
+    consumer = AIOKafkaConsumer(
+        topic,
+        bootstrap_servers=KAFKA,
+        group_id=f"{database}.baseline",
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=BATCH,
+    )
     await consumer.start()
     done = 0
     started = time.perf_counter()
@@ -170,10 +186,15 @@ async def run_baseline(topic: str, database: str, n_works: int) -> float:
             works = [json.loads(r.value)["data"]["work"] for records in fetched.values() for r in records]
             if not works:
                 continue
-            stored = {d["_id"]: d async for d in db.works.find(
-                {"_id": {"$in": list({w["work_id"] for w in works})}}, {"fingerprint": 1, "author_ids": 1})}
+            stored = {
+                d["_id"]: d
+                async for d in db.works.find(
+                    {"_id": {"$in": list({w["work_id"] for w in works})}}, {"fingerprint": 1, "author_ids": 1}
+                )
+            }
             ids = {a["author_id"] for w in works for a in w["authors"]} | {
-                a for d in stored.values() for a in d.get("author_ids", [])}
+                a for d in stored.values() for a in d.get("author_ids", [])
+            }
             authors = {}
             async for d in db.authors.find({"_id": {"$in": list(ids)}}):
                 d["entries"] = compact.unpack(d["entries_z"])
@@ -188,33 +209,57 @@ async def run_baseline(topic: str, database: str, n_works: int) -> float:
                     doc = authors.get(a["author_id"])
                     if doc is None:
                         doc = authors[a["author_id"]] = {
-                            "_id": a["author_id"], "display_name": a["display_name"], "description": None,
-                            "affiliation": None, "orcid": a.get("orcid"), "open_to_collaborate": False,
-                            "entries": [], "page": {}, "revision": 1}
+                            "_id": a["author_id"],
+                            "display_name": a["display_name"],
+                            "description": None,
+                            "affiliation": None,
+                            "orcid": a.get("orcid"),
+                            "open_to_collaborate": False,
+                            "entries": [],
+                            "page": {},
+                            "revision": 1,
+                        }
                         fresh.add(a["author_id"])
                     entry = _entry(w, a["author_id"], fingerprint)
                     doc["entries"] = [e for e in doc["entries"] if e["id"] != w["work_id"]] + [entry]
                     doc["page"][w["work_id"]] = w
                     doc["revision"] += 1
                     changed.add(a["author_id"])
-                work_docs[w["work_id"]] = {"_id": w["work_id"], "fingerprint": fingerprint, "work_json": _compact(w),
-                                           "author_ids": [a["author_id"] for a in w["authors"]]}
+                work_docs[w["work_id"]] = {
+                    "_id": w["work_id"],
+                    "fingerprint": fingerprint,
+                    "work_json": _compact(w),
+                    "author_ids": [a["author_id"] for a in w["authors"]],
+                }
             ops = []
             for author_id in sorted(changed):
                 doc = authors[author_id]
-                identity = {"author_id": author_id, **{k: doc.get(k) for k in (
-                    "display_name", "description", "affiliation", "orcid", "open_to_collaborate")}}
+                identity = {
+                    "author_id": author_id,
+                    **{
+                        k: doc.get(k)
+                        for k in ("display_name", "description", "affiliation", "orcid", "open_to_collaborate")
+                    },
+                }
                 state = derive_state(identity, doc["entries"], doc["revision"], 5)
                 page, cursor, _ = first_page(doc["entries"], PAGE_WORKS, doc["page"])
-                out = {"_id": author_id, **{k: v for k, v in identity.items() if k != "author_id"},
-                       "name_keys": name_keys(doc["display_name"]), "works_count": len(doc["entries"]),
-                       "entries_z": compact.pack(doc["entries"]), "state_json": _compact(state), "revision": doc["revision"],
-                       "page_works": pack_works(page), "page_limit": PAGE_WORKS, "page_cursor": cursor}
+                out = {
+                    "_id": author_id,
+                    **{k: v for k, v in identity.items() if k != "author_id"},
+                    "name_keys": name_keys(doc["display_name"]),
+                    "works_count": len(doc["entries"]),
+                    "entries_z": compact.pack(doc["entries"]),
+                    "state_json": _compact(state),
+                    "revision": doc["revision"],
+                    "page_works": pack_works(page),
+                    "page_limit": PAGE_WORKS,
+                    "page_cursor": cursor,
+                }
                 ops.append(InsertOne(out) if author_id in fresh else ReplaceOne({"_id": author_id}, out))
             work_ops = [ReplaceOne({"_id": i}, d) if i in stored else InsertOne(d) for i, d in work_docs.items()]
             for batch_ops, collection in ((ops, db.authors), (work_ops, db.works)):
-                for start in range(0, len(batch_ops), UPDATES_PER_COMMAND):
-                    await collection.bulk_write(batch_ops[start:start + UPDATES_PER_COMMAND], ordered=False)
+                if batch_ops:
+                    await collection.bulk_write(batch_ops, ordered=False)
             await consumer.commit()
             done += len(works)
         return time.perf_counter() - started
@@ -234,8 +279,7 @@ def expected_counts(records: list[tuple[bytes, bytes]]) -> dict[str, int]:
 async def stored_counts(database: str) -> dict[str, int]:
     client = AsyncMongoClient(MONGODB_URI)
     try:
-        return {d["_id"]: d.get("works_count", 0)
-                async for d in client[database].authors.find({}, {"works_count": 1})}
+        return {d["_id"]: d.get("works_count", 0) async for d in client[database].authors.find({}, {"works_count": 1})}
     finally:
         await client.close()
 
@@ -257,8 +301,11 @@ async def check_ours(settings: ProfileSettings, expected: dict[str, int]) -> lis
     duplicated = sum(n - 1 for n in seen.values())
     want = {"AuthorRegistered": len(expected), "WorkAdded": sum(expected.values())}
     got = {t: by_type.get(t, 0) for t in want}
-    print(f"  events: {len(seen):,} distinct of {sum(seen.values()):,} published ({duplicated} duplicates); "
-          f"{', '.join(f'{t} {by_type.get(t, 0):,}/{n:,}' for t, n in want.items())}", flush=True)
+    print(
+        f"  events: {len(seen):,} distinct of {sum(seen.values()):,} published ({duplicated} duplicates); "
+        f"{', '.join(f'{t} {by_type.get(t, 0):,}/{n:,}' for t, n in want.items())}",
+        flush=True,
+    )
     if duplicated:
         failures.append(f"{duplicated} events published twice")
     if len(seen) != sum(want.values()) or got != want:
@@ -305,32 +352,55 @@ def attack(port: int, n_authors: int, rate: float, seconds: float, out: Path, se
     """``GET /authors/{id}`` for random authors at a fixed rate (open loop: requests leave on
     schedule whatever the answers take); vegeta's results go to ``out``."""
     rng = random.Random(seed)
-    targets = "".join(f"GET http://127.0.0.1:{port}/authors/bench:a{rng.randrange(n_authors)}\n\n"
-                      for _ in range(int(rate * seconds) + 1))
-    subprocess.run([str(VEGETA), "attack", f"-rate={rate:g}/s", f"-duration={seconds:g}s", "-timeout=30s",
-                    f"-output={out}"], input=targets.encode(), check=True)
+    targets = "".join(
+        f"GET http://127.0.0.1:{port}/authors/bench:a{rng.randrange(n_authors)}\n\n"
+        for _ in range(int(rate * seconds) + 1)
+    )
+    subprocess.run(
+        [str(VEGETA), "attack", f"-rate={rate:g}/s", f"-duration={seconds:g}s", "-timeout=30s", f"-output={out}"],
+        input=targets.encode(),
+        check=True,
+    )
 
 
 def report(results: list[Path]) -> dict:
-    return json.loads(subprocess.run([str(VEGETA), "report", "-type=json", *map(str, results)],
-                                     capture_output=True, check=True).stdout)
+    return json.loads(
+        subprocess.run(
+            [str(VEGETA), "report", "-type=json", *map(str, results)], capture_output=True, check=True
+        ).stdout
+    )
 
 
-async def measure_reads(settings: ProfileSettings, n_authors: int, rate: float, seconds: float,
-                        workdir: Path) -> tuple[dict, dict]:
+async def measure_reads(
+    settings: ProfileSettings, n_authors: int, rate: float, seconds: float, workdir: Path
+) -> tuple[dict, dict]:
     """Ours (the profile service's HTTP in its own process) and the bare page server, each
     attacked for ``seconds`` in turns of ``READ_TURNS`` (short, so that a burst of other
     load on the shared machine falls on both alike)."""
     ensure_vegeta()
     ours_port, bare_port = free_port(), free_port()
-    env = {**os.environ, "HTTP_PORT": str(ours_port), "TOPIC_PREFIX": settings.topic_prefix,
-           "MONGODB_DATABASE": settings.database_name, "CONSUMER_GROUP_PREFIX": settings.consumer_group_prefix,
-           "LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "HTTP_PORT": str(ours_port),
+        "TOPIC_PREFIX": settings.topic_prefix,
+        "MONGODB_DATABASE": settings.database_name,
+        "CONSUMER_GROUP_PREFIX": settings.consumer_group_prefix,
+        "LOG_LEVEL": "WARNING",
+    }
     servers = [
-        subprocess.Popen([sys.executable, "-m", "bzpeer_cli.main", "run", "profile"], env=env, cwd=ROOT,
-                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
-        subprocess.Popen([sys.executable, str(ROOT / "bench" / "bare_page_server.py"), str(bare_port),
-                          settings.database_name], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL),
+        subprocess.Popen(
+            [sys.executable, "-m", "bzpeer_cli.main", "run", "profile"],
+            env=env,
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ),
+        subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "bare_page_server.py"), str(bare_port), settings.database_name],
+            cwd=ROOT,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        ),
     ]
     try:
         await wait_ready(f"http://127.0.0.1:{ours_port}/ready")
@@ -359,15 +429,23 @@ async def main() -> None:
     parser.add_argument("--authors", type=int, default=10_000)
     parser.add_argument("--rate", type=float, default=200.0, help="read requests per second")
     parser.add_argument("--read-seconds", type=float, default=15.0)
-    parser.add_argument("--keep", action="store_true",
-                        help="keep the service's database and topics, and print the run id for --reads-only")
-    parser.add_argument("--reads-only", metavar="RUN",
-                        help="only measure reads, on the data a --keep run left (its run id)")
+    parser.add_argument(
+        "--keep",
+        action="store_true",
+        help="keep the service's database and topics, and print the run id for --reads-only",
+    )
+    parser.add_argument(
+        "--reads-only", metavar="RUN", help="only measure reads, on the data a --keep run left (its run id)"
+    )
     args = parser.parse_args()
     run = args.reads_only or uuid.uuid4().hex[:8]
     prefix = f"bench{run}."
-    settings = ProfileSettings(topic_prefix=prefix, mongodb_database=f"bench{run}_profile",
-                               consumer_group_prefix=f"bench{run}", log_level="WARNING")
+    settings = ProfileSettings(
+        topic_prefix=prefix,
+        mongodb_database=f"bench{run}_profile",
+        consumer_group_prefix=f"bench{run}",
+        log_level="WARNING",
+    )
     baseline_db = f"bench{run}_baseline"
     topic = prefix + Topic.PUBLICATIONS_INGESTED
     if args.reads_only:
@@ -406,15 +484,25 @@ async def main() -> None:
 
 async def report_reads(settings: ProfileSettings, args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory() as workdir:
-        ours_reads, bare_reads = await measure_reads(settings, args.authors, args.rate, args.read_seconds, Path(workdir))
-    print(f"GET /authors/{{id}} at {args.rate:.0f} req/s, {args.read_seconds:.0f} s each (vegeta, open loop):", flush=True)
+        ours_reads, bare_reads = await measure_reads(
+            settings, args.authors, args.rate, args.read_seconds, Path(workdir)
+        )
+    print(
+        f"GET /authors/{{id}} at {args.rate:.0f} req/s, {args.read_seconds:.0f} s each (vegeta, open loop):", flush=True
+    )
     for name, r in (("profile service", ours_reads), ("bare page server", bare_reads)):
         lat = r["latencies"]
-        print(f"  {name}: p50 {lat['50th'] / 1e6:6.1f} ms  p99 {lat['99th'] / 1e6:6.1f} ms  "
-              f"({r['requests']} requests, at least {r['rate']:.0f} req/s, success {r['success']:.1%}, "
-              f"status {r['status_codes']})", flush=True)
-    print(f"  p99 ratio (ours / bare): {ours_reads['latencies']['99th'] / bare_reads['latencies']['99th']:.2f}  "
-          f"(target: ours p99 < 20 ms)", flush=True)
+        print(
+            f"  {name}: p50 {lat['50th'] / 1e6:6.1f} ms  p99 {lat['99th'] / 1e6:6.1f} ms  "
+            f"({r['requests']} requests, at least {r['rate']:.0f} req/s, success {r['success']:.1%}, "
+            f"status {r['status_codes']})",
+            flush=True,
+        )
+    print(
+        f"  p99 ratio (ours / bare): {ours_reads['latencies']['99th'] / bare_reads['latencies']['99th']:.2f}  "
+        f"(target: ours p99 < 20 ms)",
+        flush=True,
+    )
 
 
 if __name__ == "__main__":

@@ -55,24 +55,46 @@ async def main() -> None:
     col = client[name]["docs"]
     try:
         for start in range(0, args.docs, 5000):
-            await col.insert_many([{"_id": f"d{i}", "key": f"d{i}", "version": 1, "payload": "x" * 200}
-                                   for i in range(start, min(start + 5000, args.docs))])
+            await col.insert_many(
+                [
+                    {"_id": f"d{i}", "key": f"d{i}", "version": 1, "payload": "x" * 200}
+                    for i in range(start, min(start + 5000, args.docs))
+                ]
+            )
         rng = random.Random(7)
         keys = [f"d{rng.randrange(args.docs)}" for _ in range(args.samples)]
         batch = [f"d{rng.randrange(args.docs)}" for _ in range(500)]
         rows = [
-            ("find_one", await timed(lambda k: col.find_one({"_id": k}), keys),
-             await timed(lambda k: col.find_one({"key": k}), keys)),
-            ("update_one, conditional ({_id, version})",
-             await timed(lambda k: col.update_one({"_id": k, "version": 1}, {"$set": {"seen": True}}), keys),
-             await timed(lambda k: col.update_one({"key": k, "version": 1}, {"$set": {"seen": True}}), keys)),
-            ("find 500 with $in", await timed(lambda _: col.find({"_id": {"$in": batch}}).to_list(None), keys[:3]),
-             await timed(lambda _: col.find({"key": {"$in": batch}}).to_list(None), keys[:3])),
-            ("bulk of 32 conditional updates",
-             await timed(lambda _: col.bulk_write([UpdateOne({"_id": k, "version": 1}, {"$set": {"n": 1}})
-                                                   for k in batch[:32]]), keys[:3]),
-             await timed(lambda _: col.bulk_write([UpdateOne({"key": k, "version": 1}, {"$set": {"n": 1}})
-                                                   for k in batch[:32]]), keys[:3])),
+            (
+                "find_one",
+                await timed(lambda k: col.find_one({"_id": k}), keys),
+                await timed(lambda k: col.find_one({"key": k}), keys),
+            ),
+            (
+                "update_one, conditional ({_id, version})",
+                await timed(lambda k: col.update_one({"_id": k, "version": 1}, {"$set": {"seen": True}}), keys),
+                await timed(lambda k: col.update_one({"key": k, "version": 1}, {"$set": {"seen": True}}), keys),
+            ),
+            (
+                "find 500 with $in",
+                await timed(lambda _: col.find({"_id": {"$in": batch}}).to_list(None), keys[:3]),
+                await timed(lambda _: col.find({"key": {"$in": batch}}).to_list(None), keys[:3]),
+            ),
+            (
+                "bulk of 32 conditional updates",
+                await timed(
+                    lambda _: col.bulk_write(
+                        [UpdateOne({"_id": k, "version": 1}, {"$set": {"n": 1}}) for k in batch[:32]]
+                    ),
+                    keys[:3],
+                ),
+                await timed(
+                    lambda _: col.bulk_write(
+                        [UpdateOne({"key": k, "version": 1}, {"$set": {"n": 1}}) for k in batch[:32]]
+                    ),
+                    keys[:3],
+                ),
+            ),
         ]
         print(f"{args.docs:,} documents; median ms per operation")
         print_comparison(("operation", "by _id", "by unindexed field (scan)"), rows)

@@ -37,21 +37,21 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition  # noqa: E402
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic  # noqa: E402
-from pymongo import AsyncMongoClient, UpdateOne  # noqa: E402
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from pymongo import AsyncMongoClient, UpdateOne
 
-from contracts.envelope import Envelope  # noqa: E402
-from contracts.events.claims import AuthorClaimState, ClaimApproved  # noqa: E402
-from contracts.events.follows import FollowerCountChanged  # noqa: E402
-from contracts.events.profile import AuthorRegistered, AuthorState, TopicCount, WorkAdded, WorkSummary  # noqa: E402
-from contracts.topics import TOPICS, Topic  # noqa: E402
-from service_runtime.kafka import delete_topics, ensure_topics  # noqa: E402
-from service_runtime.store import bulk_update  # noqa: E402
-from service_runtime.topic_reader import read_topic  # noqa: E402
-from services.trust import scoring  # noqa: E402
-from services.trust.app import build_service  # noqa: E402
-from services.trust.settings import TrustSettings  # noqa: E402
+from contracts.envelope import Envelope
+from contracts.events.claims import AuthorClaimState, ClaimApproved
+from contracts.events.follows import FollowerCountChanged
+from contracts.events.profile import AuthorRegistered, AuthorState, TopicCount, WorkAdded, WorkSummary
+from contracts.topics import TOPICS, Topic
+from service_runtime.kafka import delete_topics, ensure_topics
+from service_runtime.store import bulk_update
+from service_runtime.topic_reader import read_topic
+from services.trust import scoring
+from services.trust.app import build_service
+from services.trust.settings import TrustSettings
 
 KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 MONGODB_URI = os.environ.get("MONGODB_URI", "mongodb://127.0.0.1:27017")
@@ -63,15 +63,29 @@ def state(author_id: str, revision: int, new_works: int) -> AuthorState:
     years = dict(BASE_YEARS)
     if new_works:
         years["2024"] = new_works
-    return AuthorState(author_id=author_id, display_name=f"Author {author_id}", works_count=sum(years.values()),
-                       works_by_year=years, topics=[TopicCount(name="t", count=1)], close_collaborators=[],
-                       record_verification_level="L1", revision=revision)
+    return AuthorState(
+        author_id=author_id,
+        display_name=f"Author {author_id}",
+        works_count=sum(years.values()),
+        works_by_year=years,
+        topics=[TopicCount(name="t", count=1)],
+        close_collaborators=[],
+        record_verification_level="L1",
+        revision=revision,
+    )
 
 
 def signals_of(new_works: int, claimed: bool, followers: int) -> scoring.Signals:
     """What the final score is computed from, independently of the service's projection."""
-    return scoring.Signals(works_count=6 + new_works, recent_works=2 + new_works, topics=1, close_collaborators=0,
-                           verification_level="L2" if claimed else "L1", claimed=claimed, followers=followers)
+    return scoring.Signals(
+        works_count=6 + new_works,
+        recent_works=2 + new_works,
+        topics=1,
+        close_collaborators=0,
+        verification_level="L2" if claimed else "L1",
+        claimed=claimed,
+        followers=followers,
+    )
 
 
 def generate(authors: int, per_author: int) -> tuple[list[Envelope], list[Envelope], set[str]]:
@@ -85,21 +99,41 @@ def generate(authors: int, per_author: int) -> tuple[list[Envelope], list[Envelo
         warmup.append(registration)
         events = []
         if i % 5 == 0:
-            events = [Envelope.wrap(FollowerCountChanged(author_id=a, count=0, revision=r), producer="bench")
-                      for r in range(1, per_author)] + [registration]
+            events = [
+                Envelope.wrap(FollowerCountChanged(author_id=a, count=0, revision=r), producer="bench")
+                for r in range(1, per_author)
+            ] + [registration]
             final = signals_of(0, False, 0)
         else:
             works = max(1, per_author - 4)
-            events += [Envelope.wrap(WorkAdded(author_id=a, author=state(a, r + 1, r), work=WorkSummary(
-                work_id=f"{a}-w{r}", type="preprint", year=2024, title="t")), producer="bench") for r in range(1, works + 1)]
+            events += [
+                Envelope.wrap(
+                    WorkAdded(
+                        author_id=a,
+                        author=state(a, r + 1, r),
+                        work=WorkSummary(work_id=f"{a}-w{r}", type="preprint", year=2024, title="t"),
+                    ),
+                    producer="bench",
+                )
+                for r in range(1, works + 1)
+            ]
             events.append(Envelope.wrap(FollowerCountChanged(author_id=a, count=i % 40, revision=2), producer="bench"))
-            events.append(Envelope.wrap(FollowerCountChanged(author_id=a, count=999, revision=1), producer="bench"))  # stale
+            events.append(
+                Envelope.wrap(FollowerCountChanged(author_id=a, count=999, revision=1), producer="bench")
+            )  # stale
             claimed = i % 3 == 0
             if claimed:
-                c = AuthorClaimState(claimed=True, owner_user_id=f"u{i}", claim_id=f"k{i}", verification_level="L2",
-                                     revision=1)
-                events.append(Envelope.wrap(ClaimApproved(claim_id=f"k{i}", author_id=a, user_id=f"u{i}",
-                                                          author_claim=c, verification_level="L2"), producer="bench"))
+                c = AuthorClaimState(
+                    claimed=True, owner_user_id=f"u{i}", claim_id=f"k{i}", verification_level="L2", revision=1
+                )
+                events.append(
+                    Envelope.wrap(
+                        ClaimApproved(
+                            claim_id=f"k{i}", author_id=a, user_id=f"u{i}", author_claim=c, verification_level="L2"
+                        ),
+                        producer="bench",
+                    )
+                )
             else:
                 events.append(events[0])  # a redelivery
             events.append(events[1] if works > 1 else events[0])  # an older profile state, late
@@ -111,18 +145,25 @@ def generate(authors: int, per_author: int) -> tuple[list[Envelope], list[Envelo
 
 
 def topic_of(envelope: Envelope) -> str:
-    return {"AuthorRegistered": Topic.PROFILE_EVENTS, "WorkAdded": Topic.PROFILE_EVENTS,
-            "FollowerCountChanged": Topic.FOLLOWS_EVENTS, "ClaimApproved": Topic.CLAIMS_EVENTS}[envelope.event_type]
+    return {
+        "AuthorRegistered": Topic.PROFILE_EVENTS,
+        "WorkAdded": Topic.PROFILE_EVENTS,
+        "FollowerCountChanged": Topic.FOLLOWS_EVENTS,
+        "ClaimApproved": Topic.CLAIMS_EVENTS,
+    }[envelope.event_type]
 
 
 async def produce(prefix: str, envelopes: list[Envelope]) -> None:
-    producer = AIOKafkaProducer(bootstrap_servers=KAFKA, enable_idempotence=True, linger_ms=20,
-                                max_batch_size=512 * 1024)
+    producer = AIOKafkaProducer(
+        bootstrap_servers=KAFKA, enable_idempotence=True, linger_ms=20, max_batch_size=512 * 1024
+    )
     await producer.start()
     try:
         for start in range(0, len(envelopes), 20_000):
-            futures = [await producer.send(prefix + topic_of(e), e.to_bytes(), key=e.data["author_id"].encode())
-                       for e in envelopes[start:start + 20_000]]
+            futures = [
+                await producer.send(prefix + topic_of(e), e.to_bytes(), key=e.data["author_id"].encode())
+                for e in envelopes[start : start + 20_000]
+            ]
             await asyncio.gather(*futures)
     finally:
         await producer.stop()
@@ -152,8 +193,15 @@ async def wait_scored(service, authors: int) -> None:
     store = service.trust_store
     while (n := await store.count_scored()) < authors or await store.count_dirty() or await store.pending_outboxes():
         if os.environ.get("BENCH_DEBUG"):
-            print("scored", n, "dirty", await store.count_dirty(), "docs", await store.authors.count_documents({}),
-                  flush=True)
+            print(
+                "scored",
+                n,
+                "dirty",
+                await store.count_dirty(),
+                "docs",
+                await store.authors.count_documents({}),
+                flush=True,
+            )
         await asyncio.sleep(0.5)
 
 
@@ -166,8 +214,11 @@ async def run_ours(settings: TrustSettings, ends: dict[TopicPartition, int]) -> 
         while True:
             if os.environ.get("BENCH_DEBUG") and time.perf_counter() - shown > 5:
                 shown = time.perf_counter()
-                print(f"{shown - started:.0f}s lag {await group_lag(settings.consumer_group, ends)} recomputations "
-                      f"{service.recomputer.recomputations} published {service.recomputer.published}", flush=True)
+                print(
+                    f"{shown - started:.0f}s lag {await group_lag(settings.consumer_group, ends)} recomputations "
+                    f"{service.recomputer.recomputations} published {service.recomputer.published}",
+                    flush=True,
+                )
             # The store is asked only once the process looks done (lag, then its own queue):
             # each check reads the whole collection, which would slow what is measured. The
             # time taken is when it looked done, if the store then confirms it (the
@@ -198,27 +249,66 @@ def score_sized() -> tuple[str, dict]:
     """A score as the service stores it (a JSON string with its breakdown) and a history
     entry of the service's shape, for the baseline to write."""
     result = scoring.compute(signals_of(0, False, 0))
-    components = [{"name": c.name, "signal": c.signal, "weight": c.weight, "cap": c.cap, "points": c.points}
-                  for c in result.components]
+    components = [
+        {"name": c.name, "signal": c.signal, "weight": c.weight, "cap": c.cap, "points": c.points}
+        for c in result.components
+    ]
     inputs = dataclasses.asdict(signals_of(0, False, 0))
-    score = json.dumps({"score": result.score, "band": result.band, "verification_level": result.verification_level,
-                        "components": components, "formula_version": 1, "revision": 1, "signals": inputs})
-    entry = {"revision": 1, "score": result.score, "band": result.band, "verification_level": "L1",
-             "previous_score": None, "previous_band": None, "reason": "works count 6 -> 7", "components": components,
-             "formula_version": 1, "signals": inputs, "changed_at": datetime.now(UTC)}
+    score = json.dumps(
+        {
+            "score": result.score,
+            "band": result.band,
+            "verification_level": result.verification_level,
+            "components": components,
+            "formula_version": 1,
+            "revision": 1,
+            "signals": inputs,
+        }
+    )
+    entry = {
+        "revision": 1,
+        "score": result.score,
+        "band": result.band,
+        "verification_level": "L1",
+        "previous_score": None,
+        "previous_band": None,
+        "reason": "works count 6 -> 7",
+        "components": components,
+        "formula_version": 1,
+        "signals": inputs,
+        "changed_at": datetime.now(UTC),
+    }
     return score, entry
 
 
-async def run_baseline(prefix: str, db, starts: dict[TopicPartition, int], ends: dict[TopicPartition, int],
-                       changed: set[str], warmup: list[Envelope]) -> float:
+async def run_baseline(
+    prefix: str,
+    db,
+    starts: dict[TopicPartition, int],
+    ends: dict[TopicPartition, int],
+    changed: set[str],
+    warmup: list[Envelope],
+) -> float:
     """A bare consumer doing the service's store writes (see the module doc), from the
     state the warm-up left (every author registered and scored; not timed)."""
     score, entry = score_sized()
-    await db.authors.insert_many([{"_id": e.data["author_id"], "profile_rev": 1, "seq": 1, "dirty": False, "score": score,
-                                   "formula_version": 1, "signals": json.dumps(e.model_dump(mode="json")["data"])}
-                                  for e in warmup])
-    consumer = AIOKafkaConsumer(bootstrap_servers=KAFKA, enable_auto_commit=False, group_id=None,
-                                max_partition_fetch_bytes=4 * 1024 * 1024)
+    await db.authors.insert_many(
+        [
+            {
+                "_id": e.data["author_id"],
+                "profile_rev": 1,
+                "seq": 1,
+                "dirty": False,
+                "score": score,
+                "formula_version": 1,
+                "signals": json.dumps(e.model_dump(mode="json")["data"]),
+            }
+            for e in warmup
+        ]
+    )
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=KAFKA, enable_auto_commit=False, group_id=None, max_partition_fetch_bytes=4 * 1024 * 1024
+    )
     producer = AIOKafkaProducer(bootstrap_servers=KAFKA, enable_idempotence=True, linger_ms=20)
     await consumer.start()
     await producer.start()
@@ -239,8 +329,12 @@ async def run_baseline(prefix: str, db, starts: dict[TopicPartition, int], ends:
                 if await consumer.position(tp) >= ends[tp]:
                     remaining.discard(tp)
             if by_author:
-                held = {d["_id"]: d async for d in db.authors.find({"_id": {"$in": list(by_author)}}, dict.fromkeys(REVS, 1),
-                                                                      batch_size=100_000)}
+                held = {
+                    d["_id"]: d
+                    async for d in db.authors.find(
+                        {"_id": {"$in": list(by_author)}}, dict.fromkeys(REVS, 1), batch_size=100_000
+                    )
+                }
                 ops = []
                 for author_id, docs in by_author.items():
                     revs = dict.fromkeys(REVS, 0)
@@ -249,14 +343,26 @@ async def run_baseline(prefix: str, db, starts: dict[TopicPartition, int], ends:
                         revs[field] = max(revs[field], rev)
                     moved = {f: r for f, r in revs.items() if r > held.get(author_id, {}).get(f, 0)}
                     if moved:
-                        ops.append(UpdateOne({"_id": author_id}, {"$set": {**moved, "signals": json.dumps(docs[-1]["data"]),
-                                                                           "dirty": True}, "$inc": {"seq": 1}}, upsert=True))
+                        ops.append(
+                            UpdateOne(
+                                {"_id": author_id},
+                                {
+                                    "$set": {**moved, "signals": json.dumps(docs[-1]["data"]), "dirty": True},
+                                    "$inc": {"seq": 1},
+                                },
+                                upsert=True,
+                            )
+                        )
                         touched.add(author_id)
                 await bulk_update(db.authors, ops)
-        scores = [UpdateOne({"_id": a}, {"$set": {"score": score, "formula_version": 1, "dirty": False}})
-                  for a in sorted(touched)]
+        scores = [
+            UpdateOne({"_id": a}, {"$set": {"score": score, "formula_version": 1, "dirty": False}})
+            for a in sorted(touched)
+        ]
         await bulk_update(db.authors, scores)
-        futures = [await producer.send(prefix + "baseline.out", score.encode(), key=a.encode()) for a in sorted(changed)]
+        futures = [
+            await producer.send(prefix + "baseline.out", score.encode(), key=a.encode()) for a in sorted(changed)
+        ]
         await asyncio.gather(*futures)
         await db.history.insert_many([{**entry, "_id": a, "author_id": a} for a in sorted(changed)], ordered=False)
         return time.perf_counter() - started
@@ -290,9 +396,15 @@ async def main() -> None:
     authors, events = (2_000, 20_000) if args.quick else (args.authors, args.events)
     run_id = uuid.uuid4().hex[:8]
     prefix = f"bench{run_id}."
-    settings = TrustSettings(environment="test", kafka_bootstrap_servers=KAFKA, mongodb_uri=MONGODB_URI,
-                             mongodb_database=f"bench{run_id}_trust", topic_prefix=prefix,
-                             consumer_group_prefix=f"bench{run_id}", log_level="WARNING")
+    settings = TrustSettings(
+        environment="test",
+        kafka_bootstrap_servers=KAFKA,
+        mongodb_uri=MONGODB_URI,
+        mongodb_database=f"bench{run_id}_trust",
+        topic_prefix=prefix,
+        consumer_group_prefix=f"bench{run_id}",
+        log_level="WARNING",
+    )
     mongo = AsyncMongoClient(MONGODB_URI)
     baseline_db = mongo[f"bench{run_id}_baseline"]
     await ensure_topics(KAFKA, prefix=prefix)
@@ -305,7 +417,10 @@ async def main() -> None:
     try:
         t = time.perf_counter()
         warmup, timed, expected = generate(authors, events // authors)
-        print(flush=True, *[f"generated {len(warmup)} registrations + {len(timed)} timed events in {time.perf_counter() - t:.1f}s"])
+        print(
+            f"generated {len(warmup)} registrations + {len(timed)} timed events in {time.perf_counter() - t:.1f}s",
+            flush=True,
+        )
         await produce(prefix, warmup)
         print(f"produced {len(warmup)} registrations", flush=True)
         service = build_service(settings)
@@ -321,17 +436,25 @@ async def main() -> None:
 
         ours_s, recomputations, _ = await run_ours(settings, ends)
         ours_rate = len(timed) / ours_s
-        print(f"trust service : {len(timed)} events in {ours_s:.1f}s = {ours_rate:,.0f} events/s, "
-              f"{recomputations} recomputations = {recomputations / ours_s:,.0f} recomputations/s", flush=True)
+        print(
+            f"trust service : {len(timed)} events in {ours_s:.1f}s = {ours_rate:,.0f} events/s, "
+            f"{recomputations} recomputations = {recomputations / ours_s:,.0f} recomputations/s",
+            flush=True,
+        )
         published = Counter(await published_since(prefix, trust_starts))
         base_s = await run_baseline(prefix, baseline_db, starts, ends, expected, warmup)
         base_rate = len(timed) / base_s
         print(f"bare baseline : {len(timed)} events in {base_s:.1f}s = {base_rate:,.0f} events/s")
         print(f"ratio         : {ours_rate / base_rate:.0%} of the baseline (target >= 50%)")
         same = published == Counter(expected)
-        print(f"TrustScoreChanged published: {sum(published.values())} (for {len(published)} authors); "
-              f"authors whose score really changed: {len(expected)} -> {'EQUAL' if same else 'DIFFERENT'}"
-              f"{'' if same else f' (extra: {sorted(set(published) - expected)[:5]}, missing: {sorted(expected - set(published))[:5]}, twice: {[a for a, n in published.items() if n > 1][:5]})'}")
+        extra, missing = sorted(set(published) - expected)[:5], sorted(expected - set(published))[:5]
+        twice = [a for a, n in published.items() if n > 1][:5]
+        difference = f" (extra: {extra}, missing: {missing}, twice: {twice})"
+        print(
+            f"TrustScoreChanged published: {sum(published.values())} (for {len(published)} authors); "
+            f"authors whose score really changed: {len(expected)} -> {'EQUAL' if same else 'DIFFERENT'}"
+            f"{'' if same else difference}"
+        )
     finally:
         await delete_topics(KAFKA, [prefix + t for t in TOPICS] + [prefix + "baseline.out"])
         await mongo.drop_database(settings.database_name)

@@ -28,25 +28,46 @@ from typing import Any
 from pymongo import DESCENDING, AsyncMongoClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from services.trust.store import HISTORY, ONE_BATCH, TrustStore, history_key  # noqa: E402
-from bench_store_lookup import print_comparison, timed  # noqa: E402  (this script's directory is on sys.path)
+from bench_store_lookup import print_comparison, timed
+
+from services.trust.store import HISTORY, ONE_BATCH, TrustStore, history_key
 
 MONGODB_URI = os.environ.get("MONGODB_URI", "mongodb://127.0.0.1:27017")
 PAGE = 21  # the route asks for limit + 1 (default limit 20)
-COMPONENTS = [{"name": n, "signal": 12.0, "weight": 10.0, "cap": 25.0, "points": 4.8}
-              for n in ("works", "recent_works", "topics", "close_collaborators", "verification_level", "claimed",
-                        "followers")]
+COMPONENTS = [
+    {"name": n, "signal": 12.0, "weight": 10.0, "cap": 25.0, "points": 4.8}
+    for n in ("works", "recent_works", "topics", "close_collaborators", "verification_level", "claimed", "followers")
+]
 
 
 def entry_doc(author_id: str, revision: int) -> dict[str, Any]:
-    entry = {"score": 40 + revision % 50, "band": "Established", "verification_level": "L1",
-             "previous_score": 39 + revision % 50, "previous_band": "Established", "reason": "works count 27 -> 28",
-             "components": COMPONENTS, "formula_version": 1,
-             "signals": {"works_count": 28, "recent_works": 12, "topics": 9, "close_collaborators": 4,
-                         "verification_level": "L1", "claimed": False, "followers": 3}}
-    return {"_id": history_key(author_id, revision), "event_id": str(uuid.uuid4()), "author_id": author_id,
-            "revision": revision, "entry": json.dumps(entry, sort_keys=True, separators=(",", ":")),
-            "changed_at": datetime.now(UTC)}
+    entry = {
+        "score": 40 + revision % 50,
+        "band": "Established",
+        "verification_level": "L1",
+        "previous_score": 39 + revision % 50,
+        "previous_band": "Established",
+        "reason": "works count 27 -> 28",
+        "components": COMPONENTS,
+        "formula_version": 1,
+        "signals": {
+            "works_count": 28,
+            "recent_works": 12,
+            "topics": 9,
+            "close_collaborators": 4,
+            "verification_level": "L1",
+            "claimed": False,
+            "followers": 3,
+        },
+    }
+    return {
+        "_id": history_key(author_id, revision),
+        "event_id": str(uuid.uuid4()),
+        "author_id": author_id,
+        "revision": revision,
+        "entry": json.dumps(entry, sort_keys=True, separators=(",", ":")),
+        "changed_at": datetime.now(UTC),
+    }
 
 
 async def main() -> None:
@@ -63,9 +84,9 @@ async def main() -> None:
     store = TrustStore(client[name])
     col = client[name][HISTORY]
     try:
-        docs = [entry_doc(a, r) for a, n in counts.items() for r in range(1, n + 1)][:args.entries]
+        docs = [entry_doc(a, r) for a, n in counts.items() for r in range(1, n + 1)][: args.entries]
         for start in range(0, len(docs), 5000):
-            await col.insert_many(docs[start:start + 5000])
+            await col.insert_many(docs[start : start + 5000])
         newest: dict[str, int] = {}
         for d in docs:
             newest[d["author_id"]] = max(newest.get(d["author_id"], 0), d["revision"])
@@ -83,13 +104,21 @@ async def main() -> None:
             new_page = await store.history_page(a, newest[a], None, PAGE)
             assert [d["revision"] for d in new_page] == [d["revision"] for d in await old(a, None)]
         rows = [
-            ("first page (no cursor)", await timed(lambda a: store.history_page(a, newest[a], None, PAGE), keys),
-             await timed(lambda a: old(a, None), keys)),
-            ("next page (cursor)", await timed(lambda a: store.history_page(a, newest[a], newest[a] - 20, PAGE), keys),
-             await timed(lambda a: old(a, newest[a] - 20), keys)),
+            (
+                "first page (no cursor)",
+                await timed(lambda a: store.history_page(a, newest[a], None, PAGE), keys),
+                await timed(lambda a: old(a, None), keys),
+            ),
+            (
+                "next page (cursor)",
+                await timed(lambda a: store.history_page(a, newest[a], newest[a] - 20, PAGE), keys),
+                await timed(lambda a: old(a, newest[a] - 20), keys),
+            ),
         ]
-        print(f"{len(docs):,} history entries over {len(newest):,} authors; pages of {PAGE}; median ms per page "
-              f"over {len(keys)} authors")
+        print(
+            f"{len(docs):,} history entries over {len(newest):,} authors; pages of {PAGE}; median ms per page "
+            f"over {len(keys)} authors"
+        )
         print_comparison(("page", "by _id (keys)", "filter author_id (scan)"), rows)
     finally:
         await client.drop_database(name)

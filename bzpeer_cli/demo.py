@@ -42,11 +42,15 @@ class Snapshot:
         t, c = self.page["trust_snapshot"], self.page["counts"]
         trust = f"Trust {t['score']} - {t['band']}" if t["score"] is not None else "Trust (not scored yet)"
         claimed = "Claimed author" if t["claimed"] else "Unclaimed author"
-        unlocked = "direct collaboration unlocked" if self.page["direct_collaboration_unlocked"] else "collaboration locked"
+        unlocked = (
+            "direct collaboration unlocked" if self.page["direct_collaboration_unlocked"] else "collaboration locked"
+        )
         extra = "".join(f", {k}: {v}" for k, v in self.extra.items())
-        return (f"[{self.step}] {trust} | Verification {t['verification_level']} | {claimed} | {c['works']} works, "
-                f"{c['followers']} followers, {c['topics']} topics, {c['close_collaborators']} close collaborators | "
-                f"{unlocked}{extra}")
+        return (
+            f"[{self.step}] {trust} | Verification {t['verification_level']} | {claimed} | {c['works']} works, "
+            f"{c['followers']} followers, {c['topics']} topics, {c['close_collaborators']} close collaborators | "
+            f"{unlocked}{extra}"
+        )
 
 
 @dataclass
@@ -68,38 +72,73 @@ class Story:
         seed = await self._page_until("seed page", lambda p: p["counts"]["works"] == 28)
         self._snap("1 seed page", seed)
 
-        await self.publisher.publish([self.publisher.outgoing(
-            FollowRequested(user_id=self.follower, author_id=self.author_id))])
+        await self.publisher.publish(
+            [self.publisher.outgoing(FollowRequested(user_id=self.follower, author_id=self.author_id))]
+        )
         followed = await self._page_until("follower counted", lambda p: p["counts"]["followers"] == 1)
         self._snap(f"2 {self.follower} follows", followed)
 
         claim_id = f"claim-{uuid.uuid4().hex[:12]}"
-        await self.publisher.publish([self.publisher.outgoing(ClaimRequested(
-            claim_id=claim_id, author_id=self.author_id, user_id=self.researcher,
-            evidence=Evidence(orcid=DEMO_ORCID, orcid_authenticated=True)))])
-        claimed = await self._page_until("claim approved and trust up", lambda p: (
-            p["trust_snapshot"]["claimed"] and p["trust_snapshot"]["verification_level"] == "L2"
-            and (_score(p) or 0) > _score(seed)))
+        await self.publisher.publish(
+            [
+                self.publisher.outgoing(
+                    ClaimRequested(
+                        claim_id=claim_id,
+                        author_id=self.author_id,
+                        user_id=self.researcher,
+                        evidence=Evidence(orcid=DEMO_ORCID, orcid_authenticated=True),
+                    )
+                )
+            ]
+        )
+        claimed = await self._page_until(
+            "claim approved and trust up",
+            lambda p: (
+                p["trust_snapshot"]["claimed"]
+                and p["trust_snapshot"]["verification_level"] == "L2"
+                and (_score(p) or 0) > _score(seed)
+            ),
+        )
         self._snap(f"3 {self.researcher} claims with matching ORCID", claimed)
 
-        await self.publisher.publish([self.publisher.outgoing(WorkIngested(
-            author_id=self.author_id, source="demo", work=self.new_preprint()))])
-        newer = await self._page_until("new preprint counted and trust recomputed", lambda p: (
-            p["counts"]["works"] == 29 and (_score(p) or 0) > _score(claimed)))
+        await self.publisher.publish(
+            [self.publisher.outgoing(WorkIngested(author_id=self.author_id, source="demo", work=self.new_preprint()))]
+        )
+        newer = await self._page_until(
+            "new preprint counted and trust recomputed",
+            lambda p: p["counts"]["works"] == 29 and (_score(p) or 0) > _score(claimed),
+        )
         # One notification per source event: the claim and the preprint (and a band-up, when
         # the claim and the new work lift the researcher past a band threshold).
-        notes = await self._until("follower notified of the claim and the preprint", self.notifications,
-                                  lambda n: [x["kind"] for x in n].count("new_work") == 1
-                                  and [x["kind"] for x in n].count("claim_approved") == 1)
-        self._snap("4 a new 2024 preprint arrives", newer,
-                   notifications=", ".join(f"{n['kind']}: {n['title']}" for n in notes))
+        notes = await self._until(
+            "follower notified of the claim and the preprint",
+            self.notifications,
+            lambda n: (
+                [x["kind"] for x in n].count("new_work") == 1 and [x["kind"] for x in n].count("claim_approved") == 1
+            ),
+        )
+        self._snap(
+            "4 a new 2024 preprint arrives", newer, notifications=", ".join(f"{n['kind']}: {n['title']}" for n in notes)
+        )
 
         rival_claim = f"claim-{uuid.uuid4().hex[:12]}"
-        await self.publisher.publish([self.publisher.outgoing(ClaimRequested(
-            claim_id=rival_claim, author_id=self.author_id, user_id=self.impostor,
-            evidence=Evidence(orcid=DEMO_ORCID, orcid_authenticated=True)))])
-        rejected = await self._until("second claim rejected", lambda: self.claim(rival_claim, self.impostor),
-                                     lambda c: c is not None and c["status"] == "rejected")
+        await self.publisher.publish(
+            [
+                self.publisher.outgoing(
+                    ClaimRequested(
+                        claim_id=rival_claim,
+                        author_id=self.author_id,
+                        user_id=self.impostor,
+                        evidence=Evidence(orcid=DEMO_ORCID, orcid_authenticated=True),
+                    )
+                )
+            ]
+        )
+        rejected = await self._until(
+            "second claim rejected",
+            lambda: self.claim(rival_claim, self.impostor),
+            lambda c: c is not None and c["status"] == "rejected",
+        )
         final = await self._page_until("page unchanged", lambda p: p["trust_snapshot"]["claimed"])
         self._snap(f"5 {self.impostor} claims the same record", final, second_claim=f"rejected ({rejected['reason']})")
         return self.snapshots
@@ -107,10 +146,14 @@ class Story:
     def new_preprint(self) -> Work:
         suffix = self.author_id.split(":", 1)[1]
         return Work(
-            work_id=f"{self.author_id}:new-preprint-2024", type="preprint", year=2024, venue="arXiv",
+            work_id=f"{self.author_id}:new-preprint-2024",
+            type="preprint",
+            year=2024,
+            venue="arXiv",
             title=f"A 2024 preprint of the demo copy {suffix}",
             abstract="A new work published during the demo, to show ingestion, trust and notifications.",
-            external_ids=ExternalIds(), topics=["Language models"],
+            external_ids=ExternalIds(),
+            topics=["Language models"],
             authors=[WorkAuthor(author_id=self.author_id, display_name="Quoc V. Le (demo copy)")],
         )
 
@@ -119,8 +162,7 @@ class Story:
         return r.json() if r.status_code == 200 else None
 
     async def notifications(self) -> list[dict[str, Any]]:
-        r = await self.http["follow"].get(f"/users/{self.follower}/notifications",
-                                          headers=self._auth(self.follower))
+        r = await self.http["follow"].get(f"/users/{self.follower}/notifications", headers=self._auth(self.follower))
         r.raise_for_status()
         return [n for n in r.json()["notifications"] if n["author_id"] == self.author_id]
 
@@ -145,12 +187,19 @@ class Story:
             return None
         r = await self.http["trust"].get(f"/trust/{self.author_id}")
         trust = r.json() if r.status_code == 200 else {}
-        self._last_seen = {"page_trust": page["trust_snapshot"], "works": page["counts"]["works"],
-                           "trust_service": {k: trust.get(k) for k in ("status", "score", "verification_level", "recomputing")}}
+        self._last_seen = {
+            "page_trust": page["trust_snapshot"],
+            "works": page["counts"]["works"],
+            "trust_service": {k: trust.get(k) for k in ("status", "score", "verification_level", "recomputing")},
+        }
         scored_works = next((c["signal"] for c in trust.get("components", []) if c["name"] == "works"), None)
-        settled = (trust.get("status") == "scored" and not trust.get("recomputing")
-                   and trust.get("score") == _score(page) and scored_works == page["counts"]["works"]
-                   and trust.get("verification_level") == page["trust_snapshot"]["verification_level"])
+        settled = (
+            trust.get("status") == "scored"
+            and not trust.get("recomputing")
+            and trust.get("score") == _score(page)
+            and scored_works == page["counts"]["works"]
+            and trust.get("verification_level") == page["trust_snapshot"]["verification_level"]
+        )
         return page if settled else None
 
     async def _page_until(self, what: str, ok: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:

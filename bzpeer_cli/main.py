@@ -7,10 +7,9 @@ import asyncio
 import importlib
 import sys
 
-from service_runtime.settings import RuntimeSettings
-
 from bzpeer_cli.services import SERVICE_NAMES as SERVICES
 from bzpeer_cli.services import SERVICE_PORTS
+from service_runtime.settings import RuntimeSettings
 
 
 def _cmd_topics(args: argparse.Namespace) -> int:
@@ -61,8 +60,11 @@ def _cmd_status(args: argparse.Namespace) -> int:
         admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers)
         await admin.start()
         try:
-            groups = sorted(g[0] for g in await admin.list_consumer_groups()
-                            if g[0].startswith(settings.consumer_group_prefix + "."))
+            groups = sorted(
+                g[0]
+                for g in await admin.list_consumer_groups()
+                if g[0].startswith(settings.consumer_group_prefix + ".")
+            )
             described = {}
             for g in groups:
                 offsets = await admin.list_consumer_group_offsets(g)
@@ -89,8 +91,10 @@ def _cmd_seed(args: argparse.Namespace) -> int:
 
     settings = RuntimeSettings()
     n = asyncio.run(load_seed(settings.kafka_bootstrap_servers, topic_prefix=settings.topic_prefix))
-    print(f"published {n} seed events (idempotent); the seed page: "
-          f"http://127.0.0.1:{SERVICE_PORTS['profile']}/authors/{SEED_AUTHOR_ID}")
+    print(
+        f"published {n} seed events (idempotent); the seed page: "
+        f"http://127.0.0.1:{SERVICE_PORTS['profile']}/authors/{SEED_AUTHOR_ID}"
+    )
     return 0
 
 
@@ -110,8 +114,12 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         await broker.connect()
         clients = {n: httpx.AsyncClient(base_url=f"http://127.0.0.1:{p}", timeout=10) for n, p in SERVICE_PORTS.items()}
         try:
-            story = Story(EventPublisher(broker, "webapp", settings.topic_prefix), clients,
-                          token=lambda user, roles: mint_token(settings, user, roles), timeout_s=args.timeout)
+            story = Story(
+                EventPublisher(broker, "webapp", settings.topic_prefix),
+                clients,
+                token=lambda user, roles: mint_token(settings, user, roles),
+                timeout_s=args.timeout,
+            )
             await story.play()
             return 0
         except (StoryStepFailed, httpx.HTTPError) as exc:
@@ -153,8 +161,12 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         width = 40
         filled = width * done // total if total else width
         pct = 100 * done / total if total else 100.0
-        print(f"\r{args.service} [{'#' * filled}{'.' * (width - filled)}] {pct:5.1f}% {done}/{total} records",
-              end="", file=sys.stderr, flush=True)
+        print(
+            f"\r{args.service} [{'#' * filled}{'.' * (width - filled)}] {pct:5.1f}% {done}/{total} records",
+            end="",
+            file=sys.stderr,
+            flush=True,
+        )
 
     result = asyncio.run(rebuild(lambda s: build(args.service, s), settings, database=target, progress=progress))
     print(f"\nrebuilt {target} from {result.records} records in {result.seconds:.1f}s", file=sys.stderr)
@@ -194,9 +206,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("replay", help="rebuild a service's projection from its topics (offset 0)")
     p.add_argument("service", choices=SERVICES)
-    p.add_argument("--replace", action="store_true",
-                   help="drop the live projection and rebuild it in place (the service must be stopped); "
-                        "default: rebuild beside it and compare")
+    p.add_argument(
+        "--replace",
+        action="store_true",
+        help="drop the live projection and rebuild it in place (the service must be stopped); "
+        "default: rebuild beside it and compare",
+    )
     p.set_defaults(func=_cmd_replay)
 
     p = sub.add_parser("trust", help="trust service maintenance")

@@ -14,8 +14,11 @@ SERVICE_PORTS = {"profile": 8001, "claims": 8002, "trust": 8003, "follow": 8004}
 
 def settings_class(name: str) -> type[RuntimeSettings]:
     module = importlib.import_module(f"services.{name}.settings")
-    classes = [c for _, c in inspect.getmembers(module, inspect.isclass)
-               if issubclass(c, RuntimeSettings) and c is not RuntimeSettings and c.__module__ == module.__name__]
+    classes = [
+        c
+        for _, c in inspect.getmembers(module, inspect.isclass)
+        if issubclass(c, RuntimeSettings) and c is not RuntimeSettings and c.__module__ == module.__name__
+    ]
     if len(classes) != 1:
         raise LookupError(f"services.{name}.settings must define exactly one settings class")
     return classes[0]

@@ -10,15 +10,33 @@ from contracts.envelope import Envelope, EventModel
 from contracts.events import claims, follows, notifications, profile, publications, trust
 
 _MODELS: list[type[EventModel]] = [
-    publications.WorkIngested, publications.AuthorImported,
-    profile.AuthorRegistered, profile.AuthorUpdated, profile.WorkAdded, profile.WorkUpdated,
-    claims.ClaimRequested, claims.ClaimEvidenceSubmitted, claims.ClaimWithdrawn, claims.ClaimReviewed,
-    claims.ClaimSubmitted, claims.ClaimNeedsReview, claims.ClaimApproved, claims.ClaimRejected,
-    claims.ClaimWithdrawnEvent, claims.ClaimRevoked, claims.VerificationLevelChanged,
+    publications.WorkIngested,
+    publications.AuthorImported,
+    profile.AuthorRegistered,
+    profile.AuthorUpdated,
+    profile.WorkAdded,
+    profile.WorkUpdated,
+    claims.ClaimRequested,
+    claims.ClaimEvidenceSubmitted,
+    claims.ClaimWithdrawn,
+    claims.ClaimReviewed,
+    claims.ClaimSubmitted,
+    claims.ClaimNeedsReview,
+    claims.ClaimApproved,
+    claims.ClaimRejected,
+    claims.ClaimWithdrawnEvent,
+    claims.ClaimRevoked,
+    claims.VerificationLevelChanged,
     trust.TrustScoreChanged,
-    follows.FollowRequested, follows.UnfollowRequested, follows.AuthorFollowed, follows.AuthorUnfollowed,
-    follows.FollowerCountChanged, follows.FollowRejected,
-    notifications.NotificationCreated, notifications.NotificationsRead, notifications.FanoutChunkRequested,
+    follows.FollowRequested,
+    follows.UnfollowRequested,
+    follows.AuthorFollowed,
+    follows.AuthorUnfollowed,
+    follows.FollowerCountChanged,
+    follows.FollowRejected,
+    notifications.NotificationCreated,
+    notifications.NotificationsRead,
+    notifications.FanoutChunkRequested,
 ]
 
 # (topic, event_type) -> model: one event type name may live on two topics
@@ -67,6 +85,4 @@ def decode(topic: str, raw: bytes | None) -> tuple[Envelope, EventModel]:
 
 
 def _brief(exc: ValidationError) -> str:
-    return "; ".join(
-        f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()[:5]
-    )
+    return "; ".join(f"{'.'.join(str(p) for p in e['loc']) or '(root)'}: {e['msg']}" for e in exc.errors()[:5])

@@ -46,7 +46,9 @@ def dlq_topic(topic: str) -> str:
 
 _AUTHOR = "author_id"
 _SPECS = [
-    TopicSpec(Topic.PUBLICATIONS_INGESTED, 6, _AUTHOR, "Works and author records from importers, keyed by the first author."),
+    TopicSpec(
+        Topic.PUBLICATIONS_INGESTED, 6, _AUTHOR, "Works and author records from importers, keyed by the first author."
+    ),
     TopicSpec(Topic.WEBAPP_CLAIMS, 6, _AUTHOR, "Claim commands from the web app and reviewers."),
     TopicSpec(Topic.WEBAPP_FOLLOWS, 6, _AUTHOR, "Follow/unfollow commands from the web app."),
     TopicSpec(Topic.PROFILE_EVENTS, 6, _AUTHOR, "Author records and works with their derived state."),
@@ -54,13 +56,17 @@ _SPECS = [
     TopicSpec(Topic.TRUST_EVENTS, 6, _AUTHOR, "Trust score changes."),
     TopicSpec(Topic.FOLLOWS_EVENTS, 6, _AUTHOR, "Follow edges and exact follower counts."),
     TopicSpec(Topic.NOTIFICATIONS_EVENTS, 6, "user_id", "Notifications for delivery systems outside bzpeer."),
-    TopicSpec(Topic.FOLLOW_FANOUT, 12, "fanout_id:chunk", "Chunks of a notification fan-out, spread over partitions.",
-              retention_ms=7 * 24 * 3600 * 1000),
+    TopicSpec(
+        Topic.FOLLOW_FANOUT,
+        12,
+        "fanout_id:chunk",
+        "Chunks of a notification fan-out, spread over partitions.",
+        retention_ms=7 * 24 * 3600 * 1000,
+    ),
 ]
 
 TOPICS: dict[str, TopicSpec] = {s.name: s for s in _SPECS}
 # Dead-letter topics mirror their source's partitioning and keep everything for inspection.
 TOPICS.update(
-    {dlq_topic(s.name): TopicSpec(dlq_topic(s.name), s.partitions, s.key, f"Dead letters of {s.name}.")
-     for s in _SPECS}
+    {dlq_topic(s.name): TopicSpec(dlq_topic(s.name), s.partitions, s.key, f"Dead letters of {s.name}.") for s in _SPECS}
 )

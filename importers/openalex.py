@@ -67,8 +67,10 @@ class ImportSummary:
         skipped = ", ".join(f"{n} {reason}" for reason, n in sorted(self.skipped.items())) or "none"
         resumed = f", resumed at page {self.resumed_from_page}" if self.resumed_from_page else ""
         cut = f", stopped at OpenAlex's {BASIC_PAGING_LIMIT}-result paging limit" if self.truncated else ""
-        return (f"{self.author_id}: {self.published} of {self.total} works published "
-                f"({self.published_this_run} in this run{resumed}), skipped: {skipped}{cut}")
+        return (
+            f"{self.author_id}: {self.published} of {self.total} works published "
+            f"({self.published_this_run} in this run{resumed}), skipped: {skipped}{cut}"
+        )
 
 
 def stderr_progress(p: ImportProgress) -> None:
@@ -88,7 +90,9 @@ def parse_identifier(identifier: str) -> tuple[str, str]:
     key = openalex_key(raw)
     if key and key.startswith("A"):
         return "openalex", key
-    raise ValueError(f"{identifier!r} is neither an ORCID iD (0000-0002-1825-0097) nor an OpenAlex author id (A5017898742)")
+    raise ValueError(
+        f"{identifier!r} is neither an ORCID iD (0000-0002-1825-0097) nor an OpenAlex author id (A5017898742)"
+    )
 
 
 async def import_author(
@@ -128,8 +132,14 @@ async def import_author(
 
 
 async def _run(
-    client: OpenAlexClient, publisher: EventPublisher, kind: str, value: str, checkpoint: Checkpoint,
-    progress: ProgressFn | None, settings: ImporterSettings, restart: bool,
+    client: OpenAlexClient,
+    publisher: EventPublisher,
+    kind: str,
+    value: str,
+    checkpoint: Checkpoint,
+    progress: ProgressFn | None,
+    settings: ImporterSettings,
+    restart: bool,
 ) -> ImportSummary:
     author = await (client.author_by_orcid(value) if kind == "orcid" else client.author_by_id(value))
     author_event, notes = map_author(author)
@@ -147,10 +157,15 @@ async def _run(
     summary = ImportSummary(author_id=bzpeer_id(key), resumed_from_page=resumed_from)
 
     if not state.author_published:
-        await publisher.publish([publisher.outgoing(
-            author_event, correlation_id=correlation,
-            event_id=deterministic_event_id(SOURCE, author_event.author_id, author.get("updated_date")),
-        )])
+        await publisher.publish(
+            [
+                publisher.outgoing(
+                    author_event,
+                    correlation_id=correlation,
+                    event_id=deterministic_event_id(SOURCE, author_event.author_id, author.get("updated_date")),
+                )
+            ]
+        )
         state.author_published = True
         checkpoint.save(key, state)
 
@@ -158,7 +173,9 @@ async def _run(
         if (state.next_page - 1) * state.per_page >= BASIC_PAGING_LIMIT:
             summary.truncated = state.completed = True
             checkpoint.save(key, state)
-            log.warning("paging_limit_reached", author_id=summary.author_id, total=state.total, limit=BASIC_PAGING_LIMIT)
+            log.warning(
+                "paging_limit_reached", author_id=summary.author_id, total=state.total, limit=BASIC_PAGING_LIMIT
+            )
             break
         page = await client.works_page(key, state.next_page, state.per_page)
         outgoing, skipped = _map_page(publisher, page.results, correlation)
@@ -173,7 +190,9 @@ async def _run(
         state.completed = last
         checkpoint.save(key, state)
         if progress:
-            progress(ImportProgress(summary.author_id, state.published + sum(state.skipped.values()), page.count, page.page))
+            progress(
+                ImportProgress(summary.author_id, state.published + sum(state.skipped.values()), page.count, page.page)
+            )
         if last:
             break
 
@@ -200,7 +219,8 @@ def _map_page(publisher: EventPublisher, results: list, correlation: str) -> tup
         for note in mapped.notes:
             log.warning("work_field_dropped", work_id=work_id, note=note)
         events[work_id] = publisher.outgoing(
-            mapped.event, correlation_id=correlation,
+            mapped.event,
+            correlation_id=correlation,
             event_id=deterministic_event_id(SOURCE, work_id, mapped.updated_date),
         )
     return list(events.values()), skipped

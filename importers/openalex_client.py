@@ -52,7 +52,9 @@ class WorksPage:
 class RateLimiter:
     """Spaces request starts at least 1/rate seconds apart (shared by every request)."""
 
-    def __init__(self, per_second: float, clock: Callable[[], float] = time.monotonic, sleep: Sleep = asyncio.sleep) -> None:
+    def __init__(
+        self, per_second: float, clock: Callable[[], float] = time.monotonic, sleep: Sleep = asyncio.sleep
+    ) -> None:
         self.interval = 1.0 / per_second
         self._clock, self._sleep = clock, sleep
         self._next = 0.0
@@ -85,7 +87,11 @@ def retry_after_seconds(value: str | None, now: float | None = None) -> float | 
 
 class OpenAlexClient:
     def __init__(
-        self, settings: ImporterSettings, *, base_url: str | None = None, sleep: Sleep = asyncio.sleep,
+        self,
+        settings: ImporterSettings,
+        *,
+        base_url: str | None = None,
+        sleep: Sleep = asyncio.sleep,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.settings = settings
@@ -113,7 +119,9 @@ class OpenAlexClient:
         return await self._get_object(f"/authors/{openalex_id}", what=f"author {openalex_id}")
 
     async def author_by_orcid(self, orcid: str) -> dict[str, Any]:
-        return await self._get_object(f"/authors/https://orcid.org/{quote(orcid)}", what=f"author with ORCID iD {orcid}")
+        return await self._get_object(
+            f"/authors/https://orcid.org/{quote(orcid)}", what=f"author with ORCID iD {orcid}"
+        )
 
     async def works_page(self, author_key: str, page: int, per_page: int) -> WorksPage:
         what = f"page {page} of the works of {author_key}"

@@ -47,9 +47,16 @@ _ORCID = TypeAdapter(OrcidId)
 # OpenAlex ``type`` -> contract WorkType; a conference paper is an "article" whose
 # ``type_crossref`` says "proceedings-article".
 _TYPES: dict[str, WorkType] = {
-    "article": "article", "preprint": "preprint", "book": "book", "book-chapter": "book-chapter",
-    "dataset": "dataset", "dissertation": "dissertation", "review": "review", "report": "report",
-    "posted-content": "preprint", "proceedings-article": "proceedings-article",
+    "article": "article",
+    "preprint": "preprint",
+    "book": "book",
+    "book-chapter": "book-chapter",
+    "dataset": "dataset",
+    "dissertation": "dissertation",
+    "review": "review",
+    "report": "report",
+    "posted-content": "preprint",
+    "proceedings-article": "proceedings-article",
 }
 
 
@@ -198,7 +205,7 @@ def map_work(work: Mapping[str, Any]) -> MappedWork:
     doi = normalise_doi(work.get("doi"))
     if work.get("doi") and doi is None:
         notes.append(f"malformed DOI {work.get('doi')!r} dropped")
-    source = ((work.get("primary_location") or {}).get("source") or {})
+    source = (work.get("primary_location") or {}).get("source") or {}
     venue = (source.get("display_name") or "").strip()[:VENUE_MAX] or None
 
     try:

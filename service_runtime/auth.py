@@ -40,8 +40,13 @@ class JwtVerifier:
     def verify(self, token: str) -> Principal:
         """Raise jwt.InvalidTokenError on anything short of a valid token."""
         claims = jwt.decode(
-            token, self.key, algorithms=[self.algorithm], issuer=self.issuer, audience=self.audience,
-            options={"require": ["exp", "iat", "sub", "iss", "aud"]}, leeway=5,
+            token,
+            self.key,
+            algorithms=[self.algorithm],
+            issuer=self.issuer,
+            audience=self.audience,
+            options={"require": ["exp", "iat", "sub", "iss", "aud"]},
+            leeway=5,
         )
         roles = claims.get("roles", [])
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
@@ -54,9 +59,16 @@ def mint_token(settings: RuntimeSettings, user_id: str, roles: list[str] | None 
     local runs and tests with the development key)."""
     now = int(time.time())
     return jwt.encode(
-        {"sub": user_id, "roles": roles or [], "iss": settings.jwt_issuer, "aud": settings.jwt_audience,
-         "iat": now, "exp": now + ttl_s},
-        settings.jwt_key, algorithm=settings.jwt_algorithm,
+        {
+            "sub": user_id,
+            "roles": roles or [],
+            "iss": settings.jwt_issuer,
+            "aud": settings.jwt_audience,
+            "iat": now,
+            "exp": now + ttl_s,
+        },
+        settings.jwt_key,
+        algorithm=settings.jwt_algorithm,
     )
 
 

@@ -20,7 +20,7 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import structlog
 from aiokafka import AIOKafkaConsumer, ConsumerRecord, TopicPartition
@@ -35,14 +35,15 @@ from service_runtime.retry import is_transient, retry_transient
 from service_runtime.settings import RuntimeSettings
 
 log = get_logger(__name__)
+P = TypeVar("P", bound=EventModel, covariant=True)
 
 
 @dataclass(frozen=True, slots=True)
-class Incoming:
+class Incoming(Generic[P]):
     """A decoded message and where it came from."""
 
     envelope: Envelope
-    payload: EventModel
+    payload: P
     topic: str
     partition: int
     offset: int
@@ -60,7 +61,7 @@ class Incoming:
         return self.envelope.event_type
 
 
-BatchHandler = Callable[[Sequence[Incoming]], Awaitable[None]]
+BatchHandler = Callable[[Sequence[Incoming[Any]]], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +83,7 @@ class BatchDelivery:
         settings: RuntimeSettings,
         group_id: str,
         skip: frozenset[str] = frozenset(),
+        accepts: frozenset[str] | None = None,
     ) -> None:
         self.handler = handler
         self.publisher = publisher
@@ -89,15 +91,20 @@ class BatchDelivery:
         self.settings = settings
         self.group_id = group_id
         self.skip = frozenset(t.encode() for t in skip)
+        # None: every type of the topics; else only these (others committed undecoded).
+        self.accepts = None if accepts is None else frozenset(t.encode() for t in accepts)
 
     async def process(self, records: Sequence[ConsumerRecord], consumer: AIOKafkaConsumer | None = None) -> None:
         started = time.perf_counter()
-        incoming: list[Incoming] = []
+        incoming: list[Incoming[Any]] = []
         dead: list[DeadLetter] = []
-        backlog = frozenset((self.settings.logical_topic(tp.topic), tp.partition)
-                            for tp in behind(consumer)) if consumer is not None else frozenset()
+        backlog = (
+            frozenset((self.settings.logical_topic(tp.topic), tp.partition) for tp in behind(consumer))
+            if consumer is not None
+            else frozenset()
+        )
         for record in records:
-            if self.skip and _event_type_header(record) in self.skip:
+            if self._passed_over(record):
                 continue  # a type this consumer never handles: not even decoded
             topic = self.settings.logical_topic(record.topic)
             try:
@@ -105,8 +112,11 @@ class BatchDelivery:
             except DecodeError as exc:
                 dead.append(DeadLetter(record, "undecodable", str(exc)))
                 continue
-            incoming.append(Incoming(envelope, payload, topic, record.partition, record.offset, record.timestamp,
-                                     backlog))
+            if self.accepts is not None and envelope.event_type.encode() not in self.accepts:
+                continue  # no (or a wrong) type header: decoded, and of a type not taken
+            incoming.append(
+                Incoming(envelope, payload, topic, record.partition, record.offset, record.timestamp, backlog)
+            )
         if dead:
             await self._dead_letter(dead)
         if incoming:
@@ -115,7 +125,13 @@ class BatchDelivery:
         if consumer is not None:
             self.metrics.record_lag(self.group_id, consumer)
 
-    async def _handle(self, incoming: list[Incoming], records: Sequence[ConsumerRecord]) -> None:
+    def _passed_over(self, record: ConsumerRecord) -> bool:
+        event_type = _event_type_header(record)
+        if event_type is None:
+            return False  # decoded: a record without the header may still be poison
+        return event_type in self.skip or (self.accepts is not None and event_type not in self.accepts)
+
+    async def _handle(self, incoming: list[Incoming[Any]], records: Sequence[ConsumerRecord]) -> None:
         try:
             await self._with_transient_retry(lambda: self.handler(incoming))
             return
@@ -128,7 +144,7 @@ class BatchDelivery:
                 record = by_position[(item.topic, item.partition, item.offset)]
                 await self._dead_letter([DeadLetter(record, "handler_failed", error)])
 
-    async def _handle_one(self, item: Incoming) -> str | None:
+    async def _handle_one(self, item: Incoming[Any]) -> str | None:
         """None on success, else the error after the configured attempts."""
         error = ""
         for attempt in range(1, self.settings.handler_attempts + 1):
@@ -156,7 +172,12 @@ class BatchDelivery:
         for d in dead:
             r = d.record
             log.error(
-                "dead_lettered", topic=r.topic, partition=r.partition, offset=r.offset, reason=d.reason, error=d.error,
+                "dead_lettered",
+                topic=r.topic,
+                partition=r.partition,
+                offset=r.offset,
+                reason=d.reason,
+                error=d.error,
                 correlation_id=_correlation_id(r.value),
             )
             topic = self.settings.logical_topic(r.topic)
@@ -170,8 +191,11 @@ def dead_letter_body(d: DeadLetter, group_id: str) -> bytes:
         "reason": d.reason,
         "error": d.error,
         "origin": {
-            "topic": r.topic, "partition": r.partition, "offset": r.offset,
-            "key": r.key.decode("utf-8", "replace") if r.key else None, "timestamp_ms": r.timestamp,
+            "topic": r.topic,
+            "partition": r.partition,
+            "offset": r.offset,
+            "key": r.key.decode("utf-8", "replace") if r.key else None,
+            "timestamp_ms": r.timestamp,
         },
         "consumer_group": group_id,
         "failed_at": datetime.now(UTC).isoformat(),
@@ -193,7 +217,8 @@ def _event_type_header(record: ConsumerRecord) -> bytes | None:
 
 def _correlation_id(value: bytes | None) -> str | None:
     try:
-        return json.loads(value or b"").get("correlation_id")
+        found = json.loads(value or b"").get("correlation_id")
+        return found if isinstance(found, str) else None
     except (ValueError, AttributeError):
         return None
 
@@ -202,7 +227,7 @@ def assigned_lag(consumer: AIOKafkaConsumer) -> dict[TopicPartition, int]:
     """Records behind the log end, per assigned partition, from what the consumer already
     knows (its fetch position and the high watermark of its last fetch): no broker call."""
     lag = {}
-    subscription = consumer._subscription  # noqa: SLF001 - aiokafka exposes no sync position()
+    subscription = consumer._subscription
     for tp in consumer.assignment():
         high = consumer.highwater(tp)
         if high is None or not subscription.is_assigned(tp):

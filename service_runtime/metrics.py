@@ -18,23 +18,34 @@ class Metrics:
         self.registry = CollectorRegistry()
         labels = {"service": service}
         self.consumer_lag = Gauge(
-            "bzpeer_consumer_lag", "Records behind the end of the partition",
-            ["group", "topic", "partition"], registry=self.registry,
+            "bzpeer_consumer_lag",
+            "Records behind the end of the partition",
+            ["group", "topic", "partition"],
+            registry=self.registry,
         )
         self.handler_latency = Histogram(
-            "bzpeer_handler_batch_seconds", "Time to handle one batch (decode, handler, dead letters)",
-            ["topic"], registry=self.registry,
+            "bzpeer_handler_batch_seconds",
+            "Time to handle one batch (decode, handler, dead letters)",
+            ["topic"],
+            registry=self.registry,
             buckets=(0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
         )
         self.messages = Counter(
-            "bzpeer_messages_total", "Messages consumed", ["topic"], registry=self.registry,
+            "bzpeer_messages_total",
+            "Messages consumed",
+            ["topic"],
+            registry=self.registry,
         )
         self.dead_letters = Counter(
-            "bzpeer_dead_letters_total", "Messages sent to a dead-letter topic", ["topic", "reason"],
+            "bzpeer_dead_letters_total",
+            "Messages sent to a dead-letter topic",
+            ["topic", "reason"],
             registry=self.registry,
         )
         self.transient_retries = Counter(
-            "bzpeer_transient_retries_total", "Retries after a transient store/broker failure", ["kind"],
+            "bzpeer_transient_retries_total",
+            "Retries after a transient store/broker failure",
+            ["kind"],
             registry=self.registry,
         )
         self.info = Gauge("bzpeer_service_info", "Service identity", ["service"], registry=self.registry)

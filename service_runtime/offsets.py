@@ -48,7 +48,8 @@ async def end_offsets(bootstrap_servers: str, topics: list[str]) -> dict[TopicPa
     await consumer.start()
     try:
         consumer.assign(tps)  # a group-less consumer must own the partitions it asks about
-        return await consumer.end_offsets(tps)
+        ends: dict[TopicPartition, int] = await consumer.end_offsets(tps)
+        return ends
     finally:
         await consumer.stop()
 
@@ -80,7 +81,9 @@ class LogMark:
     ends: dict[tuple[str, int], int]
 
 
-def read_until(marks: Sequence[LogMark], committed: dict[tuple[str, int], int]) -> tuple[datetime | None, list[LogMark]]:
+def read_until(
+    marks: Sequence[LogMark], committed: dict[tuple[str, int], int]
+) -> tuple[datetime | None, list[LogMark]]:
     """How far a consumer group has read, as a moment: the newest mark whose end offsets
     its committed offsets (next offset to read; the group commits after handling) all
     reached, so every record appended before that moment has been handled. Returns it
@@ -99,8 +102,9 @@ class ReadHorizon:
     the group's committed offsets with the marks kept so far: under a steady backlog the
     group reaches a mark taken a while ago before it is ever caught up."""
 
-    def __init__(self, bootstrap_servers: str, group_id: str, topics: list[str], *, max_marks: int = 600,
-                 timeout_s: float = 15.0) -> None:
+    def __init__(
+        self, bootstrap_servers: str, group_id: str, topics: list[str], *, max_marks: int = 600, timeout_s: float = 15.0
+    ) -> None:
         self.bootstrap_servers = bootstrap_servers
         self.group_id = group_id
         self.topics = topics
@@ -111,8 +115,9 @@ class ReadHorizon:
 
     async def advance(self, now: datetime) -> datetime | None:
         """Mark now, and return the newest moment reached (raises when the broker does not answer)."""
-        progress = await asyncio.wait_for(group_progress(self.bootstrap_servers, self.group_id, self.topics),
-                                          self.timeout_s)
+        progress = await asyncio.wait_for(
+            group_progress(self.bootstrap_servers, self.group_id, self.topics), self.timeout_s
+        )
         if len(self._marks) < self.max_marks:  # full: the oldest marks are reached first anyway
             self._marks.append(LogMark(now, {(p.topic, p.partition): p.end for p in progress}))
         reached, self._marks = read_until(self._marks, {(p.topic, p.partition): p.committed for p in progress})

@@ -64,8 +64,11 @@ class EventPublisher:
     async def _send_all(self, messages: Sequence[Outgoing]) -> None:
         futures = [
             await self.broker.publish(
-                m.envelope.to_bytes(), self.topic_prefix + m.topic, key=m.key.encode(),
-                headers={**_HEADERS, EVENT_TYPE_HEADER: m.envelope.event_type}, no_confirm=True
+                m.envelope.to_bytes(),
+                self.topic_prefix + m.topic,
+                key=m.key.encode(),
+                headers={**_HEADERS, EVENT_TYPE_HEADER: m.envelope.event_type},
+                no_confirm=True,
             )
             for m in messages
         ]

@@ -28,8 +28,8 @@ from service_runtime.offsets import end_offsets, group_progress
 from service_runtime.projection import Projection
 from service_runtime.service import Service
 from service_runtime.settings import RuntimeSettings
+from service_runtime.store import Client
 from service_runtime.topic_reader import iter_topic
-
 
 
 @dataclass
@@ -41,11 +41,13 @@ class ReplayResult:
 
 
 def replay_settings(live: RuntimeSettings, database: str) -> RuntimeSettings:
-    return live.model_copy(update={
-        "mongodb_database": database,
-        "consumer_group_prefix": f"{live.consumer_group_prefix}-replay-{uuid.uuid4().hex[:8]}",
-        "rebuilding": True,
-    })
+    return live.model_copy(
+        update={
+            "mongodb_database": database,
+            "consumer_group_prefix": f"{live.consumer_group_prefix}-replay-{uuid.uuid4().hex[:8]}",
+            "rebuilding": True,
+        }
+    )
 
 
 async def rebuild(
@@ -57,7 +59,7 @@ async def rebuild(
     poll_s: float = 0.2,
 ) -> ReplayResult:
     settings = replay_settings(live, database)
-    client: AsyncMongoClient = AsyncMongoClient(settings.mongodb_uri)
+    client: Client = AsyncMongoClient(settings.mongodb_uri)
     try:
         await client.drop_database(database)
     finally:
@@ -76,7 +78,9 @@ async def rebuild(
             done = 0
             for group, physical, ends in targets:
                 for p in await group_progress(settings.kafka_bootstrap_servers, group, physical):
-                    target = next((e for tp, e in ends.items() if (tp.topic, tp.partition) == (p.topic, p.partition)), 0)
+                    target = next(
+                        (e for tp, e in ends.items() if (tp.topic, tp.partition) == (p.topic, p.partition)), 0
+                    )
                     done += min(p.committed, target)
             progress(done, total)
             if done >= total:
@@ -94,8 +98,9 @@ def _without(doc: Any, ignore: frozenset[str], prefix: str = "") -> Any:
     return doc
 
 
-async def published_revisions(settings: RuntimeSettings, topic: str, revision_of: Callable[[str, dict[str, Any]], int | None]
-                              ) -> dict[str, int]:
+async def published_revisions(
+    settings: RuntimeSettings, topic: str, revision_of: Callable[[str, dict[str, Any]], int | None]
+) -> dict[str, int]:
     """Per author, the highest revision the live service published on its own output topic.
 
     A rebuild reproduces a service's facts but may count its changes differently (two
@@ -138,15 +143,20 @@ def _difference(live: Any, rebuilt: Any, path: str = "") -> str:
         what = "only in the rebuilt copy" if live is None else "missing from the rebuilt copy"
         return f"{where}: {what}" if where else what
     if isinstance(live, dict) and isinstance(rebuilt, dict):
-        parts = [_difference(live.get(k), rebuilt.get(k), f"{path}{k}.") for k in sorted(set(live) | set(rebuilt))
-                 if live.get(k) != rebuilt.get(k)]
+        parts = [
+            _difference(live.get(k), rebuilt.get(k), f"{path}{k}.")
+            for k in sorted(set(live) | set(rebuilt))
+            if live.get(k) != rebuilt.get(k)
+        ]
         return "; ".join(parts)
     return f"{where}: live={_short(live)} rebuilt={_short(rebuilt)}"
 
 
-async def compare_databases(uri: str, live_db: str, rebuilt_db: str, projection: Projection, *, limit: int = 20) -> list[str]:
+async def compare_databases(
+    uri: str, live_db: str, rebuilt_db: str, projection: Projection, *, limit: int = 20
+) -> list[str]:
     """Differences between two copies of a projection, collection by collection, document by document."""
-    client: AsyncMongoClient = AsyncMongoClient(uri)
+    client: Client = AsyncMongoClient(uri)
     problems: list[str] = []
     try:
         live, rebuilt = client[live_db], client[rebuilt_db]

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from datetime import timedelta
 from typing import Any, Literal
 
 import uvicorn
@@ -20,16 +21,18 @@ from faststream.kafka.annotations import KafkaMessage
 from faststream.specification import AsyncAPI
 from pydantic import BaseModel
 
+from contracts.envelope import EventModel
 from contracts.topics import TOPICS
 from service_runtime.auth import JwtVerifier
 from service_runtime.delivery import BatchDelivery, BatchHandler
 from service_runtime.kafka import ensure_topics, make_broker
 from service_runtime.logging import configure_logging, get_logger
 from service_runtime.metrics import Metrics
-from service_runtime.publishing import EventPublisher
+from service_runtime.outbox import Outbox
 from service_runtime.projection import Projection
+from service_runtime.publishing import EventPublisher
 from service_runtime.settings import RuntimeSettings
-from service_runtime.store import connect_store, store_reachable
+from service_runtime.store import StoreAdapter, connect_store, store_reachable
 
 log = get_logger(__name__)
 Hook = Callable[[], Awaitable[Any]]
@@ -58,6 +61,7 @@ class Service:
         self.publisher = EventPublisher(
             self.broker, settings.service_name, settings.topic_prefix, enabled=not settings.rebuilding
         )
+        self.outbox = Outbox(self.publisher)
         self.metrics = Metrics(settings.service_name)
         self.asyncapi = AsyncAPI(self.broker, title=f"bzpeer {settings.service_name}", description=description)
         # (consumer group, logical topics) of every subscription: for status and replay.
@@ -84,6 +88,7 @@ class Service:
         payload: type[BaseModel] | None = None,
         runs: Runs = "always",
         skip: frozenset[str] = frozenset(),
+        accepts: tuple[type[EventModel], ...] | None = None,
     ) -> None:
         """Feed batches of the given topics to ``handler``; offsets are committed only
         after it returned (see ``service_runtime.delivery``).
@@ -94,14 +99,23 @@ class Service:
 
         ``skip``: event types the handler never needs; records whose event-type header
         names one are committed without being decoded (a record without the header is
-        decoded and handed over as usual)."""
+        decoded and handed over as usual).
+
+        ``accepts``: the payload types the handler takes (e.g. ``dispatch.types``); records
+        of the topics' other types are committed without being handed over (undecoded
+        when their event-type header says so)."""
         if not _runs_now(runs, self.settings):
             return
         group_id = f"{self.settings.consumer_group}{'.' + group if group else ''}"
         self.inputs.append((group_id, tuple(str(t) for t in topics)))
         delivery = BatchDelivery(
-            handler=handler, publisher=self.publisher, metrics=self.metrics, settings=self.settings, group_id=group_id,
+            handler=handler,
+            publisher=self.publisher,
+            metrics=self.metrics,
+            settings=self.settings,
+            group_id=group_id,
             skip=skip,
+            accepts=None if accepts is None else frozenset(m.event_type for m in accepts),
         )
 
         async def on_batch(body: Any, message: KafkaMessage) -> None:
@@ -125,9 +139,26 @@ class Service:
             title=f"{self.settings.service_name}:{','.join(topics)}",
         )(on_batch)
 
+    def use_store(self, store: StoreAdapter) -> None:
+        """The service's store adapter: its indexes are created at start, its projection is
+        what a rebuild is compared on, and the outboxes of its collections are swept (live)."""
+        self.projection = store.projection
+        self.on_startup(store.create_indexes)
+        if store.outbox_collections:
+            self.background(
+                lambda: self.outbox.sweep_forever(
+                    [store.db[name] for name in store.outbox_collections],
+                    interval_s=self.settings.outbox_sweep_interval_s,
+                    older_than=timedelta(seconds=self.settings.outbox_grace_s),
+                ),
+                runs="live",
+            )
+
     def produces(self, topic: str, *, schema: type[BaseModel] | None = None, description: str = "") -> None:
         """Document an output topic in the AsyncAPI spec (publishing goes through ``publisher``)."""
-        self.broker.publisher(self.settings.physical_topic(topic), schema=schema, description=description or TOPICS[topic].description)
+        self.broker.publisher(
+            self.settings.physical_topic(topic), schema=schema, description=description or TOPICS[topic].description
+        )
 
     def on_startup(self, hook: Hook) -> None:
         self._startup.append(hook)
@@ -144,12 +175,12 @@ class Service:
     def on_shutdown(self, hook: Hook) -> None:
         self._shutdown.append(hook)
 
-    def background(self, factory: Callable[[], Awaitable[Any]], *, runs: Runs = "always") -> None:
+    def background(self, factory: Callable[[], Coroutine[Any, Any, Any]], *, runs: Runs = "always") -> None:
         """A long-running task started after the broker (e.g. a sweeper), cancelled on stop."""
         if _runs_now(runs, self.settings):
             self._startup.append(lambda: self._spawn(factory))
 
-    async def _spawn(self, factory: Callable[[], Awaitable[Any]]) -> None:
+    async def _spawn(self, factory: Callable[[], Coroutine[Any, Any, Any]]) -> None:
         self._tasks.append(asyncio.create_task(factory()))
 
     # --- lifecycle ------------------------------------------------------------------
@@ -205,7 +236,11 @@ class Service:
             store_ok = await store_reachable(self.mongo)
             if not (broker_ok and store_ok):
                 response.status_code = 503
-            return {"status": "ready" if broker_ok and store_ok else "not ready", "broker": broker_ok, "store": store_ok}
+            return {
+                "status": "ready" if broker_ok and store_ok else "not ready",
+                "broker": broker_ok,
+                "store": store_ok,
+            }
 
         @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
         async def metrics() -> Response:

@@ -45,6 +45,13 @@ class RuntimeSettings(BaseSettings):
     retry_max_delay_s: float = Field(default=5.0, gt=0)
     # A non-transient handler error is retried this many times before the message is dead-lettered.
     handler_attempts: int = Field(default=3, ge=1)
+    # Outbox entries older than this are published by the sweeper (their writer died, or
+    # its input will not come again); younger ones are most likely being published by their
+    # writer right now. The sweep runs at start and then every interval.
+    outbox_grace_s: float = Field(default=30.0, ge=0)
+    outbox_sweep_interval_s: float = Field(default=30.0, gt=0)
+    # How often a guarded write that lost to another writer is read, decided and tried again.
+    write_conflict_attempts: int = Field(default=8, ge=1)
 
     jwt_algorithm: Literal["HS256", "RS256", "ES256"] = "HS256"
     # HS256: the shared secret; RS256/ES256: the identity provider's public key (PEM).

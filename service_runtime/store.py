@@ -1,15 +1,14 @@
-"""The MongoDB client (PyMongo's async API) and what counts as a transient store failure."""
+"""The MongoDB client (PyMongo's async API), what counts as a transient store failure,
+and ``StoreAdapter``, the base of each service's store module."""
 
 from __future__ import annotations
 
 import asyncio
 import random
-import weakref
-from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any, ClassVar
 
-from pymongo import AsyncMongoClient
+from pymongo import AsyncMongoClient, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import (
@@ -22,6 +21,15 @@ from pymongo.errors import (
     ServerSelectionTimeoutError,
     WaitQueueTimeoutError,
 )
+from pymongo.results import BulkWriteResult
+
+from service_runtime.projection import Projection
+
+# The driver's generic types, as every store module uses them: documents are plain dicts.
+Document = dict[str, Any]
+Collection = AsyncCollection[Document]
+Database = AsyncDatabase[Document]
+Client = AsyncMongoClient[Document]
 
 TRANSIENT_STORE_ERRORS: tuple[type[BaseException], ...] = (
     AutoReconnect,
@@ -45,8 +53,14 @@ def is_deadlock(exc: BaseException) -> bool:
     return isinstance(exc, OperationFailure) and exc.code == DEADLOCK_DETECTED
 
 
-async def insert_unique(collection: AsyncCollection, document: dict[str, Any], key: dict[str, Any], *,
-                        initial_delay_s: float = 0.05, max_delay_s: float = 2.0) -> bool:
+async def insert_unique(
+    collection: Collection,
+    document: dict[str, Any],
+    key: dict[str, Any],
+    *,
+    initial_delay_s: float = 0.05,
+    max_delay_s: float = 2.0,
+) -> bool:
     """Insert ``document``, whose ``key`` (a filter on a unique index) other writers may be
     inserting at the same moment: True if this insert won, False if another one did.
 
@@ -71,17 +85,52 @@ async def insert_unique(collection: AsyncCollection, document: dict[str, Any], k
             return False
 
 
-def connect_store(uri: str) -> AsyncMongoClient:
+def connect_store(uri: str) -> Client:
     # Short server selection: a store outage surfaces quickly as a transient error and is
     # retried by the delivery loop rather than blocking a handler for 30 s.
     return AsyncMongoClient(uri, serverSelectionTimeoutMS=3000, connectTimeoutMS=3000, tz_aware=True)
 
 
-def database(client: AsyncMongoClient, name: str) -> AsyncDatabase:
+def database(client: Client, name: str) -> Database:
     return client.get_database(name)
 
 
-async def store_reachable(client: AsyncMongoClient) -> bool:
+def _creating(collection: Collection, models: list[IndexModel]) -> Callable[[], Awaitable[list[str]]]:
+    return lambda: collection.create_indexes(models)
+
+
+class StoreAdapter:
+    """Base of a service's store module: the one place that knows its collections, the
+    shape of their documents and the driver. Domain modules see plain values.
+
+    A subclass declares its secondary ``indexes`` (created at start, idempotently), the
+    collections whose documents carry an outbox (``service_runtime.outbox``; their
+    ``outbox_at`` index is added here), and its ``projection`` (what a rebuild from the
+    log must reproduce)."""
+
+    indexes: ClassVar[Mapping[str, Sequence[IndexModel]]] = {}
+    outbox_collections: ClassVar[tuple[str, ...]] = ()
+    projection: ClassVar[Projection]
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    async def create_indexes(self) -> None:
+        # Replicas starting together create the same indexes at once; concurrent
+        # createIndexes on one collection can deadlock in the store (FerretDB issue 5167):
+        # retried like an outage.
+        from service_runtime.outbox import INDEX as OUTBOX_INDEX
+        from service_runtime.retry import retry_transient
+
+        wanted = {name: list(models) for name, models in self.indexes.items()}
+        for name in self.outbox_collections:
+            wanted.setdefault(name, []).append(OUTBOX_INDEX)
+        for name, models in wanted.items():
+            collection = self.db[name]
+            await retry_transient(_creating(collection, models), what=f"indexes of {name}")
+
+
+async def store_reachable(client: Client) -> bool:
     try:
         await client.admin.command("ping")
         return True
@@ -89,60 +138,11 @@ async def store_reachable(client: AsyncMongoClient) -> bool:
         return False
 
 
-# FerretDB 1.24 (SQLite backend) keeps the cursor of every statement of one `update`
-# command open until the whole command ends (a deferred close inside its per-statement
-# loop), and each open cursor holds one of the 100 connections of that database's pool. A
-# command with ~100 updates that match existing documents therefore exhausts the pool and
-# the server stalls for good (reproduced with 400 upserts in one bulk_write, even on a
-# single client connection). Updates therefore go out in commands of at most this many
-# statements, one command at a time per process: far below the pool even with replicas.
-UPDATES_PER_COMMAND = 32
-_update_gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore] = weakref.WeakKeyDictionary()
-
-
-def _update_gate() -> asyncio.Semaphore:
-    """One gate per event loop (a semaphore belongs to the loop it first waited in)."""
-    loop = asyncio.get_running_loop()
-    gate = _update_gates.get(loop)
-    if gate is None:
-        gate = _update_gates[loop] = asyncio.Semaphore(1)
-    return gate
-
-
-@dataclass
-class BulkUpdateResult:
-    matched_count: int = 0
-    modified_count: int = 0
-    upserted_ids: dict[int, Any] = field(default_factory=dict)  # index in ``ops`` -> _id
-
-    @property
-    def upserted_count(self) -> int:
-        return len(self.upserted_ids)
-
-
-async def bulk_update(collection: AsyncCollection, ops: Sequence[Any], *, ordered: bool = False) -> BulkUpdateResult:
-    """``collection.bulk_write(ops)`` in commands FerretDB can take (see above).
-
-    Unordered: every slice is attempted and write errors of all slices are raised together
-    (indexes relative to ``ops``); ordered: stops at the first error, like MongoDB."""
-    result = BulkUpdateResult()
-    errors: list[dict[str, Any]] = []
-    for start in range(0, len(ops), UPDATES_PER_COMMAND):
-        chunk = ops[start:start + UPDATES_PER_COMMAND]
-        try:
-            async with _update_gate():
-                done = await collection.bulk_write(chunk, ordered=ordered)
-            details = done.bulk_api_result
-        except BulkWriteError as exc:
-            details = exc.details
-            errors.extend({**e, "index": e["index"] + start} for e in details.get("writeErrors", []))
-        result.matched_count += details.get("nMatched", 0)
-        result.modified_count += details.get("nModified", 0)
-        result.upserted_ids.update({u["index"] + start: u["_id"] for u in details.get("upserted", [])})
-        if errors and ordered:
-            break
-    if errors:
-        raise BulkWriteError({"writeErrors": errors, "nMatched": result.matched_count,
-                              "nModified": result.modified_count,
-                              "upserted": [{"index": i, "_id": v} for i, v in result.upserted_ids.items()]})
-    return result
+async def bulk_update(collection: Collection, ops: Sequence[Any], *, ordered: bool = False) -> BulkWriteResult:
+    """``collection.bulk_write(ops)``: kept while the services move to calling it directly."""
+    if not ops:
+        return BulkWriteResult(
+            {"nInserted": 0, "nUpserted": 0, "nMatched": 0, "nModified": 0, "nRemoved": 0, "upserted": []},
+            acknowledged=True,
+        )
+    return await collection.bulk_write(list(ops), ordered=ordered)

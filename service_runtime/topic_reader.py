@@ -16,8 +16,11 @@ async def iter_topic(bootstrap_servers: str, topic: str, batch: int = 2000) -> A
     if not tps:
         return
     consumer = AIOKafkaConsumer(
-        bootstrap_servers=bootstrap_servers, enable_auto_commit=False, auto_offset_reset="earliest",
-        group_id=None, max_partition_fetch_bytes=4 * 1024 * 1024,
+        bootstrap_servers=bootstrap_servers,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        group_id=None,
+        max_partition_fetch_bytes=4 * 1024 * 1024,
     )
     await consumer.start()
     try:

@@ -15,9 +15,9 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from pymongo import AsyncMongoClient
 
+from contracts.topics import TOPICS
 from service_runtime.kafka import delete_topics
 from service_runtime.settings import RuntimeSettings
-from contracts.topics import TOPICS
 
 KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 MONGODB_URI = os.environ.get("MONGODB_URI", "mongodb://127.0.0.1:27017")
@@ -62,9 +62,15 @@ class Namespace:
         database = f"t{self.id}_{service_name}"
         self.databases.append(database)
         values: dict[str, Any] = dict(
-            service_name=service_name, environment="test", kafka_bootstrap_servers=self.infra["kafka"],
-            mongodb_uri=self.infra["mongodb"], mongodb_database=database, topic_prefix=self.topic_prefix,
-            consumer_group_prefix=f"t{self.id}", consumer_batch_timeout_ms=20, retry_max_delay_s=1.0,
+            service_name=service_name,
+            environment="test",
+            kafka_bootstrap_servers=self.infra["kafka"],
+            mongodb_uri=self.infra["mongodb"],
+            mongodb_database=database,
+            topic_prefix=self.topic_prefix,
+            consumer_group_prefix=f"t{self.id}",
+            consumer_batch_timeout_ms=20,
+            retry_max_delay_s=1.0,
         )
         values.update(overrides)
         return cls(**values)
@@ -84,8 +90,9 @@ async def kafka_ready(infra: dict[str, str]) -> None:
     from service_runtime.kafka import ensure_topics
 
     await ensure_topics(infra["kafka"], [TopicSpec("bzpeer-warmup", 1, "none", "test warm-up")])
-    consumer = AIOKafkaConsumer("bzpeer-warmup", bootstrap_servers=infra["kafka"], group_id="bzpeer-warmup",
-                                enable_auto_commit=False)
+    consumer = AIOKafkaConsumer(
+        "bzpeer-warmup", bootstrap_servers=infra["kafka"], group_id="bzpeer-warmup", enable_auto_commit=False
+    )
     await consumer.start()
     try:
         deadline = asyncio.get_running_loop().time() + 120
@@ -120,8 +127,12 @@ async def producer(ns: Namespace) -> AsyncIterator[AIOKafkaProducer]:
 
 
 async def eventually(
-    probe: Callable[[], Awaitable[T]], *, until: Callable[[T], bool] = bool, timeout: float = 30.0,
-    interval: float = 0.05, what: str = "condition",
+    probe: Callable[[], Awaitable[T]],
+    *,
+    until: Callable[[T], bool] = bool,
+    timeout: float = 30.0,
+    interval: float = 0.05,
+    what: str = "condition",
 ) -> T:
     """Poll ``probe`` until ``until(result)`` holds; fail with the last result at the deadline."""
     loop = asyncio.get_running_loop()
@@ -136,8 +147,12 @@ async def eventually(
 
 
 async def throughout(
-    probe: Callable[[], Awaitable[T]], *, holds: Callable[[T], bool] = bool, seconds: float,
-    interval: float = 0.5, what: str = "condition",
+    probe: Callable[[], Awaitable[T]],
+    *,
+    holds: Callable[[T], bool] = bool,
+    seconds: float,
+    interval: float = 0.5,
+    what: str = "condition",
 ) -> None:
     """Poll ``probe`` for ``seconds`` and fail as soon as ``holds(result)`` does not: the
     counterpart of ``eventually`` for a state that must last (an outage, nothing committed)."""

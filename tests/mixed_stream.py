@@ -46,7 +46,7 @@ def orcid_for(n: int) -> str:
         total = (total + int(ch)) * 2
     check = (12 - total % 11) % 11
     digits = base + ("X" if check == 10 else str(check))
-    return "-".join(digits[i:i + 4] for i in range(0, 16, 4))
+    return "-".join(digits[i : i + 4] for i in range(0, 16, 4))
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,24 +80,33 @@ class MixedStream:
     def counts(self) -> Counter[str]:
         return Counter(r.kind for r in self.records)
 
-    async def send(self, producer: AIOKafkaProducer, topic_prefix: str, *, start: int = 0,
-                   stop: int | None = None) -> None:
+    async def send(
+        self, producer: AIOKafkaProducer, topic_prefix: str, *, start: int = 0, stop: int | None = None
+    ) -> None:
         """Send a slice in stream order (per key the broker keeps that order) and wait
         until the broker acknowledged every record."""
-        futures = [await producer.send(topic_prefix + r.topic, r.value, key=r.key)
-                   for r in self.records[start:stop]]
+        futures = [await producer.send(topic_prefix + r.topic, r.value, key=r.key) for r in self.records[start:stop]]
         for f in futures:
             await f
 
 
 def _envelope(payload: EventModel, rng: random.Random, at: datetime) -> Envelope:
-    return Envelope.wrap(payload, producer="webapp", event_id=uuid.UUID(int=rng.getrandbits(128), version=4),
-                         occurred_at=at)
+    return Envelope.wrap(
+        payload, producer="webapp", event_id=uuid.UUID(int=rng.getrandbits(128), version=4), occurred_at=at
+    )
 
 
 def mixed_stream(
-    n: int, *, seed: int = 7, authors: int | None = None, users: int | None = None, tag: str = "",
-    works_share: float = 0.7, follows_share: float = 0.2, racing_share: float = 0.3, probe_every: int = 0,
+    n: int,
+    *,
+    seed: int = 7,
+    authors: int | None = None,
+    users: int | None = None,
+    tag: str = "",
+    works_share: float = 0.7,
+    follows_share: float = 0.2,
+    racing_share: float = 0.3,
+    probe_every: int = 0,
 ) -> MixedStream:
     """``n`` records: ``works_share`` works, ``follows_share`` follow commands (a fifth of
     them unfollows of an earlier follow), the rest claims (``racing_share`` of the claimed
@@ -142,8 +151,10 @@ def mixed_stream(
             names = [first, *coauthors]
             work_id = f"mx{tag}-w{i:06d}"
             work = Work(
-                work_id=work_id, type=rng.choice(("article", "preprint", "proceedings-article")),
-                year=rng.randint(2015, 2025), title=f"Mixed stream work {i}",
+                work_id=work_id,
+                type=rng.choice(("article", "preprint", "proceedings-article")),
+                year=rng.randint(2015, 2025),
+                title=f"Mixed stream work {i}",
                 topics=rng.sample(_TOPIC_LIST, rng.randint(1, 3)),
                 authors=[WorkAuthor(author_id=a, display_name=f"Author {a}", orcid=orcid[a]) for a in names],
             )
@@ -176,14 +187,26 @@ def mixed_stream(
             claim_users += 1
             owners.setdefault(author, user)
             payload = ClaimRequested(
-                claim_id=f"mx{tag}-claim{i:06d}", author_id=author, user_id=user,
-                evidence=Evidence(orcid=orcid[author], orcid_authenticated=True), show_owner=True,
+                claim_id=f"mx{tag}-claim{i:06d}",
+                author_id=author,
+                user_id=user,
+                evidence=Evidence(orcid=orcid[author], orcid_authenticated=True),
+                show_owner=True,
             )
             kind = "claim"
         env = _envelope(payload, rng, at(i))
-        records.append(Record(payload.topic, author.encode(), env.to_bytes(), kind, author, env.event_id,
-                              work_id=payload.work.work_id if kind == "work" else None,  # type: ignore[attr-defined]
-                              probe=probe))
+        records.append(
+            Record(
+                payload.topic,
+                author.encode(),
+                env.to_bytes(),
+                kind,
+                author,
+                env.event_id,
+                work_id=payload.work.work_id if kind == "work" else None,  # type: ignore[attr-defined]
+                probe=probe,
+            )
+        )
 
     followers = Counter(a for (_u, a), on in following.items() if on)
     return MixedStream(records, author_ids, Expected(dict(works_of), owners, dict(followers)))

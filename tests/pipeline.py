@@ -34,8 +34,15 @@ async def service_inputs(name: str, settings: RuntimeSettings) -> list[tuple[str
 
 
 class Pipeline:
-    def __init__(self, ns: Any, *, mongodb_uri: str | None = None, kafka: str | None = None,
-                 overrides: dict[str, dict[str, Any]] | None = None, **extra_env: Any) -> None:
+    def __init__(
+        self,
+        ns: Any,
+        *,
+        mongodb_uri: str | None = None,
+        kafka: str | None = None,
+        overrides: dict[str, dict[str, Any]] | None = None,
+        **extra_env: Any,
+    ) -> None:
         """``mongodb_uri``/``kafka``: what the service processes connect to (e.g. a proxy in
         front of the store); checks always read the store directly (``ns.infra``)."""
         self.ns = ns

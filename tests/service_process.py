@@ -57,8 +57,9 @@ def settings_env(settings: RuntimeSettings, **extra: Any) -> dict[str, str]:
 
 
 class ServiceProcess:
-    def __init__(self, service: str, settings: RuntimeSettings, *, ready_timeout_s: float = 60.0,
-                 **extra_env: Any) -> None:
+    def __init__(
+        self, service: str, settings: RuntimeSettings, *, ready_timeout_s: float = 60.0, **extra_env: Any
+    ) -> None:
         self.service = service
         self.settings = settings
         self.ready_timeout_s = ready_timeout_s
@@ -79,15 +80,24 @@ class ServiceProcess:
         return self.process is not None and self.process.poll() is None
 
     async def start(self) -> ServiceProcess:
-        env = {**os.environ, **settings_env(self.settings, **self.extra_env),
-               "HTTP_PORT": str(self.port), "HTTP_HOST": "127.0.0.1", "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            **settings_env(self.settings, **self.extra_env),
+            "HTTP_PORT": str(self.port),
+            "HTTP_HOST": "127.0.0.1",
+            "PYTHONUNBUFFERED": "1",
+        }
         env.setdefault("ENVIRONMENT", "test")
         with self.log_path.open("ab") as log:
             log.write(f"--- start {self.starts + 1}\n".encode())
             log.flush()
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "bzpeer_cli.main", "run", self.service],
-                cwd=REPO_ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, preexec_fn=_end_with_parent,
+                cwd=REPO_ROOT,
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_end_with_parent,
             )
         self.starts += 1
         await self.wait_ready()
@@ -99,16 +109,19 @@ class ServiceProcess:
         async with httpx.AsyncClient(timeout=2.0) as client:
             while True:
                 if not self.alive:
-                    raise RuntimeError(f"{self.service} exited with {self.process and self.process.returncode}; "
-                                       f"log:\n{self.log_text()[-3000:]}")
+                    raise RuntimeError(
+                        f"{self.service} exited with {self.process and self.process.returncode}; "
+                        f"log:\n{self.log_text()[-3000:]}"
+                    )
                 try:
                     if (await client.get(f"{self.url}/ready")).status_code == 200:
                         return
                 except httpx.HTTPError:
                     pass
                 if loop.time() > deadline:
-                    raise TimeoutError(f"{self.service} not ready after {self.ready_timeout_s}s; "
-                                       f"log:\n{self.log_text()[-3000:]}")
+                    raise TimeoutError(
+                        f"{self.service} not ready after {self.ready_timeout_s}s; log:\n{self.log_text()[-3000:]}"
+                    )
                 await asyncio.sleep(0.1)
 
     def kill(self) -> None:

@@ -15,6 +15,7 @@ from service_runtime.auth import mint_token
 from service_runtime.publishing import EventPublisher
 from tests.conftest import Namespace
 
+
 class System:
     def __init__(self, ns: Namespace, **overrides: dict[str, Any]) -> None:
         self.ns = ns
@@ -28,12 +29,15 @@ class System:
         return {"Authorization": f"Bearer {mint_token(self.settings['claims'], user_id, list(roles))}"}
 
     @contextlib.asynccontextmanager
-    async def story(self, webapp: EventPublisher, out: Callable[[str], None] = lambda line: None) -> AsyncIterator[Story]:
+    async def story(
+        self, webapp: EventPublisher, out: Callable[[str], None] = lambda line: None
+    ) -> AsyncIterator[Story]:
         """The seed story (``bzpeer_cli.demo``) played against this system's HTTP apps."""
         clients = {name: self.http(name) for name in SERVICE_NAMES}
         try:
-            yield Story(webapp, clients, token=lambda user, roles: mint_token(self.settings["claims"], user, roles),
-                        out=out)
+            yield Story(
+                webapp, clients, token=lambda user, roles: mint_token(self.settings["claims"], user, roles), out=out
+            )
         finally:
             for client in clients.values():
                 await client.aclose()

@@ -13,8 +13,15 @@ from contracts.topics import Topic
 
 ClaimStatus = Literal["pending_author", "needs_review", "approved", "rejected", "withdrawn", "revoked"]
 RejectionReason = Literal[
-    "already_claimed", "user_already_owns_a_record", "too_many_open_claims", "unknown_author",
-    "unknown_claim", "not_claimant", "claim_not_open", "claim_not_approved", "reviewer_rejected",
+    "already_claimed",
+    "user_already_owns_a_record",
+    "too_many_open_claims",
+    "unknown_author",
+    "unknown_claim",
+    "not_claimant",
+    "claim_not_open",
+    "claim_not_approved",
+    "reviewer_rejected",
 ]
 
 
@@ -141,3 +148,23 @@ class VerificationLevelChanged(EventModel):
         if self.verification_level != self.author_claim.verification_level:
             raise ValueError("verification_level must equal author_claim.verification_level")
         return self
+
+
+# The events that say what an author record's claim state is after them (consumers keep
+# the newest by ``author_claim.revision``).
+CLAIM_STATE_EVENTS: tuple[type[_ClaimEvent] | type[VerificationLevelChanged], ...] = (
+    ClaimSubmitted,
+    ClaimNeedsReview,
+    ClaimApproved,
+    ClaimRejected,
+    ClaimWithdrawnEvent,
+    ClaimRevoked,
+    VerificationLevelChanged,
+)
+
+
+def author_claim_of(payload: EventModel) -> AuthorClaimState | None:
+    """The author record's claim state an event of claims.events carries (all do)."""
+    if isinstance(payload, CLAIM_STATE_EVENTS):
+        return payload.author_claim
+    return None

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints
 
@@ -14,6 +14,25 @@ Id = Annotated[str, StringConstraints(pattern=ID_PATTERN)]
 
 VerificationLevel = Literal["L0", "L1", "L2", "L3"]
 TrustBand = Literal["Emerging", "Established", "Trusted", "Distinguished"]
+# Both in rising order: L0 bare record .. L3 confirmed by a reviewer; Emerging .. Distinguished.
+VERIFICATION_LEVELS: tuple[VerificationLevel, ...] = get_args(VerificationLevel)
+TRUST_BANDS: tuple[TrustBand, ...] = get_args(TrustBand)
+
+
+def level_rank(level: VerificationLevel) -> int:
+    return VERIFICATION_LEVELS.index(level)
+
+
+def band_rank(band: TrustBand) -> int:
+    return TRUST_BANDS.index(band)
+
+
+def is_newer(revision: int, held: int | None) -> bool:
+    """The rule every consumer of a state-carrying event applies: per author and source,
+    keep the state with the highest revision and ignore one not newer than what is held
+    (a redelivery, or an older event read late), so the order of arrival never matters."""
+    return held is None or revision > held
+
 
 _ORCID_RE = re.compile(r"^(\d{4})-(\d{4})-(\d{4})-(\d{3}[\dX])$")
 

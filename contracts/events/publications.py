@@ -12,8 +12,16 @@ from contracts.events.common import Affiliation, Frozen, Id, OrcidId
 from contracts.topics import Topic
 
 WorkType = Literal[
-    "preprint", "article", "book", "book-chapter", "dataset", "dissertation",
-    "proceedings-article", "review", "report", "other",
+    "preprint",
+    "article",
+    "book",
+    "book-chapter",
+    "dataset",
+    "dissertation",
+    "proceedings-article",
+    "review",
+    "report",
+    "other",
 ]
 TITLE_MAX = 500  # longest real titles are ~300 characters; beyond this is junk input
 ABSTRACT_MAX = 20_000

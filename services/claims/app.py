@@ -17,7 +17,8 @@ from services.claims.store import PROJECTION, ClaimsStore
 def build_service(settings: ClaimsSettings | None = None) -> Service:
     settings = settings or ClaimsSettings()
     service = Service(
-        settings, title="bzpeer claims",
+        settings,
+        title="bzpeer claims",
         description="Claims on author records: evidence, review, one owner per record, verification levels L2/L3.",
     )
     store = ClaimsStore(service.db)
@@ -33,9 +34,22 @@ def build_service(settings: ClaimsSettings | None = None) -> Service:
     else:
         service.consume(Topic.WEBAPP_CLAIMS, Topic.PROFILE_EVENTS, handler=make_handler(processor))
     # One channel, several event types (their JSON Schemas are in contracts/schemas/claims.events.*).
-    service.produces(Topic.CLAIMS_EVENTS, description="Claim lifecycle and verification level: " + ", ".join(
-        m.event_type for m in (events.ClaimSubmitted, events.ClaimNeedsReview, events.ClaimApproved, events.ClaimRejected,
-                               events.ClaimWithdrawnEvent, events.ClaimRevoked, events.VerificationLevelChanged)))
+    service.produces(
+        Topic.CLAIMS_EVENTS,
+        description="Claim lifecycle and verification level: "
+        + ", ".join(
+            m.event_type
+            for m in (
+                events.ClaimSubmitted,
+                events.ClaimNeedsReview,
+                events.ClaimApproved,
+                events.ClaimRejected,
+                events.ClaimWithdrawnEvent,
+                events.ClaimRevoked,
+                events.VerificationLevelChanged,
+            )
+        ),
+    )
     service.background(processor.sweep_forever, runs="live")
     service.http.include_router(build_router(store, service.publisher))
     service.http.add_exception_handler(RequestValidationError, validation_error_without_input)

@@ -157,9 +157,12 @@ class RebuildInLiveOrder:
         self.store = store
 
     async def handle(self, batch: Sequence[Incoming]) -> None:
-        keep = [i for i in batch if (i.topic == Topic.CLAIMS_EVENTS
-                                     and (is_expiry(i) or said_what_live_saw(i) or is_slot_refusal(i)))
-                or (i.topic != Topic.CLAIMS_EVENTS and relevant(i))]
+        keep = [
+            i
+            for i in batch
+            if (i.topic == Topic.CLAIMS_EVENTS and (is_expiry(i) or said_what_live_saw(i) or is_slot_refusal(i)))
+            or (i.topic != Topic.CLAIMS_EVENTS and relevant(i))
+        ]
         await self.store.defer(keep)
 
     async def settle(self, batch: int = 500) -> None:
@@ -176,9 +179,14 @@ class RebuildInLiveOrder:
         ordered = live_order(inputs, seen)
         started = time.monotonic()
         for start in range(0, len(ordered), batch):
-            await self.processor.handle(ordered[start:start + batch])
-        log.info("claims_rebuild_applied", inputs=len(ordered), placed_by_live=len(seen),
-                 slot_refusals=len(self.processor.live_refusals), seconds=round(time.monotonic() - started, 1))
+            await self.processor.handle(ordered[start : start + batch])
+        log.info(
+            "claims_rebuild_applied",
+            inputs=len(ordered),
+            placed_by_live=len(seen),
+            slot_refusals=len(self.processor.live_refusals),
+            seconds=round(time.monotonic() - started, 1),
+        )
 
 
 def said_what_live_saw(item: Incoming) -> bool:
@@ -187,5 +195,8 @@ def said_what_live_saw(item: Incoming) -> bool:
 
 def is_slot_refusal(item: Incoming) -> bool:
     """A claims.events record of a claim rejected because its user had no slot left."""
-    return (item.topic == Topic.CLAIMS_EVENTS and isinstance(item.payload, ClaimRejected)
-            and item.payload.reason in SLOT_REFUSAL.values())
+    return (
+        item.topic == Topic.CLAIMS_EVENTS
+        and isinstance(item.payload, ClaimRejected)
+        and item.payload.reason in SLOT_REFUSAL.values()
+    )

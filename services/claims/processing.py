@@ -58,8 +58,9 @@ class ClaimsProcessor:
         # Rebuild only: the slot refusals live published, by claim id (see ``Book._take``).
         self.live_refusals: dict[str, str] = {}
         # How far this service's consumer group has read profile.events (see ``sweep_once``).
-        self.profile_read = ReadHorizon(settings.kafka_bootstrap_servers, settings.consumer_group,
-                                        [settings.physical_topic(Topic.PROFILE_EVENTS)])
+        self.profile_read = ReadHorizon(
+            settings.kafka_bootstrap_servers, settings.consumer_group, [settings.physical_topic(Topic.PROFILE_EVENTS)]
+        )
 
     # --- consumed batches -------------------------------------------------------------
 
@@ -82,8 +83,10 @@ class ClaimsProcessor:
             if item.topic == Topic.PROFILE_EVENTS:
                 author: AuthorState = p.author  # type: ignore[attr-defined]
                 identity = Identity(
-                    author.display_name, author.orcid,
-                    tuple(author.affiliation.domains) if author.affiliation else (), author.revision,
+                    author.display_name,
+                    author.orcid,
+                    tuple(author.affiliation.domains) if author.affiliation else (),
+                    author.revision,
                 )
                 emits = book.author_seen(author.author_id, identity, cause, now)
             elif isinstance(p, ClaimRequested):
@@ -138,7 +141,9 @@ class ClaimsProcessor:
             cause = expiry_cause(claim.claim_id)
             for _ in range(self.settings.conflict_attempts):
                 book = await self.store.load_book([claim.author_id], [claim.claim_id], [claim.user_id], self.limits)
-                if await self._commit(book, lambda b: [(e, cause) for e in b.expire(claim.claim_id, cause, self.wait)]):
+                if await self._commit(
+                    book, lambda b, c=claim, why=cause: [(e, why) for e in b.expire(c.claim_id, why, self.wait)]
+                ):
                     break
         stale = await self.store.unpublished_before(now - timedelta(seconds=self.settings.outbox_grace_s))
         if stale:
@@ -161,8 +166,12 @@ class ClaimsProcessor:
         for emit, cause in emits:
             envelope = cause if isinstance(cause, Envelope) else None
             parts = (envelope.event_id if envelope else cause, *emit.id_parts)
-            outgoing = self.publisher.outgoing(emit.payload, cause=envelope, event_id=deterministic_event_id(*parts),
-                                               correlation_id=None if envelope else f"claim:{getattr(emit.payload, 'claim_id', '')}")
+            outgoing = self.publisher.outgoing(
+                emit.payload,
+                cause=envelope,
+                event_id=deterministic_event_id(*parts),
+                correlation_id=None if envelope else f"claim:{getattr(emit.payload, 'claim_id', '')}",
+            )
             fresh.append(outgoing)
             if emit.claim_id is not None:
                 claim = book.claims[emit.claim_id]

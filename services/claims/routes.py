@@ -24,7 +24,9 @@ from services.claims.rules import Claim
 from services.claims.store import ClaimsStore
 
 PathId = Annotated[str, Path(pattern=ID_PATTERN, max_length=128)]
-_NOT_YOURS = HTTPException(status.HTTP_403_FORBIDDEN, "not allowed: only the claimant or a reviewer may access this claim")
+_NOT_YOURS = HTTPException(
+    status.HTTP_403_FORBIDDEN, "not allowed: only the claimant or a reviewer may access this claim"
+)
 
 
 class _Body(BaseModel):
@@ -95,15 +97,27 @@ def build_router(store: ClaimsStore, publisher: EventPublisher) -> APIRouter:
     @router.post("/claims", status_code=202, response_model=Accepted, summary="Claim an author record")
     async def request_claim(body: ClaimRequestBody, user: CurrentUser) -> Accepted:
         claim_id = f"claim-{uuid.uuid4().hex}"
-        await publish(ClaimRequested(claim_id=claim_id, author_id=body.author_id, user_id=user.user_id,
-                                     evidence=body.evidence, show_owner=body.show_owner))
+        await publish(
+            ClaimRequested(
+                claim_id=claim_id,
+                author_id=body.author_id,
+                user_id=user.user_id,
+                evidence=body.evidence,
+                show_owner=body.show_owner,
+            )
+        )
         return Accepted(claim_id=claim_id, author_id=body.author_id)
 
-    @router.post("/claims/{claim_id}/evidence", status_code=202, response_model=Accepted, summary="Add evidence to my claim")
+    @router.post(
+        "/claims/{claim_id}/evidence", status_code=202, response_model=Accepted, summary="Add evidence to my claim"
+    )
     async def submit_evidence(claim_id: PathId, body: EvidenceBody, user: CurrentUser) -> Accepted:
         claim = await visible_claim(claim_id, user, owner_only=True)
-        await publish(ClaimEvidenceSubmitted(claim_id=claim_id, author_id=claim.author_id, user_id=user.user_id,
-                                             evidence=body.evidence))
+        await publish(
+            ClaimEvidenceSubmitted(
+                claim_id=claim_id, author_id=claim.author_id, user_id=user.user_id, evidence=body.evidence
+            )
+        )
         return Accepted(claim_id=claim_id, author_id=claim.author_id)
 
     @router.post("/claims/{claim_id}/withdraw", status_code=202, response_model=Accepted, summary="Withdraw my claim")
@@ -112,24 +126,44 @@ def build_router(store: ClaimsStore, publisher: EventPublisher) -> APIRouter:
         await publish(ClaimWithdrawn(claim_id=claim_id, author_id=claim.author_id, user_id=user.user_id))
         return Accepted(claim_id=claim_id, author_id=claim.author_id)
 
-    @router.post("/claims/{claim_id}/review", status_code=202, response_model=Accepted,
-                 summary="Approve, reject or revoke a claim (reviewers)")
+    @router.post(
+        "/claims/{claim_id}/review",
+        status_code=202,
+        response_model=Accepted,
+        summary="Approve, reject or revoke a claim (reviewers)",
+    )
     async def review(claim_id: PathId, body: ReviewBody, user: CurrentUser) -> Accepted:
         require_role(user, REVIEWER)
         claim = await store.get_claim(claim_id)
         if claim is None:
             raise HTTPException(status.HTTP_404_NOT_FOUND, "no such claim")
-        await publish(ClaimReviewed(claim_id=claim_id, author_id=claim.author_id, reviewer_id=user.user_id,
-                                    decision=body.decision, reason=body.reason))
+        await publish(
+            ClaimReviewed(
+                claim_id=claim_id,
+                author_id=claim.author_id,
+                reviewer_id=user.user_id,
+                decision=body.decision,
+                reason=body.reason,
+            )
+        )
         return Accepted(claim_id=claim_id, author_id=claim.author_id)
 
     @router.get("/claims/{claim_id}", response_model=ClaimView, summary="A claim (its claimant or a reviewer)")
     async def get_claim(claim_id: PathId, user: CurrentUser) -> ClaimView:
         c = await visible_claim(claim_id, user)
         return ClaimView(
-            claim_id=c.claim_id, author_id=c.author_id, user_id=c.user_id, status=c.status, verification_level=c.level,
-            reason=c.reason, detail=c.detail, show_owner=c.show_owner, evidence=c.evidence, created_at=c.created_at,
-            updated_at=c.updated_at, history=c.history,
+            claim_id=c.claim_id,
+            author_id=c.author_id,
+            user_id=c.user_id,
+            status=c.status,
+            verification_level=c.level,
+            reason=c.reason,
+            detail=c.detail,
+            show_owner=c.show_owner,
+            evidence=c.evidence,
+            created_at=c.created_at,
+            updated_at=c.updated_at,
+            history=c.history,
         )
 
     @router.get("/authors/{author_id}/claim", response_model=AuthorClaimView, summary="Public claim status of a record")
@@ -141,8 +175,13 @@ def build_router(store: ClaimsStore, publisher: EventPublisher) -> APIRouter:
         owner = None
         if state.claim_id and (claim := await store.get_claim(state.claim_id)) and claim.show_owner:
             owner = state.owner_user_id
-        return AuthorClaimView(author_id=author_id, claimed=True, verification_level=state.verification_level,
-                               since=state.since, owner_user_id=owner)
+        return AuthorClaimView(
+            author_id=author_id,
+            claimed=True,
+            verification_level=state.verification_level,
+            since=state.since,
+            owner_user_id=owner,
+        )
 
     return router
 

@@ -181,9 +181,7 @@ class Slots:
 
 
 class Book:
-    def __init__(
-        self, authors: dict[str, AuthorRecord], claims: dict[str, Claim], slots: Slots
-    ) -> None:
+    def __init__(self, authors: dict[str, AuthorRecord], claims: dict[str, Claim], slots: Slots) -> None:
         self.authors = authors
         self.claims = claims
         self.slots = slots
@@ -213,8 +211,10 @@ class Book:
         for author in self.authors.values():
             listed = [cid for cid in author.open_claims if cid in self.claims and self.claims[cid].status in OPEN]
             known = set(listed)
-            opened = sorted((c for c in open_by_author.get(author.author_id, []) if c.claim_id not in known),
-                            key=lambda c: (c.created_at, c.claim_id))
+            opened = sorted(
+                (c for c in open_by_author.get(author.author_id, []) if c.claim_id not in known),
+                key=lambda c: (c.created_at, c.claim_id),
+            )
             listed += [c.claim_id for c in opened]
             if listed != author.open_claims:
                 author.open_claims = listed
@@ -241,8 +241,14 @@ class Book:
         if cmd.claim_id in self.claims:
             return []  # the same claim requested again: already decided once
         claim = Claim(
-            claim_id=cmd.claim_id, author_id=cmd.author_id, user_id=cmd.user_id, status="new",
-            created_at=now, updated_at=now, evidence=cmd.evidence.model_dump(mode="json"), show_owner=cmd.show_owner,
+            claim_id=cmd.claim_id,
+            author_id=cmd.author_id,
+            user_id=cmd.user_id,
+            status="new",
+            created_at=now,
+            updated_at=now,
+            evidence=cmd.evidence.model_dump(mode="json"),
+            show_owner=cmd.show_owner,
         )
         self.claims[claim.claim_id] = claim
 
@@ -376,7 +382,9 @@ class Book:
             return False
         return self.slots.acquire(kind, claim.user_id, claim.claim_id)
 
-    def _try_approve(self, claim: Claim, now: datetime, level: str, event: str, by: str | None = None) -> list[tuple[str, ...]]:
+    def _try_approve(
+        self, claim: Claim, now: datetime, level: str, event: str, by: str | None = None
+    ) -> list[tuple[str, ...]]:
         if self.author(claim.author_id).claim.claimed:
             self._reject(claim, now, "already_claimed", None, event)
             return [("rejected",)]
@@ -386,20 +394,28 @@ class Book:
         self.slots.release(OPEN_SLOT, claim.user_id, claim.claim_id)
         out = self._approve(claim, now, level, event, by=by)
         # Only one claim per record can be approved: the others still open lose now.
-        others = (c for c in self.claims.values()
-                  if c.author_id == claim.author_id and c.claim_id != claim.claim_id and c.status in OPEN)
+        others = (
+            c
+            for c in self.claims.values()
+            if c.author_id == claim.author_id and c.claim_id != claim.claim_id and c.status in OPEN
+        )
         for other in sorted(others, key=lambda c: (c.created_at, c.claim_id)):
             self._reject(other, now, "already_claimed", f"claim {claim.claim_id} was approved", event)
             out.append(("rejected", other.claim_id))
         return out
 
-    def _approve(self, claim: Claim, now: datetime, level: str, event: str, by: str | None = None) -> list[tuple[str, ...]]:
+    def _approve(
+        self, claim: Claim, now: datetime, level: str, event: str, by: str | None = None
+    ) -> list[tuple[str, ...]]:
         author = self.author(claim.author_id)
         previous = author.claim.verification_level
         claim.level = level
         self._set(claim, now, "approved", event, by=by, level=level)
         author.claim = AuthorClaimState(
-            claimed=True, owner_user_id=claim.user_id, claim_id=claim.claim_id, verification_level=level,
+            claimed=True,
+            owner_user_id=claim.user_id,
+            claim_id=claim.claim_id,
+            verification_level=level,
             since=author.claim.since if author.claim.claim_id == claim.claim_id else now,
             revision=author.claim.revision + 1,
         )
@@ -416,7 +432,9 @@ class Book:
         self.dirty_authors.add(author.author_id)
         return [("level", previous or "")]
 
-    def _reject(self, claim: Claim, now: datetime, reason: str, detail: str | None, event: str, by: str | None = None) -> None:
+    def _reject(
+        self, claim: Claim, now: datetime, reason: str, detail: str | None, event: str, by: str | None = None
+    ) -> None:
         self.slots.release(OPEN_SLOT, claim.user_id, claim.claim_id)
         claim.reason, claim.detail = reason, detail
         self._set(claim, now, "rejected", event, by=by, reason=reason)
@@ -448,8 +466,13 @@ class Book:
         kind, owner = outcome[0], claim.claim_id
         if len(outcome) > 1 and kind == "rejected":  # another claim of the record lost
             claim = self.claims[outcome[1]]
-        common = dict(claim_id=claim.claim_id, author_id=claim.author_id, user_id=claim.user_id, author_claim=state,
-                      author_revision=self.seen_revision(claim.author_id))
+        common = dict(
+            claim_id=claim.claim_id,
+            author_id=claim.author_id,
+            user_id=claim.user_id,
+            author_claim=state,
+            author_revision=self.seen_revision(claim.author_id),
+        )
         payload: EventModel
         if kind == "submitted":
             payload = ClaimSubmitted(status=claim.status, **common)
@@ -468,8 +491,11 @@ class Book:
             if previous == state.verification_level:
                 return None
             payload = VerificationLevelChanged(
-                author_id=claim.author_id, verification_level=state.verification_level, previous_level=previous,
-                author_claim=state, author_revision=self.seen_revision(claim.author_id),
+                author_id=claim.author_id,
+                verification_level=state.verification_level,
+                previous_level=previous,
+                author_claim=state,
+                author_revision=self.seen_revision(claim.author_id),
             )
             return Emit(payload, (payload.event_type, claim.author_id, str(state.revision)), owner)
         return Emit(payload, (payload.event_type, claim.claim_id), owner)
@@ -486,16 +512,26 @@ class Book:
     def _unknown(self, claim_id: str, author_id: str, user_id: str, cause: str) -> Emit:
         state = self.authors[author_id].claim if author_id in self.authors else UNCLAIMED
         payload = ClaimRejected(
-            claim_id=claim_id, author_id=author_id, user_id=user_id, author_claim=state, reason="unknown_claim",
+            claim_id=claim_id,
+            author_id=author_id,
+            user_id=user_id,
+            author_claim=state,
+            reason="unknown_claim",
             author_revision=self.seen_revision(author_id),
         )
         return Emit(payload, (payload.event_type, claim_id, "refused"), None)
 
-    def _refusal(self, claim: Claim, cause: str, reason: str, detail: str | None, user_id: str | None = None) -> list[Emit]:
+    def _refusal(
+        self, claim: Claim, cause: str, reason: str, detail: str | None, user_id: str | None = None
+    ) -> list[Emit]:
         """A command refused: the claim stays as it is, the refusal is still an event."""
         payload = ClaimRejected(
-            claim_id=claim.claim_id, author_id=claim.author_id, user_id=user_id or claim.user_id,
-            author_claim=self.author(claim.author_id).claim, reason=reason, detail=detail,
+            claim_id=claim.claim_id,
+            author_id=claim.author_id,
+            user_id=user_id or claim.user_id,
+            author_claim=self.author(claim.author_id).claim,
+            reason=reason,
+            detail=detail,
             author_revision=self.seen_revision(claim.author_id),
         )
         return [Emit(payload, (payload.event_type, claim.claim_id, "refused"), None)]

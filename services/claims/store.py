@@ -42,7 +42,7 @@ from contracts.registry import decode
 from service_runtime.delivery import Incoming
 from service_runtime.logging import get_logger
 from service_runtime.projection import Projection
-from service_runtime.store import UPDATES_PER_COMMAND, bulk_update
+from service_runtime.store import bulk_update
 from services.claims.rules import OPEN_SLOT, AuthorRecord, Book, Claim, Identity, Limits, Slots
 
 log = get_logger(__name__)
@@ -86,12 +86,20 @@ class ClaimsStore:
     # --- rebuild: inputs kept aside until all are consumed (handlers.RebuildInLiveOrder)
 
     async def defer(self, items: list[Incoming]) -> None:
-        docs = [{"_id": f"{i.topic}:{i.partition}:{i.offset}", "topic": i.topic, "partition": i.partition,
-                 "offset": i.offset, "timestamp_ms": i.timestamp_ms, "envelope": i.envelope.model_dump_json()}
-                for i in items]
+        docs = [
+            {
+                "_id": f"{i.topic}:{i.partition}:{i.offset}",
+                "topic": i.topic,
+                "partition": i.partition,
+                "offset": i.offset,
+                "timestamp_ms": i.timestamp_ms,
+                "envelope": i.envelope.model_dump_json(),
+            }
+            for i in items
+        ]
         for start in range(0, len(docs), INSERTS_PER_COMMAND):
             try:
-                await self.db.rebuild_deferred.insert_many(docs[start:start + INSERTS_PER_COMMAND], ordered=False)
+                await self.db.rebuild_deferred.insert_many(docs[start : start + INSERTS_PER_COMMAND], ordered=False)
             except BulkWriteError as exc:  # a redelivered batch: those are kept already
                 if any(e.get("code") != 11000 for e in exc.details.get("writeErrors", [])):
                     raise
@@ -132,7 +140,9 @@ class ClaimsStore:
         return {d["_id"]: _claim(d) async for d in self.claims.find({"_id": {"$in": sorted(ids)}})}
 
     async def _slot_docs(self, users: Iterable[str], limits: Limits) -> list[dict[str, Any]]:
-        ids = [sid for user in sorted(set(users)) for kind in ("open", "approved") for sid in slot_ids(kind, user, limits)]
+        ids = [
+            sid for user in sorted(set(users)) for kind in ("open", "approved") for sid in slot_ids(kind, user, limits)
+        ]
         return [d async for d in self.slots.find({"_id": {"$in": ids}})] if ids else []
 
     async def load_slots(self, users: Iterable[str], limits: Limits) -> dict[tuple[str, str], list[str]]:
@@ -173,7 +183,9 @@ class ClaimsStore:
                 return False
             n = reusable[0]
             freed.discard((kind, user, held[n]))
-            handovers.append(UpdateOne({"_id": f"{kind}:{user}:{n}", "claim_id": held[n]}, {"$set": {"claim_id": claim_id}}))
+            handovers.append(
+                UpdateOne({"_id": f"{kind}:{user}:{n}", "claim_id": held[n]}, {"$set": {"claim_id": claim_id}})
+            )
             held[n] = claim_id
         if handovers and not await self._conditional(self.slots.name, handovers):
             return False
@@ -200,11 +212,12 @@ class ClaimsStore:
 
     async def release_all(self, ops: list[SlotOp], limits: Limits) -> None:
         """Delete the slot documents these claims hold, found by their possible ids."""
-        deletes = [{"q": {"_id": {"$in": slot_ids(kind, user, limits)}, "claim_id": claim_id}, "limit": 0}
-                   for kind, user, claim_id in ops]
-        for start in range(0, len(deletes), UPDATES_PER_COMMAND):
-            await self.db.command({"delete": self.slots.name, "deletes": deletes[start:start + UPDATES_PER_COMMAND],
-                                   "ordered": False})
+        deletes = [
+            {"q": {"_id": {"$in": slot_ids(kind, user, limits)}, "claim_id": claim_id}, "limit": 0}
+            for kind, user, claim_id in ops
+        ]
+        if deletes:
+            await self.db.command({"delete": self.slots.name, "deletes": deletes, "ordered": False})
 
     # --- saving -------------------------------------------------------------------------
 
@@ -233,8 +246,12 @@ class ClaimsStore:
             return False
         for cid in dirty:
             book.claims[cid].version += 1
-        left_waiting = [cid for cid in dirty if book.claims[cid].status != "pending_author"
-                        and any(h.get("status") == "pending_author" for h in book.claims[cid].history)]
+        left_waiting = [
+            cid
+            for cid in dirty
+            if book.claims[cid].status != "pending_author"
+            and any(h.get("status") == "pending_author" for h in book.claims[cid].history)
+        ]
         if left_waiting:
             await self.waiting.delete_many({"_id": {"$in": left_waiting}})
         new_authors, author_updates = [], []
@@ -260,14 +277,16 @@ class ClaimsStore:
         docs = [{"_id": c.claim_id, "since": c.created_at, "at": at} for c in claims]
         for start in range(0, len(docs), INSERTS_PER_COMMAND):
             # Already there (an earlier attempt, or the claim waited before): fine.
-            await self.db.command({"insert": self.waiting.name, "documents": docs[start:start + INSERTS_PER_COMMAND],
-                                   "ordered": False})
+            await self.db.command(
+                {"insert": self.waiting.name, "documents": docs[start : start + INSERTS_PER_COMMAND], "ordered": False}
+            )
 
     async def _insert(self, collection: str, docs: list[dict[str, Any]]) -> bool:
         """Insert new documents in bulk; False if one exists already (another writer)."""
         for start in range(0, len(docs), INSERTS_PER_COMMAND):
-            reply = await self.db.command({"insert": collection, "documents": docs[start:start + INSERTS_PER_COMMAND],
-                                           "ordered": False})
+            reply = await self.db.command(
+                {"insert": collection, "documents": docs[start : start + INSERTS_PER_COMMAND], "ordered": False}
+            )
             if reply.get("writeErrors"):
                 return False
         return True
@@ -279,8 +298,9 @@ class ClaimsStore:
             return True
         done = await bulk_update(self.db[collection], updates)
         if done.matched_count != len(updates):
-            log.info("claims_guarded_write_missed", collection=collection, expected=len(updates),
-                     matched=done.matched_count)
+            log.info(
+                "claims_guarded_write_missed", collection=collection, expected=len(updates), matched=done.matched_count
+            )
             return False
         return True
 
@@ -300,14 +320,19 @@ class ClaimsStore:
         if not wanted:
             return []
         have = set(claim_ids)
-        return [d["_id"] async for d in self.unpublished.find({"_id": {"$in": wanted}}, {"claims": 1})
-                if set(d.get("claims", [])) <= have]
+        return [
+            d["_id"]
+            async for d in self.unpublished.find({"_id": {"$in": wanted}}, {"claims": 1})
+            if set(d.get("claims", [])) <= have
+        ]
 
     async def _forget_published(self, claims: Iterable[Claim]) -> None:
         """An outbox whose token is no longer in ``unpublished`` holds nothing left to publish."""
         with_outbox = [c for c in claims if c.outbox]
         tokens = sorted({c.outbox_token for c in with_outbox if c.outbox_token})
-        live = {d["_id"] async for d in self.unpublished.find({"_id": {"$in": tokens}}, {"_id": 1})} if tokens else set()
+        live = (
+            {d["_id"] async for d in self.unpublished.find({"_id": {"$in": tokens}}, {"_id": 1})} if tokens else set()
+        )
         for claim in with_outbox:
             if claim.outbox_token not in live:
                 claim.outbox = []
@@ -326,12 +351,17 @@ class ClaimsStore:
         orphan_before = datetime.now(UTC) - ORPHAN_AFTER
         # Left by a writer that stopped before deleting it; a claim not stored yet may be
         # under way (the document is written first).
-        done = [d["_id"] for d in docs if (d["_id"] in claims and claims[d["_id"]].status != "pending_author")
-                or (d["_id"] not in claims and d.get("at", orphan_before) <= orphan_before)]
+        done = [
+            d["_id"]
+            for d in docs
+            if (d["_id"] in claims and claims[d["_id"]].status != "pending_author")
+            or (d["_id"] not in claims and d.get("at", orphan_before) <= orphan_before)
+        ]
         if done:
             await self.waiting.delete_many({"_id": {"$in": done}})
-        return sorted((c for c in claims.values() if c.status == "pending_author"),
-                      key=lambda c: (c.created_at, c.claim_id))
+        return sorted(
+            (c for c in claims.values() if c.status == "pending_author"), key=lambda c: (c.created_at, c.claim_id)
+        )
 
     async def unpublished_before(self, before: datetime) -> list[Claim]:
         """Claims whose outbox a writer left unpublished for longer than the grace time."""
@@ -367,8 +397,11 @@ def _author(d: dict[str, Any]) -> AuthorRecord:
     return AuthorRecord(
         author_id=d["_id"],
         identity=Identity(ident["display_name"], ident.get("orcid"), tuple(ident.get("domains", [])), ident["revision"])
-        if ident else None,
-        claim=AuthorClaimState.model_validate(d["claim"]) if d.get("claim") else AuthorClaimState(claimed=False, revision=1),
+        if ident
+        else None,
+        claim=AuthorClaimState.model_validate(d["claim"])
+        if d.get("claim")
+        else AuthorClaimState(claimed=False, revision=1),
         open_claims=list(d.get("open_claims", [])),
         version=d.get("version", 0),
     )
@@ -377,15 +410,35 @@ def _author(d: dict[str, Any]) -> AuthorRecord:
 def _author_doc(a: AuthorRecord) -> dict[str, Any]:
     ident = a.identity
     return {
-        "identity": {"display_name": ident.display_name, "orcid": ident.orcid, "domains": list(ident.domains),
-                     "revision": ident.revision} if ident else None,
+        "identity": {
+            "display_name": ident.display_name,
+            "orcid": ident.orcid,
+            "domains": list(ident.domains),
+            "revision": ident.revision,
+        }
+        if ident
+        else None,
         "claim": a.claim.model_dump(mode="python"),
         "open_claims": list(a.open_claims),
     }
 
 
-_CLAIM_FIELDS = ("author_id", "user_id", "status", "created_at", "updated_at", "evidence", "show_owner", "level",
-                 "reason", "detail", "history", "applied", "outbox", "outbox_token")
+_CLAIM_FIELDS = (
+    "author_id",
+    "user_id",
+    "status",
+    "created_at",
+    "updated_at",
+    "evidence",
+    "show_owner",
+    "level",
+    "reason",
+    "detail",
+    "history",
+    "applied",
+    "outbox",
+    "outbox_token",
+)
 
 
 def _claim(d: dict[str, Any]) -> Claim:

@@ -39,12 +39,12 @@ from contracts.registry import decode
 from contracts.topics import Topic
 from service_runtime.delivery import Incoming
 from service_runtime.logging import get_logger
+from service_runtime.offsets import ReadHorizon
 from service_runtime.publishing import EventPublisher, Outgoing
 from service_runtime.replay import published_revisions
-from service_runtime.offsets import ReadHorizon
 from services.follow.rules import Command, Edge, apply_commands, unknown_author_expired
-from services.follow.store import FollowStore, edge_doc, edge_from
 from services.follow.settings import FollowSettings
+from services.follow.store import FollowStore, edge_doc, edge_from
 
 log = get_logger(__name__)
 NUDGE_PREFIX = "nudge:"
@@ -86,8 +86,9 @@ class FollowCommands:
         self.settings = settings
         self._handling = asyncio.Lock()
         # How far the sources group has read profile.events (see ``_sources_read_until``).
-        self._sources_read = ReadHorizon(settings.kafka_bootstrap_servers, settings.sources_group,
-                                         [settings.physical_topic(Topic.PROFILE_EVENTS)])
+        self._sources_read = ReadHorizon(
+            settings.kafka_bootstrap_servers, settings.sources_group, [settings.physical_topic(Topic.PROFILE_EVENTS)]
+        )
 
     def is_nudge(self, envelope: Envelope) -> bool:
         """A copy of a parked command the sweeper sends to wake its author's partition up."""
@@ -128,29 +129,39 @@ class FollowCommands:
                 queues[author_id] = (parked.get(author_id, []), new)
         if not queues:
             return
-        edges = await self.store.edges_of_many({
-            a: {q.payload.user_id for q in old + new} for a, (old, new) in queues.items() if docs[a].get("known")})
+        edges = await self.store.edges_of_many(
+            {a: {q.payload.user_id for q in old + new} for a, (old, new) in queues.items() if docs[a].get("known")}
+        )
         now = datetime.now(UTC)
         commits: dict[str, dict[str, Any]] = {}
         to_park: list[dict[str, Any]] = []
         for author_id, (old, new) in queues.items():
-            fields, park = self._author(author_id, docs[author_id], old, new, edges.get(author_id, {}), now,
-                                        sources_read_until)
+            fields, park = self._author(
+                author_id, docs[author_id], old, new, edges.get(author_id, {}), now, sources_read_until
+            )
             commits[author_id] = fields
             to_park.extend(park)
         await self.store.park(to_park)
         # The sweeper finds parked authors in ``parked_authors``: added before the commit
         # (a parked author is always found), removed after it (a stale entry is passed over).
-        await self.store.add_parked_authors([a for a, f in commits.items()
-                                             if f["has_parked"] and not docs[a].get("has_parked")])
+        await self.store.add_parked_authors(
+            [a for a, f in commits.items() if f["has_parked"] and not docs[a].get("has_parked")]
+        )
         await self.store.set_authors_fields(commits)  # each author's update is its commit point
-        await self.store.remove_parked_authors([a for a, f in commits.items()
-                                                if not f["has_parked"] and docs[a].get("has_parked")])
+        await self.store.remove_parked_authors(
+            [a for a, f in commits.items() if not f["has_parked"] and docs[a].get("has_parked")]
+        )
         await self._finish({a: fields["pending"] for a, fields in commits.items()})
 
     def _author(
-        self, author_id: str, doc: dict[str, Any], parked: list[Queued], new: list[Queued], edges: dict[str, Edge],
-        now: datetime, sources_read_until: datetime | None = None,
+        self,
+        author_id: str,
+        doc: dict[str, Any],
+        parked: list[Queued],
+        new: list[Queued],
+        edges: dict[str, Edge],
+        now: datetime,
+        sources_read_until: datetime | None = None,
     ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
         """One author's commit (the fields to set, with the ``pending`` outbox) and the
         documents of the commands to park. A parked follow of an unknown author is rejected
@@ -199,8 +210,13 @@ class FollowCommands:
         return fields, park_docs
 
     def _apply(
-        self, author_id: str, doc: dict[str, Any], queue: list[Queued], edges: dict[str, Edge],
-        events: list[Outgoing], fields: dict[str, Any],
+        self,
+        author_id: str,
+        doc: dict[str, Any],
+        queue: list[Queued],
+        edges: dict[str, Edge],
+        events: list[Outgoing],
+        fields: dict[str, Any],
     ) -> dict[str, Any]:
         commands = [
             Command("follow" if q.is_follow else "unfollow", q.payload.user_id, q.envelope.occurred_at, q)
@@ -222,10 +238,13 @@ class FollowCommands:
             last = queue[-1]
             # The revision is part of the id: a re-sent command may end two batches, and each
             # batch's count is its own event.
-            events.append(self.publisher.outgoing(
-                FollowerCountChanged(author_id=author_id, count=applied.count, revision=revision), cause=last.envelope,
-                event_id=deterministic_event_id(last.envelope.event_id, "FollowerCountChanged", revision),
-            ))
+            events.append(
+                self.publisher.outgoing(
+                    FollowerCountChanged(author_id=author_id, count=applied.count, revision=revision),
+                    cause=last.envelope,
+                    event_id=deterministic_event_id(last.envelope.event_id, "FollowerCountChanged", revision),
+                )
+            )
             fields.update(follower_count=applied.count, count_revision=revision)
         elif applied.changed:
             # Written even when the batch nets to no change (a follow and its unfollow): a
@@ -241,8 +260,9 @@ class FollowCommands:
         is idempotent, so re-running it is safe."""
         if not pending:
             return
-        await self.store.write_edges_many({a: {state["u"]: edge_from(state) for state in p.get("edges", [])}
-                                           for a, p in pending.items()})
+        await self.store.write_edges_many(
+            {a: {state["u"]: edge_from(state) for state in p.get("edges", [])} for a, p in pending.items()}
+        )
         await self.publisher.publish([decode_outgoing(e) for p in pending.values() for e in p.get("events", [])])
         await self.store.drop_parked([i for p in pending.values() for i in p.get("parked_done", [])])
         await self.store.mark_outboxes_done([p["id"] for p in pending.values()])
@@ -254,8 +274,9 @@ class FollowCommands:
         out: dict[str, list[Queued]] = {}
         for author_id, doc in docs.items():
             queued = []
-            for parked in sorted((found[i] for i in doc.get("parked_ids") or [] if i in found),
-                                 key=lambda p: p["offset"]):
+            for parked in sorted(
+                (found[i] for i in doc.get("parked_ids") or [] if i in found), key=lambda p: p["offset"]
+            ):
                 envelope, payload = decode(Topic.WEBAPP_FOLLOWS, parked["envelope"].encode())
                 queued.append(Queued(envelope, payload, parked["partition"], parked["offset"], parked))  # type: ignore[arg-type]
             out[author_id] = queued
@@ -263,14 +284,19 @@ class FollowCommands:
 
     def _parked_doc(self, author_id: str, q: Queued, now: datetime) -> dict[str, Any]:
         return {
-            "_id": str(q.envelope.event_id), "author_id": author_id, "partition": q.partition, "offset": q.offset,
-            "envelope": q.envelope.model_dump_json(), "parked_at": now,
+            "_id": str(q.envelope.event_id),
+            "author_id": author_id,
+            "partition": q.partition,
+            "offset": q.offset,
+            "envelope": q.envelope.model_dump_json(),
+            "parked_at": now,
             "expires_at": now + timedelta(seconds=self.settings.unknown_author_wait_s),
         }
 
     def _event(self, payload: EventModel, cause: Queued) -> Outgoing:
         return self.publisher.outgoing(
-            payload, cause=cause.envelope,
+            payload,
+            cause=cause.envelope,
             event_id=deterministic_event_id(cause.envelope.event_id, payload.event_type),
         )
 
@@ -299,13 +325,15 @@ class FollowCommands:
                 continue
             until = author.get("parked_until")
             if author.get("parked_ids") and (
-                    author.get("known") or (until is not None and unknown_author_expired(until, sources_read_until))):
+                author.get("known") or (until is not None and unknown_author_expired(until, sources_read_until))
+            ):
                 due.append(author)
         first = await self.store.parked_by_id(a["parked_ids"][0] for a in due)
         due = [a for a in due if a["parked_ids"][0] in first]
         nudges = [self._nudge(first[a["parked_ids"][0]]) for a in due]
-        await self.store.mark_nudged({a["_id"]: int(a.get("nudges") or 0) + (a.get("nudged_at") is not None)
-                                      for a in due}, now)
+        await self.store.mark_nudged(
+            {a["_id"]: int(a.get("nudges") or 0) + (a.get("nudged_at") is not None) for a in due}, now
+        )
         if self.settings.rebuilding:
             # A rebuild publishes nothing and runs as one process: hand the nudges to the
             # command handler directly.
@@ -318,8 +346,11 @@ class FollowCommands:
         """The moment up to which the sources consumer group has handled profile.events
         (stored, so the command consumer of any replica reads the same), advanced while an
         unknown author's wait is over and its follows wait for that reading."""
-        waiting = [a["parked_until"] for a in parked_authors
-                   if not a.get("known") and a.get("parked_until") is not None and a["parked_until"] <= now]
+        waiting = [
+            a["parked_until"]
+            for a in parked_authors
+            if not a.get("known") and a.get("parked_until") is not None and a["parked_until"] <= now
+        ]
         if not waiting:
             return None
         stored = await self.store.sources_read_until()
@@ -346,11 +377,14 @@ class FollowCommands:
         FollowerCountChanged the live service published (see ``published_revisions``), which
         is what consumers hold, whether this rebuild counted fewer changes or more."""
         top = await published_revisions(
-            self.settings, Topic.FOLLOWS_EVENTS,
-            lambda event_type, data: data.get("revision") if event_type == "FollowerCountChanged" else None)
+            self.settings,
+            Topic.FOLLOWS_EVENTS,
+            lambda event_type, data: data.get("revision") if event_type == "FollowerCountChanged" else None,
+        )
         docs = await self.store.authors_by_id(top)
-        revisions: dict[str, int | None] = {a: r for a, r in top.items()
-                                            if int((docs.get(a) or {}).get("count_revision") or 0) != r}
+        revisions: dict[str, int | None] = {
+            a: r for a, r in top.items() if int((docs.get(a) or {}).get("count_revision") or 0) != r
+        }
         # And none where live published none: its batches netted every change to zero
         # (a parked follow and its unfollow applied together) where this rebuild's did not.
         revisions.update({a: None for a in await self.store.authors_with_count_revision() if a not in top})

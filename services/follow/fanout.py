@@ -4,7 +4,8 @@ Planning (on the source event's consumer, a whole batch of source events at once
 snapshots the followers at the moment of each source event, cuts them into user-id ranges
 of ``fanout_chunk_size``, stores each chunk's members and the plan (``_id`` = fanout id
 derived from the source event id: a replayed source event finds the plan standing), then
-publishes one ``FanoutChunkRequested`` per chunk on ``follow.fanout`` (12 partitions, keyed by "<fanout_id>:<n>"): any replica of
+publishes one ``FanoutChunkRequested`` per chunk on ``follow.fanout`` (12 partitions, keyed by
+"<fanout_id>:<n>"): any replica of
 the fan-out consumer group takes any chunk, and a huge fan-out never occupies the
 consumers of commands and source events.
 
@@ -83,22 +84,36 @@ class FanoutPlanner:
         chunks = [
             self.publisher.outgoing(
                 FanoutChunkRequested(
-                    fanout_id=uuid.UUID(t.fanout_id), chunk_key=f"{t.fanout_id}:{n}", author_id=t.author_id,
-                    kind=plan["kind"], source_event_id=t.source.event_id, title=plan["title"],
-                    after_user_id=r["after"], upto_user_id=r["upto"], followed_before=plan["followed_before"],
+                    fanout_id=uuid.UUID(t.fanout_id),
+                    chunk_key=f"{t.fanout_id}:{n}",
+                    author_id=t.author_id,
+                    kind=plan["kind"],
+                    source_event_id=t.source.event_id,
+                    title=plan["title"],
+                    after_user_id=r["after"],
+                    upto_user_id=r["upto"],
+                    followed_before=plan["followed_before"],
                 ),
-                cause=t.source, event_id=deterministic_event_id(t.fanout_id, "chunk", n),
+                cause=t.source,
+                event_id=deterministic_event_id(t.fanout_id, "chunk", n),
             )
-            for t in todo if not (plan := plans[t.fanout_id]).get("published")
+            for t in todo
+            if not (plan := plans[t.fanout_id]).get("published")
             for n, r in enumerate(plan["chunks"])
         ]
         unpublished = [t.fanout_id for t in todo if not plans[t.fanout_id].get("published")]
         planned = time.perf_counter()
         await self.publisher.publish(chunks)
         await self.store.mark_fanouts_published(unpublished)
-        log.info("fanouts_planned", fanouts=len(todo), with_followers=len(unpublished), chunks=len(chunks),
-                 followers=sum(int(plans[t.fanout_id].get("followers") or 0) for t in todo),
-                 plan_s=round(planned - started, 3), total_s=round(time.perf_counter() - started, 3))
+        log.info(
+            "fanouts_planned",
+            fanouts=len(todo),
+            with_followers=len(unpublished),
+            chunks=len(chunks),
+            followers=sum(int(plans[t.fanout_id].get("followers") or 0) for t in todo),
+            plan_s=round(planned - started, 3),
+            total_s=round(time.perf_counter() - started, 3),
+        )
         return len(chunks)
 
     async def _new_plans(
@@ -115,14 +130,26 @@ class FanoutPlanner:
             moment = t.source.occurred_at
             users = recipients(edges.get(t.author_id, ()), moment)
             chunks = cut_chunks(users, self.settings.fanout_chunk_size)
-            chunk_docs.extend({"_id": f"{t.fanout_id}:{r.number}", "after": r.after_user_id, "upto": r.upto_user_id,
-                               "users": members} for r, members in chunks)
-            plan_docs.append({
-                "_id": t.fanout_id, "author_id": t.author_id, "kind": t.kind, "title": t.title,
-                "source_event_id": str(t.source.event_id), "followed_before": moment, "followers": len(users),
-                "chunks": [{"after": r.after_user_id, "upto": r.upto_user_id} for r, _ in chunks],  # no nested arrays
-                "published": not chunks, "planned_at": datetime.now(UTC),
-            })
+            chunk_docs.extend(
+                {"_id": f"{t.fanout_id}:{r.number}", "after": r.after_user_id, "upto": r.upto_user_id, "users": members}
+                for r, members in chunks
+            )
+            plan_docs.append(
+                {
+                    "_id": t.fanout_id,
+                    "author_id": t.author_id,
+                    "kind": t.kind,
+                    "title": t.title,
+                    "source_event_id": str(t.source.event_id),
+                    "followed_before": moment,
+                    "followers": len(users),
+                    "chunks": [
+                        {"after": r.after_user_id, "upto": r.upto_user_id} for r, _ in chunks
+                    ],  # no nested arrays
+                    "published": not chunks,
+                    "planned_at": datetime.now(UTC),
+                }
+            )
         await self.store.save_chunks(chunk_docs)  # before the plans: a standing plan always has its members
         return await self.store.create_fanouts(plan_docs)
 
@@ -135,8 +162,7 @@ class ChunkWorker:
     async def handle(self, batch: Sequence[Incoming]) -> None:
         chunks = [i for i in batch if isinstance(i.payload, FanoutChunkRequested)]
         finished = await self.store.finished_chunks(c.payload.chunk_key for c in chunks)  # type: ignore[attr-defined]
-        todo = list({p.chunk_key: (c, p) for c in chunks
-                     if (p := c.payload).chunk_key not in finished}.values())  # type: ignore[attr-defined]
+        todo = list({p.chunk_key: (c, p) for c in chunks if (p := c.payload).chunk_key not in finished}.values())  # type: ignore[attr-defined]
         if not todo:
             return
         started = time.perf_counter()
@@ -149,8 +175,12 @@ class ChunkWorker:
             for user in users:
                 nid = derive_notification_id(chunk.source_event_id, user)  # type: ignore[attr-defined]
                 note = NotificationCreated(
-                    notification_id=nid, user_id=user, author_id=chunk.author_id, kind=chunk.kind,  # type: ignore[attr-defined]
-                    source_event_id=chunk.source_event_id, title=chunk.title,  # type: ignore[attr-defined]
+                    notification_id=nid,
+                    user_id=user,
+                    author_id=chunk.author_id,
+                    kind=chunk.kind,  # type: ignore[attr-defined]
+                    source_event_id=chunk.source_event_id,
+                    title=chunk.title,  # type: ignore[attr-defined]
                     created_at=chunk.followed_before,  # type: ignore[attr-defined]
                 )
                 inbox.append(inbox_doc(note))
@@ -161,9 +191,16 @@ class ChunkWorker:
         await self.publisher.publish(out)
         published = time.perf_counter()
         await self.store.mark_chunks_done([chunk.chunk_key for _, chunk in todo])
-        log.info("fanout_chunks_done", chunks=len(todo), notifications=len(out), load_s=round(loaded - started, 3),
-                 build_s=round(built - loaded, 3), insert_s=round(inserted - built, 3),
-                 publish_s=round(published - inserted, 3), done_s=round(time.perf_counter() - published, 3))
+        log.info(
+            "fanout_chunks_done",
+            chunks=len(todo),
+            notifications=len(out),
+            load_s=round(loaded - started, 3),
+            build_s=round(built - loaded, 3),
+            insert_s=round(inserted - built, 3),
+            publish_s=round(published - inserted, 3),
+            done_s=round(time.perf_counter() - published, 3),
+        )
 
     async def _members(self, chunk: FanoutChunkRequested, doc: dict[str, Any] | None) -> list[str]:
         if doc is not None and doc.get("after") == chunk.after_user_id and doc.get("upto") == chunk.upto_user_id:
@@ -172,6 +209,5 @@ class ChunkWorker:
         author = await self.store.author(chunk.author_id) or {}
         edges = await self.store.all_edges(chunk.author_id, author.get("pages") or [])
         return [
-            u for u in recipients(edges, chunk.followed_before)
-            if in_range(u, chunk.after_user_id, chunk.upto_user_id)
+            u for u in recipients(edges, chunk.followed_before) if in_range(u, chunk.after_user_id, chunk.upto_user_id)
         ]

@@ -19,8 +19,13 @@ from services.follow.store import FollowStore
 
 def inbox_doc(note: NotificationCreated) -> dict[str, Any]:
     return {
-        "_id": str(note.notification_id), "user_id": note.user_id, "author_id": note.author_id, "kind": note.kind,
-        "source_event_id": str(note.source_event_id), "title": note.title, "created_at": note.created_at,
+        "_id": str(note.notification_id),
+        "user_id": note.user_id,
+        "author_id": note.author_id,
+        "kind": note.kind,
+        "source_event_id": str(note.source_event_id),
+        "title": note.title,
+        "created_at": note.created_at,
         "read": False,
     }
 

@@ -105,26 +105,42 @@ def _user_id_valid(user: Principal) -> str:
     return user.user_id
 
 
-@router.post("/follows", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted, tags=["follows"],
-             summary="Follow an author (the user comes from the token)")
+@router.post(
+    "/follows",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Accepted,
+    tags=["follows"],
+    summary="Follow an author (the user comes from the token)",
+)
 async def follow(body: FollowBody, user: CurrentUser, publisher: Publisher) -> Accepted:
     out = publisher.outgoing(FollowRequested(user_id=_user_id_valid(user), author_id=body.author_id))
     await publisher.publish([out])
     return Accepted(command="FollowRequested", event_id=str(out.envelope.event_id))
 
 
-@router.delete("/follows/{author_id}", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted,
-               tags=["follows"], summary="Unfollow an author (a no-op if not followed)")
+@router.delete(
+    "/follows/{author_id}",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Accepted,
+    tags=["follows"],
+    summary="Unfollow an author (a no-op if not followed)",
+)
 async def unfollow(author_id: AuthorId, user: CurrentUser, publisher: Publisher) -> Accepted:
     out = publisher.outgoing(UnfollowRequested(user_id=_user_id_valid(user), author_id=author_id))
     await publisher.publish([out])
     return Accepted(command="UnfollowRequested", event_id=str(out.envelope.event_id))
 
 
-@router.get("/authors/{author_id}/followers", response_model=FollowersPage, tags=["follows"],
-            summary="Followers of an author, by user id, paged")
+@router.get(
+    "/authors/{author_id}/followers",
+    response_model=FollowersPage,
+    tags=["follows"],
+    summary="Followers of an author, by user id, paged",
+)
 async def followers(
-    author_id: AuthorId, store: Store, settings: Settings,
+    author_id: AuthorId,
+    store: Store,
+    settings: Settings,
     cursor: Annotated[str | None, Query(pattern=ID_PATTERN, description="next_cursor of the previous page")] = None,
     limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
 ) -> FollowersPage:
@@ -136,17 +152,19 @@ async def followers(
     active = sorted((u, e.followed_at) for u, e in edges if e.active and (cursor is None or u > cursor))
     page = active[:size]
     return FollowersPage(
-        author_id=author_id, follower_count=int(author.get("follower_count") or 0),
+        author_id=author_id,
+        follower_count=int(author.get("follower_count") or 0),
         followers=[Follower(user_id=u, followed_at=at) for u, at in page],
         next_cursor=page[-1][0] if len(active) > size else None,
     )
 
 
-@router.get("/users/{user_id}/following", response_model=Following, tags=["follows"],
-            summary="Authors a user follows")
+@router.get("/users/{user_id}/following", response_model=Following, tags=["follows"], summary="Authors a user follows")
 async def following(user_id: UserId, store: Store) -> Following:
-    return Following(user_id=user_id,
-                     following=[Followed(author_id=a, followed_at=at) for a, at in await store.following_of(user_id)])
+    return Following(
+        user_id=user_id,
+        following=[Followed(author_id=a, followed_at=at) for a, at in await store.following_of(user_id)],
+    )
 
 
 def _only_self(user_id: str, user: Principal) -> None:
@@ -166,10 +184,17 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         raise HTTPException(HTTPStatus.UNPROCESSABLE_ENTITY, "invalid cursor") from None
 
 
-@router.get("/users/{user_id}/notifications", response_model=NotificationsPage, tags=["notifications"],
-            summary="The user's own notifications, newest first")
+@router.get(
+    "/users/{user_id}/notifications",
+    response_model=NotificationsPage,
+    tags=["notifications"],
+    summary="The user's own notifications, newest first",
+)
 async def notifications(
-    user_id: UserId, user: CurrentUser, store: Store, settings: Settings,
+    user_id: UserId,
+    user: CurrentUser,
+    store: Store,
+    settings: Settings,
     cursor: Annotated[str | None, Query(max_length=300)] = None,
     unread: Annotated[bool, Query(description="only unread ones")] = False,
     limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
@@ -183,22 +208,39 @@ async def notifications(
     return NotificationsPage(
         user_id=user_id,
         notifications=[
-            Notification(notification_id=d["_id"], author_id=d["author_id"], kind=d["kind"], title=d["title"],
-                         source_event_id=d["source_event_id"], created_at=d["created_at"], read=d["read"])
+            Notification(
+                notification_id=d["_id"],
+                author_id=d["author_id"],
+                kind=d["kind"],
+                title=d["title"],
+                source_event_id=d["source_event_id"],
+                created_at=d["created_at"],
+                read=d["read"],
+            )
             for d in page
         ],
         next_cursor=_encode_cursor(page[-1]) if len(docs) > size else None,
     )
 
 
-@router.post("/users/{user_id}/notifications/read", status_code=status.HTTP_202_ACCEPTED, response_model=Accepted,
-             tags=["notifications"], summary="Mark the given notifications (or all) read")
+@router.post(
+    "/users/{user_id}/notifications/read",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=Accepted,
+    tags=["notifications"],
+    summary="Mark the given notifications (or all) read",
+)
 async def mark_read(
-    user_id: UserId, user: CurrentUser, publisher: Publisher, body: Annotated[MarkRead | None, Body()] = None,
+    user_id: UserId,
+    user: CurrentUser,
+    publisher: Publisher,
+    body: Annotated[MarkRead | None, Body()] = None,
 ) -> Accepted:
     """Published on the user's partition of notifications.events (after every notification
     it can cover) and applied by the inbox consumer, so a rebuild of the inbox keeps it."""
     _only_self(user_id, user)
-    out = publisher.outgoing(NotificationsRead(user_id=user_id, notification_ids=body.notification_ids if body else None))
+    out = publisher.outgoing(
+        NotificationsRead(user_id=user_id, notification_ids=body.notification_ids if body else None)
+    )
     await publisher.publish([out])
     return Accepted(command="NotificationsRead", event_id=str(out.envelope.event_id))

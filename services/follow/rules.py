@@ -127,7 +127,7 @@ def cut_chunks(sorted_users: Sequence[str], size: int) -> list[tuple[ChunkRange,
     chunks = []
     previous: str | None = None
     for number, start in enumerate(range(0, len(sorted_users), size)):
-        members = list(sorted_users[start:start + size])
+        members = list(sorted_users[start : start + size])
         chunks.append((ChunkRange(number, previous, members[-1]), members))
         previous = members[-1]
     return chunks

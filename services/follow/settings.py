@@ -6,7 +6,6 @@ from pydantic import Field
 
 from service_runtime.settings import RuntimeSettings
 
-
 # The consumer group (suffix) that reads profile.events, claims.events and trust.events.
 SOURCES_GROUP = "sources"
 

@@ -35,8 +35,15 @@ from services.follow.store import FollowStore
 log = get_logger(__name__)
 
 _PROFILE = (AuthorRegistered, AuthorUpdated, WorkAdded, WorkUpdated)
-_CLAIM_STATE = (ClaimSubmitted, ClaimNeedsReview, ClaimApproved, ClaimRejected, ClaimWithdrawnEvent, ClaimRevoked,
-                VerificationLevelChanged)
+_CLAIM_STATE = (
+    ClaimSubmitted,
+    ClaimNeedsReview,
+    ClaimApproved,
+    ClaimRejected,
+    ClaimWithdrawnEvent,
+    ClaimRevoked,
+    VerificationLevelChanged,
+)
 
 
 @dataclass
@@ -47,7 +54,9 @@ class SourceBatch:
     triggers: list[FanoutTrigger] = field(default_factory=list)
 
 
-def apply_source_events(events: Sequence[tuple[Envelope, EventModel]], authors: dict[str, dict[str, Any]]) -> SourceBatch:
+def apply_source_events(
+    events: Sequence[tuple[Envelope, EventModel]], authors: dict[str, dict[str, Any]]
+) -> SourceBatch:
     """Apply a batch in order to ``authors`` (the stored documents, updated in place; an
     author seen for the first time is added) and say what to write and whom to notify."""
     out = SourceBatch()
@@ -84,9 +93,16 @@ class SourceEvents:
         written = time.perf_counter()
         if self.planner is not None:
             await self.planner.plan(applied.triggers, authors)
-        log.info("source_batch", events=len(batch), authors=len(authors), changed=len(applied.changes),
-                 triggers=len(applied.triggers), read_s=round(read - started, 3),
-                 write_s=round(written - read, 3), plan_s=round(time.perf_counter() - written, 3))
+        log.info(
+            "source_batch",
+            events=len(batch),
+            authors=len(authors),
+            changed=len(applied.changes),
+            triggers=len(applied.triggers),
+            read_s=round(read - started, 3),
+            write_s=round(written - read, 3),
+            plan_s=round(time.perf_counter() - written, 3),
+        )
 
 
 def _set(out: SourceBatch, doc: dict[str, Any], fields: dict[str, Any]) -> None:

@@ -27,10 +27,19 @@ def build_service(settings: ProfileSettings | None = None) -> Service:
     service.projection = PROJECTION
     ingest = IngestPublications(store, service.publisher, settings)
     service.consume(Topic.PUBLICATIONS_INGESTED, handler=ingest, group="ingest")
-    service.consume(Topic.CLAIMS_EVENTS, Topic.TRUST_EVENTS, Topic.FOLLOWS_EVENTS,
-                    handler=RecordStanding(store, settings), group="standing")
-    for model in (profile_events.AuthorRegistered, profile_events.AuthorUpdated,
-                  profile_events.WorkAdded, profile_events.WorkUpdated):
+    service.consume(
+        Topic.CLAIMS_EVENTS,
+        Topic.TRUST_EVENTS,
+        Topic.FOLLOWS_EVENTS,
+        handler=RecordStanding(store, settings),
+        group="standing",
+    )
+    for model in (
+        profile_events.AuthorRegistered,
+        profile_events.AuthorUpdated,
+        profile_events.WorkAdded,
+        profile_events.WorkUpdated,
+    ):
         service.produces(Topic.PROFILE_EVENTS, schema=model)
     service.on_startup(store.ensure_indexes)
 

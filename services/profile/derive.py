@@ -71,7 +71,9 @@ def record_verification_level(orcid: str | None, works_with_external_id: int) ->
     return "L1" if orcid or works_with_external_id else "L0"
 
 
-def derive_state(identity: dict[str, Any], entries: list[WorkEntry], revision: int, min_shared_works: int) -> dict[str, Any]:
+def derive_state(
+    identity: dict[str, Any], entries: list[WorkEntry], revision: int, min_shared_works: int
+) -> dict[str, Any]:
     """The author's full current state (the fields of contracts' ``AuthorState``)."""
     return Tally(entries, min_shared_works).state(identity, revision)
 
@@ -157,8 +159,9 @@ class Tally:
             "open_to_collaborate": bool(identity.get("open_to_collaborate", False)),
             "works_count": self.works,
             "works_by_year": {y: n for y, n in sorted(self.by_year.items(), reverse=True) if n > 0},
-            "topics": [{"name": t, "count": n}
-                       for t, n in sorted(self.topics.items(), key=lambda tn: (-tn[1], tn[0])) if n > 0],
+            "topics": [
+                {"name": t, "count": n} for t, n in sorted(self.topics.items(), key=lambda tn: (-tn[1], tn[0])) if n > 0
+            ],
             "close_collaborators": [
                 {"author_id": co_id, "display_name": names[co_id], "shared_works": shared[co_id]}
                 for co_id in sorted(self.close, key=lambda c: (-shared[c], names[c], c))

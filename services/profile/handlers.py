@@ -26,7 +26,8 @@ def to_outbox(out: Outgoing) -> str:
     # One JSON string per event: FerretDB rewrites a document several times faster when
     # the outbox is a list of strings than when it is deeply nested documents. The envelope
     # is serialized by pydantic straight to JSON (no dict in between).
-    return f'{{"topic":{compact.dumps(out.topic)},"key":{compact.dumps(out.key)},"envelope":{out.envelope.model_dump_json()}}}'
+    topic, key = compact.dumps(out.topic), compact.dumps(out.key)
+    return f'{{"topic":{topic},"key":{key},"envelope":{out.envelope.model_dump_json()}}}'
 
 
 def from_outbox(item: str) -> Outgoing:
@@ -72,8 +73,9 @@ class IngestPublications:
         stored = await self.store.load_works(d.work.work_id for _, d in items if isinstance(d, WorkIngested))
         loaded = await self.store.load_authors(authors_touched(items, stored))
         finished = loaded.finished_tokens()  # before planning: the write below re-tokens the records
-        plan = plan_batch(items, loaded.records, stored,
-                          min_shared_works=self.settings.close_collaborator_min_shared_works)
+        plan = plan_batch(
+            items, loaded.records, stored, min_shared_works=self.settings.close_collaborator_min_shared_works
+        )
         fresh: dict[str, Outgoing] = {}  # this batch's events, already built: not parsed back
         for event in plan.events:
             out = self.publisher.outgoing(event.payload, cause=event.cause, event_id=event.event_id)
@@ -129,8 +131,9 @@ class IngestPublications:
 async def adopt_published_revisions(store: ProfileStore, settings: ProfileSettings) -> None:
     """Rebuild only (a drain hook): each author's revision is the one of the last event the
     live service published for it (see ``service_runtime.replay.published_revisions``)."""
-    top = await published_revisions(settings, Topic.PROFILE_EVENTS,
-                                    lambda _, data: (data.get("author") or {}).get("revision"))
+    top = await published_revisions(
+        settings, Topic.PROFILE_EVENTS, lambda _, data: (data.get("author") or {}).get("revision")
+    )
     records = (await store.load_authors(top)).records
     # Exactly the published one: consumers hold it, so the next change (one more) is newer
     # for them, whether this rebuild counted fewer changes or more.

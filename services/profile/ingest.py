@@ -73,7 +73,7 @@ class AuthorRecord:
         if position is None:
             return False
         old = self.entries[position]
-        self.entries = self.entries[:position] + self.entries[position + 1:]
+        self.entries = self.entries[:position] + self.entries[position + 1 :]
         self.positions = None
         if self.tally is not None:
             self.tally.remove(old, self.entries)
@@ -99,28 +99,46 @@ class AuthorRecord:
             tally = None
             first_page = compact.unpack(doc["page_works"]) if "page_works" in doc else None
         return cls(
-            author_id=doc["_id"], identity={k: doc.get(k) for k in IDENTITY_FIELDS} | {"author_id": doc["_id"]},
-            entries=entries, revision=doc.get("revision", 0), state=state,
-            outbox=stored_outbox(doc), outbox_token=doc.get("outbox_token"),
-            imported=doc.get("imported", False), first_page=first_page,
-            first_page_cursor=doc.get("page_cursor"), first_page_limit=doc.get("page_limit"), tally=tally,
+            author_id=doc["_id"],
+            identity={k: doc.get(k) for k in IDENTITY_FIELDS} | {"author_id": doc["_id"]},
+            entries=entries,
+            revision=doc.get("revision", 0),
+            state=state,
+            outbox=stored_outbox(doc),
+            outbox_token=doc.get("outbox_token"),
+            imported=doc.get("imported", False),
+            first_page=first_page,
+            first_page_cursor=doc.get("page_cursor"),
+            first_page_limit=doc.get("page_limit"),
+            tally=tally,
         )
 
     def to_doc(self, outbox_token: str) -> dict[str, Any]:
         identity = {k: self.identity.get(k) for k in IDENTITY_FIELDS}
         return {
-            "_id": self.author_id, **identity, "name_keys": name_keys(identity["display_name"]),
+            "_id": self.author_id,
+            **identity,
+            "name_keys": name_keys(identity["display_name"]),
             "works_count": len(self.entries),
             # Entries kept newest first (the page's order): the stored list then depends on
             # the set of works only, not on the order their partitions were consumed in.
-            "entries_z": compact.pack(newest_first(self.entries)), "state_json": compact.dumps(self.state),
+            "entries_z": compact.pack(newest_first(self.entries)),
+            "state_json": compact.dumps(self.state),
             # Packed: one author's events of a batch repeat its state, and FerretDB's cost
             # grows with the bytes of a document (read or written, even when not projected).
-            "revision": self.revision, "outbox_z": compact.pack_texts(self.outbox), "outbox_token": outbox_token,
+            "revision": self.revision,
+            "outbox_z": compact.pack_texts(self.outbox),
+            "outbox_token": outbox_token,
             "imported": self.imported,
-            **({} if self.first_page is None else {
-                "page_works": pack_works(self.first_page), "page_limit": self.first_page_limit,
-                "page_cursor": self.first_page_cursor}),
+            **(
+                {}
+                if self.first_page is None
+                else {
+                    "page_works": pack_works(self.first_page),
+                    "page_limit": self.first_page_limit,
+                    "page_cursor": self.first_page_cursor,
+                }
+            ),
         }
 
 
@@ -167,15 +185,25 @@ class BatchPlan:
 
 
 def work_summary(work: Work) -> dict[str, Any]:
-    return {"work_id": work.work_id, "type": work.type, "year": work.year, "title": work.title,
-            "venue": work.venue, "external_ids": work.external_ids.model_dump(mode="json")}
+    return {
+        "work_id": work.work_id,
+        "type": work.type,
+        "year": work.year,
+        "title": work.title,
+        "venue": work.venue,
+        "external_ids": work.external_ids.model_dump(mode="json"),
+    }
 
 
 def work_document(work: Work, fingerprint: str) -> dict[str, Any]:
     """The stored work: the work itself as one JSON string (``stored_work``), which FerretDB
     reads many times faster than the same work as nested values (the page reads 20)."""
-    return {"_id": work.work_id, "fingerprint": fingerprint, "work_json": work.model_dump_json(),
-            "author_ids": [a.author_id for a in work.authors]}
+    return {
+        "_id": work.work_id,
+        "fingerprint": fingerprint,
+        "work_json": work.model_dump_json(),
+        "author_ids": [a.author_id for a in work.authors],
+    }
 
 
 def stored_work(doc: dict[str, Any]) -> dict[str, Any]:
@@ -184,7 +212,9 @@ def stored_work(doc: dict[str, Any]) -> dict[str, Any]:
 
 
 class _Planner:
-    def __init__(self, authors: dict[str, AuthorRecord], works: dict[str, dict[str, Any]], min_shared_works: int) -> None:
+    def __init__(
+        self, authors: dict[str, AuthorRecord], works: dict[str, dict[str, Any]], min_shared_works: int
+    ) -> None:
         self.authors = authors
         self.stored_works = works
         self.changed_works: dict[str, dict[str, Any]] = {}
@@ -204,7 +234,9 @@ class _Planner:
         if event_type in ("WorkAdded", "WorkUpdated"):
             assert work is not None
             cls = ev.WorkAdded if event_type == "WorkAdded" else ev.WorkUpdated
-            payload = cls(author_id=record.author_id, author=state, work=ev.WorkSummary.model_validate(work_summary(work)))
+            payload = cls(
+                author_id=record.author_id, author=state, work=ev.WorkSummary.model_validate(work_summary(work))
+            )
         else:
             cls = ev.AuthorRegistered if event_type == "AuthorRegistered" else ev.AuthorUpdated
             payload = cls(author_id=record.author_id, author=state)
@@ -238,8 +270,13 @@ class _Planner:
             if record is None:
                 record = self._register(
                     author.author_id,
-                    {"display_name": author.display_name, "description": None, "affiliation": None,
-                     "orcid": author.orcid, "open_to_collaborate": False},
+                    {
+                        "display_name": author.display_name,
+                        "description": None,
+                        "affiliation": None,
+                        "orcid": author.orcid,
+                        "open_to_collaborate": False,
+                    },
                     cause,
                 )
             else:

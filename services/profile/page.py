@@ -62,8 +62,9 @@ def unpack_works(packed: bytes) -> str:
     return compact.unpack_text(packed)
 
 
-def first_page(entries: list[WorkEntry], limit: int, known: dict[str, dict[str, Any]]
-               ) -> tuple[list[dict[str, Any]] | None, str | None, list[str]]:
+def first_page(
+    entries: list[WorkEntry], limit: int, known: dict[str, dict[str, Any]]
+) -> tuple[list[dict[str, Any]] | None, str | None, list[str]]:
     """The first ``limit`` works (whole, newest first) and the cursor to the rest, from the
     works whose content is ``known``; the ids missing from ``known`` are returned (and the
     page is None) so the caller can read them and ask again."""

@@ -48,7 +48,9 @@ async def _registered(store: ProfileStore, author_id: str) -> dict[str, Any]:
 
 
 @router.get("/authors/{author_id}", summary="The author's profile page", response_class=JSONResponse)
-async def get_author(author_id: AuthorId, store: Store, page_works: Annotated[int, Depends(get_page_works)]) -> Response:
+async def get_author(
+    author_id: AuthorId, store: Store, page_works: Annotated[int, Depends(get_page_works)]
+) -> Response:
     # The author and its standing at once: two round trips in the time of one.
     doc, standing = await asyncio.gather(store.page_source(author_id), store.standing_of(author_id))
     if doc is None:
@@ -93,10 +95,18 @@ async def search_authors(
     if not folded:
         raise HTTPException(HTTPStatus.UNPROCESSABLE_ENTITY, "q must contain a letter or digit")
     found = await store.search(folded, limit)
-    return {"query": q, "items": [
-        {"author_id": d["_id"], "display_name": d["display_name"], "affiliation": d.get("affiliation"),
-         "works_count": d.get("works_count", 0)} for d in found
-    ]}
+    return {
+        "query": q,
+        "items": [
+            {
+                "author_id": d["_id"],
+                "display_name": d["display_name"],
+                "affiliation": d.get("affiliation"),
+                "works_count": d.get("works_count", 0),
+            }
+            for d in found
+        ],
+    }
 
 
 @router.post("/works", status_code=status.HTTP_202_ACCEPTED, summary="Import a work (role: importer)")

@@ -58,8 +58,13 @@ def _copy_for(env: Envelope, author_id: str, demo_copy: bool) -> Envelope:
             else:
                 author["author_id"] = f"{author_id}.{author['author_id']}"[:128]
         data["author_id"] = work["authors"][0]["author_id"]
-    copy = env.model_copy(update={"data": data, "event_id": deterministic_event_id(env.event_id, author_id),
-                                  "correlation_id": f"seed:{author_id}"})
+    copy = env.model_copy(
+        update={
+            "data": data,
+            "event_id": deterministic_event_id(env.event_id, author_id),
+            "correlation_id": f"seed:{author_id}",
+        }
+    )
     decode(Topic.PUBLICATIONS_INGESTED, copy.to_bytes())  # the rewritten event must still be valid
     return copy
 
@@ -95,8 +100,14 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     settings = RuntimeSettings()
     author_id = args.demo_copy or SEED_AUTHOR_ID
-    n = asyncio.run(load_seed(settings.kafka_bootstrap_servers, author_id=author_id,
-                              demo_copy=bool(args.demo_copy), topic_prefix=settings.topic_prefix))
+    n = asyncio.run(
+        load_seed(
+            settings.kafka_bootstrap_servers,
+            author_id=author_id,
+            demo_copy=bool(args.demo_copy),
+            topic_prefix=settings.topic_prefix,
+        )
+    )
     print(f"published {n} seed events for {author_id}")
 
 

@@ -17,12 +17,30 @@ CLAIM, TRUST, FOLLOWERS = "claim", "trust", "followers"
 
 def standing_update(data: EventModel) -> tuple[str, str, dict[str, Any]] | None:
     """(author_id, part, value) that an event asserts, or None if it asserts none."""
-    if isinstance(data, (claims.VerificationLevelChanged, claims.ClaimSubmitted, claims.ClaimNeedsReview,
-                         claims.ClaimApproved, claims.ClaimRejected, claims.ClaimWithdrawnEvent, claims.ClaimRevoked)):
+    if isinstance(
+        data,
+        (
+            claims.VerificationLevelChanged,
+            claims.ClaimSubmitted,
+            claims.ClaimNeedsReview,
+            claims.ClaimApproved,
+            claims.ClaimRejected,
+            claims.ClaimWithdrawnEvent,
+            claims.ClaimRevoked,
+        ),
+    ):
         return data.author_id, CLAIM, data.author_claim.model_dump(mode="json")
     if isinstance(data, trust.TrustScoreChanged):
-        return data.author_id, TRUST, {"score": data.score, "band": data.band,
-                                       "verification_level": data.verification_level, "revision": data.revision}
+        return (
+            data.author_id,
+            TRUST,
+            {
+                "score": data.score,
+                "band": data.band,
+                "verification_level": data.verification_level,
+                "revision": data.revision,
+            },
+        )
     if isinstance(data, follows.FollowerCountChanged):
         return data.author_id, FOLLOWERS, {"count": data.count, "revision": data.revision}
     return None  # AuthorFollowed, FollowRejected...: the count comes with FollowerCountChanged

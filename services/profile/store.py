@@ -45,7 +45,6 @@ from pymongo.errors import BulkWriteError
 
 from service_runtime.projection import Projection
 from service_runtime.store import bulk_update
-
 from services.profile.ingest import AuthorRecord, stored_entries_and_state, stored_work
 
 _DUPLICATE_KEY = 11000
@@ -109,8 +108,13 @@ class WrittenAuthors:
                 # Only what ``AuthorRecord.from_doc`` takes from it (not the outbox, which
                 # repeats the state in every event).
                 self._records[record.author_id] = AuthorRecord(
-                    record.author_id, {}, record.entries, record.revision, tally=record.tally,
-                    first_page=record.first_page)
+                    record.author_id,
+                    {},
+                    record.entries,
+                    record.revision,
+                    tally=record.tally,
+                    first_page=record.first_page,
+                )
                 self._entries += len(record.entries)
         while self._entries > self.max_entries:
             _, old = self._records.popitem(last=False)
@@ -151,10 +155,12 @@ class ProfileStore:
         pending = await self._pending({doc.get("outbox_token") for doc in docs.values()} - {None})
         with_outbox = [i for i, doc in docs.items() if doc.get("outbox_token") in pending]
         if with_outbox:
-            async for doc in self.authors.find({"_id": {"$in": with_outbox}},
-                                               {"outbox_z": 1, "outbox": 1, "outbox_token": 1}):
-                docs[doc["_id"]].update(outbox_z=doc.get("outbox_z"), outbox=doc.get("outbox"),
-                                        outbox_token=doc.get("outbox_token"))
+            async for doc in self.authors.find(
+                {"_id": {"$in": with_outbox}}, {"outbox_z": 1, "outbox": 1, "outbox_token": 1}
+            ):
+                docs[doc["_id"]].update(
+                    outbox_z=doc.get("outbox_z"), outbox=doc.get("outbox"), outbox_token=doc.get("outbox_token")
+                )
         records = {}
         for author_id, doc in docs.items():
             if doc.get("outbox_token") not in pending:
@@ -167,8 +173,11 @@ class ProfileStore:
         ops: list[Any] = []
         for record in records:
             doc = record.to_doc(record.outbox_token or "")
-            ops.append(UpdateOne({"_id": record.author_id},
-                                 {"$set": {"revision": doc["revision"], "state_json": doc["state_json"]}}))
+            ops.append(
+                UpdateOne(
+                    {"_id": record.author_id}, {"$set": {"revision": doc["revision"], "state_json": doc["state_json"]}}
+                )
+            )
         if ops:
             await bulk_update(self.authors, ops)
 
@@ -184,8 +193,9 @@ class ProfileStore:
         if not records:
             return token
         # The marker first: an author carrying this token is pending from its write on.
-        await self.outboxes.insert_one({"_id": token, "authors": [r.author_id for r in records],
-                                        "written": False, "at": datetime.now(UTC)})
+        await self.outboxes.insert_one(
+            {"_id": token, "authors": [r.author_id for r in records], "written": False, "at": datetime.now(UTC)}
+        )
         ops: list[Any] = []
         updates = 0
         for record in records:
@@ -217,8 +227,10 @@ class ProfileStore:
     async def write_works(self, works: dict[str, dict[str, Any]], stored: set[str]) -> None:
         """New works are inserted, corrected ones replaced: FerretDB inserts a batch in one
         statement but looks up each replaced document on its own."""
-        ops: list[Any] = [ReplaceOne({"_id": wid}, doc, upsert=True) if wid in stored else InsertOne(doc)
-                          for wid, doc in works.items()]
+        ops: list[Any] = [
+            ReplaceOne({"_id": wid}, doc, upsert=True) if wid in stored else InsertOne(doc)
+            for wid, doc in works.items()
+        ]
         if not ops:
             return
         try:
@@ -234,19 +246,28 @@ class ProfileStore:
         if tokens := list(set(tokens)):
             await self.outboxes.delete_many({"_id": {"$in": tokens}})
 
-    async def pending_outboxes(self, written_before: datetime, stale_before: datetime,
-                               limit: int = 100) -> list[tuple[str, list[AuthorRecord]]]:
+    async def pending_outboxes(
+        self, written_before: datetime, stale_before: datetime, limit: int = 100
+    ) -> list[tuple[str, list[AuthorRecord]]]:
         """Outboxes written but not published (e.g. after a crash): each token with the
         authors still carrying it. Tokens written after ``written_before`` are most likely
         being published right now and are left to their writer; a token whose write never
         finished is taken once older than ``stale_before`` (its writer died mid-write)."""
-        markers = [d async for d in self.outboxes.find(
-            {"$or": [{"written": True, "at": {"$lt": written_before}}, {"at": {"$lt": stale_before}}]}).limit(limit)]
+        markers = [
+            d
+            async for d in self.outboxes.find(
+                {"$or": [{"written": True, "at": {"$lt": written_before}}, {"at": {"$lt": stale_before}}]}
+            ).limit(limit)
+        ]
         found = []
         for marker in markers:
             cursor = self.authors.find({"_id": {"$in": marker["authors"]}})
-            found.append((marker["_id"], [AuthorRecord.from_doc(d) async for d in cursor
-                                          if d.get("outbox_token") == marker["_id"]]))
+            found.append(
+                (
+                    marker["_id"],
+                    [AuthorRecord.from_doc(d) async for d in cursor if d.get("outbox_token") == marker["_id"]],
+                )
+            )
         return found
 
     # --- standing (claims, trust, followers) ------------------------------------------
@@ -280,8 +301,9 @@ class ProfileStore:
 
     async def page_source(self, author_id: str) -> dict[str, Any] | None:
         """What the page needs of an author document: its state and stored first page."""
-        return await self.authors.find_one({"_id": author_id},
-                                           {"state_json": 1, "state": 1, "page_works": 1, "page_limit": 1, "page_cursor": 1})
+        return await self.authors.find_one(
+            {"_id": author_id}, {"state_json": 1, "state": 1, "page_works": 1, "page_limit": 1, "page_cursor": 1}
+        )
 
     async def author(self, author_id: str) -> dict[str, Any] | None:
         doc = await self.authors.find_one({"_id": author_id}, {"outbox_z": 0, "outbox": 0, "name_keys": 0})
@@ -299,8 +321,12 @@ class ProfileStore:
         return {doc["_id"]: stored_work(doc) async for doc in cursor}
 
     async def search(self, folded_prefix: str, limit: int) -> list[dict[str, Any]]:
-        cursor = self.authors.find(
-            {"name_keys": {"$regex": "^" + re.escape(folded_prefix)}},
-            {"display_name": 1, "affiliation": 1, "works_count": 1},
-        ).sort("display_name", ASCENDING).limit(limit)
+        cursor = (
+            self.authors.find(
+                {"name_keys": {"$regex": "^" + re.escape(folded_prefix)}},
+                {"display_name": 1, "affiliation": 1, "works_count": 1},
+            )
+            .sort("display_name", ASCENDING)
+            .limit(limit)
+        )
         return [doc async for doc in cursor]

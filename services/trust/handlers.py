@@ -40,9 +40,15 @@ HOLD_BACK_LIMIT = timedelta(seconds=60)
 
 
 class SignalHandler:
-    def __init__(self, store: TrustStore, *, window_ms: int, max_delay_ms: int,
-                 on_due: Callable[[dict[str, datetime]], None] = lambda due: None,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(
+        self,
+        store: TrustStore,
+        *,
+        window_ms: int,
+        max_delay_ms: int,
+        on_due: Callable[[dict[str, datetime]], None] = lambda due: None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.store = store
         self.on_due = on_due
         self.window = timedelta(milliseconds=window_ms)
@@ -66,8 +72,12 @@ class SignalHandler:
         profile events (the partitions of a long backlog are read at different paces) was
         taken by the sweep, scored and published twice."""
         limit = self.clock() - HOLD_BACK_LIMIT
-        return {a for partition, authors in self._held_back.items()
-                if self._partition_read_at.get(partition, limit) > limit for a in authors}
+        return {
+            a
+            for partition, authors in self._held_back.items()
+            if self._partition_read_at.get(partition, limit) > limit
+            for a in authors
+        }
 
     async def __call__(self, batch: Sequence[Incoming]) -> None:
         observations: dict[str, list[signals.Observation]] = {}
@@ -78,8 +88,13 @@ class SignalHandler:
                 self.ignored += 1
                 continue
             if obs.anomalies:
-                log.warning("impossible_signal_values_dropped", author_id=obs.author_id, anomalies=list(obs.anomalies),
-                            correlation_id=item.envelope.correlation_id, event_id=str(item.envelope.event_id))
+                log.warning(
+                    "impossible_signal_values_dropped",
+                    author_id=obs.author_id,
+                    anomalies=list(obs.anomalies),
+                    correlation_id=item.envelope.correlation_id,
+                    event_id=str(item.envelope.event_id),
+                )
             observations.setdefault(obs.author_id, []).append(obs)
             events.setdefault(obs.author_id, []).append(item)
         if not observations:
@@ -90,8 +105,9 @@ class SignalHandler:
             now = self.clock()
             updates, due, hold = [], {}, {}
             for author_id, author_obs in observations.items():
-                update, due_at, wait_for = self._update(author_id, held.get(author_id, {}), author_obs,
-                                                        events[author_id], now)
+                update, due_at, wait_for = self._update(
+                    author_id, held.get(author_id, {}), author_obs, events[author_id], now
+                )
                 if update is not None:
                     updates.append(update)
                 if wait_for is not None:
@@ -101,8 +117,9 @@ class SignalHandler:
             await self.store.save_signals(updates)
         self.on_due(self._release(batch, due, hold, now))
 
-    def _release(self, batch: Sequence[Incoming], due: dict[str, datetime],
-                 hold: dict[str, tuple[int, datetime]], now: datetime) -> dict[str, datetime]:
+    def _release(
+        self, batch: Sequence[Incoming], due: dict[str, datetime], hold: dict[str, tuple[int, datetime]], now: datetime
+    ) -> dict[str, datetime]:
         """The authors due after this batch: those it made due, plus those held back on a
         partition number now read to its end in every input topic, or read past their cap."""
         for authors in self._held_back.values():
@@ -122,8 +139,11 @@ class SignalHandler:
             else:
                 marks = [self._read_up_to.get(tp) for tp in behind]
                 read_up_to = None if None in marks else min(m for m in marks if m is not None)
-                release = {} if read_up_to is None else {
-                    a: now for a, burst_from in authors.items() if read_up_to - burst_from >= self.max_delay}
+                release = (
+                    {}
+                    if read_up_to is None
+                    else {a: now for a, burst_from in authors.items() if read_up_to - burst_from >= self.max_delay}
+                )
             for author_id in release:
                 del authors[author_id]
             due.update(release)
@@ -131,9 +151,14 @@ class SignalHandler:
                 del self._held_back[partition]
         return due
 
-    def _update(self, author_id: str, doc: dict[str, Any], author_obs: list[signals.Observation],
-                items: list[Incoming], now: datetime
-                ) -> tuple[UpdateOne | None, datetime | None, tuple[int, datetime] | None]:
+    def _update(
+        self,
+        author_id: str,
+        doc: dict[str, Any],
+        author_obs: list[signals.Observation],
+        items: list[Incoming],
+        now: datetime,
+    ) -> tuple[UpdateOne | None, datetime | None, tuple[int, datetime] | None]:
         """The author's update (None if no signal changed), when it is due (None if not
         dirty) and, if it is held back, the partition it waits for and its burst's start."""
         projection = {k: doc[k] for k in signals.SOURCES if k in doc}

@@ -18,8 +18,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from contracts.envelope import Envelope, deterministic_event_id
-from contracts.topics import Topic
 from contracts.events.trust import ScoreComponent, ScoreInputs, TrustScoreChanged
+from contracts.topics import Topic
 from service_runtime.logging import get_logger
 from service_runtime.publishing import EventPublisher, Outgoing
 from service_runtime.retry import TRANSIENT_ERRORS
@@ -35,8 +35,9 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
-def describe_change(before: dict[str, Any] | None, after: dict[str, Any],
-                    before_version: int | None, after_version: int) -> str:
+def describe_change(
+    before: dict[str, Any] | None, after: dict[str, Any], before_version: int | None, after_version: int
+) -> str:
     """Why the score moved, in words: which inputs changed since the last score."""
     if before is None:
         return "first score"
@@ -54,8 +55,15 @@ def describe_change(before: dict[str, Any] | None, after: dict[str, Any],
 
 
 class Recomputer:
-    def __init__(self, store: TrustStore, publisher: EventPublisher, *, lease_s: float = 30.0,
-                 formula: scoring.Formula = scoring.CURRENT, clock: Clock = _now) -> None:
+    def __init__(
+        self,
+        store: TrustStore,
+        publisher: EventPublisher,
+        *,
+        lease_s: float = 30.0,
+        formula: scoring.Formula = scoring.CURRENT,
+        clock: Clock = _now,
+    ) -> None:
         self.store = store
         self.publisher = publisher
         self.lease_s = lease_s
@@ -101,9 +109,15 @@ class Recomputer:
             if todo:
                 results = [self._score(doc) for doc in todo]
                 async with self.store.write_lock:
-                    saved = set(await self.store.save_scores(
-                        [(doc, score, envelope and envelope.model_dump(mode="json")) for doc, score, envelope in results],
-                        self.clock()))
+                    saved = set(
+                        await self.store.save_scores(
+                            [
+                                (doc, score, envelope and envelope.model_dump(mode="json"))
+                                for doc, score, envelope in results
+                            ],
+                            self.clock(),
+                        )
+                    )
                 stored = len(saved)
                 self.recomputations += stored
                 await self._publish([envelope for doc, _, envelope in results if envelope and doc["_id"] in saved])
@@ -115,10 +129,15 @@ class Recomputer:
         inputs = signals.score_inputs(doc, self.formula)
         assert inputs is not None, "only authors with a profile are marked dirty"
         result = scoring.compute(inputs, self.formula)
-        snapshot = {"works_count": inputs.works_count, "recent_works": inputs.recent_works, "topics": inputs.topics,
-                    "close_collaborators": inputs.close_collaborators,
-                    "verification_level": inputs.verification_level, "claimed": inputs.claimed,
-                    "followers": inputs.followers}
+        snapshot = {
+            "works_count": inputs.works_count,
+            "recent_works": inputs.recent_works,
+            "topics": inputs.topics,
+            "close_collaborators": inputs.close_collaborators,
+            "verification_level": inputs.verification_level,
+            "claimed": inputs.claimed,
+            "followers": inputs.followers,
+        }
         held = doc.get("score")
         revision = held["revision"] if held else 0
         changed = held is None or held["score"] != result.score or held["band"] != result.band
@@ -126,20 +145,34 @@ class Recomputer:
         if changed:
             revision += 1
             event = TrustScoreChanged(
-                author_id=doc["_id"], score=result.score, band=result.band,
+                author_id=doc["_id"],
+                score=result.score,
+                band=result.band,
                 verification_level=result.verification_level,
-                components=[ScoreComponent(name=c.name, signal=c.signal, weight=c.weight, cap=c.cap, points=c.points)
-                            for c in result.components],
-                previous_score=held["score"] if held else None, previous_band=held["band"] if held else None,
-                reason=describe_change(held and held.get("signals"), snapshot,
-                                       held and held.get("formula_version"), result.formula_version),
-                formula_version=result.formula_version, revision=revision, inputs=ScoreInputs(**snapshot),
+                components=[
+                    ScoreComponent(name=c.name, signal=c.signal, weight=c.weight, cap=c.cap, points=c.points)
+                    for c in result.components
+                ],
+                previous_score=held["score"] if held else None,
+                previous_band=held["band"] if held else None,
+                reason=describe_change(
+                    held and held.get("signals"), snapshot, held and held.get("formula_version"), result.formula_version
+                ),
+                formula_version=result.formula_version,
+                revision=revision,
+                inputs=ScoreInputs(**snapshot),
             )
             event_id = deterministic_event_id(doc["_id"], "TrustScoreChanged", result.formula_version, revision)
             outbox = Envelope.wrap(event, producer=self.publisher.producer_name, event_id=event_id)
-        score = {"score": result.score, "band": result.band, "verification_level": result.verification_level,
-                 "components": [_component(c) for c in result.components],
-                 "formula_version": result.formula_version, "revision": revision, "signals": snapshot}
+        score = {
+            "score": result.score,
+            "band": result.band,
+            "verification_level": result.verification_level,
+            "components": [_component(c) for c in result.components],
+            "formula_version": result.formula_version,
+            "revision": revision,
+            "signals": snapshot,
+        }
         return doc, score, outbox
 
     async def flush_outboxes(self) -> int:
@@ -151,14 +184,16 @@ class Recomputer:
     async def _flush(self, ids: list[str]) -> int:
         published = self.published
         for start in range(0, len(ids), 1000):
-            await self.recompute(ids[start:start + 1000], only_dirty=True)
+            await self.recompute(ids[start : start + 1000], only_dirty=True)
         return self.published - published
 
     async def _publish(self, envelopes: list[Envelope]) -> int:
         """To the broker, then the history entries, which acknowledge the outboxes."""
         if not envelopes:
             return 0
-        await self.publisher.publish([Outgoing(str(Topic.TRUST_EVENTS), env.data["author_id"], env) for env in envelopes])
+        await self.publisher.publish(
+            [Outgoing(str(Topic.TRUST_EVENTS), env.data["author_id"], env) for env in envelopes]
+        )
         await self.store.record_history([history_entry(env) for env in envelopes])
         if len(self._acknowledged) > ACKNOWLEDGED_CACHE:
             self._acknowledged.clear()
@@ -176,7 +211,7 @@ class Recomputer:
         dirty = await self.store.due_ids(far, 1_000_000)
         for start in range(0, len(dirty), batch):
             async with self.store.write_lock:
-                token, docs = await self.store.claim(dirty[start:start + batch], self.clock(), self.lease_s)
+                token, docs = await self.store.claim(dirty[start : start + batch], self.clock(), self.lease_s)
             try:
                 unchanged = [r for r in (self._score(doc) for doc in docs) if r[2] is None]
                 async with self.store.write_lock:
@@ -240,19 +275,37 @@ def history_entry(envelope: Envelope) -> dict[str, Any]:
     that a rebuild from trust.events writes the very same document. What is only read back
     whole is one JSON string (``entry``; see ``store``): cheap to insert and to look up."""
     data = envelope.data
-    entry = {"score": data["score"], "band": data["band"], "verification_level": data["verification_level"],
-             "previous_score": data["previous_score"], "previous_band": data["previous_band"],
-             "reason": data["reason"], "components": data["components"], "formula_version": data["formula_version"],
-             "signals": data.get("inputs")}
-    return {"_id": history_key(data["author_id"], data["revision"]), "event_id": str(envelope.event_id),
-            "author_id": data["author_id"], "revision": data["revision"],
-            "entry": encode(entry), "changed_at": envelope.occurred_at}
+    entry = {
+        "score": data["score"],
+        "band": data["band"],
+        "verification_level": data["verification_level"],
+        "previous_score": data["previous_score"],
+        "previous_band": data["previous_band"],
+        "reason": data["reason"],
+        "components": data["components"],
+        "formula_version": data["formula_version"],
+        "signals": data.get("inputs"),
+    }
+    return {
+        "_id": history_key(data["author_id"], data["revision"]),
+        "event_id": str(envelope.event_id),
+        "author_id": data["author_id"],
+        "revision": data["revision"],
+        "entry": encode(entry),
+        "changed_at": envelope.occurred_at,
+    }
 
 
 def score_of(envelope: Envelope) -> dict[str, Any]:
     """The ``score`` an author document holds after this TrustScoreChanged (what ``_score``
     stores live, less the moment it was computed)."""
     data = envelope.data
-    return {"score": data["score"], "band": data["band"], "verification_level": data["verification_level"],
-            "components": data["components"], "formula_version": data["formula_version"],
-            "revision": data["revision"], "signals": data.get("inputs")}
+    return {
+        "score": data["score"],
+        "band": data["band"],
+        "verification_level": data["verification_level"],
+        "components": data["components"],
+        "formula_version": data["formula_version"],
+        "revision": data["revision"],
+        "signals": data.get("inputs"),
+    }

@@ -36,8 +36,14 @@ class Progress:
         return f"rescored {self.rescored}/{self.total} authors ({pct:.1f}%), {self.published} changes published"
 
 
-async def rescore_all(store: TrustStore, recomputer: Recomputer, *, chunk: int = 500,
-                      max_authors: int | None = None, on_progress: Callable[[Progress], None] = lambda p: None) -> Progress:
+async def rescore_all(
+    store: TrustStore,
+    recomputer: Recomputer,
+    *,
+    chunk: int = 500,
+    max_authors: int | None = None,
+    on_progress: Callable[[Progress], None] = lambda p: None,
+) -> Progress:
     """Rescore authors behind ``recomputer.formula``; ``max_authors`` stops early (a partial run)."""
     version = recomputer.formula.version
     published_before = recomputer.published

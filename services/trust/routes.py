@@ -79,9 +79,15 @@ async def get_trust(author_id: AuthorId, store: Store) -> TrustView:
     if score is None:
         return TrustView(author_id=author_id, status="pending", recomputing=True)
     return TrustView(
-        author_id=author_id, status="scored", score=score["score"], band=score["band"],
-        verification_level=score["verification_level"], claimed=score["signals"]["claimed"],
-        components=score["components"], formula_version=score["formula_version"], revision=score["revision"],
+        author_id=author_id,
+        status="scored",
+        score=score["score"],
+        band=score["band"],
+        verification_level=score["verification_level"],
+        claimed=score["signals"]["claimed"],
+        components=score["components"],
+        formula_version=score["formula_version"],
+        revision=score["revision"],
         recomputing=bool(doc.get("dirty")),
     )
 

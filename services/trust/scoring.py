@@ -16,11 +16,12 @@ adds 7 + 10 (38); one more recent work adds 0.1 + 0.5 (22).
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from fractions import Fraction
 from types import MappingProxyType
-from typing import Literal, Mapping
+from typing import Literal
 
 Level = Literal["L0", "L1", "L2", "L3"]
 LEVELS: tuple[Level, ...] = ("L0", "L1", "L2", "L3")
@@ -83,8 +84,15 @@ class Formula:
     )
 
     def __post_init__(self) -> None:
-        total = (self.works[0] + self.recent_works[0] + self.topics[0] + self.close_collaborators[0]
-                 + self.followers[0] + self.claimed + self.verification)
+        total = (
+            self.works[0]
+            + self.recent_works[0]
+            + self.topics[0]
+            + self.close_collaborators[0]
+            + self.followers[0]
+            + self.claimed
+            + self.verification
+        )
         if total != 100:
             raise ValueError(f"weights must add up to 100, not {total}")
 
@@ -125,15 +133,21 @@ def band_for(score: int, formula: Formula = CURRENT) -> Band:
 def compute(signals: Signals, formula: Formula = CURRENT) -> TrustScore:
     level_rank = LEVELS.index(signals.verification_level)
     parts: list[tuple[str, float, int, int, Fraction]] = [
-        ("works", signals.works_count, *formula.works,
-         _linear(signals.works_count, *formula.works)),
-        ("recent_works", signals.recent_works, *formula.recent_works,
-         _linear(min(signals.recent_works, signals.works_count), *formula.recent_works)),
+        ("works", signals.works_count, *formula.works, _linear(signals.works_count, *formula.works)),
+        (
+            "recent_works",
+            signals.recent_works,
+            *formula.recent_works,
+            _linear(min(signals.recent_works, signals.works_count), *formula.recent_works),
+        ),
         ("topics", signals.topics, *formula.topics, _linear(signals.topics, *formula.topics)),
-        ("close_collaborators", signals.close_collaborators, *formula.close_collaborators,
-         _linear(signals.close_collaborators, *formula.close_collaborators)),
-        ("verification_level", level_rank, formula.verification, 3,
-         _linear(level_rank, formula.verification, 3)),
+        (
+            "close_collaborators",
+            signals.close_collaborators,
+            *formula.close_collaborators,
+            _linear(signals.close_collaborators, *formula.close_collaborators),
+        ),
+        ("verification_level", level_rank, formula.verification, 3, _linear(level_rank, formula.verification, 3)),
         ("claimed", int(signals.claimed), formula.claimed, 1, Fraction(formula.claimed * int(signals.claimed))),
         ("followers", signals.followers, *formula.followers, _log(signals.followers, *formula.followers)),
     ]

@@ -41,10 +41,14 @@ def observe(payload: EventModel) -> Observation | Ignored:
     """The signal an input event carries, or why it carries none."""
     if isinstance(payload, (profile.AuthorRegistered, profile.AuthorUpdated, profile.WorkAdded, profile.WorkUpdated)):
         return _profile_observation(payload.author)
-    if isinstance(payload, (claims.VerificationLevelChanged, claims._ClaimEvent)):  # noqa: SLF001 - every claims event
+    if isinstance(payload, (claims.VerificationLevelChanged, claims._ClaimEvent)):
         c = payload.author_claim
-        return Observation(payload.author_id, "claim", c.revision,
-                           {"claimed": c.claimed, "level": c.verification_level if c.claimed else None})
+        return Observation(
+            payload.author_id,
+            "claim",
+            c.revision,
+            {"claimed": c.claimed, "level": c.verification_level if c.claimed else None},
+        )
     if isinstance(payload, follows.FollowerCountChanged):
         return Observation(payload.author_id, "followers", payload.revision, {"count": payload.count})
     author_id = str(getattr(payload, "author_id", ""))

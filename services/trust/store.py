@@ -36,8 +36,8 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from pymongo import ASCENDING, UpdateOne
-from pymongo.errors import BulkWriteError
 from pymongo.asynchronous.database import AsyncDatabase
+from pymongo.errors import BulkWriteError
 
 from service_runtime.projection import Projection
 from service_runtime.store import bulk_update
@@ -57,10 +57,13 @@ MARKS = ("dirty_since", "burst_from", "due_at")
 # What a rebuild from the log must reproduce: each author's signals and published score,
 # and the history. Left out: the coalescing and lease bookkeeping, the outbox, and when
 # this copy computed the score.
-PROJECTION = Projection.of(**{
-    AUTHORS: ("seq", "dirty", "dirty_since", "due_at", "burst_from", "outbox", "outbox_key", "scored_at"),
-    HISTORY: (),
-}, json_fields=("signals", "score", "entry"))
+PROJECTION = Projection.of(
+    **{
+        AUTHORS: ("seq", "dirty", "dirty_since", "due_at", "burst_from", "outbox", "outbox_key", "scored_at"),
+        HISTORY: (),
+    },
+    json_fields=("signals", "score", "entry"),
+)
 
 
 def history_key(author_id: str, revision: int) -> str:
@@ -103,10 +106,14 @@ class TrustStore:
         await self.authors.create_index([("dirty", ASCENDING), ("due_at", ASCENDING)])
         await self.authors.create_index([("formula_version", ASCENDING)])
 
-    async def _by_ids(self, collection, ids: list[str], projection: dict[str, int] | None = None) -> list[dict[str, Any]]:
+    async def _by_ids(
+        self, collection, ids: list[str], projection: dict[str, int] | None = None
+    ) -> list[dict[str, Any]]:
         docs: list[dict[str, Any]] = []
         for start in range(0, len(ids), IDS_PER_QUERY):
-            cursor = collection.find({"_id": {"$in": ids[start:start + IDS_PER_QUERY]}}, projection, batch_size=ONE_BATCH)
+            cursor = collection.find(
+                {"_id": {"$in": ids[start : start + IDS_PER_QUERY]}}, projection, batch_size=ONE_BATCH
+            )
             docs += [doc async for doc in cursor]
         return docs
 
@@ -133,7 +140,9 @@ class TrustStore:
 
     async def due_ids(self, now: datetime, limit: int) -> list[str]:
         """Dirty authors due by ``now``. Reads the whole collection on FerretDB: the sweep only."""
-        cursor = self.authors.find({"dirty": True, "due_at": {"$lte": now}}, {"_id": 1}, batch_size=ONE_BATCH).limit(limit)
+        cursor = self.authors.find({"dirty": True, "due_at": {"$lte": now}}, {"_id": 1}, batch_size=ONE_BATCH).limit(
+            limit
+        )
         return [doc["_id"] async for doc in cursor]
 
     async def count_dirty(self) -> int:
@@ -145,11 +154,17 @@ class TrustStore:
     @staticmethod
     def _behind(formula_version: int) -> dict[str, Any]:
         """Authors with a profile whose score was computed by an older formula, or never."""
-        return {"registered": True, "$or": [
-            {"formula_version": {"$lt": formula_version}}, {"formula_version": {"$exists": False}}]}
+        return {
+            "registered": True,
+            "$or": [{"formula_version": {"$lt": formula_version}}, {"formula_version": {"$exists": False}}],
+        }
 
     async def behind_ids(self, formula_version: int, limit: int) -> list[str]:
-        cursor = self.authors.find(self._behind(formula_version), {"_id": 1}, batch_size=ONE_BATCH).sort("_id", ASCENDING).limit(limit)
+        cursor = (
+            self.authors.find(self._behind(formula_version), {"_id": 1}, batch_size=ONE_BATCH)
+            .sort("_id", ASCENDING)
+            .limit(limit)
+        )
         return [doc["_id"] async for doc in cursor]
 
     async def count_behind(self, formula_version: int) -> int:
@@ -166,11 +181,15 @@ class TrustStore:
         if not author_ids:
             return token, []
         for start in range(0, len(author_ids), IDS_PER_QUERY):
-            await self.leases.delete_many({"_id": {"$in": author_ids[start:start + IDS_PER_QUERY]}, "until": {"$lt": now}})
+            await self.leases.delete_many(
+                {"_id": {"$in": author_ids[start : start + IDS_PER_QUERY]}, "until": {"$lt": now}}
+            )
         until = now + timedelta(seconds=lease_s)
         held: set[str] = set()
         try:
-            await self.leases.insert_many([{"_id": a, "token": token, "until": until} for a in author_ids], ordered=False)
+            await self.leases.insert_many(
+                [{"_id": a, "token": token, "until": until} for a in author_ids], ordered=False
+            )
         except BulkWriteError as exc:
             errors = exc.details.get("writeErrors", [])
             if any(e.get("code") != DUPLICATE_KEY for e in errors):
@@ -183,10 +202,11 @@ class TrustStore:
 
     async def release(self, token: str, author_ids: list[str]) -> None:
         for start in range(0, len(author_ids), IDS_PER_QUERY):
-            await self.leases.delete_many({"_id": {"$in": author_ids[start:start + IDS_PER_QUERY]}, "token": token})
+            await self.leases.delete_many({"_id": {"$in": author_ids[start : start + IDS_PER_QUERY]}, "token": token})
 
-    async def save_scores(self, results: list[tuple[dict[str, Any], dict[str, Any], dict | None]],
-                          scored_at: datetime) -> list[str]:
+    async def save_scores(
+        self, results: list[tuple[dict[str, Any], dict[str, Any], dict | None]], scored_at: datetime
+    ) -> list[str]:
         """Per author, one update by ``_id`` and the ``seq`` read: the new score (+ the
         TrustScoreChanged as the outbox if it changed; an older outbox, published by then,
         is dropped) and the dirty marker cleared, only if no signal arrived since the
@@ -197,14 +217,21 @@ class TrustStore:
         ops: list[UpdateOne] = []
         for doc, score, outbox in results:
             update: dict[str, Any] = {
-                "$set": {"score": encode(score), "formula_version": score["formula_version"], "scored_at": scored_at,
-                         "dirty": False},
-                "$unset": dict.fromkeys(MARKS, "")}
+                "$set": {
+                    "score": encode(score),
+                    "formula_version": score["formula_version"],
+                    "scored_at": scored_at,
+                    "dirty": False,
+                },
+                "$unset": dict.fromkeys(MARKS, ""),
+            }
             if outbox is not None:
-                update["$set"].update(outbox=encode(outbox), outbox_key=history_key(doc["_id"], outbox["data"]["revision"]))
+                update["$set"].update(
+                    outbox=encode(outbox), outbox_key=history_key(doc["_id"], outbox["data"]["revision"])
+                )
             else:
                 update["$unset"].update(outbox="", outbox_key="")
-            seq = doc["seq"] if "seq" in doc else {"$exists": False}
+            seq = doc.get("seq", {"$exists": False})
             ops.append(UpdateOne({"_id": doc["_id"], "seq": seq}, update))
         if not ops:
             return []
@@ -216,7 +243,9 @@ class TrustStore:
         stored = await self._by_ids(self.authors, [doc["_id"] for doc, _, _ in results], {"scored_at": 1})
         return [d["_id"] for d in stored if d.get("scored_at") == scored_at]
 
-    async def unpublished(self, docs: list[dict[str, Any]], acknowledged: set[str] | None = None) -> list[dict[str, Any]]:
+    async def unpublished(
+        self, docs: list[dict[str, Any]], acknowledged: set[str] | None = None
+    ) -> list[dict[str, Any]]:
         """The documents among these whose outbox has no history entry (not acknowledged).
         History keys in ``acknowledged`` (known to be there) are not looked up again; those
         found are added to it."""
@@ -232,8 +261,11 @@ class TrustStore:
         """One read of the whole collection (FerretDB filters without ``_id`` scan it, so
         this runs seldom): the dirty authors with when each is due, and the authors whose
         outbox was never acknowledged."""
-        cursor = self.authors.find({"$or": [{"dirty": True}, {"outbox_key": {"$exists": True}}]},
-                                   {"dirty": 1, "due_at": 1, "outbox_key": 1}, batch_size=ONE_BATCH)
+        cursor = self.authors.find(
+            {"$or": [{"dirty": True}, {"outbox_key": {"$exists": True}}]},
+            {"dirty": 1, "due_at": 1, "outbox_key": 1},
+            batch_size=ONE_BATCH,
+        )
         docs = [doc async for doc in cursor]
         dirty = {d["_id"]: d["due_at"] for d in docs if d.get("dirty") and d.get("due_at") is not None}
         return dirty, [d["_id"] for d in await self.unpublished(docs, acknowledged)]
@@ -244,9 +276,15 @@ class TrustStore:
 
     async def adopt_scores(self, scores: dict[str, dict[str, Any]]) -> None:
         """Set each author's score to the one given unless it holds a later revision (rebuild)."""
-        held = {doc["_id"]: _decoded(doc).get("score") for doc in await self._by_ids(self.authors, list(scores), {"score": 1})}
-        ops = [UpdateOne({"_id": a}, {"$set": {"score": encode(s), "formula_version": s["formula_version"]}}, upsert=True)
-               for a, s in scores.items() if not held.get(a) or held[a]["revision"] < s["revision"]]
+        held = {
+            doc["_id"]: _decoded(doc).get("score")
+            for doc in await self._by_ids(self.authors, list(scores), {"score": 1})
+        }
+        ops = [
+            UpdateOne({"_id": a}, {"$set": {"score": encode(s), "formula_version": s["formula_version"]}}, upsert=True)
+            for a, s in scores.items()
+            if not held.get(a) or held[a]["revision"] < s["revision"]
+        ]
         if ops:
             await bulk_update(self.authors, ops)
 
@@ -271,8 +309,9 @@ class TrustStore:
     async def authors_by_id(self, author_ids: list[str]) -> list[dict[str, Any]]:
         return [_decoded(doc) for doc in await self._by_ids(self.authors, author_ids)]
 
-    async def history_page(self, author_id: str, newest_revision: int, before_revision: int | None,
-                           limit: int) -> list[dict[str, Any]]:
+    async def history_page(
+        self, author_id: str, newest_revision: int, before_revision: int | None, limit: int
+    ) -> list[dict[str, Any]]:
         """Up to ``limit`` history entries of the author, newest first, below
         ``before_revision`` (the cursor) if given, from ``newest_revision`` (its score's)
         down. The revisions are contiguous, so the page is the keys of the next ``limit``
@@ -283,8 +322,11 @@ class TrustStore:
         docs: list[dict[str, Any]] = []
         while top >= 1 and len(docs) < limit:
             want = min(limit - len(docs), IDS_PER_QUERY)
-            found = await self._by_ids(self.history, [history_key(author_id, r) for r in range(top, max(0, top - want), -1)])
+            found = await self._by_ids(
+                self.history, [history_key(author_id, r) for r in range(top, max(0, top - want), -1)]
+            )
             docs += sorted(found, key=lambda d: d["revision"], reverse=True)
             top -= want
-        return [{**{k: v for k, v in doc.items() if k not in ("_id", "entry")}, **json.loads(doc["entry"])}
-                for doc in docs]
+        return [
+            {**{k: v for k, v in doc.items() if k not in ("_id", "entry")}, **json.loads(doc["entry"])} for doc in docs
+        ]

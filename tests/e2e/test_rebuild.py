@@ -24,6 +24,7 @@ async def test_each_projection_rebuilt_from_the_log_equals_the_live_one(ns: Name
         ns.databases.append(rebuilt_db)
         result = await rebuild(lambda s, name=name: build(name, s), live, database=rebuilt_db)
         assert result.projection.collections, f"{name} declares no projection"
-        differences[name] = await compare_databases(live.mongodb_uri, live.database_name, rebuilt_db,
-                                                    result.projection, limit=8)
+        differences[name] = await compare_databases(
+            live.mongodb_uri, live.database_name, rebuilt_db, result.projection, limit=8
+        )
     assert differences == {name: [] for name in SERVICE_NAMES}

@@ -25,8 +25,12 @@ async def seed_page(system: System) -> dict | None:
 
 async def test_seed_page_then_follow_claim_new_work_and_rival_claim(system: System, webapp: EventPublisher) -> None:
     await load_seed(webapp)
-    page = await eventually(lambda: seed_page(system), until=lambda p: p and p["trust_snapshot"]["score"] == 21,
-                            timeout=120, what="seed page scored 21 once all 28 works are in")
+    page = await eventually(
+        lambda: seed_page(system),
+        until=lambda p: p and p["trust_snapshot"]["score"] == 21,
+        timeout=120,
+        what="seed page scored 21 once all 28 works are in",
+    )
     assert page["display_name"] == "Quoc V. Le" and page["affiliation"] is None
     assert page["trust_snapshot"] == {"score": 21, "band": "Emerging", "verification_level": "L1", "claimed": False}
     assert page["counts"] == {"works": 28, "followers": 0, "topics": 9, "close_collaborators": 4}

@@ -26,6 +26,7 @@ from service_runtime.topic_reader import read_topic
 from tests.mixed_stream import MixedStream
 from tests.pipeline import Pipeline
 
+
 async def assert_projections_rebuild(pipe: Pipeline) -> None:
     """Rebuild every service's projection from the topics into a database of its own and
     compare it with the live one, over what the service declares its projection to be
@@ -34,16 +35,20 @@ async def assert_projections_rebuild(pipe: Pipeline) -> None:
     ns = pipe.ns
 
     async def one(name: str) -> list[str]:
-        live = pipe.settings[name].model_copy(update={"mongodb_uri": ns.infra["mongodb"],
-                                                      "kafka_bootstrap_servers": ns.infra["kafka"]})
+        live = pipe.settings[name].model_copy(
+            update={"mongodb_uri": ns.infra["mongodb"], "kafka_bootstrap_servers": ns.infra["kafka"]}
+        )
         rebuilt = f"{live.database_name}_rebuilt"
         ns.databases.append(rebuilt)
         result = await rebuild(lambda s: build(name, s), live, database=rebuilt)
-        problems = await compare_databases(ns.infra["mongodb"], live.database_name, rebuilt, result.projection,
-                                           limit=10)
-        return [f"{name}: {await _fields_that_differ(ns.infra['mongodb'], live.database_name, rebuilt, p, ignore)}"
-                for p in problems
-                for ignore in [result.projection.collections.get(p.partition("/")[0], frozenset())]]
+        problems = await compare_databases(
+            ns.infra["mongodb"], live.database_name, rebuilt, result.projection, limit=10
+        )
+        return [
+            f"{name}: {await _fields_that_differ(ns.infra['mongodb'], live.database_name, rebuilt, p, ignore)}"
+            for p in problems
+            for ignore in [result.projection.collections.get(p.partition("/")[0], frozenset())]
+        ]
 
     problems = [p for ps in await asyncio.gather(*(one(n) for n in pipe.settings)) for p in ps]
     assert not problems, "projections differ from a rebuild from the topics:\n" + "\n".join(problems)[:6000]
@@ -120,8 +125,11 @@ async def assert_no_duplicate_notifications(pipe: Pipeline) -> int:
     """Returns the number of notifications."""
     client: AsyncMongoClient = AsyncMongoClient(pipe.ns.infra["mongodb"])
     try:
-        inbox = await client[pipe.settings["follow"].database_name].inbox.find(
-            {}, {"user_id": 1, "source_event_id": 1, "kind": 1}).to_list(None)
+        inbox = (
+            await client[pipe.settings["follow"].database_name]
+            .inbox.find({}, {"user_id": 1, "source_event_id": 1, "kind": 1})
+            .to_list(None)
+        )
     finally:
         await client.close()
     facts = await _source_facts(pipe)
@@ -130,12 +138,16 @@ async def assert_no_duplicate_notifications(pipe: Pipeline) -> int:
     per_fact = Counter((n["user_id"], facts[n["source_event_id"]]) for n in inbox)
     dup = {k: c for k, c in per_fact.items() if c > 1}
     assert not dup, f"{len(dup)} (user, source fact) pairs notified more than once: {list(dup.items())[:10]}"
-    published = {env["data"]["notification_id"]
-                 for r in await read_topic(pipe.kafka, pipe.ns.topic(Topic.NOTIFICATIONS_EVENTS))
-                 for env in _decoded(r.value)}
+    published = {
+        env["data"]["notification_id"]
+        for r in await read_topic(pipe.kafka, pipe.ns.topic(Topic.NOTIFICATIONS_EVENTS))
+        for env in _decoded(r.value)
+    }
     stored = {str(n["_id"]) for n in inbox}
-    assert stored == published, (f"inbox and notifications.events differ: {len(stored - published)} only stored, "
-                                 f"{len(published - stored)} only published")
+    assert stored == published, (
+        f"inbox and notifications.events differ: {len(stored - published)} only stored, "
+        f"{len(published - stored)} only published"
+    )
     return len(stored)
 
 

@@ -65,8 +65,13 @@ async def pipe(ns: Namespace) -> AsyncIterator[Pipeline]:
 
 async def first_half_consumed(pipe: Pipeline, service: str) -> None:
     """Wait until ``service`` committed part of what it was sent (so a fault hits it mid-work)."""
-    await eventually(lambda: pipe.committed(service), until=lambda n: n > 0, timeout=SETTLE_S,
-                     interval=0.2, what=f"{service} committed its first records")
+    await eventually(
+        lambda: pipe.committed(service),
+        until=lambda n: n > 0,
+        timeout=SETTLE_S,
+        interval=0.2,
+        what=f"{service} committed its first records",
+    )
 
 
 async def finish(pipe: Pipeline, stream: MixedStream, *, dead_letters: bool = False) -> None:
@@ -79,9 +84,15 @@ async def finish(pipe: Pipeline, stream: MixedStream, *, dead_letters: bool = Fa
     await assert_projections_rebuild(pipe)
 
 
-async def run_with_fault(pipe: Pipeline, producer: AIOKafkaProducer, stream: MixedStream,
-                         fault: Callable[[], Awaitable[None]], recover: Callable[[], Awaitable[None]] | None = None,
-                         *, dead_letters: bool = False) -> None:
+async def run_with_fault(
+    pipe: Pipeline,
+    producer: AIOKafkaProducer,
+    stream: MixedStream,
+    fault: Callable[[], Awaitable[None]],
+    recover: Callable[[], Awaitable[None]] | None = None,
+    *,
+    dead_letters: bool = False,
+) -> None:
     """First half of the stream, the fault once the system is working on it, the second
     half (while the fault lasts, if it lasts), the recovery, then the checks."""
     half = len(stream) // 2
@@ -94,8 +105,9 @@ async def run_with_fault(pipe: Pipeline, producer: AIOKafkaProducer, stream: Mix
 
 
 @pytest.mark.parametrize("service", ["profile", "claims", "trust", "follow"])
-async def test_sigkill_mid_stream_and_restart(pipe: Pipeline, producer: AIOKafkaProducer, stream: MixedStream,
-                                              service: str) -> None:
+async def test_sigkill_mid_stream_and_restart(
+    pipe: Pipeline, producer: AIOKafkaProducer, stream: MixedStream, service: str
+) -> None:
     proc = pipe.procs[service]
 
     async def sigkill() -> None:
@@ -111,8 +123,9 @@ async def test_sigkill_mid_stream_and_restart(pipe: Pipeline, producer: AIOKafka
 
 
 def infra(command: str) -> None:
-    result = subprocess.run([str(REPO_ROOT / "scripts" / "infra.sh"), command], capture_output=True, text=True,
-                            timeout=180)
+    result = subprocess.run(
+        [str(REPO_ROOT / "scripts" / "infra.sh"), command], capture_output=True, text=True, timeout=180
+    )
     assert result.returncode == 0, f"infra.sh {command} failed: {result.stderr[-2000:]}"
 
 
@@ -126,14 +139,16 @@ async def broker_reachable(pipe: Pipeline) -> bool:
     return True
 
 
-async def test_broker_stopped_and_restarted_mid_stream(pipe: Pipeline, producer: AIOKafkaProducer,
-                                                       stream: MixedStream) -> None:
+async def test_broker_stopped_and_restarted_mid_stream(
+    pipe: Pipeline, producer: AIOKafkaProducer, stream: MixedStream
+) -> None:
     async def bounce_broker() -> None:
         await first_half_consumed(pipe, "profile")
         infra("stop-kafka")
         assert not await broker_reachable(pipe), (
             "the broker still answers after `infra.sh stop-kafka`: these tests need the broker "
-            "that scripts/infra.sh started (make test)")
+            "that scripts/infra.sh started (make test)"
+        )
         # The outage itself: services and producer see no broker for 5 s.
         await throughout(lambda: broker_reachable(pipe), holds=lambda up: not up, seconds=5, what="broker down")
         infra("start-kafka")
@@ -141,13 +156,15 @@ async def test_broker_stopped_and_restarted_mid_stream(pipe: Pipeline, producer:
     await run_with_fault(pipe, producer, stream, bounce_broker)
 
 
-async def test_store_unreachable_for_10s_mid_stream(ns: Namespace, producer: AIOKafkaProducer,
-                                                    stream: MixedStream) -> None:
+async def test_store_unreachable_for_10s_mid_stream(
+    ns: Namespace, producer: AIOKafkaProducer, stream: MixedStream
+) -> None:
     store = urlsplit(ns.infra["mongodb"])
     proxy = await TcpProxy(store.hostname or "127.0.0.1", store.port or 27017).start()
     pipe = Pipeline(ns, mongodb_uri=f"mongodb://127.0.0.1:{proxy.port}")
     await pipe.start()
     try:
+
         async def cut_store_for_10s() -> None:
             await first_half_consumed(pipe, "profile")
             await proxy.cut()
@@ -162,15 +179,24 @@ async def test_store_unreachable_for_10s_mid_stream(ns: Namespace, producer: AIO
                 seen.append(offsets)
                 return steady
 
-            before = await eventually(pipe.committed_offsets, until=unchanged, interval=0.5, timeout=30,
-                                      what="commits of batches finished before the cut")
+            before = await eventually(
+                pipe.committed_offsets,
+                until=unchanged,
+                interval=0.5,
+                timeout=30,
+                what="commits of batches finished before the cut",
+            )
 
             async def commits_and_dead_letters() -> tuple[dict, dict]:
                 return await pipe.committed_offsets(), await pipe.dead_letters()
 
             # Until the store has been away 10 s: no consumer group commits, nothing is dead-lettered.
-            await throughout(commits_and_dead_letters, holds=lambda now: now == (before, {}),
-                             seconds=10 - (loop.time() - cut_at), what="no commit, no dead letter while the store is cut")
+            await throughout(
+                commits_and_dead_letters,
+                holds=lambda now: now == (before, {}),
+                seconds=10 - (loop.time() - cut_at),
+                what="no commit, no dead letter while the store is cut",
+            )
             await proxy.restore()
 
         await run_with_fault(pipe, producer, stream, cut_store_for_10s)
@@ -182,10 +208,11 @@ async def test_store_unreachable_for_10s_mid_stream(ns: Namespace, producer: AIO
 POISON = b"\xff\xfe not UTF-8, not JSON"
 
 
-async def test_poison_record_on_every_input_topic(pipe: Pipeline, producer: AIOKafkaProducer,
-                                                  stream: MixedStream) -> None:
+async def test_poison_record_on_every_input_topic(
+    pipe: Pipeline, producer: AIOKafkaProducer, stream: MixedStream
+) -> None:
     readers: dict[str, set[str]] = {}
-    for service, inputs in pipe.inputs.items():
+    for inputs in pipe.inputs.values():
         for group, topics in inputs:
             for t in topics:
                 readers.setdefault(t, set()).add(group)
@@ -198,5 +225,7 @@ async def test_poison_record_on_every_input_topic(pipe: Pipeline, producer: AIOK
     for topic, groups in sorted(readers.items()):
         bodies = dead_letter_bodies(await read_topic(pipe.kafka, pipe.ns.topic(dlq_topic(topic))))
         assert sorted(b["consumer_group"] for b in bodies) == sorted(groups), (topic, bodies)
-        assert all(b["reason"] == "undecodable" and b["origin"]["topic"] == pipe.ns.topic(topic)
-                   and b.get("payload_base64") for b in bodies), bodies
+        assert all(
+            b["reason"] == "undecodable" and b["origin"]["topic"] == pipe.ns.topic(topic) and b.get("payload_base64")
+            for b in bodies
+        ), bodies

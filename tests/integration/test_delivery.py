@@ -28,8 +28,9 @@ def imported(author_id: str, name: str = "A. Author") -> Envelope:
 class EchoService:
     """A minimal service on the shared runtime: AuthorImported -> document + AuthorRegistered."""
 
-    def __init__(self, ns: Namespace, *, mongodb_uri: str | None = None, fail_on: str | None = None,
-                 block_on: str | None = None) -> None:
+    def __init__(
+        self, ns: Namespace, *, mongodb_uri: str | None = None, fail_on: str | None = None, block_on: str | None = None
+    ) -> None:
         overrides = {"mongodb_uri": mongodb_uri} if mongodb_uri else {}
         self.service = Service(ns.settings("echo", **overrides), title="echo", description="test service")
         self.fail_on, self.block_on = fail_on, block_on
@@ -50,17 +51,26 @@ class EchoService:
             await self.service.db.authors.update_one(
                 {"_id": data.author_id}, {"$set": {"name": data.display_name}}, upsert=True
             )
-            state = AuthorState(author_id=data.author_id, display_name=data.display_name, works_count=0,
-                                record_verification_level="L0", revision=1)
-            out.append(self.service.publisher.outgoing(
-                AuthorRegistered(author_id=data.author_id, author=state), cause=item.envelope,
-                event_id=deterministic_event_id(item.envelope.event_id, "AuthorRegistered"),
-            ))
+            state = AuthorState(
+                author_id=data.author_id,
+                display_name=data.display_name,
+                works_count=0,
+                record_verification_level="L0",
+                revision=1,
+            )
+            out.append(
+                self.service.publisher.outgoing(
+                    AuthorRegistered(author_id=data.author_id, author=state),
+                    cause=item.envelope,
+                    event_id=deterministic_event_id(item.envelope.event_id, "AuthorRegistered"),
+                )
+            )
         await self.service.publisher.publish(out)
 
 
-async def send(producer: AIOKafkaProducer, ns: Namespace, value: bytes, key: str = "a1",
-               topic: str = Topic.PUBLICATIONS_INGESTED) -> None:
+async def send(
+    producer: AIOKafkaProducer, ns: Namespace, value: bytes, key: str = "a1", topic: str = Topic.PUBLICATIONS_INGESTED
+) -> None:
     await producer.send_and_wait(ns.topic(topic), value, key=key.encode())
 
 
@@ -72,8 +82,11 @@ async def test_consumes_writes_projection_and_publishes(ns: Namespace, producer:
             await send(producer, ns, env.to_bytes(), key=env.data["author_id"])
         await send(producer, ns, envelopes[0].to_bytes(), key="author-0")  # a redelivered duplicate
         await eventually(lambda: echo.service.db.authors.count_documents({}), until=lambda n: n == 20)
-        out = await eventually(lambda: read_topic(ns.infra["kafka"], ns.topic(Topic.PROFILE_EVENTS)),
-                               until=lambda r: len(r) >= 21, what="21 AuthorRegistered")
+        out = await eventually(
+            lambda: read_topic(ns.infra["kafka"], ns.topic(Topic.PROFILE_EVENTS)),
+            until=lambda r: len(r) >= 21,
+            what="21 AuthorRegistered",
+        )
     ids = {json.loads(r.value)["event_id"] for r in out}
     assert len(ids) == 20, "the duplicate input produced the same event id, not a new event"
     first = json.loads(out[0].value)
@@ -92,8 +105,10 @@ async def test_poison_messages_are_dead_lettered_and_the_stream_goes_on(ns: Name
         await send(producer, ns, unknown.to_bytes())
         await send(producer, ns, imported("after-poison").to_bytes(), key="after-poison")
         await eventually(lambda: echo.service.db.authors.find_one({"_id": "after-poison"}), what="good message handled")
-        dead = await eventually(lambda: read_topic(ns.infra["kafka"], ns.topic(dlq_topic(Topic.PUBLICATIONS_INGESTED))),
-                                until=lambda r: len(r) >= 4)
+        dead = await eventually(
+            lambda: read_topic(ns.infra["kafka"], ns.topic(dlq_topic(Topic.PUBLICATIONS_INGESTED))),
+            until=lambda r: len(r) >= 4,
+        )
         metrics = echo.service.metrics.render().decode()
     letters = [json.loads(r.value) for r in dead]
     assert len(letters) == 4
@@ -114,8 +129,10 @@ async def test_a_handler_bug_dead_letters_only_the_failing_message(ns: Namespace
         for author in ("ok-1", "boom", "ok-2"):
             await send(producer, ns, imported(author).to_bytes(), key="same-partition")
         await eventually(lambda: echo.service.db.authors.count_documents({}), until=lambda n: n == 2)
-        dead = await eventually(lambda: read_topic(ns.infra["kafka"], ns.topic(dlq_topic(Topic.PUBLICATIONS_INGESTED))),
-                                until=lambda r: len(r) >= 1)
+        dead = await eventually(
+            lambda: read_topic(ns.infra["kafka"], ns.topic(dlq_topic(Topic.PUBLICATIONS_INGESTED))),
+            until=lambda r: len(r) >= 1,
+        )
     letter = json.loads(dead[0].value)
     assert letter["reason"] == "handler_failed" and "this author breaks the handler" in letter["error"]
     assert json.loads(letter["payload"])["data"]["author_id"] == "boom"
@@ -149,7 +166,9 @@ async def test_store_outage_is_retried_never_dead_lettered_nor_committed(ns: Nam
         await eventually(retries, until=lambda n: n >= 2, what="retries while the store is down")
         assert await committed_offset(ns, group) == committed_before, "committed while the store was down"
         await proxy.restore()
-        await eventually(lambda: echo.service.db.authors.find_one({"_id": "during-outage"}), what="handled after outage")
+        await eventually(
+            lambda: echo.service.db.authors.find_one({"_id": "during-outage"}), what="handled after outage"
+        )
         await eventually(lambda: committed_offset(ns, group), until=lambda n: n == committed_before + 1)
     await proxy.cut()
     assert await read_topic(ns.infra["kafka"], ns.topic(dlq_topic(Topic.PUBLICATIONS_INGESTED))) == []

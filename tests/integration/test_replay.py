@@ -20,11 +20,16 @@ async def test_rebuild_from_offset_zero_equals_live_projection(ns: Namespace) ->
     try:
         async with echo.service.running():
             for i in range(60):
-                await producer.send(ns.topic(Topic.PUBLICATIONS_INGESTED), imported(f"r{i % 25}", f"Name {i}").to_bytes(),
-                                    key=f"r{i % 25}".encode())
+                await producer.send(
+                    ns.topic(Topic.PUBLICATIONS_INGESTED),
+                    imported(f"r{i % 25}", f"Name {i}").to_bytes(),
+                    key=f"r{i % 25}".encode(),
+                )
             await producer.send(ns.topic(Topic.PUBLICATIONS_INGESTED), b"poison", key=b"r1")
             await producer.flush()
-            await eventually(lambda: echo.service.db.authors.find_one({"_id": "r9", "name": "Name 59"}), what="live caught up")
+            await eventually(
+                lambda: echo.service.db.authors.find_one({"_id": "r9", "name": "Name 59"}), what="live caught up"
+            )
             await eventually(lambda: echo.service.db.authors.count_documents({}), until=lambda n: n == 25)
     finally:
         await producer.stop()
@@ -44,6 +49,8 @@ async def test_rebuild_from_offset_zero_equals_live_projection(ns: Namespace) ->
     result = await rebuild(build, echo.service.settings, database=rebuilt_db, progress=lambda d, t: seen.append((d, t)))
     assert result.records == 61 and seen[-1] == (61, 61)
     assert result.projection == Projection.of(authors=())
-    assert await compare_databases(ns.infra["mongodb"], echo.service.settings.database_name, rebuilt_db,
-                                   result.projection) == []
+    assert (
+        await compare_databases(ns.infra["mongodb"], echo.service.settings.database_name, rebuilt_db, result.projection)
+        == []
+    )
     assert len(await read_topic(ns.infra["kafka"], ns.topic(Topic.PROFILE_EVENTS))) == published_before

@@ -26,8 +26,12 @@ async def test_many_updates_of_existing_documents_complete(ns: Namespace) -> Non
         assert rest.matched_count == 600 and rest.upserted_count == 0
         assert await col.count_documents({"n": 3}) == 300
         with pytest.raises(BulkWriteError) as failed:
-            await bulk_update(col, [InsertOne({"_id": "d5"})] + [UpdateOne({"_id": "x"}, {"$set": {"a": 1}}, upsert=True)] * 40
-                              + [InsertOne({"_id": "d7"})])
+            await bulk_update(
+                col,
+                [InsertOne({"_id": "d5"})]
+                + [UpdateOne({"_id": "x"}, {"$set": {"a": 1}}, upsert=True)] * 40
+                + [InsertOne({"_id": "d7"})],
+            )
         assert [e["index"] for e in failed.value.details["writeErrors"]] == [0, 41]
     finally:
         await client.close()

@@ -82,8 +82,9 @@ async def test_optimistic_guard_is_won_once_per_revision(collections: list[Async
             revision = doc["revision"]
             if revision >= rounds:
                 return
-            result = await col.update_one({"_id": "doc", "revision": revision},
-                                          {"$set": {"revision": revision + 1, "winner": client}})
+            result = await col.update_one(
+                {"_id": "doc", "revision": revision}, {"$set": {"revision": revision + 1, "winner": client}}
+            )
             if result.modified_count:
                 wins[revision + 1] += 1
 
@@ -120,8 +121,9 @@ async def test_secondary_unique_index_has_exactly_one_winner(collections: list[A
     rounds = 30
     for n in range(rounds):
         slot = f"s{n}"
-        won = await asyncio.gather(*(insert_unique(c, {"_id": f"{slot}-{i}", "slot": slot}, {"slot": slot})
-                                     for i, c in enumerate(collections)))
+        won = await asyncio.gather(
+            *(insert_unique(c, {"_id": f"{slot}-{i}", "slot": slot}, {"slot": slot}) for i, c in enumerate(collections))
+        )
         assert won.count(True) == 1, (n, won)
         assert await collections[0].count_documents({"slot": slot}) == 1
     assert await collections[0].count_documents({}) == rounds
@@ -147,8 +149,9 @@ async def test_lookup_by_secondary_field_uses_its_index(collections: list[AsyncC
     col = collections[0]
     await col.insert_many([{"_id": i, "author_id": f"a{i % 500}", "n": i} for i in range(10_000)])
     await col.create_index([("author_id", ASCENDING)], name="by_author")
-    plan = await col.database.command("explain", {"find": col.name, "filter": {"author_id": "a42"}},
-                                      verbosity="queryPlanner")
+    plan = await col.database.command(
+        "explain", {"find": col.name, "filter": {"author_id": "a42"}}, verbosity="queryPlanner"
+    )
     assert "by_author" in set(_index_names(plan)), plan
     assert len(await col.find({"author_id": "a42"}).to_list(None)) == 20
 

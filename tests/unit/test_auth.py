@@ -19,8 +19,14 @@ VERIFIER = JwtVerifier(SETTINGS)
 
 def _claims(**overrides) -> dict:
     now = int(time.time())
-    base = {"sub": "u1", "roles": ["reviewer"], "iss": SETTINGS.jwt_issuer, "aud": SETTINGS.jwt_audience,
-            "iat": now, "exp": now + 60}
+    base = {
+        "sub": "u1",
+        "roles": ["reviewer"],
+        "iss": SETTINGS.jwt_issuer,
+        "aud": SETTINGS.jwt_audience,
+        "iat": now,
+        "exp": now + 60,
+    }
     base.update(overrides)
     return base
 
@@ -30,14 +36,18 @@ def test_valid_token_gives_user_and_roles() -> None:
     assert principal.user_id == "user-7" and principal.has("reviewer")
 
 
-@pytest.mark.parametrize("token", [
-    jwt.encode(_claims(), "another-key-entirely-another-key!", algorithm="HS256"),
-    jwt.encode(_claims(exp=int(time.time()) - 60), SETTINGS.jwt_key, algorithm="HS256"),
-    jwt.encode(_claims(iss="someone-else"), SETTINGS.jwt_key, algorithm="HS256"),
-    jwt.encode(_claims(aud="other-audience"), SETTINGS.jwt_key, algorithm="HS256"),
-    jwt.encode({k: v for k, v in _claims().items() if k != "exp"}, SETTINGS.jwt_key, algorithm="HS256"),
-    jwt.encode(_claims(roles="reviewer"), SETTINGS.jwt_key, algorithm="HS256"),
-], ids=["other-key", "expired", "wrong-issuer", "wrong-audience", "no-expiry", "roles-not-a-list"])
+@pytest.mark.parametrize(
+    "token",
+    [
+        jwt.encode(_claims(), "another-key-entirely-another-key!", algorithm="HS256"),
+        jwt.encode(_claims(exp=int(time.time()) - 60), SETTINGS.jwt_key, algorithm="HS256"),
+        jwt.encode(_claims(iss="someone-else"), SETTINGS.jwt_key, algorithm="HS256"),
+        jwt.encode(_claims(aud="other-audience"), SETTINGS.jwt_key, algorithm="HS256"),
+        jwt.encode({k: v for k, v in _claims().items() if k != "exp"}, SETTINGS.jwt_key, algorithm="HS256"),
+        jwt.encode(_claims(roles="reviewer"), SETTINGS.jwt_key, algorithm="HS256"),
+    ],
+    ids=["other-key", "expired", "wrong-issuer", "wrong-audience", "no-expiry", "roles-not-a-list"],
+)
 def test_invalid_tokens_are_refused(token: str) -> None:
     with pytest.raises(jwt.InvalidTokenError):
         VERIFIER.verify(token)

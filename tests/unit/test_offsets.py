@@ -11,8 +11,11 @@ P0, P1 = ("profile.events", 0), ("profile.events", 1)
 
 
 def test_read_until_is_the_newest_mark_the_committed_offsets_reached() -> None:
-    marks = [LogMark(T0, {P0: 5, P1: 3}), LogMark(T0 + timedelta(seconds=1), {P0: 9, P1: 3}),
-             LogMark(T0 + timedelta(seconds=2), {P0: 12, P1: 4})]
+    marks = [
+        LogMark(T0, {P0: 5, P1: 3}),
+        LogMark(T0 + timedelta(seconds=1), {P0: 9, P1: 3}),
+        LogMark(T0 + timedelta(seconds=2), {P0: 12, P1: 4}),
+    ]
     assert read_until(marks, {P0: 4, P1: 3}) == (None, marks)
     reached, left = read_until(marks, {P0: 9, P1: 3})
     assert reached == T0 + timedelta(seconds=1) and left == marks[2:]

@@ -28,12 +28,17 @@ def claims_service(ns: Namespace, **overrides: Any) -> Service:
     return build_service(ns.settings("claims", cls=ClaimsSettings, **values))
 
 
-def author_registered(author_id: str, *, domains: tuple[str, ...] = ("stanford.edu",), orcid: str | None = ORCID,
-                      revision: int = 1) -> Envelope:
+def author_registered(
+    author_id: str, *, domains: tuple[str, ...] = ("stanford.edu",), orcid: str | None = ORCID, revision: int = 1
+) -> Envelope:
     state = AuthorState(
-        author_id=author_id, display_name=f"Author {author_id}", orcid=orcid,
-        affiliation=Affiliation(name="Stanford University", domains=list(domains)), works_count=1,
-        record_verification_level="L1", revision=revision,
+        author_id=author_id,
+        display_name=f"Author {author_id}",
+        orcid=orcid,
+        affiliation=Affiliation(name="Stanford University", domains=list(domains)),
+        works_count=1,
+        record_verification_level="L1",
+        revision=revision,
     )
     return Envelope.wrap(AuthorRegistered(author_id=author_id, author=state), producer="profile")
 
@@ -55,8 +60,11 @@ async def authors_known(service: Service, *author_ids: str) -> None:
     when a test needs them known before its claims (otherwise the claims wait for them).
     A record a claim waits for is stored before its identity arrives: only one with an
     identity is known."""
-    await eventually(lambda: service.db.authors.count_documents({"_id": {"$in": list(author_ids)}, "identity": {"$ne": None}}),
-                     until=lambda n: n == len(author_ids), what=f"authors {author_ids} projected")
+    await eventually(
+        lambda: service.db.authors.count_documents({"_id": {"$in": list(author_ids)}, "identity": {"$ne": None}}),
+        until=lambda n: n == len(author_ids),
+        what=f"authors {author_ids} projected",
+    )
 
 
 async def claim_events(ns: Namespace) -> list[dict[str, Any]]:
@@ -68,8 +76,11 @@ async def events_until(ns: Namespace, predicate: Any, what: str, timeout: float 
 
 
 def of_type(events: list[dict[str, Any]], event_type: str, claim_id: str | None = None) -> list[dict[str, Any]]:
-    return [e for e in events if e["event_type"] == event_type
-            and (claim_id is None or e["data"].get("claim_id") == claim_id)]
+    return [
+        e
+        for e in events
+        if e["event_type"] == event_type and (claim_id is None or e["data"].get("claim_id") == claim_id)
+    ]
 
 
 def http(service: Service) -> httpx.AsyncClient:

@@ -36,46 +36,91 @@ async def test_lifecycle_auto_approval_review_and_revocation(ns: Namespace, prod
     async with service.running():
         await send(producer, ns, author_registered("a1"), author_registered("a2"))
         await authors_known(service, "a1", "a2")
-        await send(producer, ns,
-                   command(ClaimRequested(claim_id="c1", author_id="a1", user_id="u1", evidence=EMAIL_OK)),
-                   command(ClaimRequested(claim_id="c2", author_id="a2", user_id="u2",
-                                          evidence=Evidence(statement="my thesis is on my page"))))
-        events = await events_until(ns, lambda ev: of_type(ev, "ClaimApproved", "c1") and of_type(ev, "ClaimNeedsReview", "c2"),
-                                    "c1 approved, c2 under review")
+        await send(
+            producer,
+            ns,
+            command(ClaimRequested(claim_id="c1", author_id="a1", user_id="u1", evidence=EMAIL_OK)),
+            command(
+                ClaimRequested(
+                    claim_id="c2", author_id="a2", user_id="u2", evidence=Evidence(statement="my thesis is on my page")
+                )
+            ),
+        )
+        events = await events_until(
+            ns,
+            lambda ev: of_type(ev, "ClaimApproved", "c1") and of_type(ev, "ClaimNeedsReview", "c2"),
+            "c1 approved, c2 under review",
+        )
         approved = of_type(events, "ClaimApproved", "c1")[0]["data"]
         assert approved["verification_level"] == "L2"
         assert approved["author_claim"] | {"since": None} == {
-            "claimed": True, "owner_user_id": "u1", "claim_id": "c1", "verification_level": "L2", "since": None,
-            "revision": 2}
+            "claimed": True,
+            "owner_user_id": "u1",
+            "claim_id": "c1",
+            "verification_level": "L2",
+            "since": None,
+            "revision": 2,
+        }
         level = [e for e in events if e["event_type"] == "VerificationLevelChanged"]
-        assert [(e["data"]["author_id"], e["data"]["previous_level"], e["data"]["verification_level"]) for e in level] == [
-            ("a1", None, "L2")]
+        assert [
+            (e["data"]["author_id"], e["data"]["previous_level"], e["data"]["verification_level"]) for e in level
+        ] == [("a1", None, "L2")]
 
-        await send(producer, ns,
-                   command(ClaimEvidenceSubmitted(claim_id="c2", author_id="a2", user_id="u2",
-                                                  evidence=Evidence(orcid=ORCID, orcid_authenticated=True))),
-                   command(ClaimReviewed(claim_id="c1", author_id="a1", reviewer_id="rev", decision="approve",
-                                         reason="checked the faculty page")))
-        events = await events_until(ns, lambda ev: of_type(ev, "ClaimApproved", "c2") and len(of_type(ev, "ClaimApproved", "c1")) == 2,
-                                    "c2 upgraded by evidence, c1 confirmed L3")
+        await send(
+            producer,
+            ns,
+            command(
+                ClaimEvidenceSubmitted(
+                    claim_id="c2",
+                    author_id="a2",
+                    user_id="u2",
+                    evidence=Evidence(orcid=ORCID, orcid_authenticated=True),
+                )
+            ),
+            command(
+                ClaimReviewed(
+                    claim_id="c1",
+                    author_id="a1",
+                    reviewer_id="rev",
+                    decision="approve",
+                    reason="checked the faculty page",
+                )
+            ),
+        )
+        events = await events_until(
+            ns,
+            lambda ev: of_type(ev, "ClaimApproved", "c2") and len(of_type(ev, "ClaimApproved", "c1")) == 2,
+            "c2 upgraded by evidence, c1 confirmed L3",
+        )
         assert of_type(events, "ClaimApproved", "c2")[0]["data"]["verification_level"] == "L2"
         assert of_type(events, "ClaimApproved", "c1")[1]["data"]["verification_level"] == "L3"
 
-        await send(producer, ns, command(ClaimReviewed(claim_id="c1", author_id="a1", reviewer_id="rev",
-                                                       decision="revoke", reason="impostor")))
+        await send(
+            producer,
+            ns,
+            command(
+                ClaimReviewed(claim_id="c1", author_id="a1", reviewer_id="rev", decision="revoke", reason="impostor")
+            ),
+        )
         events = await events_until(ns, lambda ev: of_type(ev, "ClaimRevoked", "c1"), "c1 revoked")
         revoked = of_type(events, "ClaimRevoked", "c1")[0]["data"]
         assert revoked["reason"] == "impostor" and revoked["author_claim"]["claimed"] is False
         assert revoked["author_claim"]["revision"] == 4
-        levels = [(e["data"]["previous_level"], e["data"]["verification_level"])
-                  for e in events if e["event_type"] == "VerificationLevelChanged" and e["data"]["author_id"] == "a1"]
+        levels = [
+            (e["data"]["previous_level"], e["data"]["verification_level"])
+            for e in events
+            if e["event_type"] == "VerificationLevelChanged" and e["data"]["author_id"] == "a1"
+        ]
         assert levels == [(None, "L2"), ("L2", "L3"), ("L3", None)]
 
         doc = await service.db.claims.find_one({"_id": "c1"})
         assert doc["status"] == "revoked" and doc["reason"] == "impostor"
         assert doc["outbox_token"]
-        await eventually(lambda: service.db.unpublished.count_documents({}), until=lambda n: n == 0,
-                         what="every outbox marked published")
+        await eventually(
+            lambda: service.db.unpublished.count_documents({}),
+            until=lambda n: n == 0,
+            what="every outbox marked published",
+        )
         assert [h["event"] for h in doc["history"]] == ["requested", "reviewer_approved", "revoked"]
         author = await service.db.authors.find_one({"_id": "a1"})
         assert author["claim"]["claimed"] is False and author["claim"]["revision"] == 4
@@ -85,17 +130,26 @@ async def test_lifecycle_auto_approval_review_and_revocation(ns: Namespace, prod
 async def test_claim_waits_for_its_author_then_expires_or_is_decided(ns: Namespace, producer) -> None:
     service = claims_service(ns, pending_author_timeout_s=5.0)
     async with service.running():
-        await send(producer, ns,
-                   command(ClaimRequested(claim_id="early", author_id="late-author", user_id="u1", evidence=EMAIL_OK)),
-                   command(ClaimRequested(claim_id="never", author_id="ghost", user_id="u2", evidence=EMAIL_OK)))
+        await send(
+            producer,
+            ns,
+            command(ClaimRequested(claim_id="early", author_id="late-author", user_id="u1", evidence=EMAIL_OK)),
+            command(ClaimRequested(claim_id="never", author_id="ghost", user_id="u2", evidence=EMAIL_OK)),
+        )
         # At-least-once: an event may come twice under its id (the sweeper republishes an
         # outbox whose writer is slow to mark it), so claims are counted, not events.
-        events = await events_until(ns, lambda ev: {e["data"]["claim_id"] for e in of_type(ev, "ClaimSubmitted")}
-                                    == {"early", "never"}, "both submitted")
+        events = await events_until(
+            ns,
+            lambda ev: {e["data"]["claim_id"] for e in of_type(ev, "ClaimSubmitted")} == {"early", "never"},
+            "both submitted",
+        )
         assert {e["data"]["status"] for e in events} == {"pending_author"}
         await send(producer, ns, author_registered("late-author"))
-        events = await events_until(ns, lambda ev: of_type(ev, "ClaimApproved", "early") and of_type(ev, "ClaimRejected", "never"),
-                                    "early approved when its author arrived, never rejected after the wait")
+        events = await events_until(
+            ns,
+            lambda ev: of_type(ev, "ClaimApproved", "early") and of_type(ev, "ClaimRejected", "never"),
+            "early approved when its author arrived, never rejected after the wait",
+        )
         rejected = of_type(events, "ClaimRejected", "never")
         assert len(rejected) == 1 and rejected[0]["data"]["reason"] == "unknown_author"
         assert (await service.db.claims.find_one({"_id": "never"}))["status"] == "rejected"
@@ -112,8 +166,11 @@ async def test_a_late_request_still_waits_its_full_time_for_its_author(ns: Names
     lag, a broker outage) is not expired by the next sweep."""
     service = claims_service(ns, pending_author_timeout_s=600)
     an_hour_ago = datetime.now(UTC) - timedelta(hours=1)
-    late = Envelope.wrap(ClaimRequested(claim_id="late", author_id="slow-author", user_id="u1", evidence=EMAIL_OK),
-                         producer="webapp", occurred_at=an_hour_ago)
+    late = Envelope.wrap(
+        ClaimRequested(claim_id="late", author_id="slow-author", user_id="u1", evidence=EMAIL_OK),
+        producer="webapp",
+        occurred_at=an_hour_ago,
+    )
     async with service.running():
         await send(producer, ns, late)
         await events_until(ns, lambda ev: of_type(ev, "ClaimSubmitted", "late"), "late submitted")
@@ -121,12 +178,15 @@ async def test_a_late_request_still_waits_its_full_time_for_its_author(ns: Names
         assert await processor.sweep_once() == 0
         assert (await service.db.claims.find_one({"_id": "late"}))["status"] == "pending_author"
         await send(producer, ns, author_registered("slow-author"))
-        events = await events_until(ns, lambda ev: of_type(ev, "ClaimApproved", "late"), "approved once its author came")
+        events = await events_until(
+            ns, lambda ev: of_type(ev, "ClaimApproved", "late"), "approved once its author came"
+        )
     assert not of_type(events, "ClaimRejected", "late")
 
 
 async def test_a_claim_is_not_expired_while_its_authors_registration_is_still_unread(
-        ns: Namespace, producer, monkeypatch) -> None:
+    ns: Namespace, producer, monkeypatch
+) -> None:
     """The author is registered in profile.events, but the consumer has not read that far
     (held here, as a long backlog holds it): a sweep after the wait must not reject the
     claim; it is decided once the registration is read."""
@@ -141,8 +201,11 @@ async def test_a_claim_is_not_expired_while_its_authors_registration_is_still_un
     monkeypatch.setattr(ClaimsProcessor, "handle", held)
     service = claims_service(ns, pending_author_timeout_s=600)
     async with service.running():
-        await send(producer, ns, command(ClaimRequested(claim_id="unread", author_id="behind", user_id="u1",
-                                                        evidence=EMAIL_OK)))
+        await send(
+            producer,
+            ns,
+            command(ClaimRequested(claim_id="unread", author_id="behind", user_id="u1", evidence=EMAIL_OK)),
+        )
         await events_until(ns, lambda ev: of_type(ev, "ClaimSubmitted", "unread"), "submitted, waiting")
         await send(producer, ns, author_registered("behind"))
         processor = service.http.state.claims_processor
@@ -160,17 +223,32 @@ async def test_replayed_commands_change_nothing_twice(ns: Namespace, producer) -
         withdraw = command(ClaimWithdrawn(claim_id="c1", author_id="a1", user_id="u1"))
         await send(producer, ns, author_registered("a1"))
         await authors_known(service, "a1")
-        await send(producer, ns, request, request,
-                   command(ClaimRequested(claim_id="c1", author_id="a1", user_id="u1", evidence=EMAIL_OK)),
-                   withdraw, withdraw, command(ClaimWithdrawn(claim_id="c1", author_id="a1", user_id="u1")))
+        await send(
+            producer,
+            ns,
+            request,
+            request,
+            command(ClaimRequested(claim_id="c1", author_id="a1", user_id="u1", evidence=EMAIL_OK)),
+            withdraw,
+            withdraw,
+            command(ClaimWithdrawn(claim_id="c1", author_id="a1", user_id="u1")),
+        )
         events = await events_until(ns, lambda ev: of_type(ev, "ClaimWithdrawn", "c1"), "withdrawn")
         await send(producer, ns, request)  # a late replay after everything else
         await send(producer, ns, command(ClaimRequested(claim_id="marker", author_id="a1", user_id="u9")))
         events = await events_until(ns, lambda ev: of_type(ev, "ClaimSubmitted", "marker"), "marker processed")
         doc = await service.db.claims.find_one({"_id": "c1"})
     assert [h["event"] for h in doc["history"]] == ["requested", "withdrawn"]
-    mine = [e for e in events if e["data"].get("claim_id") == "c1" or e["data"].get("author_id") == "a1"
-            and e["event_type"] == "VerificationLevelChanged"]
+    mine = [
+        e
+        for e in events
+        if e["data"].get("claim_id") == "c1"
+        or (e["data"].get("author_id") == "a1" and e["event_type"] == "VerificationLevelChanged")
+    ]
     assert len({e["event_id"] for e in mine}) == 5, [e["event_type"] for e in mine]
-    assert sorted({e["event_type"] for e in mine}) == ["ClaimApproved", "ClaimSubmitted", "ClaimWithdrawn",
-                                                         "VerificationLevelChanged"]
+    assert sorted({e["event_type"] for e in mine}) == [
+        "ClaimApproved",
+        "ClaimSubmitted",
+        "ClaimWithdrawn",
+        "VerificationLevelChanged",
+    ]

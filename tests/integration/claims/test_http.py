@@ -28,8 +28,14 @@ def alg_none_token(settings, user: str) -> str:
         return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
 
     now = int(time.time())
-    claims = {"sub": user, "roles": ["reviewer"], "iss": settings.jwt_issuer, "aud": settings.jwt_audience,
-              "iat": now, "exp": now + 60}
+    claims = {
+        "sub": user,
+        "roles": ["reviewer"],
+        "iss": settings.jwt_issuer,
+        "aud": settings.jwt_audience,
+        "iat": now,
+        "exp": now + 60,
+    }
     return f"{b64({'alg': 'none', 'typ': 'JWT'})}.{b64(claims)}."
 
 
@@ -49,8 +55,18 @@ async def test_authentication_authorisation_and_reads(ns: Namespace) -> None:
             now = int(time.time())
             refused = {
                 "missing": {},
-                "other key": bearer(jwt.encode({"sub": "alice", "iss": settings.jwt_issuer, "aud": settings.jwt_audience,
-                                                "iat": now, "exp": now + 60}, "another-key-entirely-another-key!")),
+                "other key": bearer(
+                    jwt.encode(
+                        {
+                            "sub": "alice",
+                            "iss": settings.jwt_issuer,
+                            "aud": settings.jwt_audience,
+                            "iat": now,
+                            "exp": now + 60,
+                        },
+                        "another-key-entirely-another-key!",
+                    )
+                ),
                 "expired": bearer(mint_token(settings, "alice", ttl_s=-60)),
                 "alg none": bearer(alg_none_token(settings, "alice")),
                 "not bearer": {"Authorization": "Basic YWxpY2U6cHc="},
@@ -70,12 +86,22 @@ async def test_authentication_authorisation_and_reads(ns: Namespace) -> None:
 
             claim = await eventually(alice_sees, until=lambda c: c.get("status") == "approved", what="approved")
             assert claim["user_id"] == "alice" and claim["verification_level"] == "L2"
-            assert set(claim["evidence"]) == {"email", "email_verified", "orcid", "orcid_authenticated", "statement", "links"}
+            assert set(claim["evidence"]) == {
+                "email",
+                "email_verified",
+                "orcid",
+                "orcid_authenticated",
+                "statement",
+                "links",
+            }
 
             # Someone else's claim and a claim that does not exist look the same to a non-reviewer.
             for path in (f"/claims/{claim_id}", "/claims/claim-does-not-exist"):
                 r = await client.get(path, headers=bob)
-                assert (r.status_code, r.json()) == (403, {"detail": "not allowed: only the claimant or a reviewer may access this claim"})
+                assert (r.status_code, r.json()) == (
+                    403,
+                    {"detail": "not allowed: only the claimant or a reviewer may access this claim"},
+                )
                 r = await client.post(f"{path}/withdraw", headers=bob)
                 assert r.status_code == 403
                 r = await client.post(f"{path}/evidence", json={"evidence": EMAIL_OK}, headers=bob)
@@ -86,33 +112,47 @@ async def test_authentication_authorisation_and_reads(ns: Namespace) -> None:
             assert r.status_code == 200 and r.json()["claim_id"] == claim_id
             r = await client.get("/claims/claim-does-not-exist", headers=reviewer)
             assert r.status_code == 404
-            r = await client.post("/claims/claim-does-not-exist/review", json={"decision": "approve", "reason": "ok"},
-                                  headers=reviewer)
+            r = await client.post(
+                "/claims/claim-does-not-exist/review", json={"decision": "approve", "reason": "ok"}, headers=reviewer
+            )
             assert r.status_code == 404
 
             public = (await client.get("/authors/a1/claim")).json()
             assert public["claimed"] is True and public["verification_level"] == "L2" and public["since"]
             assert public["owner_user_id"] == "alice"  # she chose to be shown
             assert (await client.get("/authors/nobody/claim")).json() == {
-                "author_id": "nobody", "claimed": False, "verification_level": None, "since": None, "owner_user_id": None}
+                "author_id": "nobody",
+                "claimed": False,
+                "verification_level": None,
+                "since": None,
+                "owner_user_id": None,
+            }
 
-            r = await client.post(f"/claims/{claim_id}/review", json={"decision": "revoke", "reason": "impostor"},
-                                  headers=reviewer)
+            r = await client.post(
+                f"/claims/{claim_id}/review", json={"decision": "revoke", "reason": "impostor"}, headers=reviewer
+            )
             assert r.status_code == 202
-            await eventually(lambda: client.get("/authors/a1/claim"), until=lambda resp: resp.json()["claimed"] is False,
-                             what="record unclaimed after revocation")
+            await eventually(
+                lambda: client.get("/authors/a1/claim"),
+                until=lambda resp: resp.json()["claimed"] is False,
+                what="record unclaimed after revocation",
+            )
 
             r = await client.post("/claims", json={"author_id": "a1"}, headers=bob)
             bob_claim = r.json()["claim_id"]
-            await eventually(lambda: client.get(f"/claims/{bob_claim}", headers=bob),
-                             until=lambda resp: resp.status_code == 200 and resp.json()["status"] == "needs_review")
+            await eventually(
+                lambda: client.get(f"/claims/{bob_claim}", headers=bob),
+                until=lambda resp: resp.status_code == 200 and resp.json()["status"] == "needs_review",
+            )
             public = (await client.get("/authors/a1/claim")).json()
             assert public["claimed"] is False
-            r = await client.post(f"/claims/{bob_claim}/review", json={"decision": "approve", "reason": "ok"},
-                                  headers=reviewer)
+            r = await client.post(
+                f"/claims/{bob_claim}/review", json={"decision": "approve", "reason": "ok"}, headers=reviewer
+            )
             assert r.status_code == 202
-            public = (await eventually(lambda: client.get("/authors/a1/claim"),
-                                       until=lambda resp: resp.json()["claimed"])).json()
+            public = (
+                await eventually(lambda: client.get("/authors/a1/claim"), until=lambda resp: resp.json()["claimed"])
+            ).json()
             assert public["verification_level"] == "L3" and public["owner_user_id"] is None  # bob did not opt in
     finally:
         await producer.stop()
@@ -126,8 +166,14 @@ async def test_bad_input_is_refused_with_a_clear_422(ns: Namespace) -> None:
     async with service.running(), http(service) as client:
         cases = {
             "user id in the body": {"author_id": "a1", "user_id": "mallory"},
-            "a secret sent by mistake": {"author_id": "a1", "evidence": {"orcid": ORCID, "orcid_access_token": "s3cr3t"}},
-            "ORCID check digit": {"author_id": "a1", "evidence": {"orcid": "0000-0002-1825-0098", "orcid_authenticated": True}},
+            "a secret sent by mistake": {
+                "author_id": "a1",
+                "evidence": {"orcid": ORCID, "orcid_access_token": "s3cr3t"},
+            },
+            "ORCID check digit": {
+                "author_id": "a1",
+                "evidence": {"orcid": "0000-0002-1825-0098", "orcid_authenticated": True},
+            },
             "email that is not one": {"author_id": "a1", "evidence": {"email": "not-an-email", "email_verified": True}},
             "malformed author id": {"author_id": "a1/../../admin"},
             "missing author id": {"evidence": EMAIL_OK},
@@ -140,7 +186,10 @@ async def test_bad_input_is_refused_with_a_clear_422(ns: Namespace) -> None:
         assert "check digit" in r.text
         r = await client.get("/claims/bad%20id", headers=alice)
         assert r.status_code == 422
-        r = await client.post("/claims/c1/review", json={"decision": "maybe", "reason": "x"},
-                              headers=bearer(mint_token(service.settings, "rita", ["reviewer"])))
+        r = await client.post(
+            "/claims/c1/review",
+            json={"decision": "maybe", "reason": "x"},
+            headers=bearer(mint_token(service.settings, "rita", ["reviewer"])),
+        )
         assert r.status_code == 422
     assert await read_topic(ns.infra["kafka"], ns.topic(Topic.WEBAPP_CLAIMS)) == []  # nothing was published

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 
-
 from contracts.events.claims import ClaimRequested, Evidence
 from contracts.registry import decode
 from contracts.topics import Topic
@@ -32,11 +31,18 @@ async def test_racing_claims_on_one_record_first_in_partition_order_wins(ns: Nam
     async with service.running():
         await send(producer, ns, author_registered("a1"))
         await authors_known(service, "a1")
-        await send(producer, ns, *(
-            command(ClaimRequested(claim_id=f"c{i}", author_id="a1", user_id=f"u{i}",
-                                   evidence=EMAIL_OK if i % 2 else ORCID_OK))
-            for i in range(8)
-        ))
+        await send(
+            producer,
+            ns,
+            *(
+                command(
+                    ClaimRequested(
+                        claim_id=f"c{i}", author_id="a1", user_id=f"u{i}", evidence=EMAIL_OK if i % 2 else ORCID_OK
+                    )
+                )
+                for i in range(8)
+            ),
+        )
         events = await events_until(ns, lambda ev: len(of_type(ev, "ClaimSubmitted")) == 8, "8 claims decided")
         author = await service.db.authors.find_one({"_id": "a1"})
     approved = of_type(events, "ClaimApproved")
@@ -63,10 +69,14 @@ async def test_one_approved_claim_per_user_across_partitions_and_replicas(ns: Na
     async with two_replicas(ns) as service:
         await send(producer, ns, *(author_registered(a) for a in authors))
         await authors_known(service, *authors)
-        await send(producer, ns, *(
-            command(ClaimRequested(claim_id=f"c{i}", author_id=a, user_id="greedy", evidence=EMAIL_OK))
-            for i, a in enumerate(authors)
-        ))
+        await send(
+            producer,
+            ns,
+            *(
+                command(ClaimRequested(claim_id=f"c{i}", author_id=a, user_id="greedy", evidence=EMAIL_OK))
+                for i, a in enumerate(authors)
+            ),
+        )
         events = await events_until(ns, lambda ev: len(of_type(ev, "ClaimSubmitted")) == 12, "12 claims decided")
         slots = [d async for d in service.db.user_slots.find({"user": "greedy", "kind": "approved"})]
         owned = await service.db.authors.count_documents({"claim.owner_user_id": "greedy"})
@@ -81,14 +91,22 @@ async def test_at_most_three_open_claims_per_user_across_replicas(ns: Namespace,
     async with two_replicas(ns) as service:
         await send(producer, ns, *(author_registered(a) for a in authors))
         await authors_known(service, *authors)
-        await send(producer, ns, *(
-            command(ClaimRequested(claim_id=f"c{i}", author_id=a, user_id="busy",
-                                   evidence=Evidence(statement="please review")))
-            for i, a in enumerate(authors)
-        ))
+        await send(
+            producer,
+            ns,
+            *(
+                command(
+                    ClaimRequested(
+                        claim_id=f"c{i}", author_id=a, user_id="busy", evidence=Evidence(statement="please review")
+                    )
+                )
+                for i, a in enumerate(authors)
+            ),
+        )
         events = await events_until(ns, lambda ev: len(of_type(ev, "ClaimSubmitted")) == 7, "7 claims decided")
-        open_now = await eventually(lambda: service.db.claims.count_documents({"status": "needs_review"}),
-                                    until=lambda n: n == 3)
+        open_now = await eventually(
+            lambda: service.db.claims.count_documents({"status": "needs_review"}), until=lambda n: n == 3
+        )
     assert len(of_type(events, "ClaimNeedsReview")) == 3 == open_now
     assert [e["data"]["reason"] for e in of_type(events, "ClaimRejected")] == ["too_many_open_claims"] * 4
 
@@ -98,7 +116,6 @@ async def test_a_slot_is_taken_atomically_by_concurrent_writers(ns: Namespace) -
     on one user's slot in the real store, and only the limit's worth succeed."""
     service = claims_service(ns)
     store = service.http.state.claims_processor.store
-
 
     results = await asyncio.gather(*(store.acquire("approved", "racer", f"c{i}", 1) for i in range(20)))
     assert sum(results) == 1
@@ -120,18 +137,37 @@ async def test_a_slot_freed_and_taken_again_in_one_batch(ns: Namespace, producer
     async with service.running():
         await send(producer, ns, *(author_registered(a) for a in authors))
         await authors_known(service, *authors)
-        await send(producer, ns, *(
-            command(ClaimRequested(claim_id=f"c{i}", author_id=authors[i], user_id="busy",
-                                   evidence=Evidence(statement="please review")))
-            for i in range(3)
-        ))
+        await send(
+            producer,
+            ns,
+            *(
+                command(
+                    ClaimRequested(
+                        claim_id=f"c{i}",
+                        author_id=authors[i],
+                        user_id="busy",
+                        evidence=Evidence(statement="please review"),
+                    )
+                )
+                for i in range(3)
+            ),
+        )
         await events_until(ns, lambda ev: len(of_type(ev, "ClaimNeedsReview")) == 3, "three claims open")
-        one_batch = [command(ClaimRequested(claim_id="winner", author_id=authors[0], user_id="owner", evidence=EMAIL_OK)),
-                     command(ClaimRequested(claim_id="c3", author_id=authors[3], user_id="busy",
-                                            evidence=Evidence(statement="please review")))]
+        one_batch = [
+            command(ClaimRequested(claim_id="winner", author_id=authors[0], user_id="owner", evidence=EMAIL_OK)),
+            command(
+                ClaimRequested(
+                    claim_id="c3", author_id=authors[3], user_id="busy", evidence=Evidence(statement="please review")
+                )
+            ),
+        ]
         processor = service.http.state.claims_processor
-        await processor.handle([Incoming(env, decode(Topic.WEBAPP_CLAIMS, env.to_bytes())[1], Topic.WEBAPP_CLAIMS, 0, n)
-                                for n, env in enumerate(one_batch)])
+        await processor.handle(
+            [
+                Incoming(env, decode(Topic.WEBAPP_CLAIMS, env.to_bytes())[1], Topic.WEBAPP_CLAIMS, 0, n)
+                for n, env in enumerate(one_batch)
+            ]
+        )
         events = await events_until(ns, lambda ev: of_type(ev, "ClaimNeedsReview", "c3"), "c3 open")
         held = sorted([d["claim_id"] async for d in service.db.user_slots.find({"user": "busy", "kind": "open"})])
     assert [e["data"]["reason"] for e in of_type(events, "ClaimRejected", "c0")] == ["already_claimed"]

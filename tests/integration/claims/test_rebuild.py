@@ -38,13 +38,22 @@ async def rebuilt_paths(ns: Namespace, live: object) -> dict[str, list[tuple[str
     rebuilt_db = live.database_name + "_rebuilt"  # type: ignore[attr-defined]
     ns.databases.append(rebuilt_db)
     result = await rebuild(build_service, live, database=rebuilt_db)
-    assert await compare_databases(live.mongodb_uri, live.database_name, rebuilt_db,  # type: ignore[attr-defined]
-                                   result.projection) == []
+    assert (
+        await compare_databases(
+            live.mongodb_uri,
+            live.database_name,
+            rebuilt_db,  # type: ignore[attr-defined]
+            result.projection,
+        )
+        == []
+    )
     assert result.projection == PROJECTION
     client: AsyncMongoClient = AsyncMongoClient(live.mongodb_uri)  # type: ignore[attr-defined]
     try:
-        return {c["_id"]: [(h["status"], h["event"]) for h in c["history"]]
-                async for c in client[rebuilt_db].claims.find({})}
+        return {
+            c["_id"]: [(h["status"], h["event"]) for h in c["history"]]
+            async for c in client[rebuilt_db].claims.find({})
+        }
     finally:
         await client.close()
 
@@ -55,8 +64,11 @@ async def test_rebuild_equals_live_for_claims_before_and_after_their_author(ns: 
     async with service.running():
         # Before its author: waits, then the registration decides it.
         await send(producer, ns, claim("early", "late-author", "u1"), claim("ghost", "ghost-author", "u3"))
-        events = await events_until(ns, lambda ev: {e["data"]["claim_id"] for e in of_type(ev, "ClaimSubmitted")}
-                                    == {"early", "ghost"}, "both claims waiting")
+        events = await events_until(
+            ns,
+            lambda ev: {e["data"]["claim_id"] for e in of_type(ev, "ClaimSubmitted")} == {"early", "ghost"},
+            "both claims waiting",
+        )
         assert {e["data"]["status"] for e in of_type(events, "ClaimSubmitted")} == {"pending_author"}
         await send(producer, ns, author_registered("late-author"))
         await events_until(ns, lambda ev: of_type(ev, "ClaimApproved", "early"), "early approved when its author came")
@@ -83,8 +95,12 @@ async def send_at(producer, ns: Namespace, envelope: object, timestamp_ms: int) 
     """One record with the append time given: what a rebuild sees of records that a lagging
     consumer fetched in another order than they were appended."""
     topic = Topic.PROFILE_EVENTS if envelope.producer == "profile" else Topic.WEBAPP_CLAIMS  # type: ignore[attr-defined]
-    await producer.send(ns.topic(topic), envelope.to_bytes(), key=envelope.data["author_id"].encode(),  # type: ignore[attr-defined]
-                        timestamp_ms=timestamp_ms)
+    await producer.send(
+        ns.topic(topic),
+        envelope.to_bytes(),
+        key=envelope.data["author_id"].encode(),  # type: ignore[attr-defined]
+        timestamp_ms=timestamp_ms,
+    )
     await producer.flush()
 
 
@@ -106,7 +122,9 @@ async def test_rebuild_follows_the_order_live_saw_not_the_append_times(ns: Names
         await send_at(producer, ns, claim("parked", "seen-late", "u2"), base + 20_000)
         await events_until(ns, lambda ev: of_type(ev, "ClaimSubmitted", "parked"), "parked waiting")
         await send_at(producer, ns, author_registered("seen-late"), base + 15_000)
-        await events_until(ns, lambda ev: of_type(ev, "ClaimApproved", "parked"), "parked approved when its author came")
+        await events_until(
+            ns, lambda ev: of_type(ev, "ClaimApproved", "parked"), "parked approved when its author came"
+        )
     assert await rebuilt_paths(ns, service.settings) == {
         "at-once": [("approved", "requested")],
         "parked": [("pending_author", "requested"), ("approved", "author_arrived")],

@@ -24,8 +24,9 @@ from tests.conftest import Namespace
 
 
 def follow_settings(ns: Namespace, **overrides: Any) -> FollowSettings:
-    values: dict[str, Any] = dict(unknown_author_wait_s=30.0, sweep_interval_s=0.2, fanout_chunk_size=7,
-                                  follower_pages=16)
+    values: dict[str, Any] = dict(
+        unknown_author_wait_s=30.0, sweep_interval_s=0.2, fanout_chunk_size=7, follower_pages=16
+    )
     values.update(overrides)
     return ns.settings("follow", cls=FollowSettings, **values)
 
@@ -37,10 +38,12 @@ async def follow(ns: Namespace) -> AsyncIterator[Service]:
         yield service
 
 
-async def publish(producer: AIOKafkaProducer, ns: Namespace, envelopes: Sequence[Envelope], topic: str,
-                  key: str | None = None) -> None:
-    futures = [await producer.send(ns.topic(topic), e.to_bytes(), key=(key or e.data["author_id"]).encode())
-               for e in envelopes]
+async def publish(
+    producer: AIOKafkaProducer, ns: Namespace, envelopes: Sequence[Envelope], topic: str, key: str | None = None
+) -> None:
+    futures = [
+        await producer.send(ns.topic(topic), e.to_bytes(), key=(key or e.data["author_id"]).encode()) for e in envelopes
+    ]
     for f in futures:
         await f
 
@@ -58,32 +61,54 @@ def unfollow_cmd(user: str, author: str, at: datetime | None = None) -> Envelope
 
 
 def author_state(author: str, name: str = "Quoc V. Le", revision: int = 1) -> AuthorState:
-    return AuthorState(author_id=author, display_name=name, works_count=1, record_verification_level="L1",
-                       revision=revision)
+    return AuthorState(
+        author_id=author, display_name=name, works_count=1, record_verification_level="L1", revision=revision
+    )
 
 
 def registered(author: str, name: str = "Quoc V. Le", revision: int = 1) -> Envelope:
     return wrap(AuthorRegistered(author_id=author, author=author_state(author, name, revision)))
 
 
-def work_added(author: str, title: str = "Sequence to Sequence Learning", revision: int = 2,
-               at: datetime | None = None) -> Envelope:
+def work_added(
+    author: str, title: str = "Sequence to Sequence Learning", revision: int = 2, at: datetime | None = None
+) -> Envelope:
     work = WorkSummary(work_id=f"w-{title[:10].replace(' ', '-')}", type="article", year=2014, title=title)
     return wrap(WorkAdded(author_id=author, author=author_state(author, revision=revision), work=work), at)
 
 
 def claim_approved(author: str, owner: str, revision: int = 2, at: datetime | None = None) -> Envelope:
-    state = AuthorClaimState(claimed=True, owner_user_id=owner, claim_id="c1", verification_level="L2",
-                             since=datetime.now(UTC), revision=revision)
-    return wrap(ClaimApproved(claim_id="c1", author_id=author, user_id=owner, author_claim=state,
-                              verification_level="L2"), at)
+    state = AuthorClaimState(
+        claimed=True,
+        owner_user_id=owner,
+        claim_id="c1",
+        verification_level="L2",
+        since=datetime.now(UTC),
+        revision=revision,
+    )
+    return wrap(
+        ClaimApproved(claim_id="c1", author_id=author, user_id=owner, author_claim=state, verification_level="L2"), at
+    )
 
 
-def trust_changed(author: str, band: str, previous: str | None, revision: int = 2,
-                  at: datetime | None = None) -> Envelope:
-    return wrap(TrustScoreChanged(author_id=author, score=50, band=band, verification_level="L1", components=[],
-                                  previous_score=21, previous_band=previous, reason="test", formula_version=1,
-                                  revision=revision), at)
+def trust_changed(
+    author: str, band: str, previous: str | None, revision: int = 2, at: datetime | None = None
+) -> Envelope:
+    return wrap(
+        TrustScoreChanged(
+            author_id=author,
+            score=50,
+            band=band,
+            verification_level="L1",
+            components=[],
+            previous_score=21,
+            previous_band=previous,
+            reason="test",
+            formula_version=1,
+            revision=revision,
+        ),
+        at,
+    )
 
 
 def later(seconds: float = 1.0) -> datetime:

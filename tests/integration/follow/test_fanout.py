@@ -69,12 +69,18 @@ async def test_only_who_followed_before_the_event_is_notified(ns, producer, foll
     await settled_count(ns, follow, "a1", 1)
     work = work_added("a1", at=later(0.5))
     # Follows after the source event (by their own time) are not notified of it.
-    await publish(producer, ns, [follow_cmd("newcomer", "a1", at=later(5)), follow_cmd("returns", "a1", at=later(5))],
-                  Topic.WEBAPP_FOLLOWS)
+    await publish(
+        producer,
+        ns,
+        [follow_cmd("newcomer", "a1", at=later(5)), follow_cmd("returns", "a1", at=later(5))],
+        Topic.WEBAPP_FOLLOWS,
+    )
     await settled_count(ns, follow, "a1", 3)
     await publish(producer, ns, [work], Topic.PROFILE_EVENTS)
-    plan = await eventually(lambda: store_of(follow).fanout(str(fanout_id(work.event_id))),
-                            until=lambda p: p and len(p.get("done") or []) == len(p["chunks"]))
+    plan = await eventually(
+        lambda: store_of(follow).fanout(str(fanout_id(work.event_id))),
+        until=lambda p: p and len(p.get("done") or []) == len(p["chunks"]),
+    )
     assert plan["followers"] == 1
     inbox = await store_of(follow).inbox.find({}).to_list(None)
     assert [d["user_id"] for d in inbox] == ["stays"]
@@ -83,9 +89,16 @@ async def test_only_who_followed_before_the_event_is_notified(ns, producer, foll
 async def test_claim_approved_and_upward_band_changes_notify_but_downward_ones_do_not(ns, producer, follow) -> None:
     await followers(ns, producer, follow, "a1", ["f1", "f2"])
     await publish(producer, ns, [claim_approved("a1", owner="quoc", at=later())], Topic.CLAIMS_EVENTS)
-    await publish(producer, ns, [trust_changed("a1", "Trusted", "Established", revision=2, at=later()),
-                                 trust_changed("a1", "Emerging", "Trusted", revision=3, at=later()),
-                                 trust_changed("a1", "Emerging", None, revision=4, at=later())], Topic.TRUST_EVENTS)
+    await publish(
+        producer,
+        ns,
+        [
+            trust_changed("a1", "Trusted", "Established", revision=2, at=later()),
+            trust_changed("a1", "Emerging", "Trusted", revision=3, at=later()),
+            trust_changed("a1", "Emerging", None, revision=4, at=later()),
+        ],
+        Topic.TRUST_EVENTS,
+    )
     await eventually(lambda: inbox_count(follow), until=lambda n: n == 4)
     kinds = Counter(d["kind"] for d in await store_of(follow).inbox.find({}).to_list(None))
     assert kinds == {"claim_approved": 2, "trust_band_up": 2}
@@ -97,6 +110,7 @@ async def test_an_author_without_followers_plans_an_empty_fanout(ns, producer, f
     await publish(producer, ns, [registered("lonely")], Topic.PROFILE_EVENTS)
     work = work_added("lonely", at=later())
     await publish(producer, ns, [work], Topic.PROFILE_EVENTS)
-    plan = await eventually(lambda: store_of(follow).fanout(str(fanout_id(work.event_id))),
-                            until=lambda p: p and p.get("published"))
+    plan = await eventually(
+        lambda: store_of(follow).fanout(str(fanout_id(work.event_id))), until=lambda p: p and p.get("published")
+    )
     assert plan["chunks"] == [] and await inbox_count(follow) == 0

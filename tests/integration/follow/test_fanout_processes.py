@@ -35,8 +35,12 @@ async def seeded(ns: Namespace) -> AsyncIterator[tuple[FollowStore, list[str]]]:
 
 
 async def fanout_finished(store: FollowStore, fid: str) -> dict:
-    return await eventually(lambda: store.fanout(fid), timeout=120, what="every chunk done",
-                            until=lambda p: p and p.get("published") and len(p["done"]) == len(p["chunks"]))
+    return await eventually(
+        lambda: store.fanout(fid),
+        timeout=120,
+        what="every chunk done",
+        until=lambda p: p and p.get("published") and len(p["done"]) == len(p["chunks"]),
+    )
 
 
 async def assert_exactly_once(ns: Namespace, store: FollowStore, users: list[str], source_id) -> None:
@@ -78,8 +82,12 @@ async def test_a_fanout_killed_midway_resumes_to_exactly_10000(ns, producer, see
         work = work_added(AUTHOR, at=later())
         fid = str(fanout_id(work.event_id))
         await publish(producer, ns, [work], Topic.PROFILE_EVENTS)
-        before = await eventually(lambda: store.fanout(fid), timeout=60, what="some chunks done",
-                                  until=lambda p: p and len(p.get("done") or []) >= 10)
+        before = await eventually(
+            lambda: store.fanout(fid),
+            timeout=60,
+            what="some chunks done",
+            until=lambda p: p and len(p.get("done") or []) >= 10,
+        )
         service.kill()
         assert len(before["done"]) < len(before["chunks"]), "killed in the middle of the fan-out"
         partial = await store.inbox.count_documents({})

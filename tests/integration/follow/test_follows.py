@@ -43,8 +43,11 @@ async def settled_count(ns: Namespace, service: Service, author: str, expected: 
     """Wait for the last FollowerCountChanged of the author to say ``expected``."""
 
     async def last_count() -> int | None:
-        counts = [e for e in await events(ns, Topic.FOLLOWS_EVENTS, "FollowerCountChanged")
-                  if e["data"]["author_id"] == author]
+        counts = [
+            e
+            for e in await events(ns, Topic.FOLLOWS_EVENTS, "FollowerCountChanged")
+            if e["data"]["author_id"] == author
+        ]
         return max(counts, key=lambda e: e["data"]["revision"])["data"]["count"] if counts else None
 
     await eventually(last_count, until=lambda c: c == expected, timeout=60, what=f"count {expected}")
@@ -63,8 +66,12 @@ async def settled_count(ns: Namespace, service: Service, author: str, expected: 
 async def test_follow_twice_is_one_follow_and_unfollow_of_nothing_is_a_no_op(ns, producer, follow) -> None:
     await publish(producer, ns, [registered("a1")], Topic.PROFILE_EVENTS)
     await eventually(lambda: store_of(follow).author("a1"), until=lambda d: d and d.get("known"))
-    await publish(producer, ns, [follow_cmd("u1", "a1"), follow_cmd("u1", "a1"), unfollow_cmd("u2", "a1"),
-                                 follow_cmd("u2", "a1")], Topic.WEBAPP_FOLLOWS)
+    await publish(
+        producer,
+        ns,
+        [follow_cmd("u1", "a1"), follow_cmd("u1", "a1"), unfollow_cmd("u2", "a1"), follow_cmd("u2", "a1")],
+        Topic.WEBAPP_FOLLOWS,
+    )
     await settled_count(ns, follow, "a1", 2)
     followed = await events(ns, Topic.FOLLOWS_EVENTS, "AuthorFollowed")
     assert sorted((e["data"]["user_id"], e["data"]["count"]) for e in followed) == [("u1", 1), ("u2", 2)]
@@ -120,10 +127,15 @@ async def test_following_an_unknown_author_is_rejected_after_the_wait(ns, produc
     service = build_service(follow_settings(ns, unknown_author_wait_s=1.0))
     async with service.running():
         await publish(producer, ns, [follow_cmd("u1", "ghost"), follow_cmd("u2", "ghost")], Topic.WEBAPP_FOLLOWS)
-        rejected = await eventually(lambda: events(ns, Topic.FOLLOWS_EVENTS, "FollowRejected"),
-                                    until=lambda r: len(r) == 2, what="two rejections")
+        rejected = await eventually(
+            lambda: events(ns, Topic.FOLLOWS_EVENTS, "FollowRejected"),
+            until=lambda r: len(r) == 2,
+            what="two rejections",
+        )
         assert {(r["data"]["user_id"], r["data"]["reason"]) for r in rejected} == {
-            ("u1", "unknown_author"), ("u2", "unknown_author")}
+            ("u1", "unknown_author"),
+            ("u2", "unknown_author"),
+        }
         assert await store_of(service).parked_for("ghost") == []
         # The author arriving later changes nothing for the rejected follows.
         await publish(producer, ns, [registered("ghost")], Topic.PROFILE_EVENTS)
@@ -133,7 +145,8 @@ async def test_following_an_unknown_author_is_rejected_after_the_wait(ns, produc
 
 
 async def test_a_follow_is_not_rejected_while_the_authors_registration_is_still_unread(
-        ns, producer, monkeypatch) -> None:
+    ns, producer, monkeypatch
+) -> None:
     """The author is registered in profile.events, but the source consumer has not read
     that far (held here, as a long backlog holds it): the wait running out on the clock
     must not reject the follow; it is applied once the registration is read."""
@@ -149,16 +162,21 @@ async def test_a_follow_is_not_rejected_while_the_authors_registration_is_still_
     async with service.running():
         await publish(producer, ns, [registered("lagged")], Topic.PROFILE_EVENTS)
         await publish(producer, ns, [follow_cmd("u1", "lagged")], Topic.WEBAPP_FOLLOWS)
-        first = await eventually(lambda: store_of(service).parked_for("lagged"), until=lambda p: len(p) == 1,
-                                 what="first follow parked")
-        await eventually(clock, until=lambda now: now > first[0]["expires_at"],
-                         what="the wait of the first follow over on the clock")
+        first = await eventually(
+            lambda: store_of(service).parked_for("lagged"), until=lambda p: len(p) == 1, what="first follow parked"
+        )
+        await eventually(
+            clock, until=lambda now: now > first[0]["expires_at"], what="the wait of the first follow over on the clock"
+        )
         # A second command of the author: its batch decides on the first follow, whose
         # wait is over on the clock (a wall-clock rule rejects it here).
         second = follow_cmd("u2", "lagged")
         await publish(producer, ns, [second], Topic.WEBAPP_FOLLOWS)
-        await eventually(lambda: store_of(service).parked_for("lagged"),
-                         until=lambda p: str(second.event_id) in {d["_id"] for d in p}, what="second follow parked")
+        await eventually(
+            lambda: store_of(service).parked_for("lagged"),
+            until=lambda p: str(second.event_id) in {d["_id"] for d in p},
+            what="second follow parked",
+        )
         gate.set()
         await settled_count(ns, service, "lagged", 2)
         assert await events(ns, Topic.FOLLOWS_EVENTS, "FollowRejected") == []
@@ -171,9 +189,11 @@ async def test_a_parked_follow_and_its_unfollow_applied_together_store_the_count
     await publish(producer, ns, [follow_cmd("u1", "pair"), unfollow_cmd("u1", "pair")], Topic.WEBAPP_FOLLOWS)
     await eventually(lambda: store_of(follow).parked_for("pair"), until=lambda p: len(p) == 2, what="both parked")
     await publish(producer, ns, [registered("pair")], Topic.PROFILE_EVENTS)
-    doc = await eventually(lambda: store_of(follow).author("pair"),
-                           until=lambda d: d and not d.get("parked_ids") and "follower_count" in d,
-                           what="applied, count stored")
+    doc = await eventually(
+        lambda: store_of(follow).author("pair"),
+        until=lambda d: d and not d.get("parked_ids") and "follower_count" in d,
+        what="applied, count stored",
+    )
     assert doc["follower_count"] == 0 and await edges_in_store(follow, "pair") == 0
 
 
@@ -185,8 +205,9 @@ async def test_a_rebuild_keeps_no_count_revision_where_live_published_no_count(n
     await publish(producer, ns, [follow_cmd("u1", "counted")], Topic.WEBAPP_FOLLOWS)
     await settled_count(ns, follow, "counted", 1)
     store = store_of(follow)
-    await store.set_authors_fields({"netted": {"known": True, "follower_count": 0, "count_revision": 2},
-                                    "counted": {"count_revision": 5}})
+    await store.set_authors_fields(
+        {"netted": {"known": True, "follower_count": 0, "count_revision": 2}, "counted": {"count_revision": 5}}
+    )
     commands = FollowCommands(store, follow.publisher, follow_settings(ns))
     await commands.adopt_published_revisions()
     assert "count_revision" not in (await store.author("netted") or {})
@@ -203,17 +224,31 @@ async def test_a_command_parked_by_a_batch_that_died_before_its_commit_leaves_no
     await publish(producer, ns, [registered("known-now")], Topic.PROFILE_EVENTS)
     await eventually(lambda: store.author("known-now"), until=lambda d: d and d.get("known"), what="author known")
     command = follow_cmd("u1", "known-now")
-    await store.park([{"_id": str(command.event_id), "author_id": "known-now", "partition": 0, "offset": 0,
-                       "envelope": command.model_dump_json(), "parked_at": await clock(),
-                       "expires_at": await clock() + timedelta(seconds=60)}])
+    await store.park(
+        [
+            {
+                "_id": str(command.event_id),
+                "author_id": "known-now",
+                "partition": 0,
+                "offset": 0,
+                "envelope": command.model_dump_json(),
+                "parked_at": await clock(),
+                "expires_at": await clock() + timedelta(seconds=60),
+            }
+        ]
+    )
     await publish(producer, ns, [command], Topic.WEBAPP_FOLLOWS)
     await settled_count(ns, follow, "known-now", 1)
     await eventually(lambda: store.parked_for("known-now"), until=lambda p: p == [], what="parked document dropped")
 
 
 async def test_parked_follows_apply_in_order_when_the_author_arrives(ns, producer, follow) -> None:
-    await publish(producer, ns, [follow_cmd("u1", "late"), follow_cmd("u2", "late"), unfollow_cmd("u1", "late"),
-                                 follow_cmd("u3", "late")], Topic.WEBAPP_FOLLOWS)
+    await publish(
+        producer,
+        ns,
+        [follow_cmd("u1", "late"), follow_cmd("u2", "late"), unfollow_cmd("u1", "late"), follow_cmd("u3", "late")],
+        Topic.WEBAPP_FOLLOWS,
+    )
     await eventually(lambda: store_of(follow).parked_for("late"), until=lambda p: len(p) == 4, what="parked")
     await publish(producer, ns, [registered("late")], Topic.PROFILE_EVENTS)
     await settled_count(ns, follow, "late", 2)
@@ -226,8 +261,9 @@ async def test_parked_follows_apply_in_order_when_the_author_arrives(ns, produce
 async def test_the_owner_cannot_follow_their_own_record(ns, producer, follow) -> None:
     await publish(producer, ns, [registered("a1")], Topic.PROFILE_EVENTS)
     await publish(producer, ns, [claim_approved("a1", owner="quoc")], Topic.CLAIMS_EVENTS)
-    await eventually(lambda: store_of(follow).author("a1"),
-                     until=lambda d: d and d.get("known") and d.get("owner_user_id") == "quoc")
+    await eventually(
+        lambda: store_of(follow).author("a1"), until=lambda d: d and d.get("known") and d.get("owner_user_id") == "quoc"
+    )
     await publish(producer, ns, [follow_cmd("quoc", "a1"), follow_cmd("fan", "a1")], Topic.WEBAPP_FOLLOWS)
     await settled_count(ns, follow, "a1", 1)
     rejected = await events(ns, Topic.FOLLOWS_EVENTS, "FollowRejected")
@@ -250,8 +286,10 @@ async def test_malformed_commands_are_dead_lettered_and_the_stream_goes_on(ns, p
 
 async def test_two_authors_are_independent_in_one_batch(ns, producer, follow) -> None:
     await publish(producer, ns, [registered("a1"), registered("a2")], Topic.PROFILE_EVENTS)
-    await eventually(lambda: store_of(follow).authors_by_id(["a1", "a2"]),
-                     until=lambda d: all(x.get("known") for x in d.values()) and len(d) == 2)
+    await eventually(
+        lambda: store_of(follow).authors_by_id(["a1", "a2"]),
+        until=lambda d: all(x.get("known") for x in d.values()) and len(d) == 2,
+    )
     cmds = [follow_cmd(f"u{i}", "a1" if i % 2 else "a2") for i in range(40)]
     await asyncio.gather(publish(producer, ns, cmds, Topic.WEBAPP_FOLLOWS))
     await settled_count(ns, follow, "a1", 20)
@@ -272,13 +310,25 @@ async def test_a_batch_committed_but_not_carried_out_is_healed_by_the_next_one(n
         await publish(producer, ns, [registered("a1")], Topic.PROFILE_EVENTS)
         await eventually(lambda: store_of(service).author("a1"), until=lambda d: d and d.get("known"))
         cause = follow_cmd("u2", "a1")
-        lost = service.publisher.outgoing(AuthorFollowed(author_id="a1", user_id="u2", count=1), cause=cause,
-                                          event_id=deterministic_event_id(cause.event_id, "AuthorFollowed"))
-        await store_of(service).set_author_fields("a1", {
-            "follower_count": 1, "count_revision": 1, "pages": store_of(service).pages_with([], ["u2"]),
-            "pending": {"id": "crashed", "edges": [{"u": "u2", **edge_doc(Edge(True, cause.occurred_at))}],
-                        "events": [encode_outgoing(lost)], "parked_done": []},
-        })
+        lost = service.publisher.outgoing(
+            AuthorFollowed(author_id="a1", user_id="u2", count=1),
+            cause=cause,
+            event_id=deterministic_event_id(cause.event_id, "AuthorFollowed"),
+        )
+        await store_of(service).set_author_fields(
+            "a1",
+            {
+                "follower_count": 1,
+                "count_revision": 1,
+                "pages": store_of(service).pages_with([], ["u2"]),
+                "pending": {
+                    "id": "crashed",
+                    "edges": [{"u": "u2", **edge_doc(Edge(True, cause.occurred_at))}],
+                    "events": [encode_outgoing(lost)],
+                    "parked_done": [],
+                },
+            },
+        )
         await publish(producer, ns, [follow_cmd("u3", "a1"), follow_cmd("u2", "a1")], Topic.WEBAPP_FOLLOWS)
         await settled_count(ns, service, "a1", 2)
         assert await edges_in_store(service, "a1") == 2

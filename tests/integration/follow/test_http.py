@@ -74,8 +74,12 @@ async def test_notifications_are_only_for_the_user_themself(ns, producer, follow
     await eventually(lambda: store_of(follow).author("a1"), until=lambda d: d and d.get("known"))
     await publish(producer, ns, [follow_cmd("alice", "a1"), follow_cmd("bob", "a1")], Topic.WEBAPP_FOLLOWS)
     await settled_count(ns, follow, "a1", 2)
-    await publish(producer, ns, [work_added("a1", "Paper one", at=later(1)),
-                                 work_added("a1", "Paper two", revision=3, at=later(2))], Topic.PROFILE_EVENTS)
+    await publish(
+        producer,
+        ns,
+        [work_added("a1", "Paper one", at=later(1)), work_added("a1", "Paper two", revision=3, at=later(2))],
+        Topic.PROFILE_EVENTS,
+    )
     await eventually(lambda: store_of(follow).inbox.count_documents({}), until=lambda n: n == 4)
 
     assert (await http.get("/users/alice/notifications")).status_code == 401
@@ -85,8 +89,9 @@ async def test_notifications_are_only_for_the_user_themself(ns, producer, follow
     alice = bearer(follow, "alice")
     first = (await http.get("/users/alice/notifications", params={"limit": 1}, headers=alice)).json()
     assert "Paper two" in first["notifications"][0]["title"]  # newest first
-    second = (await http.get("/users/alice/notifications", params={"limit": 1, "cursor": first["next_cursor"]},
-                             headers=alice)).json()
+    second = (
+        await http.get("/users/alice/notifications", params={"limit": 1, "cursor": first["next_cursor"]}, headers=alice)
+    ).json()
     assert "Paper one" in second["notifications"][0]["title"] and second["next_cursor"] is None
     newest = first["notifications"][0]["notification_id"]
     r = await http.post("/users/alice/notifications/read", json={"notification_ids": [newest]}, headers=alice)
@@ -96,8 +101,12 @@ async def test_notifications_are_only_for_the_user_themself(ns, producer, follow
         page = (await http.get("/users/alice/notifications", params={"unread": True}, headers=alice)).json()
         return [n["title"] for n in page["notifications"]]
 
-    await eventually(alice_unread, until=lambda titles: titles == [second["notifications"][0]["title"]],
-                     what="the read mark applied through notifications.events")
-    bob_unread = (await http.get("/users/bob/notifications", params={"unread": True},
-                                 headers=bearer(follow, "bob"))).json()
+    await eventually(
+        alice_unread,
+        until=lambda titles: titles == [second["notifications"][0]["title"]],
+        what="the read mark applied through notifications.events",
+    )
+    bob_unread = (
+        await http.get("/users/bob/notifications", params={"unread": True}, headers=bearer(follow, "bob"))
+    ).json()
     assert len(bob_unread["notifications"]) == 2, "alice's read mark is hers only"

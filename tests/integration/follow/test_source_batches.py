@@ -45,38 +45,56 @@ def as_batch(envelopes: list[Envelope], topic_of: dict[str, str]) -> list[Incomi
 
 
 async def test_a_batch_for_many_authors_notifies_exactly_the_followers_once_even_redelivered(
-        ns, producer, follow) -> None:
+    ns, producer, follow
+) -> None:
     store = store_of(follow)
     await publish(producer, ns, [registered(a, name=f"Old {a}") for a in AUTHORS], Topic.PROFILE_EVENTS)
-    await eventually(lambda: store.authors_by_id(AUTHORS), until=lambda d: all((d.get(a) or {}).get("known")
-                                                                                for a in AUTHORS))
-    await publish(producer, ns, [follow_cmd(u, a) for a, users in FOLLOWERS.items() for u in users],
-                  Topic.WEBAPP_FOLLOWS)
+    await eventually(
+        lambda: store.authors_by_id(AUTHORS), until=lambda d: all((d.get(a) or {}).get("known") for a in AUTHORS)
+    )
+    await publish(
+        producer, ns, [follow_cmd(u, a) for a, users in FOLLOWERS.items() for u in users], Topic.WEBAPP_FOLLOWS
+    )
     for a, users in FOLLOWERS.items():
         await settled_count(ns, follow, a, len(users))
 
     # Per author, interleaved with the others: a band up (old name), a rename, a new work,
     # the claim approved (new name), a band down (no notification), a stale rename (ignored).
     per_author = {
-        a: [trust_changed(a, "Trusted", "Established", revision=2, at=later()),
+        a: [
+            trust_changed(a, "Trusted", "Established", revision=2, at=later()),
             wrap(AuthorUpdated(author_id=a, author=author_state(a, name=f"New {a}", revision=2))),
-            wrap(WorkAdded(author_id=a, author=author_state(a, name=f"New {a}", revision=3),
-                           work=WorkSummary(work_id=f"w-{a}", type="article", year=2026, title=f"Paper of {a}")), later()),
+            wrap(
+                WorkAdded(
+                    author_id=a,
+                    author=author_state(a, name=f"New {a}", revision=3),
+                    work=WorkSummary(work_id=f"w-{a}", type="article", year=2026, title=f"Paper of {a}"),
+                ),
+                later(),
+            ),
             claim_approved(a, owner=f"owner-{a}", at=later()),
             trust_changed(a, "Emerging", "Trusted", revision=3, at=later()),
-            wrap(AuthorUpdated(author_id=a, author=author_state(a, name="Stale", revision=1)))]
+            wrap(AuthorUpdated(author_id=a, author=author_state(a, name="Stale", revision=1))),
+        ]
         for a in AUTHORS
     }
     envelopes = [e for step in zip(*per_author.values(), strict=True) for e in step]
-    topic_of = {"TrustScoreChanged": Topic.TRUST_EVENTS, "AuthorUpdated": Topic.PROFILE_EVENTS,
-                "WorkAdded": Topic.PROFILE_EVENTS, "ClaimApproved": Topic.CLAIMS_EVENTS}
+    topic_of = {
+        "TrustScoreChanged": Topic.TRUST_EVENTS,
+        "AuthorUpdated": Topic.PROFILE_EVENTS,
+        "WorkAdded": Topic.PROFILE_EVENTS,
+        "ClaimApproved": Topic.CLAIMS_EVENTS,
+    }
     batch = as_batch(envelopes, topic_of)
     sources = SourceEvents(store, FanoutPlanner(store, follow.publisher, follow.settings))
 
     await sources.handle(batch)
     expected = {
         str(notification_id(e.event_id, u)): (u, e.event_type)
-        for a, users in FOLLOWERS.items() for e in per_author[a][:4] if e.event_type != "AuthorUpdated" for u in users
+        for a, users in FOLLOWERS.items()
+        for e in per_author[a][:4]
+        if e.event_type != "AuthorUpdated"
+        for u in users
     }
     assert len(expected) == 3 * sum(len(u) for u in FOLLOWERS.values())
 
@@ -101,8 +119,10 @@ async def test_a_batch_for_many_authors_notifies_exactly_the_followers_once_even
         assert titles[(a, "trust_band_up")] == f"Old {a} is now Trusted"  # the name known at that point
         assert titles[(a, "new_work")] == f"New {a} published a new work: Paper of {a}"
         assert titles[(a, "claim_approved")] == f"New {a} claimed their researcher profile"
-    notes = await eventually(lambda: events(ns, Topic.NOTIFICATIONS_EVENTS, "NotificationCreated"),
-                             until=lambda n: len({x["event_id"] for x in n}) >= len(expected))
+    notes = await eventually(
+        lambda: events(ns, Topic.NOTIFICATIONS_EVENTS, "NotificationCreated"),
+        until=lambda n: len({x["event_id"] for x in n}) >= len(expected),
+    )
     assert {n["data"]["notification_id"] for n in notes} == set(expected)
     # Only the crashed plan's chunks went out a second time, with their first event ids.
     sent = Counter(c["event_id"] for c in await events(ns, Topic.FOLLOW_FANOUT))
@@ -116,7 +136,8 @@ async def test_a_batch_for_many_authors_notifies_exactly_the_followers_once_even
         assert p["published"] and (p["followers"] > 0) == (p["author_id"] in FOLLOWERS)
     authors = await store.authors_by_id(AUTHORS)
     assert {a: (d["display_name"], d["owner_user_id"]) for a, d in authors.items()} == {
-        a: (f"New {a}", f"owner-{a}") for a in AUTHORS}
+        a: (f"New {a}", f"owner-{a}") for a in AUTHORS
+    }
 
 
 def _kind_event(kind: str) -> str:
@@ -124,6 +145,10 @@ def _kind_event(kind: str) -> str:
 
 
 async def _plans(store, per_author) -> dict[str, dict]:
-    ids = [str(fanout_id(e.event_id)) for steps in per_author.values() for e in steps[:4]
-           if e.event_type != "AuthorUpdated"]
+    ids = [
+        str(fanout_id(e.event_id))
+        for steps in per_author.values()
+        for e in steps[:4]
+        if e.event_type != "AuthorUpdated"
+    ]
     return await store.fanouts_by_id(ids)

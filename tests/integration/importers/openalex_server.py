@@ -125,14 +125,14 @@ class OpenAlexStub:
             return Canned(200, self.verbatim[(key, page, per_page)])
         works = self.works[key]
         meta = {"count": len(works), "db_response_time_ms": 1, "page": page, "per_page": per_page, "groups_count": None}
-        body = {"meta": meta, "results": works[(page - 1) * per_page: page * per_page], "group_by": []}
+        body = {"meta": meta, "results": works[(page - 1) * per_page : page * per_page], "group_by": []}
         return Canned(200, json.dumps(body).encode())
 
     def _handler_class(self) -> type[BaseHTTPRequestHandler]:
         stub = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802 - http.server's naming
+            def do_GET(self) -> None:
                 url = urlsplit(self.path)
                 query = {k: v[-1] for k, v in parse_qs(url.query).items()}
                 canned = stub._respond(Request(url.path, query))

@@ -46,16 +46,29 @@ async def http(profile: Service) -> AsyncIterator[httpx.AsyncClient]:
 
 
 def work(work_id: str, *authors: str, title: str = "A study", year: int = 2021, **extra: Any) -> dict[str, Any]:
-    return {"work_id": work_id, "type": "article", "year": year, "title": title,
-            "authors": [{"author_id": a, "display_name": a.title()} for a in authors], **extra}
+    return {
+        "work_id": work_id,
+        "type": "article",
+        "year": year,
+        "title": title,
+        "authors": [{"author_id": a, "display_name": a.title()} for a in authors],
+        **extra,
+    }
 
 
 def ingested(w: dict[str, Any]) -> Envelope:
-    return Envelope.wrap(WorkIngested(author_id=w["authors"][0]["author_id"], work=Work(**w), source="test"), producer="test")
+    return Envelope.wrap(
+        WorkIngested(author_id=w["authors"][0]["author_id"], work=Work(**w), source="test"), producer="test"
+    )
 
 
-async def send(producer: AIOKafkaProducer, ns: Namespace, env: Envelope | bytes, key: str = "k",
-               topic: str = Topic.PUBLICATIONS_INGESTED) -> None:
+async def send(
+    producer: AIOKafkaProducer,
+    ns: Namespace,
+    env: Envelope | bytes,
+    key: str = "k",
+    topic: str = Topic.PUBLICATIONS_INGESTED,
+) -> None:
     value = env if isinstance(env, bytes) else env.to_bytes()
     if isinstance(env, Envelope):
         key = env.data["author_id"]
@@ -74,8 +87,12 @@ async def test_seed_page_matches_the_researcher_page_and_loading_twice_changes_n
     ns: Namespace, profile: Service, http: httpx.AsyncClient
 ) -> None:
     await load_seed(ns.infra["kafka"], topic_prefix=ns.topic_prefix)
-    await eventually(lambda: page(http, SEED_AUTHOR_ID), until=lambda r: r.status_code == 200
-                     and r.json()["counts"]["works"] == 28, what="seed page with 28 works", timeout=60)
+    await eventually(
+        lambda: page(http, SEED_AUTHOR_ID),
+        until=lambda r: r.status_code == 200 and r.json()["counts"]["works"] == 28,
+        what="seed page with 28 works",
+        timeout=60,
+    )
     events_after_first = await eventually(lambda: profile_events(ns), until=lambda e: len(e) >= 345)
     await load_seed(ns.infra["kafka"], topic_prefix=ns.topic_prefix)  # idempotent: same ids, same content
     marker = work("after-second-load", "marker-author")
@@ -89,7 +106,12 @@ async def test_seed_page_matches_the_researcher_page_and_loading_twice_changes_n
     assert body["counts"] == {"works": 28, "followers": 0, "topics": 9, "close_collaborators": 4}
     assert body["trust_snapshot"] == {"score": None, "band": None, "verification_level": "L1", "claimed": False}
     assert body["direct_collaboration_unlocked"] is False
-    assert [c["display_name"] for c in body["close_collaborators"]] == ["Mingxing Tan", "Hanxiao Liu", "Minh-Thang Luong", "Zihang Dai"]
+    assert [c["display_name"] for c in body["close_collaborators"]] == [
+        "Mingxing Tan",
+        "Hanxiao Liu",
+        "Minh-Thang Luong",
+        "Zihang Dai",
+    ]
     first = body["works"]["items"]
     assert first[0]["title"] == "Symbol tuning improves in-context learning in language models"
     assert [w["year"] for w in first] == sorted((w["year"] for w in first), reverse=True)
@@ -126,8 +148,13 @@ async def test_a_demo_copy_is_its_own_record_with_the_example_orcid(
     ns: Namespace, profile: Service, http: httpx.AsyncClient
 ) -> None:
     await load_seed(profile.publisher, author_id="demo:run-1", demo_copy=True)
-    body = (await eventually(lambda: page(http, "demo:run-1"), until=lambda r: r.status_code == 200
-                             and r.json()["counts"]["works"] == 28, timeout=60)).json()
+    body = (
+        await eventually(
+            lambda: page(http, "demo:run-1"),
+            until=lambda r: r.status_code == 200 and r.json()["counts"]["works"] == 28,
+            timeout=60,
+        )
+    ).json()
     assert body["display_name"] == "Quoc V. Le (demo copy)" and body["orcid"] == "0000-0002-1825-0097"
     assert body["counts"]["close_collaborators"] == 4 and body["counts"]["topics"] == 9
     assert {c["display_name"] for c in body["close_collaborators"]} >= {"Mingxing Tan", "Hanxiao Liu"}
@@ -147,8 +174,14 @@ async def test_corrected_work_publishes_work_updated_and_identical_reingest_publ
     body = (await page(http, "bob")).json()
     assert body["works"]["items"][0]["title"] == "Corrected title"
     kinds = sorted((e["data"]["author_id"], e["event_type"], e["data"]["author"]["revision"]) for e in events)
-    assert kinds == [("ada", "AuthorRegistered", 1), ("ada", "WorkAdded", 2), ("ada", "WorkUpdated", 3),
-                     ("bob", "AuthorRegistered", 1), ("bob", "WorkAdded", 2), ("bob", "WorkUpdated", 3)]
+    assert kinds == [
+        ("ada", "AuthorRegistered", 1),
+        ("ada", "WorkAdded", 2),
+        ("ada", "WorkUpdated", 3),
+        ("bob", "AuthorRegistered", 1),
+        ("bob", "WorkAdded", 2),
+        ("bob", "WorkUpdated", 3),
+    ]
     assert all(e["data"]["work"]["title"] == "Corrected title" for e in events if e["event_type"] == "WorkUpdated")
 
 
@@ -158,23 +191,30 @@ async def test_the_page_first_works_follow_new_works_corrections_and_a_dropped_a
     # The page's first works are cut at ingestion and stored with the author; whatever
     # happens to the works, they must be what the works route shows for the first page.
     service = build_service(ns.settings("profile", cls=ProfileSettings, page_works=3))
-    async with service.running(), httpx.AsyncClient(transport=httpx.ASGITransport(app=service.http),
-                                                    base_url="http://profile") as http:
+    async with (
+        service.running(),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app=service.http), base_url="http://profile") as http,
+    ):
+
         async def shown(author_id: str) -> tuple[list[tuple[str, str]], list[tuple[str, str]], Any, Any]:
             response = await page(http, author_id)
             if response.status_code == 404:
                 return [], [], None, None
             body = response.json()
             listed = (await http.get(f"/authors/{author_id}/works", params={"limit": 3})).json()
-            return ([(w["work_id"], w["title"]) for w in body["works"]["items"]],
-                    [(w["work_id"], w["title"]) for w in listed["items"]],
-                    body["works"]["next_cursor"], listed["next_cursor"])
+            return (
+                [(w["work_id"], w["title"]) for w in body["works"]["items"]],
+                [(w["work_id"], w["title"]) for w in listed["items"]],
+                body["works"]["next_cursor"],
+                listed["next_cursor"],
+            )
 
         works = [work(f"w{i}", "ada", "bob", title=f"Title {i}", year=2010 + i) for i in range(5)]
         for w in works:
             await send(producer, ns, ingested(w))
         first, listed, cursor, listed_cursor = await eventually(
-            lambda: shown("ada"), until=lambda s: len(s[0]) == 3 and s[0][0][0] == "w4", what="newest three works")
+            lambda: shown("ada"), until=lambda s: len(s[0]) == 3 and s[0][0][0] == "w4", what="newest three works"
+        )
         assert first == listed == [("w4", "Title 4"), ("w3", "Title 3"), ("w2", "Title 2")]
         assert cursor == listed_cursor is not None
 
@@ -217,8 +257,10 @@ async def test_bad_input_is_dead_lettered_never_half_applied_and_the_stream_goes
         await send(producer, ns, value, key="ada")
     await send(producer, ns, ingested(work("w-after", "ada", title="After the bad ones")))
     await eventually(lambda: page(http, "ada"), until=lambda r: r.status_code == 200)
-    dead = await eventually(lambda: read_topic(ns.infra["kafka"], ns.topic(dlq_topic(Topic.PUBLICATIONS_INGESTED))),
-                            until=lambda r: len(r) >= len(cases))
+    dead = await eventually(
+        lambda: read_topic(ns.infra["kafka"], ns.topic(dlq_topic(Topic.PUBLICATIONS_INGESTED))),
+        until=lambda r: len(r) >= len(cases),
+    )
     errors = [json.loads(r.value)["error"] for r in dead]
     assert "authors" in errors[0] and "List should have at least 1 item" in errors[0]
     assert "year -5 is outside" in errors[1] and "year 3000 is outside" in errors[2]
@@ -235,13 +277,19 @@ async def test_standing_from_other_services_including_out_of_order_and_stale(
     def env(payload: Any) -> Envelope:
         return Envelope.wrap(payload, producer="test")
 
-    trust = dict(author_id="early", band="Emerging", verification_level="L1", components=[], reason="r", formula_version=1)
+    trust = dict(
+        author_id="early", band="Emerging", verification_level="L1", components=[], reason="r", formula_version=1
+    )
     # Trust and followers arrive before the author exists: kept, not shown until registered.
     await send(producer, ns, env(TrustScoreChanged(score=21, revision=2, **trust)), topic=Topic.TRUST_EVENTS)
     await send(producer, ns, env(TrustScoreChanged(score=90, revision=1, **trust)), topic=Topic.TRUST_EVENTS)  # stale
-    await send(producer, ns, env(FollowerCountChanged(author_id="early", count=3, revision=3)), topic=Topic.FOLLOWS_EVENTS)
-    await eventually(lambda: profile.db["standing"].find_one({"_id": "early"}),
-                     until=lambda d: d is not None and "followers" in d and d["trust"]["revision"] == 2)
+    await send(
+        producer, ns, env(FollowerCountChanged(author_id="early", count=3, revision=3)), topic=Topic.FOLLOWS_EVENTS
+    )
+    await eventually(
+        lambda: profile.db["standing"].find_one({"_id": "early"}),
+        until=lambda d: d is not None and "followers" in d and d["trust"]["revision"] == 2,
+    )
     assert (await page(http, "early")).status_code == 404
     await send(producer, ns, env(AuthorImported(author_id="early", display_name="Early Bird", source="test")))
     body = (await eventually(lambda: page(http, "early"), until=lambda r: r.status_code == 200)).json()
@@ -249,10 +297,13 @@ async def test_standing_from_other_services_including_out_of_order_and_stale(
     assert body["counts"]["followers"] == 3
 
     claim = AuthorClaimState(claimed=True, owner_user_id="u1", claim_id="c1", verification_level="L2", revision=4)
-    await send(producer, ns, env(VerificationLevelChanged(author_id="early", verification_level="L2", author_claim=claim)),
-               topic=Topic.CLAIMS_EVENTS)
-    body = (await eventually(lambda: page(http, "early"),
-                             until=lambda r: r.json()["trust_snapshot"]["claimed"])).json()
+    await send(
+        producer,
+        ns,
+        env(VerificationLevelChanged(author_id="early", verification_level="L2", author_claim=claim)),
+        topic=Topic.CLAIMS_EVENTS,
+    )
+    body = (await eventually(lambda: page(http, "early"), until=lambda r: r.json()["trust_snapshot"]["claimed"])).json()
     assert body["trust_snapshot"]["verification_level"] == "L2" and body["direct_collaboration_unlocked"] is True
 
 
@@ -264,7 +315,7 @@ async def crash_between_write_and_publish(settings: ProfileSettings, env: Envelo
     await service.broker.start()
     try:
         _, payload = decode(Topic.PUBLICATIONS_INGESTED, env.to_bytes())
-        await handler._apply([(env, payload)])  # noqa: SLF001 - stop exactly between write and publish
+        await handler._apply([(env, payload)])
     finally:
         await service.broker.stop()
 
@@ -282,13 +333,16 @@ async def test_events_written_but_not_published_before_a_crash_are_published_on_
         await p.stop()
         events = await eventually(lambda: profile_events(ns), until=lambda e: len({x["event_id"] for x in e}) >= 4)
         # No outbox token is left pending: every outbox written is published.
-        assert await eventually(lambda: restarted.db["outboxes"].count_documents({}),
-                                until=lambda n: n == 0) == 0
+        assert await eventually(lambda: restarted.db["outboxes"].count_documents({}), until=lambda n: n == 0) == 0
     # The startup sweep and the redelivered input may both publish the outbox: a duplicate
     # carries the same event id, so consumers see each event once.
     distinct = {e["event_id"]: (e["data"]["author_id"], e["event_type"]) for e in events}
     assert sorted(distinct.values()) == [
-        ("ada", "AuthorRegistered"), ("ada", "WorkAdded"), ("bob", "AuthorRegistered"), ("bob", "WorkAdded")]
+        ("ada", "AuthorRegistered"),
+        ("ada", "WorkAdded"),
+        ("bob", "AuthorRegistered"),
+        ("bob", "WorkAdded"),
+    ]
 
 
 async def test_an_outbox_whose_input_never_comes_again_is_published_by_the_sweep_once(ns: Namespace) -> None:
@@ -311,7 +365,11 @@ async def test_an_outbox_whose_input_never_comes_again_is_published_by_the_sweep
         events = await eventually(lambda: profile_events(ns), until=lambda e: len(e) >= 5, what="next event")
         assert await eventually(lambda: restarted.db["outboxes"].count_documents({}), until=lambda n: n == 0) == 0
     assert sorted((e["data"]["author_id"], e["event_type"]) for e in swept) == [
-        ("ada", "AuthorRegistered"), ("ada", "WorkAdded"), ("bob", "AuthorRegistered"), ("bob", "WorkAdded")]
+        ("ada", "AuthorRegistered"),
+        ("ada", "WorkAdded"),
+        ("bob", "AuthorRegistered"),
+        ("bob", "WorkAdded"),
+    ]
     assert len(events) == len({e["event_id"] for e in events}) == 5, "each event once"
     [nxt] = [e for e in events if (e["data"].get("work") or {}).get("work_id") == "w-next"]
     assert nxt["data"]["author_id"] == "ada" and nxt["data"]["author"]["works_count"] == 2
@@ -346,8 +404,9 @@ async def test_a_replica_sees_what_another_wrote_since_its_own_write(ns: Namespa
     another replica changed since is read from the store, not taken from memory."""
     settings = ns.settings("profile", cls=ProfileSettings)
     a, b = build_service(settings), build_service(settings)
-    replicas = [IngestPublications(ProfileStore(s.db, written_cache_entries=1000), s.publisher, settings)
-                for s in (a, b)]
+    replicas = [
+        IngestPublications(ProfileStore(s.db, written_cache_entries=1000), s.publisher, settings) for s in (a, b)
+    ]
     await ensure_topics(ns.infra["kafka"], prefix=ns.topic_prefix)
     await a.broker.start()
     await b.broker.start()

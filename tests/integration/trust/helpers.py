@@ -18,17 +18,25 @@ from tests.conftest import Namespace
 SEED_YEARS = {"2020": 16, "2021": 3, "2022": 8, "2023": 1}
 
 
-def author(author_id: str, revision: int, extra_2024: int = 0, works_by_year: dict[str, int] | None = None,
-           works_count: int | None = None) -> AuthorState:
+def author(
+    author_id: str,
+    revision: int,
+    extra_2024: int = 0,
+    works_by_year: dict[str, int] | None = None,
+    works_count: int | None = None,
+) -> AuthorState:
     years = dict(SEED_YEARS if works_by_year is None else works_by_year)
     if extra_2024:
         years["2024"] = extra_2024
     return AuthorState(
-        author_id=author_id, display_name="Quoc V. Le",
+        author_id=author_id,
+        display_name="Quoc V. Le",
         works_count=sum(max(0, n) for n in years.values()) if works_count is None else works_count,
-        works_by_year=years, topics=[TopicCount(name=f"topic {i}", count=1) for i in range(9)],
+        works_by_year=years,
+        topics=[TopicCount(name=f"topic {i}", count=1) for i in range(9)],
         close_collaborators=[Collaborator(author_id=f"c{i}", display_name=f"C {i}", shared_works=2) for i in range(4)],
-        record_verification_level="L1", revision=revision,
+        record_verification_level="L1",
+        revision=revision,
     )
 
 
@@ -37,15 +45,18 @@ def registered(author_id: str, revision: int = 1, **kw: Any) -> AuthorRegistered
 
 
 def work_added(author_id: str, revision: int, extra_2024: int) -> WorkAdded:
-    return WorkAdded(author_id=author_id, author=author(author_id, revision, extra_2024=extra_2024),
-                     work=WorkSummary(work_id=f"w{revision}", type="preprint", year=2024, title="A new preprint"))
+    return WorkAdded(
+        author_id=author_id,
+        author=author(author_id, revision, extra_2024=extra_2024),
+        work=WorkSummary(work_id=f"w{revision}", type="preprint", year=2024, title="A new preprint"),
+    )
 
 
 def approved(author_id: str, revision: int = 1, level: str = "L2") -> ClaimApproved:
-    state = AuthorClaimState(claimed=True, owner_user_id="u1", claim_id="k1", verification_level=level,
-                             revision=revision)
-    return ClaimApproved(claim_id="k1", author_id=author_id, user_id="u1", author_claim=state,
-                         verification_level=level)
+    state = AuthorClaimState(
+        claimed=True, owner_user_id="u1", claim_id="k1", verification_level=level, revision=revision
+    )
+    return ClaimApproved(claim_id="k1", author_id=author_id, user_id="u1", author_claim=state, verification_level=level)
 
 
 def followers(author_id: str, count: int, revision: int) -> FollowerCountChanged:
@@ -65,8 +76,13 @@ async def send_burst(ns: Namespace, *payloads: EventModel) -> list[Envelope]:
     than the coalescing window, and is rightly not treated as one burst.)"""
     envelopes = [Envelope.wrap(p, producer="test") for p in payloads]
     assert len({e.data["author_id"] for e in envelopes}) == 1, "one author: one partition, one request"
-    producer = AIOKafkaProducer(bootstrap_servers=ns.infra["kafka"], enable_idempotence=True, linger_ms=1000,
-                                max_batch_size=1024 * 1024, compression_type="gzip")
+    producer = AIOKafkaProducer(
+        bootstrap_servers=ns.infra["kafka"],
+        enable_idempotence=True,
+        linger_ms=1000,
+        max_batch_size=1024 * 1024,
+        compression_type="gzip",
+    )
     await producer.start()
     try:
         await send_envelopes(producer, ns, envelopes)
@@ -76,8 +92,10 @@ async def send_burst(ns: Namespace, *payloads: EventModel) -> list[Envelope]:
 
 
 async def send_envelopes(producer: AIOKafkaProducer, ns: Namespace, envelopes: list[Envelope]) -> None:
-    futures = [await producer.send(ns.topic(str(Topic(_topic_of(e)))), e.to_bytes(), key=e.data["author_id"].encode())
-               for e in envelopes]
+    futures = [
+        await producer.send(ns.topic(str(Topic(_topic_of(e)))), e.to_bytes(), key=e.data["author_id"].encode())
+        for e in envelopes
+    ]
     for f in futures:
         await f
 

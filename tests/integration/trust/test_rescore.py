@@ -38,8 +38,13 @@ async def scored_authors(ns: Namespace, producer, n: int):
     service = build_service(settings)
     ids = [f"author-{i:03d}" for i in range(n)]
     async with service.running():
-        await send(producer, ns, *[registered(a) for a in ids], *[followers(a, i * 7, 1) for i, a in enumerate(ids)],
-                   *[approved(a) for a in ids[::3]])
+        await send(
+            producer,
+            ns,
+            *[registered(a) for a in ids],
+            *[followers(a, i * 7, 1) for i, a in enumerate(ids)],
+            *[approved(a) for a in ids[::3]],
+        )
         await eventually(lambda: trust_events(ns), until=lambda e: len(e) >= n, what="first scores")
         await eventually(lambda: service.trust_store.authors.count_documents({"dirty": True}), until=lambda c: c == 0)
     return build_service(settings), ids  # a fresh process on the same store and topics
@@ -66,11 +71,17 @@ async def test_rescore_interrupted_and_resumed_rescored_once_published_once(ns: 
         after = {d["_id"]: d["score"]["score"] for d in docs}
         # A formula change continues each author's revisions: its history, read by key from
         # the score's revision down, is revisions n..1 and holds every entry recorded.
-        histories = {d["_id"]: [h["revision"] for h in await store.history_page(d["_id"], d["score"]["revision"], None, 100)]
-                     for d in docs}
+        histories = {
+            d["_id"]: [h["revision"] for h in await store.history_page(d["_id"], d["score"]["revision"], None, 100)]
+            for d in docs
+        }
         recorded = await store.history.count_documents({})
-        events = await eventually(lambda: trust_events(ns), until=lambda e: sum(
-            x["data"]["formula_version"] == 2 for x in e) >= sum(before[a] != after[a] for a in ids))
+        events = await eventually(
+            lambda: trust_events(ns),
+            until=lambda e: (
+                sum(x["data"]["formula_version"] == 2 for x in e) >= sum(before[a] != after[a] for a in ids)
+            ),
+        )
     assert lines[-1].startswith("rescored 18/18 authors")  # 40 - 15 - 7 stored by the crashed run
     v2 = [e for e in events if e["data"]["formula_version"] == 2]
     changed = {a for a in ids if before[a] != after[a]}
@@ -95,7 +106,8 @@ async def test_two_replicas_never_hold_the_same_author(ns: Namespace, producer) 
 
 
 async def test_two_replicas_racing_for_the_same_authors_score_and_publish_each_change_once(
-        ns: Namespace, producer) -> None:
+    ns: Namespace, producer
+) -> None:
     # Two service instances (own store clients) on one consumer group; a long coalescing
     # window keeps their own loops idle, so the test itself makes both recompute the same
     # dirty authors at the same moment, round after round.
@@ -109,11 +121,16 @@ async def test_two_replicas_racing_for_the_same_authors_score_and_publish_each_c
                 await send(producer, ns, *[registered(a) for a in ids])
             else:
                 await send(producer, ns, *[work_added(a, revision, extra_2024=2 * revision) for a in ids])
-            await eventually(lambda: store.authors_by_id(ids), what=f"revision {revision} stored, unscored",
-                             until=lambda docs: sum(d.get("dirty") and d["profile"]["revision"] == revision
-                                                    for d in docs) == len(ids))
-            done = await asyncio.gather(first.recomputer.recompute(ids, only_dirty=True),
-                                        second.recomputer.recompute(ids, only_dirty=True))
+            await eventually(
+                lambda: store.authors_by_id(ids),
+                what=f"revision {revision} stored, unscored",
+                until=lambda docs, revision=revision: (
+                    sum(d.get("dirty") and d["profile"]["revision"] == revision for d in docs) == len(ids)
+                ),
+            )
+            done = await asyncio.gather(
+                first.recomputer.recompute(ids, only_dirty=True), second.recomputer.recompute(ids, only_dirty=True)
+            )
             assert sum(done) == len(ids), f"round {revision}: {done} scores stored for {len(ids)} authors"
         assert await store.authors.count_documents({"dirty": True}) == 0
         assert await store.leases.count_documents({}) == 0
@@ -121,5 +138,6 @@ async def test_two_replicas_racing_for_the_same_authors_score_and_publish_each_c
     per_author = Counter(e["data"]["author_id"] for e in events)
     assert per_author == {a: 5 for a in ids}, "each author's change published once per round"
     assert len({e["event_id"] for e in events}) == len(events)
-    assert all(sorted(e["data"]["revision"] for e in events if e["data"]["author_id"] == a) == [1, 2, 3, 4, 5]
-               for a in ids)
+    assert all(
+        sorted(e["data"]["revision"] for e in events if e["data"]["author_id"] == a) == [1, 2, 3, 4, 5] for a in ids
+    )

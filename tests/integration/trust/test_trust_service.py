@@ -15,7 +15,15 @@ from services.trust.app import build_service
 from services.trust.settings import TrustSettings
 from tests.conftest import Namespace, eventually
 from tests.integration.trust.helpers import (
-    approved, followers, registered, send, send_burst, send_envelopes, send_raw, trust_events, work_added,
+    approved,
+    followers,
+    registered,
+    send,
+    send_burst,
+    send_envelopes,
+    send_raw,
+    trust_events,
+    work_added,
 )
 
 
@@ -44,14 +52,26 @@ async def _of(ns: Namespace, author_id: str) -> list[dict]:
 async def test_seed_profile_scores_21_then_claim_raises_it_with_history(ns: Namespace, producer) -> None:
     service = trust(ns)
     async with service.running(), http(service) as client:
-        [cause] = await send(producer, ns, registered("quoc"))
+        await send(producer, ns, registered("quoc"))
         [first] = await events_for(ns, "quoc", 1)
         assert first["data"] | {"components": None} == first["data"] | {
-            "score": 21, "band": "Emerging", "verification_level": "L1", "previous_score": None,
-            "reason": "first score", "formula_version": 1, "revision": 1, "components": None}
+            "score": 21,
+            "band": "Emerging",
+            "verification_level": "L1",
+            "previous_score": None,
+            "reason": "first score",
+            "formula_version": 1,
+            "revision": 1,
+            "components": None,
+        }
         view = (await client.get("/trust/quoc")).json()
         assert (view["status"], view["score"], view["band"], view["verification_level"], view["claimed"]) == (
-            "scored", 21, "Emerging", "L1", False)
+            "scored",
+            21,
+            "Emerging",
+            "L1",
+            False,
+        )
         assert {c["name"]: c["points"] for c in view["components"]}["recent_works"] == 6.0
 
         await send(producer, ns, approved("quoc", level="L2"))
@@ -89,8 +109,11 @@ async def test_history_pages_newest_first_by_cursor_each_change_once(ns: Namespa
             await send(producer, ns, work_added("pager", step + 1, extra_2024=2 * step))
             await events_for(ns, "pager", step + 1)
         events = await events_for(ns, "pager", 7)
-        await eventually(lambda: settled(service, "pager"), until=lambda d: not d["dirty"] and not d["unpublished"],
-                         what="last change acknowledged")
+        await eventually(
+            lambda: settled(service, "pager"),
+            until=lambda d: not d["dirty"] and not d["unpublished"],
+            what="last change acknowledged",
+        )
 
         pages, cursor = [], None
         while True:
@@ -111,7 +134,8 @@ async def test_history_pages_newest_first_by_cursor_each_change_once(ns: Namespa
     newest_first = sorted((e for e in events), key=lambda e: -e["data"]["revision"])
     assert [i["event_id"] for i in items] == [e["event_id"] for e in newest_first]  # each change once, in order
     assert [(i["score"], i["previous_score"]) for i in items] == [
-        (e["data"]["score"], e["data"]["previous_score"]) for e in newest_first]
+        (e["data"]["score"], e["data"]["previous_score"]) for e in newest_first
+    ]
     assert [i["score"] for i in items] == [28, 27, 26, 25, 23, 22, 21]
     assert whole["items"] == items and whole["next_cursor"] is None
     assert six["items"] == items[:6] and six["next_cursor"] == 2
@@ -141,7 +165,8 @@ async def test_a_burst_of_500_works_is_one_recomputation_and_one_event(ns: Names
 
 
 async def test_a_burst_already_in_the_log_is_one_recomputation_however_long_reading_it_takes(
-        ns: Namespace, producer) -> None:
+    ns: Namespace, producer
+) -> None:
     # The burst is in the log before the consumer reads any of it, as when the service is
     # catching up (a restart, a loaded machine): reading 500 events then takes as long as
     # it takes, longer than the window or the cap on a loaded machine, and must still
@@ -165,13 +190,16 @@ async def burst_of_500_works_is_one_recomputation(ns: Namespace, producer, servi
         else:
             before = 0
         await events_for(ns, "burst", 2)
-        await eventually(lambda: service.trust_store.author("burst"),
-                         until=lambda d: d["profile"]["revision"] == 501 and not d.get("dirty"))
+        await eventually(
+            lambda: service.trust_store.author("burst"),
+            until=lambda d: d["profile"]["revision"] == 501 and not d.get("dirty"),
+        )
         assert service.recomputer.recomputations - before == 1
         # A follower count that does not move the score is recomputed but publishes nothing...
         await send(producer, ns, followers("burst", 0, 1))
-        await eventually(lambda: service.trust_store.author("burst"),
-                         until=lambda d: "followers" in d and not d.get("dirty"))
+        await eventually(
+            lambda: service.trust_store.author("burst"), until=lambda d: "followers" in d and not d.get("dirty")
+        )
         assert service.recomputer.recomputations - before == 2
         # ...so the claim's event comes right after the burst's one.
         await send(producer, ns, approved("burst"))
@@ -191,8 +219,10 @@ async def test_duplicates_and_stale_revisions_never_move_the_score(ns: Namespace
         await send_envelopes(producer, ns, envs)  # the same two events again (redelivery)
         await send(producer, ns, work_added("a1", 2, extra_2024=1))  # an older state, late
         await send(producer, ns, followers("a1", 900, 5), followers("a1", 2, 4))  # count 2 is older
-        doc = await eventually(lambda: settled(service, "a1"), until=lambda d: (
-            d and d.get("followers") and not d.get("dirty") and "score" in d and not d["unpublished"]))
+        doc = await eventually(
+            lambda: settled(service, "a1"),
+            until=lambda d: d and d.get("followers") and not d.get("dirty") and "score" in d and not d["unpublished"],
+        )
     assert doc["profile"]["revision"] == 3 and doc["followers"] == {"revision": 5, "count": 900}
     assert doc["score"]["signals"]["works_count"] == 30 and doc["score"]["signals"]["followers"] == 900
     published = await _of(ns, "a1")
@@ -200,11 +230,17 @@ async def test_duplicates_and_stale_revisions_never_move_the_score(ns: Namespace
 
 
 async def test_signals_before_the_profile_are_kept_and_the_author_is_scored_only_once_registered(
-        ns: Namespace, producer) -> None:
+    ns: Namespace, producer
+) -> None:
     service = trust(ns)
     async with service.running(), http(service) as client:
-        await send(producer, ns, followers("early", 25, 1), approved("early", level="L3"),
-                   AuthorFollowed(author_id="early", user_id="u9", count=26))
+        await send(
+            producer,
+            ns,
+            followers("early", 25, 1),
+            approved("early", level="L3"),
+            AuthorFollowed(author_id="early", user_id="u9", count=26),
+        )
         await eventually(lambda: service.trust_store.author("early"), until=lambda d: d and "claim" in d)
         assert (await client.get("/trust/early")).status_code == 404  # no record of this author yet
         assert await _of(ns, "early") == []
@@ -224,13 +260,16 @@ async def test_impossible_values_are_dead_lettered_or_dropped_never_scored(ns: N
         level["data"]["count"] = -3
         await send_raw(producer, ns, Topic.FOLLOWS_EVENTS, json.dumps(level).encode(), "bad")
         # Negative per-year counts pass the contract: the domain drops them.
-        await send(producer, ns, registered("odd", works_by_year={"2020": 16, "2022": -40, "2023": 1},
-                                            works_count=17))
+        await send(producer, ns, registered("odd", works_by_year={"2020": 16, "2022": -40, "2023": 1}, works_count=17))
         [event] = await events_for(ns, "odd", 1)
-        dead = await eventually(lambda: read_topic(ns.infra["kafka"], ns.topic(dlq_topic(Topic.PROFILE_EVENTS))),
-                                until=lambda r: len(r) >= 1)
+        dead = await eventually(
+            lambda: read_topic(ns.infra["kafka"], ns.topic(dlq_topic(Topic.PROFILE_EVENTS))),
+            until=lambda r: len(r) >= 1,
+        )
         dead_follows = await eventually(
-            lambda: read_topic(ns.infra["kafka"], ns.topic(dlq_topic(Topic.FOLLOWS_EVENTS))), until=lambda r: len(r) >= 1)
+            lambda: read_topic(ns.infra["kafka"], ns.topic(dlq_topic(Topic.FOLLOWS_EVENTS))),
+            until=lambda r: len(r) >= 1,
+        )
         assert await service.trust_store.author("bad") is None
     assert "works_count" in json.loads(dead[0].value)["error"]
     assert "count" in json.loads(dead_follows[0].value)["error"]

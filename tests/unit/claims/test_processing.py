@@ -13,12 +13,22 @@ NOW = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def test_author_state_is_healed_from_the_newest_unpublished_event() -> None:
-    state = AuthorClaimState(claimed=True, owner_user_id="u1", claim_id="c1", verification_level="L2", since=NOW,
-                             revision=2)
-    event = Envelope.wrap(ClaimApproved(claim_id="c1", author_id="a1", user_id="u1", author_claim=state,
-                                        verification_level="L2"), producer="claims")
-    claim = Claim("c1", "a1", "u1", "approved", NOW, NOW,
-                  outbox=[{"topic": "claims.events", "key": "a1", "envelope": event.model_dump(mode="json")}])
+    state = AuthorClaimState(
+        claimed=True, owner_user_id="u1", claim_id="c1", verification_level="L2", since=NOW, revision=2
+    )
+    event = Envelope.wrap(
+        ClaimApproved(claim_id="c1", author_id="a1", user_id="u1", author_claim=state, verification_level="L2"),
+        producer="claims",
+    )
+    claim = Claim(
+        "c1",
+        "a1",
+        "u1",
+        "approved",
+        NOW,
+        NOW,
+        outbox=[{"topic": "claims.events", "key": "a1", "envelope": event.model_dump(mode="json")}],
+    )
     book = Book({"a1": AuthorRecord("a1")}, {"c1": claim}, Slots({}, Limits()))
     _heal_authors(book, [claim])  # the claim was saved, its author was not
     assert book.authors["a1"].claim == state and book.dirty_authors == {"a1"}

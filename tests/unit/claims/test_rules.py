@@ -32,7 +32,11 @@ EMAIL_OK = Evidence(email="qvl@cs.stanford.edu", email_verified=True)
 ORCID_OK = Evidence(orcid="0000-0002-1825-0097", orcid_authenticated=True)
 
 
-def book(limits: Limits = Limits(), **authors: Identity | None) -> Book:
+DEFAULT_LIMITS = Limits()
+NO_EVIDENCE = Evidence()
+
+
+def book(limits: Limits = DEFAULT_LIMITS, **authors: Identity | None) -> Book:
     records = {a: AuthorRecord(a, identity=i) for a, i in authors.items()}
     return Book(records, {}, Slots({}, limits))
 
@@ -44,26 +48,34 @@ def cause() -> str:
     return f"cause-{next(_seq)}"
 
 
-def req(b: Book, claim: str, author: str = "a1", user: str = "u1", evidence: Evidence = Evidence(), **kw):
-    return b.request(ClaimRequested(claim_id=claim, author_id=author, user_id=user, evidence=evidence, **kw), cause(), NOW)
+def req(b: Book, claim: str, author: str = "a1", user: str = "u1", evidence: Evidence = NO_EVIDENCE, **kw):
+    return b.request(
+        ClaimRequested(claim_id=claim, author_id=author, user_id=user, evidence=evidence, **kw), cause(), NOW
+    )
 
 
 def review(b: Book, claim: str, decision: str, author: str = "a1", reason: str = "checked"):
-    return b.review(ClaimReviewed(claim_id=claim, author_id=author, reviewer_id="rev", decision=decision, reason=reason),
-                    cause(), NOW)
+    return b.review(
+        ClaimReviewed(claim_id=claim, author_id=author, reviewer_id="rev", decision=decision, reason=reason),
+        cause(),
+        NOW,
+    )
 
 
 def types(emits) -> list[str]:
     return [e.payload.event_type for e in emits]
 
 
-@pytest.mark.parametrize(("email", "domains", "ok"), [
-    ("x@stanford.edu", ["stanford.edu"], True),
-    ("x@cs.stanford.edu", ["stanford.edu"], True),
-    ("x@notstanford.edu", ["stanford.edu"], False),
-    ("x@stanford.edu.evil.com", ["stanford.edu"], False),
-    ("x@STANFORD.EDU", ["stanford.edu"], True),
-])
+@pytest.mark.parametrize(
+    ("email", "domains", "ok"),
+    [
+        ("x@stanford.edu", ["stanford.edu"], True),
+        ("x@cs.stanford.edu", ["stanford.edu"], True),
+        ("x@notstanford.edu", ["stanford.edu"], False),
+        ("x@stanford.edu.evil.com", ["stanford.edu"], False),
+        ("x@STANFORD.EDU", ["stanford.edu"], True),
+    ],
+)
 def test_email_domain_match(email: str, domains: list[str], ok: bool) -> None:
     assert email_domain_matches(email, domains) is ok
 
@@ -125,8 +137,9 @@ def test_reviewer_confirms_an_l2_claim_to_l3() -> None:
 def test_later_evidence_upgrades_a_claim_under_review() -> None:
     b = book(a1=STANFORD)
     req(b, "c1")
-    emits = b.submit_evidence(ClaimEvidenceSubmitted(claim_id="c1", author_id="a1", user_id="u1", evidence=EMAIL_OK),
-                              cause(), NOW)
+    emits = b.submit_evidence(
+        ClaimEvidenceSubmitted(claim_id="c1", author_id="a1", user_id="u1", evidence=EMAIL_OK), cause(), NOW
+    )
     assert types(emits) == ["ClaimApproved", "VerificationLevelChanged"]
     assert [h["event"] for h in b.claims["c1"].history] == ["requested", "evidence_submitted", "evidence_submitted"]
 
@@ -206,14 +219,26 @@ def test_withdrawing_an_approved_claim_unclaims_the_record() -> None:
     assert not b.authors["a1"].claim.claimed
 
 
-@pytest.mark.parametrize(("command", "reason"), [
-    (lambda b: b.withdraw(ClaimWithdrawn(claim_id="nope", author_id="a1", user_id="u1"), cause(), NOW), "unknown_claim"),
-    (lambda b: b.withdraw(ClaimWithdrawn(claim_id="c1", author_id="a1", user_id="intruder"), cause(), NOW), "not_claimant"),
-    (lambda b: b.withdraw(ClaimWithdrawn(claim_id="c1", author_id="other", user_id="u1"), cause(), NOW), "unknown_claim"),
-    (lambda b: review(b, "nope", "approve"), "unknown_claim"),
-    (lambda b: review(b, "c1", "reject"), "claim_not_open"),
-    (lambda b: review(b, "c2", "revoke"), "claim_not_approved"),
-])
+@pytest.mark.parametrize(
+    ("command", "reason"),
+    [
+        (
+            lambda b: b.withdraw(ClaimWithdrawn(claim_id="nope", author_id="a1", user_id="u1"), cause(), NOW),
+            "unknown_claim",
+        ),
+        (
+            lambda b: b.withdraw(ClaimWithdrawn(claim_id="c1", author_id="a1", user_id="intruder"), cause(), NOW),
+            "not_claimant",
+        ),
+        (
+            lambda b: b.withdraw(ClaimWithdrawn(claim_id="c1", author_id="other", user_id="u1"), cause(), NOW),
+            "unknown_claim",
+        ),
+        (lambda b: review(b, "nope", "approve"), "unknown_claim"),
+        (lambda b: review(b, "c1", "reject"), "claim_not_open"),
+        (lambda b: review(b, "c2", "revoke"), "claim_not_approved"),
+    ],
+)
 def test_refused_commands_are_events_and_change_nothing(command, reason) -> None:
     b = book(a1=STANFORD, other=STANFORD)
     req(b, "c1", evidence=EMAIL_OK)

@@ -29,8 +29,9 @@ def at(minutes: int) -> datetime:
 
 
 def test_following_twice_is_one_follow_and_unfollowing_nothing_is_a_no_op() -> None:
-    out = apply_commands([Command("follow", "u1", at(1)), Command("follow", "u1", at(2)),
-                          Command("unfollow", "u2", at(3))], {}, 0, None)
+    out = apply_commands(
+        [Command("follow", "u1", at(1)), Command("follow", "u1", at(2)), Command("unfollow", "u2", at(3))], {}, 0, None
+    )
     assert [o.result for o in out.outcomes] == ["followed", "no_change", "no_change"]
     assert out.count == 1 and out.changed == {"u1": Edge(True, at(1), None)}
 

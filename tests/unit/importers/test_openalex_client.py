@@ -4,15 +4,20 @@ and the checkpoint file."""
 from __future__ import annotations
 
 import json
-from email.utils import format_datetime
 from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
 
 import httpx
 import pytest
 
 from importers.checkpoint import AuthorProgress, JsonFileCheckpoint
 from importers.openalex_client import (
-    MalformedResponse, OpenAlexClient, OpenAlexError, OpenAlexNotFound, RateLimiter, retry_after_seconds,
+    MalformedResponse,
+    OpenAlexClient,
+    OpenAlexError,
+    OpenAlexNotFound,
+    RateLimiter,
+    retry_after_seconds,
 )
 from importers.settings import ImporterSettings
 
@@ -37,15 +42,19 @@ def client_answering(*responses: httpx.Response, **overrides) -> tuple[OpenAlexC
         seen.append(request)
         return queue.pop(0)
 
-    client = OpenAlexClient(settings(**overrides), base_url="http://openalex.test", sleep=sleeps,
-                            transport=httpx.MockTransport(handle))
+    client = OpenAlexClient(
+        settings(**overrides), base_url="http://openalex.test", sleep=sleeps, transport=httpx.MockTransport(handle)
+    )
     return client, sleeps, seen
 
 
 async def test_retry_after_is_honoured_and_capped() -> None:
     client, sleeps, _ = client_answering(
-        httpx.Response(429, headers={"Retry-After": "7"}), httpx.Response(429, headers={"Retry-After": "900"}),
-        httpx.Response(200, json=PAGE), openalex_max_retry_after_s=60, openalex_requests_per_second=10,
+        httpx.Response(429, headers={"Retry-After": "7"}),
+        httpx.Response(429, headers={"Retry-After": "900"}),
+        httpx.Response(200, json=PAGE),
+        openalex_max_retry_after_s=60,
+        openalex_requests_per_second=10,
     )
     page = await client.works_page("A1", 1, 50)
     assert page.count == 1 and client.retries == 2
@@ -78,19 +87,28 @@ async def test_not_found_and_client_errors_are_not_retried() -> None:
 
 
 async def test_malformed_bodies_are_clear_errors() -> None:
-    for body, message in ((b"<html>", "not JSON"), (json.dumps({"results": []}).encode(), "meta.count"),
-                          (json.dumps({"meta": {"count": 3}}).encode(), "'results'")):
+    for body, message in (
+        (b"<html>", "not JSON"),
+        (json.dumps({"results": []}).encode(), "meta.count"),
+        (json.dumps({"meta": {"count": 3}}).encode(), "'results'"),
+    ):
         client, _, _ = client_answering(httpx.Response(200, content=body))
         with pytest.raises(MalformedResponse, match=message):
             await client.works_page("A1", 2, 50)
 
 
 async def test_requests_carry_paging_mailto_and_api_key() -> None:
-    client, _, seen = client_answering(httpx.Response(200, json=PAGE), openalex_mailto="me@example.org",
-                                       openalex_api_key="k")
+    client, _, seen = client_answering(
+        httpx.Response(200, json=PAGE), openalex_mailto="me@example.org", openalex_api_key="k"
+    )
     await client.works_page("A5017898742", 3, 25)
-    assert dict(seen[0].url.params) == {"filter": "author.id:A5017898742", "page": "3", "per_page": "25",
-                                        "mailto": "me@example.org", "api_key": "k"}
+    assert dict(seen[0].url.params) == {
+        "filter": "author.id:A5017898742",
+        "page": "3",
+        "per_page": "25",
+        "mailto": "me@example.org",
+        "api_key": "k",
+    }
     assert "mailto:me@example.org" in seen[0].headers["User-Agent"]
 
 
@@ -113,7 +131,8 @@ def test_checkpoint_file_round_trip(tmp_path) -> None:
     assert cp.load("A1") is None
     cp.save("A1", AuthorProgress(per_page=50, next_page=3, total=120, published=100, skipped={"no authors": 1}))
     cp.save("A2", AuthorProgress(per_page=50, completed=True))
-    assert cp.load("A1") == AuthorProgress(per_page=50, next_page=3, total=120, published=100,
-                                           skipped={"no authors": 1})
+    assert cp.load("A1") == AuthorProgress(
+        per_page=50, next_page=3, total=120, published=100, skipped={"no authors": 1}
+    )
     assert cp.load("A2").completed
     assert [p.name for p in (tmp_path / "deep").iterdir()] == ["state.json"]  # no temp file left behind

@@ -11,11 +11,21 @@ import pytest
 from contracts.events.publications import TITLE_MAX
 from importers.openalex import parse_identifier
 from importers.openalex_mapping import (
-    Skip, arxiv_id, map_author, map_type, map_work, normalise_doi, openalex_key, rebuild_abstract,
+    Skip,
+    arxiv_id,
+    map_author,
+    map_type,
+    map_work,
+    normalise_doi,
+    openalex_key,
+    rebuild_abstract,
 )
 
 DATA = Path(__file__).parents[2] / "integration" / "importers" / "data"
-WORKS = {w["id"].rsplit("/", 1)[1]: w for w in json.loads((DATA / "works-author-A5017898742-page-1.json").read_text())["results"]}
+WORKS = {
+    w["id"].rsplit("/", 1)[1]: w
+    for w in json.loads((DATA / "works-author-A5017898742-page-1.json").read_text())["results"]
+}
 
 
 def work(key: str) -> dict:
@@ -51,7 +61,12 @@ def test_arxiv_id_is_found_in_locations_when_the_doi_is_not_arxivs() -> None:
     raw["doi"] = None
     assert map_work(raw).event.work.external_ids.arxiv_id == "2108.04680"
     assert arxiv_id(None, [{"landing_page_url": "https://arxiv.org/pdf/hep-th/9901001v2.pdf"}]) == "hep-th/9901001"
-    assert arxiv_id(None, [{"landing_page_url": "https://dblp.uni-trier.de/db/journals/corr/corr2108.html#abs-2108-04680"}]) is None
+    assert (
+        arxiv_id(
+            None, [{"landing_page_url": "https://dblp.uni-trier.de/db/journals/corr/corr2108.html#abs-2108-04680"}]
+        )
+        is None
+    )
 
 
 def test_a_preprint_and_its_published_version_stay_two_works() -> None:
@@ -65,8 +80,11 @@ def test_a_preprint_and_its_published_version_stay_two_works() -> None:
 def test_types_venue_and_topics() -> None:
     conference = map_work(work("W3200026003")).event.work
     assert (conference.type, conference.venue) == ("proceedings-article", "IEEE Visualization")
-    assert conference.topics == ["Augmented Reality Applications", "Virtual Reality Applications and Impacts",
-                                 "Interactive and Immersive Displays"]
+    assert conference.topics == [
+        "Augmented Reality Applications",
+        "Virtual Reality Applications and Impacts",
+        "Interactive and Immersive Displays",
+    ]
     assert map_work(work("W2241997964")).event.work.venue is None  # primary_location has no source
     assert map_type({"type": "paratext"}) == "other"
     assert map_type({"type": "dissertation"}) == "dissertation"
@@ -101,14 +119,20 @@ def test_an_author_listed_twice_is_kept_once() -> None:
     assert len(map_work(raw).event.work.authors) == len(WORKS["W2978758657"]["authorships"])
 
 
-@pytest.mark.parametrize("change, reason", [
-    (lambda w: w.update(title="x" * (TITLE_MAX + 1), display_name="x" * (TITLE_MAX + 1)), f"title longer than {TITLE_MAX} characters"),
-    (lambda w: w.update(authorships=[]), "no authors"),
-    (lambda w: w.update(publication_year=None), "no publication year"),
-    (lambda w: w.update(publication_year=2999), "rejected by the contract"),
-    (lambda w: w.update(title=None, display_name=None), "no title"),
-    (lambda w: w.update(id=None), "no OpenAlex work id"),
-])
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        (
+            lambda w: w.update(title="x" * (TITLE_MAX + 1), display_name="x" * (TITLE_MAX + 1)),
+            f"title longer than {TITLE_MAX} characters",
+        ),
+        (lambda w: w.update(authorships=[]), "no authors"),
+        (lambda w: w.update(publication_year=None), "no publication year"),
+        (lambda w: w.update(publication_year=2999), "rejected by the contract"),
+        (lambda w: w.update(title=None, display_name=None), "no title"),
+        (lambda w: w.update(id=None), "no OpenAlex work id"),
+    ],
+)
 def test_unusable_works_are_skipped_with_a_reason(change, reason) -> None:
     raw = work("W2250748100")
     change(raw)
@@ -128,7 +152,11 @@ def test_malformed_doi_is_dropped() -> None:
 def test_authors_map_with_affiliation_and_orcid() -> None:
     priem, _ = map_author(json.loads((DATA / "author-A5023888391.json").read_text()))
     assert (priem.author_id, priem.display_name, priem.orcid, priem.affiliation.name) == (
-        "openalex:A5023888391", "Jason Priem", "0000-0001-6187-6610", "OpenAlex")
+        "openalex:A5023888391",
+        "Jason Priem",
+        "0000-0001-6187-6610",
+        "OpenAlex",
+    )
     mearman, _ = map_author(json.loads((DATA / "author-A5017898742.json").read_text()))
     assert (mearman.orcid, mearman.affiliation.name) == (None, "Bangor University")
 

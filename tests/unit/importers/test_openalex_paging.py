@@ -18,9 +18,25 @@ from service_runtime.publishing import EventPublisher, Outgoing
 DATA = Path(__file__).parents[2] / "integration" / "importers" / "data"
 AUTHOR = json.loads((DATA / "author-A5017898742.json").read_text())
 # A real recorded work, less the fields the mapping never reads (keeps 10,000 copies cheap).
-WORK = {k: v for k, v in json.loads((DATA / "works-author-A5017898742-page-1.json").read_text())["results"][0].items()
-        if k in {"id", "doi", "title", "publication_year", "type", "type_crossref", "authorships", "primary_location",
-                 "locations", "topics", "abstract_inverted_index", "updated_date"}}
+WORK = {
+    k: v
+    for k, v in json.loads((DATA / "works-author-A5017898742-page-1.json").read_text())["results"][0].items()
+    if k
+    in {
+        "id",
+        "doi",
+        "title",
+        "publication_year",
+        "type",
+        "type_crossref",
+        "authorships",
+        "primary_location",
+        "locations",
+        "topics",
+        "abstract_inverted_index",
+        "updated_date",
+    }
+}
 
 
 class RecordingPublisher(EventPublisher):
@@ -53,17 +69,24 @@ def openalex(count: int, bad_every: int = 0, sample: int | None = None) -> httpx
     return httpx.MockTransport(handle)
 
 
-async def run(transport: httpx.MockTransport, checkpoint: MemoryCheckpoint, progress: list, per_page: int,
-              restart: bool = False):
+async def run(
+    transport: httpx.MockTransport, checkpoint: MemoryCheckpoint, progress: list, per_page: int, restart: bool = False
+):
     publisher = RecordingPublisher()
 
     async def no_wait(_: float) -> None:
         return None
 
     summary = await import_author(
-        "A5017898742", settings=ImporterSettings(openalex_per_page=per_page, openalex_requests_per_second=100),
-        base_url="http://openalex.test", checkpoint=checkpoint, progress=progress.append, publisher=publisher,
-        sleep=no_wait, transport=transport, restart=restart,
+        "A5017898742",
+        settings=ImporterSettings(openalex_per_page=per_page, openalex_requests_per_second=100),
+        base_url="http://openalex.test",
+        checkpoint=checkpoint,
+        progress=progress.append,
+        publisher=publisher,
+        sleep=no_wait,
+        transport=transport,
+        restart=restart,
     )
     return summary, publisher
 

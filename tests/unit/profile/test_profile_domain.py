@@ -12,15 +12,28 @@ from contracts.events.publications import AuthorImported, Work, WorkIngested
 from contracts.registry import decode
 from services.profile.derive import fold_name, name_keys
 from services.profile.ingest import AuthorRecord, plan_batch
-from services.profile.page import (BadCursor, author_page, author_page_json, first_page, pack_works, page_slice,
-                                   unpack_works)
+from services.profile.page import (
+    BadCursor,
+    author_page,
+    author_page_json,
+    first_page,
+    pack_works,
+    page_slice,
+    unpack_works,
+)
 from services.profile.seed import DEMO_ORCID, SEED_AUTHOR_ID, seed_envelopes
 from services.profile.standing import merge, newest
 
 
 def work(work_id: str, *authors: str, year: int = 2021, **extra: Any) -> Work:
-    return Work(work_id=work_id, type="article", year=year, title=f"Title {work_id}",
-                authors=[{"author_id": a, "display_name": a.upper()} for a in authors], **extra)
+    return Work(
+        work_id=work_id,
+        type="article",
+        year=year,
+        title=f"Title {work_id}",
+        authors=[{"author_id": a, "display_name": a.upper()} for a in authors],
+        **extra,
+    )
 
 
 def ingested(w: Work) -> tuple[Envelope, WorkIngested]:
@@ -41,9 +54,11 @@ def test_names_fold_case_and_accents_and_every_word_start_is_searchable() -> Non
 
 
 def test_a_batch_registers_authors_adds_works_and_derives_state() -> None:
-    batch = [ingested(work("w1", "a", "b", topics=["NLP"], external_ids={"arxiv_id": "2101.00001"})),
-             ingested(work("w2", "a", "b", year=2020, topics=["NLP", "Vision"])),
-             ingested(work("w3", "a", "c", topics=["Vision"]))]
+    batch = [
+        ingested(work("w1", "a", "b", topics=["NLP"], external_ids={"arxiv_id": "2101.00001"})),
+        ingested(work("w2", "a", "b", year=2020, topics=["NLP", "Vision"])),
+        ingested(work("w3", "a", "c", topics=["Vision"])),
+    ]
     plan = plan_batch(batch, {}, {}, min_shared_works=2)
     a = plan.authors["a"].state
     assert a["works_count"] == 3 and a["works_by_year"] == {"2021": 2, "2020": 1}
@@ -51,7 +66,11 @@ def test_a_batch_registers_authors_adds_works_and_derives_state() -> None:
     assert a["close_collaborators"] == [{"author_id": "b", "display_name": "B", "shared_works": 2}]
     assert a["record_verification_level"] == "L1"  # a work with an arXiv id
     assert plan.authors["c"].state["record_verification_level"] == "L0"
-    kinds = [(e.payload.author_id, e.payload.event_type, e.payload.author.revision) for e in plan.events if e.payload.author_id == "a"]
+    kinds = [
+        (e.payload.author_id, e.payload.event_type, e.payload.author.revision)
+        for e in plan.events
+        if e.payload.author_id == "a"
+    ]
     assert kinds == [("a", "AuthorRegistered", 1), ("a", "WorkAdded", 2), ("a", "WorkAdded", 3), ("a", "WorkAdded", 4)]
     assert len(plan.works) == 3
 
@@ -63,7 +82,9 @@ def test_the_same_work_again_changes_nothing_and_a_correction_updates_every_auth
     assert again.events == [] and again.changed_authors == [] and again.works == {}
     corrected = replan([ingested(original.model_copy(update={"title": "Fixed"}))], plan)
     assert [(e.payload.author_id, e.payload.event_type, e.payload.work.title) for e in corrected.events] == [
-        ("a", "WorkUpdated", "Fixed"), ("b", "WorkUpdated", "Fixed")]
+        ("a", "WorkUpdated", "Fixed"),
+        ("b", "WorkUpdated", "Fixed"),
+    ]
 
 
 def test_an_author_dropped_from_a_corrected_author_list_loses_the_work() -> None:
@@ -73,11 +94,16 @@ def test_an_author_dropped_from_a_corrected_author_list_loses_the_work() -> None
         record.changed = False
     fixed = plan_batch([ingested(work("w1", "a"))], plan.authors, stored, min_shared_works=2)
     assert fixed.authors["b"].state["works_count"] == 0
-    assert [(e.payload.author_id, e.payload.event_type) for e in fixed.events] == [("a", "WorkUpdated"), ("b", "AuthorUpdated")]
+    assert [(e.payload.author_id, e.payload.event_type) for e in fixed.events] == [
+        ("a", "WorkUpdated"),
+        ("b", "AuthorUpdated"),
+    ]
 
 
 def test_author_imported_sets_identity_and_publishes_only_real_changes() -> None:
-    imported = AuthorImported(author_id="a", display_name="Ada", description="d", orcid="0000-0002-1825-0097", source="t")
+    imported = AuthorImported(
+        author_id="a", display_name="Ada", description="d", orcid="0000-0002-1825-0097", source="t"
+    )
     env = Envelope.wrap(imported, producer="t")
     plan = plan_batch([(env, imported)], {}, {}, min_shared_works=2)
     assert plan.authors["a"].state["record_verification_level"] == "L1"  # an ORCID iD on record
@@ -103,8 +129,12 @@ def test_stored_author_documents_round_trip() -> None:
 
 
 def test_standing_keeps_the_newest_revision_and_ignores_stale_events() -> None:
-    updates = newest([("a", "trust", {"score": 30, "band": "Emerging", "revision": 2}),
-                      ("a", "trust", {"score": 10, "band": "Emerging", "revision": 1})])
+    updates = newest(
+        [
+            ("a", "trust", {"score": 30, "band": "Emerging", "revision": 2}),
+            ("a", "trust", {"score": 10, "band": "Emerging", "revision": 1}),
+        ]
+    )
     doc = merge("a", None, updates["a"])
     assert doc["trust"]["score"] == 30 and doc["version"] == 1
     assert merge("a", doc, {"trust": {"score": 99, "band": "Trusted", "revision": 2}}) is None

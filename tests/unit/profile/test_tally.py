@@ -17,12 +17,20 @@ SPELLINGS = {"b": ["Ben Caine", "Benjamin Caine"], "c": ["Yonghui Wu"], "d": ["I
 
 
 def entry(work: int, year: int, topics: list[str], co: list[tuple[str, int]], external: bool) -> dict:
-    return {"id": f"w{work}", "y": year, "h": f"h{work}-{year}", "x": external, "t": topics,
-            "co": [{"id": c, "n": SPELLINGS[c][s % len(SPELLINGS[c])]} for c, s in co]}
+    return {
+        "id": f"w{work}",
+        "y": year,
+        "h": f"h{work}-{year}",
+        "x": external,
+        "t": topics,
+        "co": [{"id": c, "n": SPELLINGS[c][s % len(SPELLINGS[c])]} for c, s in co],
+    }
 
 
 entries_st = st.builds(
-    entry, st.integers(0, 12), st.integers(2015, 2024),
+    entry,
+    st.integers(0, 12),
+    st.integers(2015, 2024),
     st.lists(st.sampled_from(["ML", "Speech", "Vision"]), max_size=2, unique=True),
     st.lists(st.tuples(st.sampled_from(CO_AUTHORS), st.integers(0, 1)), max_size=3, unique_by=lambda t: t[0]),
     st.booleans(),
@@ -65,8 +73,9 @@ def test_the_state_does_not_depend_on_the_order_of_the_works() -> None:
 def test_a_record_taken_from_the_written_one_is_a_copy() -> None:
     """The planner changes the record it is given; the written one stays as written (a
     batch that fails after planning must find it unchanged)."""
-    written = AuthorRecord(author_id="a", identity=dict(IDENTITY), entries=[entry(1, 2020, ["ML"], [("b", 0)], True)],
-                           revision=3)
+    written = AuthorRecord(
+        author_id="a", identity=dict(IDENTITY), entries=[entry(1, 2020, ["ML"], [("b", 0)], True)], revision=3
+    )
     before = written.derive_state(1)
     doc = written.to_doc("token")
     taken = AuthorRecord.from_doc(doc, written)

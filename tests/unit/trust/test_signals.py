@@ -19,27 +19,35 @@ from services.trust import scoring, signals
 SEED_YEARS = {"2020": 16, "2021": 3, "2022": 8, "2023": 1}
 
 
-def author_state(revision: int, works_by_year: dict[str, int] | None = None, level: str = "L1",
-                 works_count: int | None = None) -> AuthorState:
+def author_state(
+    revision: int, works_by_year: dict[str, int] | None = None, level: str = "L1", works_count: int | None = None
+) -> AuthorState:
     years = SEED_YEARS if works_by_year is None else works_by_year
     return AuthorState(
-        author_id="a1", display_name="Quoc V. Le",
+        author_id="a1",
+        display_name="Quoc V. Le",
         works_count=sum(max(0, n) for n in years.values()) if works_count is None else works_count,
-        works_by_year=years, topics=[TopicCount(name=f"topic {i}", count=1) for i in range(9)],
+        works_by_year=years,
+        topics=[TopicCount(name=f"topic {i}", count=1) for i in range(9)],
         close_collaborators=[Collaborator(author_id=f"c{i}", display_name=f"C {i}", shared_works=2) for i in range(4)],
-        record_verification_level=level, revision=revision,
+        record_verification_level=level,
+        revision=revision,
     )
 
 
 def work_added(revision: int, extra_2024: int = 0) -> WorkAdded:
     years = {**SEED_YEARS, **({"2024": extra_2024} if extra_2024 else {})}
-    return WorkAdded(author_id="a1", author=author_state(revision, years),
-                     work=WorkSummary(work_id=f"w{revision}", type="preprint", year=2024, title="t"))
+    return WorkAdded(
+        author_id="a1",
+        author=author_state(revision, years),
+        work=WorkSummary(work_id=f"w{revision}", type="preprint", year=2024, title="t"),
+    )
 
 
 def claim(revision: int, claimed: bool, level: str | None) -> ClaimApproved | ClaimRevoked:
-    state = AuthorClaimState(claimed=claimed, owner_user_id="u1" if claimed else None,
-                             verification_level=level, revision=revision)
+    state = AuthorClaimState(
+        claimed=claimed, owner_user_id="u1" if claimed else None, verification_level=level, revision=revision
+    )
     if claimed:
         return ClaimApproved(claim_id="k1", author_id="a1", user_id="u1", author_claim=state, verification_level=level)
     return ClaimRevoked(claim_id="k1", author_id="a1", user_id="u1", author_claim=state, reason="test")
@@ -77,8 +85,10 @@ def test_older_or_equal_revisions_are_ignored() -> None:
     newer = fold([work_added(5, extra_2024=2)])
     assert fold([work_added(5, extra_2024=2), work_added(4)]) == newer  # older profile state
     assert fold([work_added(5, extra_2024=2), work_added(5, extra_2024=2)]) == newer  # duplicate
-    count = [FollowerCountChanged(author_id="a1", count=17, revision=9),
-             FollowerCountChanged(author_id="a1", count=3, revision=2)]
+    count = [
+        FollowerCountChanged(author_id="a1", count=17, revision=9),
+        FollowerCountChanged(author_id="a1", count=3, revision=2),
+    ]
     assert fold(count)["followers"] == {"revision": 9, "count": 17}
 
 
@@ -91,8 +101,13 @@ def test_an_author_without_a_profile_keeps_its_signals_but_is_not_scored() -> No
     p = fold([FollowerCountChanged(author_id="a1", count=5, revision=1), claim(1, True, "L3")])
     assert p["followers"]["count"] == 5 and p["claim"]["level"] == "L3"
     assert signals.score_inputs(p, scoring.CURRENT) is None
-    p = fold([FollowerCountChanged(author_id="a1", count=5, revision=1), claim(1, True, "L3"),
-              AuthorRegistered(author_id="a1", author=author_state(1))])
+    p = fold(
+        [
+            FollowerCountChanged(author_id="a1", count=5, revision=1),
+            claim(1, True, "L3"),
+            AuthorRegistered(author_id="a1", author=author_state(1)),
+        ]
+    )
     assert signals.score_inputs(p, scoring.CURRENT).verification_level == "L3"
 
 
@@ -111,10 +126,13 @@ def test_recent_works_never_exceed_the_works_count() -> None:
     assert signals.score_inputs(signals.apply({}, obs), scoring.CURRENT).recent_works == 10
 
 
-@pytest.mark.parametrize("patch, error", [
-    ({"author": {"works_count": -3}}, "works_count"),
-    ({"author": {"record_verification_level": "L9"}}, "record_verification_level"),
-])
+@pytest.mark.parametrize(
+    "patch, error",
+    [
+        ({"author": {"works_count": -3}}, "works_count"),
+        ({"author": {"record_verification_level": "L9"}}, "record_verification_level"),
+    ],
+)
 def test_the_contract_refuses_negative_counts_and_unknown_levels(patch: dict, error: str) -> None:
     env = Envelope.wrap(AuthorRegistered(author_id="a1", author=author_state(1)), producer="test")
     doc = json.loads(env.to_bytes())
@@ -125,8 +143,9 @@ def test_the_contract_refuses_negative_counts_and_unknown_levels(patch: dict, er
 
 def test_a_claims_level_must_be_known() -> None:
     state = AuthorClaimState(claimed=True, verification_level="L2", revision=1)
-    env = Envelope.wrap(VerificationLevelChanged(author_id="a1", verification_level="L2", author_claim=state),
-                        producer="test")
+    env = Envelope.wrap(
+        VerificationLevelChanged(author_id="a1", verification_level="L2", author_claim=state), producer="test"
+    )
     doc = json.loads(env.to_bytes())
     doc["data"]["verification_level"] = doc["data"]["author_claim"]["verification_level"] = "L7"
     with pytest.raises(DecodeError):
@@ -137,9 +156,15 @@ def history_of_events(rng: random.Random) -> list:
     """A plausible history: profile revisions, claim changes and follower counts, plus duplicates."""
     events: list = [AuthorRegistered(author_id="a1", author=author_state(1))]
     events += [work_added(r, extra_2024=r - 1) for r in range(2, rng.randint(2, 12))]
-    events += [claim(1, True, "L2"), VerificationLevelChanged(
-        author_id="a1", verification_level="L3", previous_level="L2",
-        author_claim=AuthorClaimState(claimed=True, owner_user_id="u1", verification_level="L3", revision=2))]
+    events += [
+        claim(1, True, "L2"),
+        VerificationLevelChanged(
+            author_id="a1",
+            verification_level="L3",
+            previous_level="L2",
+            author_claim=AuthorClaimState(claimed=True, owner_user_id="u1", verification_level="L3", revision=2),
+        ),
+    ]
     if rng.random() < 0.5:
         events.append(claim(3, False, None))
     events += [FollowerCountChanged(author_id="a1", count=rng.randint(0, 5000), revision=r) for r in range(1, 8)]

@@ -1,0 +1,140 @@
+"""The transactional outbox: events kept in the document whose change caused them.
+
+The store has no multi-document transactions, so an event cannot be written to a log of
+its own in the same transaction as the change it reports. Instead a service writes the
+change and the events it causes in ONE single-document update: the state's fields and
+``$push`` onto the document's ``outbox`` array. Then it publishes them, and only then
+removes them from the outbox (``$pull`` by event id: entries another write pushed
+meanwhile stay). A process that dies in between leaves the entries in the document:
+
+* the next write of the same document reads them and publishes them first, in order,
+  before its own (so per-key order holds), under the same event ids;
+* a sweeper publishes entries older than a grace period (an input that is never
+  redelivered, a document nobody writes again).
+
+Consumers see at most a duplicate with the same event id, which their idempotence absorbs.
+
+An entry is a plain subdocument a person can read and query in a MongoDB shell:
+``{topic, key, at, envelope: {event_id, event_type, ..., data: {...}}}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+from typing import Any, TypeVar
+
+from pymongo import ASCENDING, IndexModel, UpdateOne
+
+from contracts.envelope import Envelope
+from service_runtime.logging import get_logger
+from service_runtime.publishing import EventPublisher, Outgoing
+from service_runtime.store import Collection
+
+log = get_logger(__name__)
+T = TypeVar("T")
+
+FIELD = "outbox"
+# The sweeper finds documents with old entries through this index, never by a scan.
+INDEX = IndexModel([(f"{FIELD}.at", ASCENDING)], name="outbox_at")
+
+
+class WriteConflict(Exception):
+    """Another writer changed a document between our read and our guarded write: read
+    again and decide again (``retry_conflicts``)."""
+
+
+async def retry_conflicts(attempt: Callable[[], Awaitable[T]], *, attempts: int, what: str) -> T:
+    """Run ``attempt`` (read, decide, guarded write) until no ``WriteConflict`` stops it.
+    Conflicts are short-lived (another replica wrote the same document a moment ago); one
+    that lasts ``attempts`` tries is raised, and the delivery loop redelivers the batch."""
+    for n in range(1, attempts + 1):
+        try:
+            return await attempt()
+        except WriteConflict as exc:
+            log.info("write_conflict_retrying", what=what, attempt=n, error=str(exc))
+            if n == attempts:
+                raise
+            await asyncio.sleep(0.005 * n)
+    raise AssertionError("unreachable")
+
+
+def entry(out: Outgoing, at: datetime) -> dict[str, Any]:
+    """An outgoing event as the outbox stores it, encoded once."""
+    return {"topic": out.topic, "key": out.key, "at": at, "envelope": out.envelope.model_dump(mode="json")}
+
+
+def outgoing(stored: Mapping[str, Any]) -> Outgoing:
+    return Outgoing(stored["topic"], stored["key"], Envelope.model_validate(stored["envelope"]))
+
+
+def pending(document: Mapping[str, Any] | None) -> list[Outgoing]:
+    """What a document read from the store still has to publish, oldest first."""
+    return [outgoing(e) for e in (document or {}).get(FIELD) or ()]
+
+
+def push(update: dict[str, Any], events: Sequence[Outgoing], at: datetime | None = None) -> dict[str, Any]:
+    """``update`` (an update document) that also appends ``events`` to the outbox."""
+    if events:
+        when = at or datetime.now(UTC)
+        update.setdefault("$push", {})[FIELD] = {"$each": [entry(e, when) for e in events]}
+    return update
+
+
+class Outbox:
+    """Publishes what documents hold in their outbox, then removes it from them."""
+
+    def __init__(self, publisher: EventPublisher) -> None:
+        self.publisher = publisher
+
+    async def deliver(self, collection: Collection, events: Mapping[Any, Sequence[Outgoing]]) -> int:
+        """Publish each document's events (document by document, each in its order), then
+        pull exactly those from the documents' outboxes. Returns how many were published."""
+        ordered = [e for per_doc in events.values() for e in per_doc]
+        if not ordered:
+            return 0
+        await self.publisher.publish(ordered)
+        if self.publisher.enabled:
+            await self.clear(
+                collection,
+                {doc_id: [str(e.envelope.event_id) for e in per_doc] for doc_id, per_doc in events.items() if per_doc},
+            )
+        return len(ordered)
+
+    @staticmethod
+    async def clear(collection: Collection, event_ids: Mapping[Any, Iterable[str]]) -> None:
+        ops = [
+            UpdateOne({"_id": doc_id}, {"$pull": {FIELD: {"envelope.event_id": {"$in": list(ids)}}}})
+            for doc_id, ids in event_ids.items()
+        ]
+        if ops:
+            await collection.bulk_write(ops, ordered=False)
+
+    async def sweep(self, collection: Collection, *, older_than: timedelta, limit: int = 500) -> int:
+        """Publish the outboxes that hold an entry written before ``older_than`` ago (their
+        writer died, or its input will not come again). Younger entries are most likely
+        being published by their writer right now."""
+        cutoff = datetime.now(UTC) - older_than
+        published = 0
+        while True:
+            docs = await collection.find({f"{FIELD}.at": {"$lt": cutoff}}, {FIELD: 1}).limit(limit).to_list(None)
+            if not docs:
+                return published
+            published += await self.deliver(collection, {d["_id"]: pending(d) for d in docs})
+            if len(docs) < limit:
+                return published
+
+    async def sweep_forever(
+        self, collections: Sequence[Collection], *, interval_s: float, older_than: timedelta
+    ) -> None:
+        """A service's background task: sweep at start, then every ``interval_s``."""
+        while True:
+            for collection in collections:
+                try:
+                    swept = await self.sweep(collection, older_than=older_than)
+                    if swept:
+                        log.info("outbox_swept", collection=collection.name, events=swept)
+                except Exception as exc:  # an outage must not end the sweeper
+                    log.warning("outbox_sweep_failed", collection=collection.name, error=repr(exc))
+            await asyncio.sleep(interval_s)

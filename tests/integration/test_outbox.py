@@ -1,0 +1,119 @@
+"""The runtime's transactional outbox against the real store and broker: events written in
+the same update as the change, published, then pulled; what a dead writer left is
+published by the next write or by the sweeper, never lost, and never pulled unpublished."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import timedelta
+
+import pytest
+from pymongo import AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
+
+from contracts import Envelope, deterministic_event_id
+from contracts.events.profile import AuthorRegistered, AuthorState
+from contracts.topics import Topic
+from service_runtime import outbox
+from service_runtime.kafka import ensure_topics, make_broker
+from service_runtime.outbox import Outbox
+from service_runtime.publishing import EventPublisher, Outgoing
+from service_runtime.topic_reader import read_topic
+from tests.conftest import Namespace
+
+
+def registered(publisher: EventPublisher, author_id: str, revision: int) -> Outgoing:
+    state = AuthorState(
+        author_id=author_id, display_name=author_id, works_count=0, record_verification_level="L0", revision=revision
+    )
+    return publisher.outgoing(
+        AuthorRegistered(author_id=author_id, author=state), event_id=deterministic_event_id(author_id, revision)
+    )
+
+
+@pytest.fixture
+async def parts(ns: Namespace) -> AsyncIterator[tuple[AsyncCollection, EventPublisher, Outbox]]:
+    await ensure_topics(ns.infra["kafka"], prefix=ns.topic_prefix)
+    broker = make_broker(ns.infra["kafka"], client_id="outbox-test")
+    await broker.start()
+    client = AsyncMongoClient(ns.infra["mongodb"])
+    name = f"t{ns.id}_outbox"
+    ns.databases.append(name)
+    publisher = EventPublisher(broker, "test", ns.topic_prefix)
+    try:
+        yield client[name]["docs"], publisher, Outbox(publisher)
+    finally:
+        await broker.stop()
+        await client.close()
+
+
+async def published(ns: Namespace) -> list[tuple[str, int]]:
+    records = await read_topic(ns.infra["kafka"], ns.topic(Topic.PROFILE_EVENTS))
+    return [(r.key.decode(), json.loads(r.value)["data"]["author"]["revision"]) for r in records]
+
+
+async def test_write_deliver_clear(ns: Namespace, parts: tuple[AsyncCollection, EventPublisher, Outbox]) -> None:
+    docs, publisher, box = parts
+    first = registered(publisher, "a1", 1)
+    await docs.update_one({"_id": "a1"}, outbox.push({"$set": {"revision": 1}}, [first]), upsert=True)
+    stored = await docs.find_one({"_id": "a1"})
+    # Plain and readable: the envelope is a subdocument, its data too.
+    assert stored["outbox"][0]["envelope"]["data"]["author"]["revision"] == 1
+    assert [o.envelope for o in outbox.pending(stored)] == [first.envelope]
+    # Another write pushes meanwhile: delivering the first must not pull the second.
+    second = registered(publisher, "a1", 2)
+    await docs.update_one({"_id": "a1"}, outbox.push({"$set": {"revision": 2}}, [second]))
+    assert await box.deliver(docs, {"a1": [first]}) == 1
+    left = outbox.pending(await docs.find_one({"_id": "a1"}))
+    assert [o.envelope.event_id for o in left] == [second.envelope.event_id]
+    await box.deliver(docs, {"a1": left})
+    assert (await docs.find_one({"_id": "a1"}))["outbox"] == []
+    assert await published(ns) == [("a1", 1), ("a1", 2)]
+
+
+async def test_the_sweeper_publishes_what_a_dead_writer_left(
+    ns: Namespace, parts: tuple[AsyncCollection, EventPublisher, Outbox]
+) -> None:
+    docs, publisher, box = parts
+    # Three writers wrote and died before publishing; one document was delivered.
+    for n in range(3):
+        await docs.update_one(
+            {"_id": f"a{n}"}, outbox.push({"$set": {"n": n}}, [registered(publisher, f"a{n}", 1)]), upsert=True
+        )
+    fresh = registered(publisher, "a9", 1)
+    await docs.update_one({"_id": "a9"}, outbox.push({"$set": {"n": 9}}, [fresh]), upsert=True)
+    # Entries younger than the grace period are left to their writer.
+    assert await box.sweep(docs, older_than=timedelta(minutes=5)) == 0
+    assert await box.sweep(docs, older_than=timedelta(0), limit=2) == 4
+    assert await docs.count_documents({"outbox.0": {"$exists": True}}) == 0
+    assert sorted(await published(ns)) == [("a0", 1), ("a1", 1), ("a2", 1), ("a9", 1)]
+    assert await box.sweep(docs, older_than=timedelta(0)) == 0
+
+
+async def test_nothing_is_pulled_while_publishing_is_off(
+    ns: Namespace, parts: tuple[AsyncCollection, EventPublisher, Outbox]
+) -> None:
+    """A rebuild publishes nothing: what it would deliver stays in the outbox."""
+    docs, publisher, box = parts
+    publisher.enabled = False
+    event = registered(publisher, "a1", 1)
+    await docs.update_one({"_id": "a1"}, outbox.push({"$set": {"n": 1}}, [event]), upsert=True)
+    await box.deliver(docs, {"a1": [event]})
+    assert len((await docs.find_one({"_id": "a1"}))["outbox"]) == 1
+
+
+def test_entries_round_trip() -> None:
+    envelope = Envelope.wrap(
+        AuthorRegistered(
+            author_id="x",
+            author=AuthorState(
+                author_id="x", display_name="X", works_count=0, record_verification_level="L1", revision=3
+            ),
+        ),
+        producer="p",
+    )
+    out = Outgoing(str(Topic.PROFILE_EVENTS), "x", envelope)
+    from datetime import UTC, datetime
+
+    assert outbox.outgoing(outbox.entry(out, datetime.now(UTC))) == out
