@@ -6,12 +6,13 @@ PY := $(VENV)/bin/python
 export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:9092
 export MONGODB_URI ?= mongodb://127.0.0.1:27017
 
-.PHONY: help venv infra-up infra-down infra-status topics test test-unit test-integration test-faults up down status demo schemas bench clean
+.PHONY: lint help venv infra-up infra-down infra-status topics test test-unit test-integration test-faults up down status demo schemas bench clean
 
 help:
 	@echo "make up          install what is missing, start Kafka, FerretDB and the four services, load the seed"
 	@echo "make down        stop everything make up started"
 	@echo "make test        install, start Kafka + FerretDB, run unit and integration tests"
+	@echo "make lint        ruff (lint and format) and mypy, zero findings expected"
 	@echo "make test-faults whole-system fault tests (SIGKILL, broker/store outages, poison), slow"
 	@echo "make demo        play the seed story on a running system"
 	@echo "make infra-up    start only Kafka and FerretDB (infra-down, infra-status)"
@@ -41,6 +42,13 @@ topics: venv infra-up
 
 test: venv infra-up
 	$(PY) -m pytest
+
+# Habits that keep the code readable: ruff (lint, format) and mypy (strict on contracts/
+# and service_runtime/, checked everywhere else); configured in pyproject.toml.
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy contracts service_runtime services importers bzpeer_cli
 
 test-unit: venv
 	$(PY) -m pytest tests/unit
