@@ -31,7 +31,7 @@ def build_service(settings: ClaimsSettings | None = None) -> Service:
     )
     service.background(processor.sweep_forever, runs="live")
     # A rebuild: the decisions read back from claims.events, the identities from profile.events.
-    rebuild = ClaimsRebuild(store, attempts=settings.write_conflict_attempts)
+    rebuild = ClaimsRebuild(store, processor.limits, attempts=settings.write_conflict_attempts)
     service.consume(
         Topic.CLAIMS_EVENTS, Topic.PROFILE_EVENTS, handler=rebuild.handle, accepts=rebuild.types, runs="rebuild"
     )

@@ -9,7 +9,8 @@ keeps), deciding nothing again.
   event of one step) changes nothing.
 * A record's claim state is the newest ``author_claim`` (by its revision) of the events
   about the record; its identity the newest one of its profile events.
-* A user's slots are derived from the statuses of the user's claims.
+* A user's slots follow the statuses of the user's claims: a claim holds an open slot
+  while pending_author or needs_review, an approved one while approved.
 
 No input is applied again, so the order in which live saw its inputs, the wall clock and
 the partitions' interleaving do not matter: the same log gives the same projection.
@@ -41,7 +42,7 @@ from service_runtime.dispatch import Dispatch
 from service_runtime.logging import get_logger
 from service_runtime.outbox import retry_conflicts
 from services.claims.processing import ProfileEvent, identity_of
-from services.claims.rules import UNCLAIMED, Book, Claim, Identity
+from services.claims.rules import UNCLAIMED, Book, Claim, Identity, Limits
 from services.claims.store import ClaimsStore
 
 log = get_logger(__name__)
@@ -120,8 +121,9 @@ class ClaimsRebuild:
 
     types = FACTS.types
 
-    def __init__(self, store: ClaimsStore, *, attempts: int = 8) -> None:
+    def __init__(self, store: ClaimsStore, limits: Limits, *, attempts: int = 8) -> None:
         self.store = store
+        self.limits = limits
         self.attempts = attempts
 
     async def handle(self, batch: Sequence[Incoming[Any]]) -> None:
@@ -131,11 +133,12 @@ class ClaimsRebuild:
             loaded = await self.store.load_records(
                 {f.author_id for f in facts},
                 {f.step.claim_id for f in facts if f.step},
+                {f.step.user_id for f in facts if f.step},
+                self.limits,
                 clock=datetime.now(UTC),
             )
             fold(loaded.book, facts)
             await self.store.save(loaded, {})
-            await self.store.derive_slots(loaded.book.claims[cid].user_id for cid in loaded.book.dirty_claims)
 
         await retry_conflicts(attempt, attempts=self.attempts, what="claims rebuild batch")
 
@@ -157,9 +160,9 @@ def fold(book: Book, facts: Sequence[Fact]) -> None:
                 book.dirty_authors.add(fact.author_id)
         if (step := fact.step) is not None:
             claim = book.claims.get(step.claim_id)
-            previous = claim.revision if claim is not None else 0
+            previous, before = (claim.revision, claim.status) if claim is not None else (0, None)
             if claim is None:
-                book.claims[step.claim_id] = Claim.from_state(
+                claim = book.claims[step.claim_id] = Claim.from_state(
                     step.claim_id, step.author_id, step.user_id, step.state, step.cause, step.author_claim
                 )
             elif not claim.follow(step.state, step.cause, step.author_claim):
@@ -169,3 +172,4 @@ def fold(book: Book, facts: Sequence[Fact]) -> None:
                 # that starts later): its history entries are missing.
                 log.warning("claims_rebuild_step_missing", claim_id=step.claim_id, revision=step.state.revision)
             book.dirty_claims.add(step.claim_id)
+            book.slots.follow(claim, before)

@@ -225,18 +225,27 @@ class Slots:
         return self.limits.max_open_claims_per_user if kind == OPEN_SLOT else self.limits.max_approved_claims_per_user
 
     def acquire(self, kind: str, user: str, claim_id: str) -> bool:
+        """Take a slot for the claim if the user has one free (or holds it already)."""
+        held = self.holders.get((kind, user), [])
+        if claim_id not in held and len(held) >= self.limit(kind):
+            return False
+        self.take(kind, user, claim_id)
+        return True
+
+    def take(self, kind: str, user: str, claim_id: str) -> None:
+        """Hold a slot for the claim, limit or not (a rebuild follows what live decided)."""
         held = self.holders.setdefault((kind, user), [])
         if claim_id in held:
-            return True
-        if len(held) >= self.limit(kind):
-            return False
+            return
         held.append(claim_id)
         op = (kind, user, claim_id)
         if op in self.released:  # released earlier in this batch: the two cancel out
             self.released.remove(op)
         else:
             self.acquired.append(op)
-        return True
+
+    def holding(self, user: str) -> bool:
+        return any(self.holders.get((kind, user)) for kind in (OPEN_SLOT, APPROVED_SLOT))
 
     def release(self, kind: str, user: str, claim_id: str) -> None:
         held = self.holders.get((kind, user), [])
@@ -257,16 +266,20 @@ class Slots:
             if claim.status != APPROVED:
                 self.release(APPROVED_SLOT, claim.user_id, claim.claim_id)
 
+    def follow(self, claim: Claim, before: str | None) -> None:
+        """The claim's status went from ``before`` (None: not known) to its status now: it
+        leaves the slot the old status held and holds the one the new status holds."""
+        was, now = slot_of(before), slot_of(claim.status)
+        if was != now:
+            if was is not None:
+                self.release(was, claim.user_id, claim.claim_id)
+            if now is not None:
+                self.take(now, claim.user_id, claim.claim_id)
 
-def slots_of(claims: Iterable[Claim]) -> dict[str, dict[str, list[str]]]:
-    """Each user's slots as the claims' statuses say: ``{user: {"open": [...], "approved": [...]}}``,
-    sorted, users holding none left out (what a rebuild stores)."""
-    out: dict[str, dict[str, list[str]]] = {}
-    for claim in claims:
-        kind = OPEN_SLOT if claim.status in OPEN else APPROVED_SLOT if claim.status == APPROVED else None
-        if kind is not None:
-            out.setdefault(claim.user_id, {OPEN_SLOT: [], APPROVED_SLOT: []})[kind].append(claim.claim_id)
-    return {user: {kind: sorted(ids) for kind, ids in held.items()} for user, held in out.items()}
+
+def slot_of(status: str | None) -> str | None:
+    """The kind of slot a claim of this status holds (None: none)."""
+    return OPEN_SLOT if status in OPEN else APPROVED_SLOT if status == APPROVED else None
 
 
 # --- the book ----------------------------------------------------------------------

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
-from pymongo import ASCENDING, DeleteOne, IndexModel, InsertOne, ReplaceOne, UpdateOne
+from pymongo import ASCENDING, DeleteOne, IndexModel, InsertOne, UpdateOne
 from pymongo.errors import BulkWriteError
 
 from contracts.events.claims import AuthorClaimState, ClaimHistoryEntry, Evidence
@@ -48,12 +48,11 @@ from services.claims.rules import (
     Identity,
     Limits,
     Slots,
-    slots_of,
 )
 
 DUPLICATE_KEY = 11000
 KINDS = (OPEN_SLOT, APPROVED_SLOT)
-Op = InsertOne[Document] | UpdateOne | ReplaceOne[Document] | DeleteOne
+Op = InsertOne[Document] | UpdateOne | DeleteOne
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,10 +79,9 @@ class ClaimsStore(StoreAdapter):
         "claims": [
             # A record's open and approved claims: what a decision on the record must see.
             IndexModel([("author_id", ASCENDING), ("status", ASCENDING)], name="by_author_status"),
-            # A user's claims holding a slot: what a rebuild derives the slots from.
-            IndexModel([("user_id", ASCENDING), ("status", ASCENDING)], name="by_user_status"),
-            # Claims waiting for their author, oldest wait first: the sweeper's.
-            IndexModel([("waiting_since", ASCENDING)], name="by_waiting_since"),
+            # Claims waiting for their author, longest wait first: the sweeper's. Sparse:
+            # only those claims have the field (every index costs each update of a claim).
+            IndexModel([("waiting_since", ASCENDING)], name="by_waiting_since", sparse=True),
         ],
     }
     outbox_collections: ClassVar[tuple[str, ...]] = ("claims",)
@@ -108,62 +106,37 @@ class ClaimsStore(StoreAdapter):
         *,
         clock: datetime,
     ) -> Loaded:
-        """The records, the claims named, every open or approved claim of the records, and
-        the slots of every user concerned."""
+        """What deciding for these inputs needs: the records, the claims named and every
+        open or approved claim of the records, and the slots of every user concerned."""
         authors = sorted(set(author_ids))
         author_docs, named, held = await asyncio.gather(
-            self._find(self.authors, {"_id": {"$in": authors}}),
-            self._find(self.claims, {"_id": {"$in": sorted(set(claim_ids))}}),
-            self._find(self.claims, {"author_id": {"$in": authors}, "status": {"$in": sorted(HELD)}}),
+            _by_ids(self.authors, authors),
+            _by_ids(self.claims, claim_ids),
+            _find(self.claims, {"author_id": {"$in": authors}, "status": {"$in": sorted(HELD)}}, authors),
         )
         claim_docs = {d["_id"]: d for d in named + held}
         # A record whose write an earlier attempt did not finish may name a claim that is
         # neither named nor held any more (withdrawn): its state is in that claim.
         stale = {d["claim"]["claim_id"] for d in author_docs if d["claim"].get("claim_id")} - claim_docs.keys()
         if stale:
-            claim_docs |= {d["_id"]: d for d in await self._find(self.claims, {"_id": {"$in": sorted(stale)}})}
-        users = sorted(set(user_ids) | {d["user_id"] for d in claim_docs.values()})
-        user_docs = await self._find(self.users, {"_id": {"$in": users}})
-        loaded = Loaded(
-            Book(
-                {d["_id"]: _author(d) for d in author_docs},
-                {cid: _claim(d) for cid, d in claim_docs.items()},
-                Slots({(kind, d["_id"]): list(d.get(kind, [])) for d in user_docs for kind in KINDS}, limits),
-                clock=clock,
-            )
-        )
-        loaded.claims = {cid: _read_claim(d) for cid, d in claim_docs.items()}
-        loaded.authors = {d["_id"]: _read_author(d) for d in author_docs}
-        loaded.users = {d["_id"]: {kind: list(d.get(kind, [])) for kind in KINDS} for d in user_docs}
-        loaded.pending = {cid: outbox.pending(d) for cid, d in claim_docs.items() if d.get(outbox.FIELD)}
-        return loaded
+            claim_docs |= {d["_id"]: d for d in await _by_ids(self.claims, stale)}
+        user_docs = await _by_ids(self.users, {*user_ids, *(d["user_id"] for d in claim_docs.values())})
+        return _loaded(author_docs, list(claim_docs.values()), user_docs, limits, clock)
 
-    async def load_records(self, author_ids: Iterable[str], claim_ids: Iterable[str], *, clock: datetime) -> Loaded:
-        """Records and claims by id, nothing else (what a rebuild folds events into)."""
-        author_docs, claim_docs = await asyncio.gather(
-            self._find(self.authors, {"_id": {"$in": sorted(set(author_ids))}}),
-            self._find(self.claims, {"_id": {"$in": sorted(set(claim_ids))}}, {outbox.FIELD: 0}),
+    async def load_records(
+        self,
+        author_ids: Iterable[str],
+        claim_ids: Iterable[str],
+        user_ids: Iterable[str],
+        limits: Limits,
+        *,
+        clock: datetime,
+    ) -> Loaded:
+        """Records, claims and users' slots by id, nothing else (what a rebuild folds into)."""
+        author_docs, claim_docs, user_docs = await asyncio.gather(
+            _by_ids(self.authors, author_ids), _by_ids(self.claims, claim_ids), _by_ids(self.users, user_ids)
         )
-        loaded = Loaded(
-            Book(
-                {d["_id"]: _author(d) for d in author_docs},
-                {d["_id"]: _claim(d) for d in claim_docs},
-                Slots({}, Limits()),
-                clock=clock,
-            )
-        )
-        loaded.claims = {d["_id"]: _read_claim(d) for d in claim_docs}
-        loaded.authors = {d["_id"]: _read_author(d) for d in author_docs}
-        return loaded
-
-    @staticmethod
-    async def _find(
-        collection: Collection, query: dict[str, Any], fields: dict[str, Any] | None = None
-    ) -> list[Document]:
-        ids = query.get("_id", {}).get("$in")
-        if ids == [] or query.get("author_id", {}).get("$in") == []:
-            return []
-        return await collection.find(query, fields).to_list(None)
+        return _loaded(author_docs, claim_docs, user_docs, limits, clock)
 
     # --- saving -------------------------------------------------------------------------
 
@@ -187,8 +160,9 @@ class ClaimsStore(StoreAdapter):
             [self._claim_write(loaded, cid, outboxes.get(cid, ()), at) for cid in sorted(book.dirty_claims)],
         )
         await _guarded(self.authors, [self._author_write(loaded, aid) for aid in sorted(book.dirty_authors)])
-        if freed:
-            await self.users.bulk_write(freed, ordered=True)
+        for ops in freed:
+            if ops:
+                await self.users.bulk_write(ops, ordered=False)
 
     def _claim_write(self, loaded: Loaded, claim_id: str, events: Sequence[Outgoing], at: datetime) -> Op:
         claim = loaded.book.claims[claim_id]
@@ -215,8 +189,9 @@ class ClaimsStore(StoreAdapter):
         guard = {"identity.revision": identity} if identity is not None else {"identity": None}
         return UpdateOne({"_id": author_id, **guard, "claim.revision": claim}, {"$set": doc})
 
-    def _slot_writes(self, loaded: Loaded) -> tuple[list[Op], list[Op]]:
-        """The guarded writes that take slots, and the writes that free the rest.
+    def _slot_writes(self, loaded: Loaded) -> tuple[list[Op], list[list[Op]]]:
+        """The guarded writes that take slots, and the writes that free the rest (then
+        delete the documents of users left holding none).
 
         A slot freed in this batch is handed over at once to a claim that takes it in the
         same batch (a claim closed, another opened) when the user has no other free slot;
@@ -244,27 +219,14 @@ class ClaimsStore(StoreAdapter):
             else:
                 taken.append(UpdateOne({"_id": user, **read}, {"$set": after}))
         freed: list[Op] = []
+        emptied: list[Op] = []
         for user, left in sorted(released.items()):
             pull = {kind: {"$in": claim_ids} for kind, claim_ids in left.items() if claim_ids}
             if pull:
                 freed.append(UpdateOne({"_id": user}, {"$pull": pull}))
-                freed.append(DeleteOne({"_id": user, **{kind: {"$size": 0} for kind in KINDS}}))
-        return taken, freed
-
-    async def derive_slots(self, user_ids: Iterable[str]) -> None:
-        """Each user's slots as their claims' statuses say (a rebuild): written whole."""
-        users = sorted(set(user_ids))
-        if not users:
-            return
-        docs = await self._find(
-            self.claims, {"user_id": {"$in": users}, "status": {"$in": sorted(HELD)}}, {"user_id": 1, "status": 1}
-        )
-        held = slots_of(_claim_status(d) for d in docs)
-        ops: list[Op] = [
-            ReplaceOne({"_id": user}, held[user], upsert=True) if user in held else DeleteOne({"_id": user})
-            for user in users
-        ]
-        await self.users.bulk_write(ops, ordered=False)
+            if not slots.holding(user):  # (unless another writer took one meanwhile)
+                emptied.append(DeleteOne({"_id": user, **{kind: {"$size": 0} for kind in KINDS}}))
+        return taken, [freed, emptied]
 
     # --- the sweeper --------------------------------------------------------------------
 
@@ -284,6 +246,34 @@ class ClaimsStore(StoreAdapter):
     async def get_author(self, author_id: str) -> AuthorRecord | None:
         doc = await self.authors.find_one({"_id": author_id})
         return _author(doc) if doc else None
+
+
+async def _find(collection: Collection, query: dict[str, Any], keys: Sequence[str]) -> list[Document]:
+    """The documents a query over ``keys`` finds (none asked: no query)."""
+    return await collection.find(query).to_list(None) if keys else []
+
+
+async def _by_ids(collection: Collection, ids: Iterable[str]) -> list[Document]:
+    wanted = sorted(set(ids))
+    return await _find(collection, {"_id": {"$in": wanted}}, wanted)
+
+
+def _loaded(
+    author_docs: list[Document], claim_docs: list[Document], user_docs: list[Document], limits: Limits, clock: datetime
+) -> Loaded:
+    loaded = Loaded(
+        Book(
+            {d["_id"]: _author(d) for d in author_docs},
+            {d["_id"]: _claim(d) for d in claim_docs},
+            Slots({(kind, d["_id"]): list(d[kind]) for d in user_docs for kind in KINDS}, limits),
+            clock=clock,
+        )
+    )
+    loaded.claims = {d["_id"]: _read_claim(d) for d in claim_docs}
+    loaded.authors = {d["_id"]: _read_author(d) for d in author_docs}
+    loaded.users = {d["_id"]: {kind: list(d[kind]) for kind in KINDS} for d in user_docs}
+    loaded.pending = {d["_id"]: outbox.pending(d) for d in claim_docs if d.get(outbox.FIELD)}
+    return loaded
 
 
 async def _guarded(collection: Collection, ops: list[Op]) -> None:
@@ -378,11 +368,6 @@ def _claim(doc: Document) -> Claim:
         waiting_since=doc.get("waiting_since"),
         author_claim=AuthorClaimState.model_validate(doc["author_claim"]) if doc.get("author_claim") else None,
     )
-
-
-def _claim_status(doc: Document) -> Claim:
-    """A claim with only what the slots are derived from."""
-    return Claim(doc["_id"], "", doc["user_id"], doc["status"], datetime.min, datetime.min)
 
 
 def _read_claim(doc: Document) -> _ReadClaim:
