@@ -4,7 +4,7 @@ stopped writer left unpublished."""
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from aiokafka import AIOKafkaProducer
 
@@ -24,6 +24,7 @@ from tests.integration.claims.helpers import (
     events_until,
     of_type,
     send,
+    stored,
 )
 
 
@@ -108,3 +109,50 @@ async def test_events_left_in_an_outbox_are_published_by_the_sweeper(ns: Namespa
 
 
 LOST_ID = "0f4a8d8e-4a36-4bde-9d51-0e0f3e8e2a11"
+
+
+async def test_events_of_a_write_are_not_forgotten_when_another_writer_publishes_part_of_it(
+    ns: Namespace, producer: AIOKafkaProducer
+) -> None:
+    """One write stored two records' claims, then stopped before publishing. A later batch
+    that loads only one of those claims publishes (and empties) that claim's outbox; the
+    other claim's events stay in its own outbox until they are out too (here: the sweeper's)."""
+    service = claims_service(ns, outbox_grace_s=3600)  # the background sweeper leaves them alone
+    async with service.running():
+        await send(producer, ns, author_registered("a1"), author_registered("a2"))
+        await authors_known(service, "a1", "a2")
+        review = Evidence(statement="please review")
+        await send(
+            producer,
+            ns,
+            command(ClaimRequested(claim_id="c1", author_id="a1", user_id="u1", evidence=review)),
+            command(ClaimRequested(claim_id="c2", author_id="a2", user_id="u2", evidence=review)),
+        )
+        events = await events_until(
+            ns,
+            lambda ev: of_type(ev, "ClaimNeedsReview", "c1") and of_type(ev, "ClaimNeedsReview", "c2"),
+            "c1 and c2 under review",
+        )
+        lost: dict[str, str] = {}
+        for cid, author, eid in (
+            ("c1", "a1", "6a1f0c7e-2b4d-4e4a-9d0b-1c2d3e4f5a61"),
+            ("c2", "a2", "6a1f0c7e-2b4d-4e4a-9d0b-1c2d3e4f5a62"),
+        ):
+            envelope = Envelope.model_validate({**of_type(events, "ClaimNeedsReview", cid)[-1], "event_id": eid})
+            entry = outbox.entry(Outgoing("claims.events", author, envelope), datetime.now(UTC))
+            await service.db.claims.update_one({"_id": cid}, {"$push": {"outbox": entry}})
+            lost[cid] = eid
+        # A rival claim on a1 only: its batch loads a1's open claim c1, not c2.
+        await send(producer, ns, command(ClaimRequested(claim_id="c3", author_id="a1", user_id="u3", evidence=review)))
+        await events_until(
+            ns,
+            lambda ev: of_type(ev, "ClaimSubmitted", "c3") and any(e["event_id"] == lost["c1"] for e in ev),
+            "c3 decided and c1's left event published",
+        )
+        assert (await stored(service.db.claims, "c1"))["outbox"] == []
+        left = (await stored(service.db.claims, "c2"))["outbox"]
+        assert [e["envelope"]["event_id"] for e in left] == [lost["c2"]], "c2's events are not out yet"
+        assert await service.outbox.sweep(service.db.claims, older_than=timedelta(0)) == 1
+        assert (await stored(service.db.claims, "c2"))["outbox"] == []
+    published = [e["event_id"] for e in await claim_events(ns)]
+    assert published.count(lost["c1"]) == 1 and published.count(lost["c2"]) == 1
