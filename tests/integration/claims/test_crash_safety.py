@@ -55,7 +55,8 @@ async def test_a_record_not_written_after_its_claim_is_healed_by_the_next_attemp
     written, then the process died before the author record was. The redelivered input
     changes nothing twice, and the record takes the claim state the claim was written
     with, even when the outbox sweeper published and emptied the claim's outbox first."""
-    service = claims_service(ns, outbox_grace_s=3600)
+    # Published entries removed right away: these tests read the outbox after each step.
+    service = claims_service(ns, outbox_grace_s=3600, outbox_clear_after_s=0)
     processor = service.http.state.claims_processor
     guarded = claims_store._guarded
     crashes = {"authors": 1}
@@ -104,7 +105,8 @@ async def test_a_write_whose_publish_did_not_happen_is_published_by_the_next_att
     """Claims and records written, then the process died before publishing: the next
     attempt at the input decides nothing again and publishes what the outboxes hold,
     under the same ids, before anything new."""
-    service = claims_service(ns, outbox_grace_s=3600)
+    # Published entries removed right away: these tests read the outbox after each step.
+    service = claims_service(ns, outbox_grace_s=3600, outbox_clear_after_s=0)
     processor = service.http.state.claims_processor
     deliver = Outbox.deliver
     crashes = [1]
