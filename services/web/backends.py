@@ -14,7 +14,6 @@ from service_runtime.logging import get_logger
 from services.web.settings import WebSettings
 
 log = get_logger(__name__)
-SERVICES = ("profile", "claims", "trust", "follow", "collab")
 
 
 class Unavailable(Exception):
@@ -42,21 +41,18 @@ def _quote(segment: str) -> str:
 
 class Backends:
     def __init__(self, settings: WebSettings, transport: httpx.AsyncBaseTransport | None = None) -> None:
-        urls = {
+        self.urls = {
             "profile": settings.profile_url,
             "claims": settings.claims_url,
             "trust": settings.trust_url,
             "follow": settings.follow_url,
             "collab": settings.collab_url,
         }
-        self.clients = {
-            name: httpx.AsyncClient(base_url=url, timeout=settings.backend_timeout_s, transport=transport)
-            for name, url in urls.items()
-        }
+        # One client (one connection pool) for all of them.
+        self.client = httpx.AsyncClient(timeout=settings.backend_timeout_s, transport=transport)
 
     async def aclose(self) -> None:
-        for client in self.clients.values():
-            await client.aclose()
+        await self.client.aclose()
 
     async def call(
         self,
@@ -69,14 +65,10 @@ class Backends:
         json: Any = None,
     ) -> Reply:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
+        query = {k: v for k, v in (params or {}).items() if v is not None}
+        url = self.urls[service].rstrip("/") + path
         try:
-            r = await self.clients[service].request(
-                method,
-                path,
-                params={k: v for k, v in (params or {}).items() if v is not None},
-                json=json,
-                headers=headers,
-            )
+            r = await self.client.request(method, url, params=query, json=json, headers=headers)
         except httpx.HTTPError as exc:
             log.warning("backend_unreachable", backend=service, path=path, error=repr(exc))
             raise Unavailable(service, "unreachable") from None

@@ -21,7 +21,7 @@ import asyncio
 import json
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncGenerator, Callable, Iterable
 from dataclasses import dataclass, field
 
 from aiokafka import AIOKafkaConsumer
@@ -185,7 +185,7 @@ def sse(event: str | None, data: object, event_id: str | None = None) -> str:
     return "\n".join(lines) + "\n\n"
 
 
-async def page_changes(hub: Hub, settings: WebSettings, author_id: str, since: float) -> AsyncIterator[str]:
+async def page_changes(hub: Hub, settings: WebSettings, author_id: str, since: float) -> AsyncGenerator[str, None]:
     """The event stream of one open page: a ``change`` event naming the sections to read
     again, at most one per coalescing window; a comment now and then keeps proxies from
     closing an idle stream. Each event's id is the moment it was sent, so a browser that

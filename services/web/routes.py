@@ -429,7 +429,7 @@ async def sign_in_form(
 @dev_identity.post("/sign-in", summary="Development sign-in: mint a token for this user")
 async def sign_in(
     request: Request,
-    user_id: Annotated[str, Form(max_length=128)],
+    user_id: Annotated[str, Form(max_length=128)] = "",
     orcid: Annotated[str, Form(max_length=40)] = "",
     next: Annotated[str, Form(max_length=500)] = "/",
 ) -> Response:
