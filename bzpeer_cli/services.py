@@ -29,4 +29,5 @@ def settings_class(name: str) -> type[RuntimeSettings]:
 
 
 def build(name: str, settings: RuntimeSettings) -> Service:
-    return importlib.import_module(f"services.{name}.app").build_service(settings)
+    service: Service = importlib.import_module(f"services.{name}.app").build_service(settings)
+    return service

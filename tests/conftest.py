@@ -107,7 +107,7 @@ async def kafka_ready(infra: dict[str, str]) -> None:
 async def drop_namespace(namespace: Namespace) -> None:
     """Remove a namespace's topics and databases (its services must be stopped first)."""
     await delete_topics(namespace.infra["kafka"], [namespace.topic(t) for t in TOPICS])
-    client: AsyncMongoClient = AsyncMongoClient(namespace.infra["mongodb"])
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(namespace.infra["mongodb"])
     try:
         for db in set(namespace.databases):
             await client.drop_database(db)

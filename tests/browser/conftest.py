@@ -148,10 +148,10 @@ def output_dir(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def screenshot(output_dir: Path) -> Callable[[Page, str], Awaitable[Path]]:
-    async def take(page: Page, name: str) -> Path:
+def screenshot(output_dir: Path) -> Callable[..., Awaitable[Path]]:
+    async def take(page: Page, name: str, *, full_page: bool = True) -> Path:
         path = output_dir / f"{name}.png"
-        await page.screenshot(path=str(path), full_page=True)
+        await page.screenshot(path=str(path), full_page=full_page)
         return path
 
     return take

@@ -23,7 +23,7 @@ from tests.browser.conftest import AXE, LIVE_TIMEOUT_MS, Person
 from tests.web_system import WebSystem
 
 People = Callable[..., Awaitable[Person]]
-Shot = Callable[[Page, str], Awaitable[Path]]
+Shot = Callable[..., Awaitable[Path]]
 SEED_PAGE = f"/authors/{SEED_AUTHOR_ID}"
 
 
@@ -101,6 +101,10 @@ async def test_seed_page_shows_the_seed_in_its_words(web_system: WebSystem, peop
     await expect(items.first.locator(".meta")).to_contain_text("2023")
     await expect(items.first.locator(".meta")).to_contain_text("arXiv")
     await screenshot(page, "seed-page")
+    # The top of the page down to the graph, as README.md shows it (docs/seed-page.png).
+    await page.set_viewport_size({"width": 1280, "height": 1300})
+    await page.evaluate("window.scrollTo(0, 0)")
+    await screenshot(page, "seed-page-first-screen", full_page=False)
 
     await works.get_by_role("link", name="More works").click()
     await expect(items).to_have_count(28)
@@ -237,7 +241,8 @@ async def test_clicking_a_collaborator_expands_the_graph(
     assert await body.get_attribute("data-graph") == "explorer", "the graph explorer API is not available"
 
     before = await page.evaluate("window.bzpeerGraph.nodes().length")
-    # A close collaborator's node, clicked where it is drawn on the canvas.
+    # A close collaborator's node, clicked where it is drawn on the canvas (in view).
+    await page.locator('[data-section="graph"] [data-role="graph-canvas"]').scroll_into_view_if_needed()
     at = await page.evaluate(
         """() => {
           const node = window.bzpeerGraph.nodes('[kind = "author"][?close]').first();

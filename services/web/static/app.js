@@ -56,14 +56,42 @@
   }
 
   async function refresh(names) {
-    if (!profile || !names.length) return;
     const params = new URLSearchParams({ names: names.join(",") });
     if (profile.dataset.claimId) params.set("claim", profile.dataset.claimId);
     const url = "/authors/" + encodeURIComponent(profile.dataset.authorId) + "/sections?" + params;
     const response = await fetch(url, { headers: { Accept: "application/json" }, credentials: "same-origin" });
-    if (!response.ok) return;
+    if (!response.ok) throw new Error("sections: " + response.status);
     const body = await response.json();
     for (const [name, html] of Object.entries(body.sections)) replaceSection(name, html);
+  }
+
+  // Sections to read again, one request at a time (an older answer never overwrites a
+  // newer one), and again after a failure (a service that did not answer in time).
+  const stale = new Set();
+  let refreshing = false;
+
+  async function refreshStale() {
+    if (refreshing || !profile) return;
+    refreshing = true;
+    let delay = 500;
+    while (stale.size) {
+      const names = Array.from(stale);
+      stale.clear();
+      try {
+        await refresh(names);
+        delay = 500;
+      } catch (e) {
+        names.forEach((n) => stale.add(n));
+        await new Promise((resolve) => setTimeout(resolve, delay));
+        delay = Math.min(delay * 2, 8000);
+      }
+    }
+    refreshing = false;
+  }
+
+  function markStale(names) {
+    names.forEach((n) => stale.add(n));
+    refreshStale();
   }
 
   function liveUpdates() {
@@ -83,8 +111,7 @@
       profile.dataset.live = "reconnecting";
     });
     source.addEventListener("change", (event) => {
-      const sections = JSON.parse(event.data).sections || [];
-      refresh(sections).catch(() => {});
+      markStale(JSON.parse(event.data).sections || []);
     });
   }
 
@@ -155,7 +182,17 @@
 
   // --- research graph ------------------------------------------------------------------------
 
-  const LAYOUT = { name: "cose", animate: false, randomize: false, idealEdgeLength: 110, nodeRepulsion: 600000, padding: 24 };
+  // The first slice is a star around the author: rings by kind (people inside, then the
+  // rest). Once expanded, a force-directed layout keeps what was there roughly in place.
+  const FIRST_LAYOUT = {
+    name: "concentric",
+    animate: false,
+    padding: 28,
+    minNodeSpacing: 60,
+    concentric: (n) => (n.data("expanded") ? 3 : n.data("kind") === "author" ? 2 : 1),
+    levelWidth: () => 1,
+  };
+  const LAYOUT = { name: "cose", animate: false, randomize: false, idealEdgeLength: 90, nodeRepulsion: 90000, padding: 28 };
   const KIND_COLOURS = { author: "#1f5fa8", work: "#6b4fa0", topic: "#2f7d4f", institution: "#a0522d" };
 
   function graphElements(graph) {
@@ -256,9 +293,11 @@
         { selector: "node[?expanded]", style: { "border-width": 3, "border-color": "#1b1f24" } },
         { selector: "edge", style: { width: 1.5, "line-color": "#c4cbd4", "curve-style": "bezier" } },
       ],
-      layout: LAYOUT,
+      layout: { name: "preset" },
+      maxZoom: 1.6,
     });
     cy.nodes().first().data("expanded", true);
+    cy.layout(FIRST_LAYOUT).run();
     window.bzpeerGraph = cy; // for the browser tests and the curious
 
     async function expand(node) {
