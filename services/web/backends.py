@@ -141,10 +141,11 @@ class Backends:
         r = await self.call("claims", "GET", f"/claims/{_quote(claim_id)}", token=token)
         return r.body if r.ok else None
 
-    async def notifications(self, token: str, user_id: str, cursor: str | None = None) -> Reply:
-        return await self.call(
-            "follow", "GET", f"/users/{_quote(user_id)}/notifications", token=token, params={"cursor": cursor}
-        )
+    async def notifications(
+        self, token: str, user_id: str, cursor: str | None = None, *, unread: bool = False, limit: int | None = None
+    ) -> Reply:
+        params = {"cursor": cursor, "unread": "true" if unread else None, "limit": limit}
+        return await self.call("follow", "GET", f"/users/{_quote(user_id)}/notifications", token=token, params=params)
 
     async def mark_read(self, token: str, user_id: str, notification_ids: list[str] | None) -> Reply:
         body = {"notification_ids": notification_ids} if notification_ids else {}

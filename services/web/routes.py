@@ -8,6 +8,7 @@ with the signed-in user's token; what they cause comes back through the live upd
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Annotated, Any
 
@@ -368,17 +369,32 @@ async def invite(
 # --- the signed-in user's own page --------------------------------------------------------
 
 
+UNREAD_COUNTED = 1000  # past this many unread notifications the inbox says "1000+"
+
+
 @router.get("/me", response_class=HTMLResponse, summary="Inbox and invitations")
-async def me(request: Request, user: User, notice: Annotated[str | None, Query(max_length=40)] = None) -> Response:
+async def me(
+    request: Request,
+    user: User,
+    cursor: Annotated[str | None, Query(max_length=300)] = None,
+    notice: Annotated[str | None, Query(max_length=40)] = None,
+) -> Response:
     signed = need_user(request, user, "/me")
     if isinstance(signed, Response):
         return signed
     _, backends, _ = _state(request)
-    notifications: list[dict[str, Any]] | None = None
+    page: dict[str, Any] | None = None
+    unread: str | None = None
     invitations: list[dict[str, Any]] | None = None
     try:
-        reply = await backends.notifications(signed.token, signed.user_id)
-        notifications = reply.body["notifications"] if reply.ok else None
+        listed, counted = await asyncio.gather(
+            backends.notifications(signed.token, signed.user_id, cursor),
+            backends.notifications(signed.token, signed.user_id, unread=True, limit=UNREAD_COUNTED),
+        )
+        page = listed.body if listed.ok else None
+        if counted.ok:
+            n = len(counted.body["notifications"])
+            unread = f"{n}+" if counted.body["next_cursor"] else str(n)
     except Unavailable:
         pass
     try:
@@ -387,12 +403,12 @@ async def me(request: Request, user: User, notice: Annotated[str | None, Query(m
             invitations = list(reply.body.get("invitations") or reply.body.get("items") or [])
     except Unavailable:
         pass
-    unread = sum(1 for n in notifications or [] if not n["read"])
     return render(
         request,
         "me.html",
         signed,
-        notifications=notifications,
+        notifications=page["notifications"] if page else None,
+        next_cursor=page["next_cursor"] if page else None,
         unread=unread,
         invitations=invitations,
         notice=NOTICES.get(notice or ""),
