@@ -112,6 +112,18 @@ async def test_seed_page_shows_the_seed_in_its_words(web_system: WebSystem, peop
     assert person.problems == []
 
 
+async def test_search_finds_the_seed_by_name(web_system: WebSystem, people: People) -> None:
+    person = await people()
+    page = await person.open("/")
+    await page.get_by_label("Name", exact=True).fill("quoc")
+    await page.get_by_role("button", name="Search").click()
+    await expect(page.get_by_role("heading", name=re.compile(r"author\(s\) found for “quoc”"))).to_be_visible()
+    await page.get_by_role("link", name="Quoc V. Le", exact=True).click()
+    await page.wait_for_url(web_system.web_url + SEED_PAGE)
+    await expect(page.get_by_role("heading", level=1)).to_have_text("Quoc V. Le")
+    assert person.problems == []
+
+
 @pytest.mark.parametrize("signed_in", [False, True], ids=["signed-out", "signed-in"])
 async def test_profile_page_has_no_serious_accessibility_violations(
     web_system: WebSystem, people: People, output_dir: Path, screenshot: Shot, signed_in: bool
