@@ -31,6 +31,7 @@ same event ids), which consumers absorb.
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -46,6 +47,8 @@ log = get_logger(__name__)
 T = TypeVar("T")
 
 FIELD = "outbox"
+# Documents whose published entries a process remembers after removing them (see Outbox).
+RECENT_DOCUMENTS = 100_000
 # The sweeper finds documents with old entries through this index, never by a scan.
 INDEX = IndexModel([(f"{FIELD}.at", ASCENDING)], name="outbox_at")
 
@@ -100,6 +103,10 @@ class Outbox:
         self.clear_after_s = clear_after_s
         # Published, not yet removed: collection name -> (collection, doc id -> event ids).
         self._published: dict[str, tuple[Collection, dict[Any, set[str]]]] = {}
+        # Published and removed lately: a batch that read a document before the removal
+        # may still pass those entries as pending (collection name -> doc id -> event ids,
+        # oldest first; bounded).
+        self._recent: dict[str, OrderedDict[Any, set[str]]] = {}
         self._clearing: asyncio.Task[None] | None = None
 
     async def deliver(self, collection: Collection, events: Mapping[Any, Sequence[Outgoing]]) -> int:
@@ -108,10 +115,15 @@ class Outbox:
         documents' outboxes (at once, or within ``clear_after_s``). Returns how many were
         published."""
         _, published = self._published.setdefault(collection.name, (collection, {}))
-        # What a document still holds but this process published already (its removal is
-        # pending) is not sent again: a writer passes all it read as pending.
+        recent: Mapping[Any, set[str]] = self._recent.get(collection.name, {})
+        # What a document held but this process published already (its removal pending or
+        # just done) is not sent again: a writer passes all it read as pending.
         events = {
-            doc_id: [e for e in per_doc if str(e.envelope.event_id) not in published.get(doc_id, ())]
+            doc_id: [
+                e
+                for e in per_doc
+                if (i := str(e.envelope.event_id)) not in published.get(doc_id, ()) and i not in recent.get(doc_id, ())
+            ]
             for doc_id, per_doc in events.items()
         }
         ordered = [e for per_doc in events.values() for e in per_doc]
@@ -144,8 +156,14 @@ class Outbox:
         """Remove every published entry noted so far (also at shutdown)."""
         taken, self._published = self._published, {}
         try:
-            for collection, published in taken.values():
+            for name, (collection, published) in taken.items():
                 await self.clear(collection, published)
+                recent = self._recent.setdefault(name, OrderedDict())
+                for doc_id, ids in published.items():
+                    recent.setdefault(doc_id, set()).update(ids)
+                    recent.move_to_end(doc_id)
+                while len(recent) > RECENT_DOCUMENTS:
+                    recent.popitem(last=False)
         except BaseException:
             for name, (collection, published) in taken.items():  # again next time
                 mine = self._published.setdefault(name, (collection, {}))[1]
