@@ -24,9 +24,7 @@ from tests.conftest import Namespace
 
 
 def follow_settings(ns: Namespace, **overrides: Any) -> FollowSettings:
-    values: dict[str, Any] = dict(
-        unknown_author_wait_s=30.0, sweep_interval_s=0.2, fanout_chunk_size=7, follower_pages=16
-    )
+    values: dict[str, Any] = dict(unknown_author_wait_s=30.0, sweep_interval_s=0.2, fanout_chunk_size=7)
     values.update(overrides)
     return ns.settings("follow", cls=FollowSettings, **values)
 

@@ -26,7 +26,7 @@ AUTHOR = "openalex:A5017898742"
 async def seeded(ns: Namespace) -> AsyncIterator[tuple[FollowStore, list[str]]]:
     settings = follow_settings(ns)
     client: AsyncMongoClient = AsyncMongoClient(ns.infra["mongodb"], tz_aware=True)
-    store = FollowStore(client[settings.database_name], settings.follower_pages)
+    store = FollowStore(client[settings.database_name])
     users = [f"user-{i:05d}" for i in range(FOLLOWERS)]
     # Written straight into the projection in bulk: this test is about the fan-out.
     await store.seed_followers(AUTHOR, "Quoc V. Le", users, datetime.now(UTC) - timedelta(hours=1))
