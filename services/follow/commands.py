@@ -101,9 +101,9 @@ class FollowCommands:
         for item in batch:
             q = READ_COMMAND(item)
             by_author.setdefault(q.author_id, []).append(q)
-        await self.settle(by_author)
+        await self.decide_for(by_author)
 
-    async def settle(self, commands: Mapping[str, Sequence[Queued]]) -> None:
+    async def decide_for(self, commands: Mapping[str, Sequence[Queued]]) -> None:
         """Decide these authors' commands (none: their parked follows only), deciding again
         for an author another writer changed meanwhile."""
         todo = dict(commands)
@@ -219,13 +219,13 @@ class FollowCommands:
         wait is over and profile.events read up to its end (rejected). Returns how many
         authors it decided for."""
         now = datetime.now(UTC)
-        parked = await self.store.parked_authors()
+        parked = await self.store.authors_with_parked()
         sources_read_until = await self._sources_read_until(now, parked)
         due = [
             d["_id"] for d in parked if d.get("known") or unknown_author_expired(d["parked_until"], sources_read_until)
         ]
         if due:
-            await self.settle({a: () for a in due})
+            await self.decide_for({a: () for a in due})
         return len(due)
 
     async def _sources_read_until(self, now: datetime, parked: list[dict[str, Any]]) -> datetime | None:

@@ -266,7 +266,7 @@ class FollowStore(StoreAdapter):
         failed = await _bulk_duplicates(self.authors, ops)
         return {commits[i].record.author_id for i in failed}
 
-    async def parked_authors(self) -> list[Document]:
+    async def authors_with_parked(self) -> list[Document]:
         """The authors with parked follows (by the ``parked_until`` index)."""
         cursor = self.authors.find({"parked_until": {"$gte": _EPOCH}}, {"known": 1, "parked_until": 1})
         return await cursor.to_list(None)
