@@ -6,33 +6,32 @@ from __future__ import annotations
 import asyncio
 import random
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from contracts.topics import Topic, dlq_topic
 from service_runtime.service import Service
 from services.follow.app import build_service
 from services.follow.sources import SourceEvents
-from services.follow.store import FollowStore
 from tests.conftest import Namespace, eventually
 from tests.integration.follow.conftest import (
+    author_doc,
     claim_approved,
     events,
     follow_cmd,
     follow_settings,
+    known,
     publish,
     registered,
+    store_of,
     unfollow_cmd,
 )
-
-
-def store_of(service: Service) -> FollowStore:
-    return service.http.state.follow_store
 
 
 async def edges_in_store(service: Service, author: str) -> int:
     return await store_of(service).edges.count_documents({"author_id": author, "active": True})
 
 
-async def parked_for(service: Service, author: str) -> list[dict]:
+async def parked_for(service: Service, author: str) -> list[dict[str, Any]]:
     """The follows parked in the author's document, in the order they came."""
     return list((await store_of(service).author(author) or {}).get("parked") or [])
 
@@ -55,14 +54,14 @@ async def settled_count(ns: Namespace, service: Service, author: str, expected: 
     await eventually(last_count, until=lambda c: c == expected, timeout=60, what=f"count {expected}")
     # The events leave the author's outbox right after the broker acknowledged them.
     doc = await eventually(
-        lambda: store_of(service).author(author), until=lambda d: d and not d.get("outbox"), what="outbox delivered"
+        lambda: author_doc(service, author), until=lambda d: bool(d) and not d.get("outbox"), what="outbox delivered"
     )
     assert doc["follower_count"] == expected
 
 
 async def test_follow_twice_is_one_follow_and_unfollow_of_nothing_is_a_no_op(ns, producer, follow) -> None:
     await publish(producer, ns, [registered("a1")], Topic.PROFILE_EVENTS)
-    await eventually(lambda: store_of(follow).author("a1"), until=lambda d: d and d.get("known"))
+    await known(follow, "a1")
     await publish(
         producer,
         ns,
@@ -78,7 +77,7 @@ async def test_follow_twice_is_one_follow_and_unfollow_of_nothing_is_a_no_op(ns,
 
 async def test_counts_stay_exact_under_a_burst_redelivery_and_races(ns, producer, follow) -> None:
     await publish(producer, ns, [registered("a1")], Topic.PROFILE_EVENTS)
-    await eventually(lambda: store_of(follow).author("a1"), until=lambda d: d and d.get("known"))
+    await known(follow, "a1")
     rng = random.Random(7)
     users = [f"u{i}" for i in range(300)]
     base = datetime.now(UTC)
@@ -109,7 +108,7 @@ async def test_counts_stay_exact_under_a_burst_redelivery_and_races(ns, producer
 async def test_a_redelivered_batch_changes_nothing(ns, producer, follow) -> None:
     """The same command records again (same event ids, as after a crash before commit)."""
     await publish(producer, ns, [registered("a1")], Topic.PROFILE_EVENTS)
-    await eventually(lambda: store_of(follow).author("a1"), until=lambda d: d and d.get("known"))
+    await known(follow, "a1")
     batch = [follow_cmd(f"u{i}", "a1") for i in range(20)] + [unfollow_cmd("u3", "a1")]
     await publish(producer, ns, batch, Topic.WEBAPP_FOLLOWS)
     await settled_count(ns, follow, "a1", 19)
@@ -185,13 +184,13 @@ async def test_a_parked_follow_and_its_unfollow_applied_together_store_the_count
     when they are applied one batch each: a rebuild may batch them differently from live."""
     await publish(producer, ns, [follow_cmd("u1", "pair"), unfollow_cmd("u1", "pair")], Topic.WEBAPP_FOLLOWS)
     parked = await eventually(
-        lambda: parked_for(follow, "pair"), until=lambda p: p and p[0].get("unfollow"), what="both parked"
+        lambda: parked_for(follow, "pair"), until=lambda p: bool(p and p[0].get("unfollow")), what="both parked"
     )
     assert len(parked) == 1, "the unfollow waits with its follow"
     await publish(producer, ns, [registered("pair")], Topic.PROFILE_EVENTS)
     doc = await eventually(
-        lambda: store_of(follow).author("pair"),
-        until=lambda d: d and d.get("known") and not d.get("parked") and "follower_count" in d,
+        lambda: author_doc(follow, "pair"),
+        until=lambda d: bool(d.get("known")) and not d.get("parked") and "follower_count" in d,
         what="applied, count stored",
     )
     assert doc["follower_count"] == 0 and await edges_in_store(follow, "pair") == 0
@@ -221,7 +220,7 @@ async def test_the_owner_cannot_follow_their_own_record(ns, producer, follow) ->
     await publish(producer, ns, [registered("a1")], Topic.PROFILE_EVENTS)
     await publish(producer, ns, [claim_approved("a1", owner="quoc")], Topic.CLAIMS_EVENTS)
     await eventually(
-        lambda: store_of(follow).author("a1"), until=lambda d: d and d.get("known") and d.get("owner_user_id") == "quoc"
+        lambda: author_doc(follow, "a1"), until=lambda d: bool(d.get("known")) and d.get("owner_user_id") == "quoc"
     )
     await publish(producer, ns, [follow_cmd("quoc", "a1"), follow_cmd("fan", "a1")], Topic.WEBAPP_FOLLOWS)
     await settled_count(ns, follow, "a1", 1)

@@ -28,20 +28,20 @@ from services.follow.commands import FollowCommands
 from services.follow.store import FollowStore
 from tests.conftest import Namespace, eventually
 from tests.integration.follow.conftest import (
+    author_doc,
     events,
     follow_cmd,
     follow_settings,
+    known,
     later,
+    plan_of,
     publish,
     registered,
+    store_of,
     unfollow_cmd,
     work_added,
 )
-from tests.integration.follow.test_follows import edges_in_store, settled_count, store_of
-
-
-async def known(service: Service, author: str) -> None:
-    await eventually(lambda: store_of(service).author(author), until=lambda d: d and d.get("known"), what="known")
+from tests.integration.follow.test_follows import edges_in_store, settled_count
 
 
 async def crashed_decision(service: Service, author: str, user: str) -> Envelope:
@@ -86,7 +86,7 @@ async def test_a_decision_nobody_comes_back_for_is_swept_and_its_edges_healed(ns
         # The runtime's sweeper publishes the events; the edge healer writes the edge.
         await eventually(lambda: edges_in_store(service, "a1"), until=lambda n: n == 1, what="edge healed")
         doc = await eventually(
-            lambda: store_of(service).author("a1"),
+            lambda: author_doc(service, "a1"),
             until=lambda d: not d.get("outbox") and d.get("edges_revision") == 1,
             what="swept, edges written up to revision 1",
         )
@@ -107,8 +107,7 @@ async def test_a_decision_waits_for_edges_a_crash_left_behind(ns, producer) -> N
         await publish(producer, ns, [registered("a1")], Topic.PROFILE_EVENTS)
         await known(service, "a1")
         cause = await crashed_decision(service, "a1", "u1")
-        doc = await store.author("a1")
-        swept = outbox.pending(doc)
+        swept = outbox.pending(await store.author("a1"))
         await store.authors.update_one({"_id": "a1"}, {"$set": {"outbox": []}})  # gone, unpublished for now
         await publish(producer, ns, [follow_cmd("u1", "a1")], Topic.WEBAPP_FOLLOWS)  # the same follow
         await asyncio.sleep(1.0)
@@ -170,8 +169,8 @@ async def test_a_chunk_that_died_after_deciding_notifies_exactly_its_followers(n
         work = work_added("a1", at=later())
         await publish(producer, ns, [work], Topic.PROFILE_EVENTS)
         plan = await eventually(
-            lambda: store.fanout(str(fanout_id(work.event_id))),
-            until=lambda p: p and p["published"] and len(p["done"]) == len(p["chunks"]),
+            lambda: plan_of(store, str(fanout_id(work.event_id))),
+            until=lambda p: bool(p.get("published")) and len(p["done"]) == len(p["chunks"]),
             what="every chunk done",
         )
         assert died and len(plan["chunks"]) == 2
@@ -199,7 +198,9 @@ async def test_two_writers_deciding_for_one_author_at_once_keep_the_count_exact(
         commands += [unfollow_cmd(f"u{i:03d}", "a1") for i in range(0, 120, 4)]
         batch = as_batch(commands)
         settings = follow_settings(ns)
-        clients = [AsyncMongoClient(ns.infra["mongodb"], tz_aware=True) for _ in range(2)]
+        clients: list[AsyncMongoClient[dict[str, Any]]] = [
+            AsyncMongoClient(ns.infra["mongodb"], tz_aware=True) for _ in range(2)
+        ]
         try:
             replicas = [
                 FollowCommands(

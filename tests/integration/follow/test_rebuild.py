@@ -6,6 +6,7 @@ interleavings across partitions."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
+from functools import partial
 
 import pytest
 from aiokafka import AIOKafkaProducer
@@ -17,28 +18,35 @@ from contracts.topics import TOPICS, Topic
 from service_runtime.kafka import delete_topics
 from service_runtime.replay import compare_databases, rebuild
 from service_runtime.service import Service
+from service_runtime.settings import RuntimeSettings
 from services.follow.app import build_service
 from services.follow.settings import FollowSettings
 from tests.conftest import Namespace, eventually
 from tests.integration.follow.conftest import (
+    author_doc,
     claim_approved,
     follow_cmd,
     follow_settings,
     later,
     publish,
     registered,
+    store_of,
     trust_changed,
     unfollow_cmd,
     work_added,
     wrap,
 )
-from tests.integration.follow.test_follows import settled_count, store_of
+from tests.integration.follow.test_follows import settled_count
+
+
+def build(settings: RuntimeSettings) -> Service:
+    return build_service(FollowSettings.model_validate(settings.model_dump()))
 
 
 async def rebuilt_differences(ns: Namespace, live: FollowSettings) -> tuple[list[str], str]:
     rebuilt_db = live.database_name + "_rebuilt"
     ns.databases.append(rebuilt_db)
-    result = await rebuild(build_service, live, database=rebuilt_db)
+    result = await rebuild(build, live, database=rebuilt_db)
     return await compare_databases(live.mongodb_uri, live.database_name, rebuilt_db, result.projection), rebuilt_db
 
 
@@ -47,7 +55,7 @@ async def quiet(service: Service) -> None:
     db = store_of(service).db
     for name in ("authors", "fanouts", "fanout_chunks"):
         await eventually(
-            lambda name=name: db[name].count_documents({"outbox.0": {"$exists": True}}),
+            partial(db[name].count_documents, {"outbox.0": {"$exists": True}}),
             until=lambda n: n == 0,
             what=f"{name} outboxes delivered",
         )
@@ -73,11 +81,11 @@ async def test_a_rebuild_equals_live_after_follows_unfollows_parked_follows_fano
         await settled_count(ns, service, "a1", 5)
         await settled_count(ns, service, "a2", 2)
         await eventually(
-            lambda: store.author("pair"), until=lambda d: d and len(d.get("parked") or []) == 1, what="pair parked"
+            lambda: author_doc(service, "pair"), until=lambda d: len(d.get("parked") or []) == 1, what="pair parked"
         )
         await publish(producer, ns, [registered("late"), registered("pair")], Topic.PROFILE_EVENTS)
         await settled_count(ns, service, "late", 1)
-        await eventually(lambda: store.author("pair"), until=lambda d: d and d.get("parked") == [], what="pair done")
+        await eventually(lambda: author_doc(service, "pair"), until=lambda d: d.get("parked") == [], what="pair done")
 
         await publish(producer, ns, [work_added("a1", at=later())], Topic.PROFILE_EVENTS)
         await publish(producer, ns, [trust_changed("a2", "Trusted", "Emerging", at=later())], Topic.TRUST_EVENTS)
@@ -98,9 +106,9 @@ async def test_a_rebuild_equals_live_after_follows_unfollows_parked_follows_fano
     client: AsyncMongoClient = AsyncMongoClient(ns.infra["mongodb"])
     try:
         rebuilt = client[rebuilt_db]
-        ghost = await rebuilt.authors.find_one({"_id": "ghost"})
+        ghost = await rebuilt.authors.find_one({"_id": "ghost"}) or {}
         assert [p["user_id"] for p in ghost["parked"]] == ["u9"], "a follow still waiting is rebuilt waiting"
-        pair = await rebuilt.authors.find_one({"_id": "pair"})
+        pair = await rebuilt.authors.find_one({"_id": "pair"}) or {}
         assert pair["follower_count"] == 0 and "count_revision" not in pair, "no count was published for it"
         assert await rebuilt.inbox.count_documents({"read": True}) == 2
     finally:

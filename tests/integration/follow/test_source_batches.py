@@ -6,6 +6,8 @@ again, whole or after a crash between writing a plan and publishing its chunks."
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
+from typing import Any
 
 from contracts.envelope import Envelope
 from contracts.events.notifications import fanout_id, notification_id
@@ -24,19 +26,21 @@ from tests.integration.follow.conftest import (
     events,
     follow_cmd,
     later,
+    plan_of,
     publish,
     registered,
+    store_of,
     trust_changed,
     wrap,
 )
-from tests.integration.follow.test_follows import settled_count, store_of
+from tests.integration.follow.test_follows import settled_count
 
 AUTHORS = [f"b{i}" for i in range(12)]
 # Every third author has followers (different sets, some shared); the rest have none.
 FOLLOWERS = {a: [f"{a}-fan{j}" for j in range(3 + i)] + ["everyone"] for i, a in enumerate(AUTHORS) if i % 3 == 0}
 
 
-def as_batch(envelopes: list[Envelope], topic_of: dict[str, str]) -> list[Incoming]:
+def as_batch(envelopes: list[Envelope], topic_of: Mapping[str, str]) -> list[Incoming[Any]]:
     """The records a consumer would hand over: decoded the way the runtime decodes them."""
     out = []
     for offset, e in enumerate(envelopes):
@@ -115,7 +119,7 @@ async def test_a_batch_for_many_authors_notifies_exactly_the_followers_once_even
     ]
     await store.fanouts.update_one({"_id": crashed}, outbox.push({}, requests))
     await sources.handle(batch)
-    plan = await eventually(lambda: store.fanout(crashed), until=lambda p: p and p.get("published"))
+    plan = await eventually(lambda: plan_of(store, crashed), until=lambda p: bool(p.get("published")))
     assert len(plan["done"]) == len(plan["chunks"])
 
     docs = await inbox()
