@@ -67,7 +67,7 @@ def build_service(settings: FollowSettings | None = None) -> Service:
     service.consume(
         *SOURCE_TOPICS, handler=_bound(sources.handle), group=SOURCES_GROUP, accepts=sources.accepts, runs="live"
     )
-    chunks = ChunkWorker(store, service.publisher, service.outbox)
+    chunks = ChunkWorker(store, service.publisher, service.outbox, settings)
     service.consume(
         Topic.FOLLOW_FANOUT, handler=_bound(chunks.handle), group="fanout", accepts=chunks.accepts, runs="live"
     )

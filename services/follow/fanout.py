@@ -139,51 +139,54 @@ READ_CHUNK = Dispatch[tuple[FanoutChunkRequested, Envelope]]().on(FanoutChunkReq
 class ChunkWorker:
     accepts = READ_CHUNK.types
 
-    def __init__(self, store: FollowStore, publisher: EventPublisher, outbox: Outbox) -> None:
+    def __init__(self, store: FollowStore, publisher: EventPublisher, outbox: Outbox, settings: FollowSettings) -> None:
         self.store = store
         self.publisher = publisher
         self.outbox = outbox
+        self.settings = settings
 
     async def handle(self, batch: Sequence[Incoming[Any]]) -> None:
-        chunks = dict((p.chunk_key, (p, cause)) for p, cause in map(READ_CHUNK, batch))
+        """The batch's chunks, a few at a time (``fanout_chunk_concurrency``): one read of
+        where they stand, then per chunk one range read of its followers, one insert of
+        the chunk document, one bulk insert into the inbox, one publish, one pull."""
+        chunks = {p.chunk_key: (p, cause) for p, cause in map(READ_CHUNK, batch)}
         started = time.perf_counter()
-        standing = await self.store.chunk_outboxes(chunks)
-        todo = [chunk for key, chunk in chunks.items() if key not in standing]
-        members = await asyncio.gather(
-            *(self.store.range_edges(p.author_id, p.after_user_id, p.upto_user_id) for p, _ in todo)
-        )
-        loaded = time.perf_counter()
-        decided: list[tuple[ChunkNotified, list[Outgoing]]] = []
-        notes: dict[str, list[NotificationCreated]] = {}
-        for (chunk, cause), edges in zip(todo, members, strict=True):
-            notes[chunk.chunk_key] = [self._note(chunk, user) for user in recipients(edges, chunk.followed_before)]
-            events = [
-                self.publisher.outgoing(n, cause=cause, event_id=n.notification_id) for n in notes[chunk.chunk_key]
-            ]
-            number = int(chunk.chunk_key.rsplit(":", 1)[1])
-            notified = ChunkNotified(chunk.chunk_key, str(chunk.fanout_id), chunk.author_id, number, len(events))
-            decided.append((notified, events))
-        built = time.perf_counter()
-        stood = await self.store.insert_chunks(decided)
-        if stood:  # another attempt decided them meanwhile: theirs stand
-            standing.update(await self.store.chunk_outboxes(stood))
-        ours = {c.chunk_key: events for c, events in decided if c.chunk_key not in stood}
-        # The inbox holds a notification before it is published (and a left-behind outbox's
-        # are written again: a no-op if they were).
-        await self.store.insert_notifications(
-            [n for key in ours for n in notes[key]] + [_created(o) for events in standing.values() for o in events]
-        )
-        inserted = time.perf_counter()
-        sent = await self.outbox.deliver(self.store.chunks, {**standing, **ours})
+        notified = await self.store.chunks_notified(chunks)
+        slots = asyncio.Semaphore(self.settings.fanout_chunk_concurrency)
+
+        async def one(key: str) -> int:
+            async with slots:
+                return await self._notify(*chunks[key], notified.get(key))
+
+        sent = await asyncio.gather(*(one(key) for key in chunks))
         log.info(
             "fanout_chunks_done",
             chunks=len(chunks),
-            notifications=sent,
-            load_s=round(loaded - started, 3),
-            build_s=round(built - loaded, 3),
-            insert_s=round(inserted - built, 3),
-            publish_s=round(time.perf_counter() - inserted, 3),
+            notifications=sum(sent),
+            left_behind=sum(1 for pending in notified.values() if pending),
+            total_s=round(time.perf_counter() - started, 3),
         )
+
+    async def _notify(self, chunk: FanoutChunkRequested, cause: Envelope, pending: bool | None) -> int:
+        """``pending``: None, the chunk is not notified yet; True, its document still holds
+        notifications to publish (a crash); False, it is done."""
+        if pending is False:
+            return 0
+        if pending is None:
+            edges = await self.store.range_edges(chunk.author_id, chunk.after_user_id, chunk.upto_user_id)
+            notes = [self._note(chunk, user) for user in recipients(edges, chunk.followed_before)]
+            events = [self.publisher.outgoing(n, cause=cause, event_id=n.notification_id) for n in notes]
+            number = int(chunk.chunk_key.rsplit(":", 1)[1])
+            decided = ChunkNotified(chunk.chunk_key, str(chunk.fanout_id), chunk.author_id, number, len(events))
+            if not await self.store.insert_chunk(decided, events):
+                pending = True  # another attempt decided it meanwhile: its decision stands
+        if pending:
+            events = await self.store.chunk_outbox(chunk.chunk_key)
+            notes = [_created(o) for o in events]
+        # The inbox holds a notification before it is published (written again after a
+        # crash: a no-op where it was).
+        await self.store.insert_notifications(notes)
+        return await self.outbox.deliver(self.store.chunks, {chunk.chunk_key: events})
 
     @staticmethod
     def _note(chunk: FanoutChunkRequested, user: str) -> NotificationCreated:

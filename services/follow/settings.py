@@ -22,6 +22,9 @@ class FollowSettings(RuntimeSettings):
     sweep_interval_s: float = Field(default=1.0, gt=0)
     # Followers per fan-out chunk (one follow.fanout message, one bulk inbox insert).
     fanout_chunk_size: int = Field(default=1000, ge=1, le=10_000)
+    # Chunks of one batch a replica notifies at once (their store writes and sends overlap;
+    # each holds its notifications in memory until they are published).
+    fanout_chunk_concurrency: int = Field(default=4, ge=1, le=64)
     # Page size of the HTTP lists.
     page_limit: int = Field(default=100, ge=1, le=1000)
 

@@ -458,36 +458,39 @@ class FollowStore(StoreAdapter):
         plan = await self.fanouts.find_one({"_id": fanout_id})
         if plan is None:
             return None
-        chunks = self.chunks.find({"fanout_id": fanout_id}, {"number": 1, "outbox": 1})
+        done = self.chunks.find({"fanout_id": fanout_id, f"{outbox.FIELD}.0": {"$exists": False}}, {"number": 1})
         plan["published"] = not plan.get(outbox.FIELD)
-        plan["done"] = sorted([c["number"] async for c in chunks if not c.get(outbox.FIELD)])
+        plan["done"] = sorted([c["number"] async for c in done])
         return plan
 
-    async def chunk_outboxes(self, chunk_keys: Iterable[str]) -> dict[str, list[Outgoing]]:
-        """The chunks notified among these, with the notifications still to publish."""
+    async def chunks_notified(self, chunk_keys: Iterable[str]) -> dict[str, bool]:
+        """The chunks notified among these: key -> whether its outbox still holds
+        notifications to publish (read without the outboxes themselves)."""
         keys = list(dict.fromkeys(chunk_keys))
         if not keys:
             return {}
-        return {d["_id"]: outbox.pending(d) async for d in self.chunks.find({"_id": {"$in": keys}}, {"outbox": 1})}
+        cursor = self.chunks.find({"_id": {"$in": keys}}, {outbox.FIELD: {"$slice": 1}})
+        return {d["_id"]: bool(d.get(outbox.FIELD)) async for d in cursor}
 
-    async def insert_chunks(self, chunks: Sequence[tuple[ChunkNotified, Sequence[Outgoing]]]) -> set[str]:
-        """Insert each chunk with its notifications in its outbox (its commit point: the
-        set notified), unless one stands; returns the keys of those that stood already
-        (another attempt's decision stands)."""
+    async def chunk_outbox(self, chunk_key: str) -> list[Outgoing]:
+        """The notifications a chunk still has to publish."""
+        return outbox.pending(await self.chunks.find_one({"_id": chunk_key}, {outbox.FIELD: 1}))
+
+    async def insert_chunk(self, chunk: ChunkNotified, events: Sequence[Outgoing]) -> bool:
+        """Insert the chunk with its notifications in its outbox (its commit point: the set
+        notified), unless one stands; False if one stood already (another attempt's
+        decision stands)."""
         now = datetime.now(UTC)
-        docs: list[Document] = [
-            {
-                "_id": c.chunk_key,
-                "fanout_id": c.fanout_id,
-                "author_id": c.author_id,
-                "number": c.number,
-                "notified": c.notified,
-                "notified_at": now,
-                outbox.FIELD: [outbox.entry(o, now) for o in events],
-            }
-            for c, events in chunks
-        ]
-        return {docs[i]["_id"] for i in await _insert_new(self.chunks, docs)}
+        doc: Document = {
+            "_id": chunk.chunk_key,
+            "fanout_id": chunk.fanout_id,
+            "author_id": chunk.author_id,
+            "number": chunk.number,
+            "notified": chunk.notified,
+            "notified_at": now,
+            outbox.FIELD: [outbox.entry(o, now) for o in events],
+        }
+        return not await _insert_new(self.chunks, [doc])
 
     # --- inbox ----------------------------------------------------------------------
 
