@@ -35,6 +35,7 @@ _MODELS: list[type[EventModel]] = [
     follows.AuthorUnfollowed,
     follows.FollowerCountChanged,
     follows.FollowRejected,
+    follows.FollowPending,
     notifications.NotificationCreated,
     notifications.NotificationsRead,
     notifications.FanoutChunkRequested,
