@@ -61,6 +61,7 @@ def build_service(settings: CollabSettings | None = None) -> Service:
         description="Notifications of an invitation's owner (received) and sender (answered): NotificationCreated",
     )
     service.http.state.collab_store = store
+    service.http.state.collab_decider = decider
     service.http.include_router(build_router(store, service.publisher, limits_of(settings), settings.list_limit))
     service.http.add_exception_handler(RequestValidationError, validation_error_without_input)
     return service
