@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
-# Start/stop the four services as separate processes (logs and pids under .local/).
+# Start/stop the services as separate processes (logs and pids under .local/).
 #   scripts/services.sh up|down|status
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 HOME_DIR="${BZPEER_HOME:-$ROOT/.local}"
 RUN="$HOME_DIR/run"; LOGS="$HOME_DIR/logs"
 PY="$ROOT/.local/venv/bin/python"
-declare -A PORTS=([profile]=8001 [claims]=8002 [trust]=8003 [follow]=8004)
-SERVICES=(profile claims trust follow)
+declare -A PORTS=([profile]=8001 [claims]=8002 [trust]=8003 [follow]=8004 [collab]=8005)
+SERVICES=(profile claims trust follow collab)
 mkdir -p "$RUN" "$LOGS"
 
 alive() { [[ -f "$RUN/$1.pid" ]] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }

@@ -110,6 +110,13 @@ class UserInvitations(BaseModel):
     sent: list[InvitationView] = Field(description="invitations the user sent, newest first")
 
 
+class AuthorCollaboration(BaseModel):
+    author_id: str
+    claimed: bool
+    open_to_collaborate: bool
+    accepts_invitations: bool = Field(description="claimed and open to collaborate: the invite action is available")
+
+
 def refused(code: int, reason: str, message: str) -> HTTPException:
     return HTTPException(code, {"reason": reason, "message": message})
 
@@ -236,6 +243,19 @@ def build_router(store: CollabStore, publisher: EventPublisher, limits: Limits, 
         if user.user_id not in parties(state):
             raise refused(status.HTTP_403_FORBIDDEN, "not_party", refusal_detail("not_party", limits))
         return ConversationView(**InvitationView.of(state).model_dump(), thread=[MessageView.of(m) for m in thread])
+
+    @router.get(
+        "/authors/{author_id}/collaboration",
+        response_model=AuthorCollaboration,
+        summary="Whether a record takes invitations (public)",
+    )
+    async def author_collaboration(author_id: PathId) -> AuthorCollaboration:
+        author = await store.get_author(author_id)
+        claimed = author is not None and author.owner_id is not None
+        open_ = author is not None and author.open_to_collaborate
+        return AuthorCollaboration(
+            author_id=author_id, claimed=claimed, open_to_collaborate=open_, accepts_invitations=claimed and open_
+        )
 
     @router.get(
         "/users/{user_id}/invitations",

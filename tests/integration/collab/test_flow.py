@@ -122,6 +122,13 @@ async def test_http_answers_what_it_can_check_at_once(
             )
             return r.status_code, r.json()
 
+        for author, claimed_, open_ in (("open", True, True), ("closed", True, False), ("unclaimed", False, True)):
+            view = (await client.get(f"/authors/{author}/collaboration")).json()
+            assert (view["claimed"], view["open_to_collaborate"], view["accepts_invitations"]) == (
+                claimed_,
+                open_,
+                claimed_ and open_,
+            )
         assert (await client.post("/invitations", json={"author_id": "open", "message": "hi"})).status_code == 401
         code, body = await invite("open", SENDER, "x" * 2001)
         assert code == 422 and body["detail"]["reason"] == "message_too_long"
