@@ -8,9 +8,13 @@ attempt per batch:
 1. read a book (``store.load``): the records, the invitations the batch names, every live
    invitation of the records that get a request or a claim event, the requesting senders'
    recent declines, and what the invitations' outboxes still hold;
-2. decide each input in partition order (``rules.Book``); a request that passes every
-   other rule first takes a slot of its sender in the store (an atomic conditional write:
-   the sender's other invitations are decided by other consumers);
+2. decide each input in partition order (``rules.Book``). A request that passes every
+   other rule needs a slot of its sender, taken in the store by an atomic conditional
+   write (the sender's other invitations are decided by other consumers): the batch is
+   decided with the slots it needs granted, those slots are then taken (concurrently
+   across senders, in partition order for one sender), and if one could not be taken the
+   batch is decided again from a fresh read with that request refused
+   (``too_many_open_invitations``), until every slot it needs is known;
 3. write (``store.save``): the folds, then each changed invitation with its new events in
    its outbox, guarded by the revision read;
 4. free the slots of the invitations the batch touched that are not pending (any more);
@@ -26,7 +30,8 @@ changed (another replica during a rebalance) fails the attempt: read and decide 
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
+import asyncio
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -70,17 +75,31 @@ ClaimEvent = (
 
 
 class Slots:
-    """The sender slots a request takes while the book decides (the store's atomic write)."""
+    """The sender slots the requests of one batch need: known once taken in the store
+    (``outcomes``); asked for, and granted until known, while the batch is decided."""
 
-    def __init__(self, store: CollabStore, limit: int) -> None:
-        self.store = store
-        self.limit = limit
+    def __init__(self) -> None:
+        self.outcomes: dict[str, bool] = {}  # invitation id -> its sender's slot was taken
+        self.wanted: list[tuple[str, str]] = []  # (sender, invitation id) still to take, in order
 
-    async def take(self, sender: str, invitation_id: str) -> bool:
-        return await self.store.take_slot(sender, invitation_id, self.limit)
+    def granted(self, sender: str, invitation_id: str) -> bool:
+        known = self.outcomes.get(invitation_id)
+        if known is None:
+            self.wanted.append((sender, invitation_id))
+            return True
+        return known
+
+    async def take(self, store: CollabStore, limit: int) -> None:
+        """Take what was asked for: one sender's slots in the order asked, senders at once."""
+        by_sender: dict[str, list[str]] = {}
+        for sender, invitation_id in self.wanted:
+            by_sender.setdefault(sender, []).append(invitation_id)
+        for outcome in await asyncio.gather(*(store.take_slots(s, ids, limit) for s, ids in by_sender.items())):
+            self.outcomes |= outcome
+        self.wanted = []
 
 
-Decide = Callable[[Book, Slots], Awaitable[list[Emit]]]
+Decide = Callable[[Book, Slots], list[Emit]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +136,7 @@ def _cause(item: Incoming[Any]) -> Cause:
 def _profile(p: ProfileEvent, item: Incoming[ProfileEvent]) -> Input:
     profile = profile_of(p)
 
-    async def decide(book: Book, slots: Slots) -> list[Emit]:
+    def decide(book: Book, slots: Slots) -> list[Emit]:
         book.profile_seen(p.author_id, profile)
         return []
 
@@ -127,7 +146,7 @@ def _profile(p: ProfileEvent, item: Incoming[ProfileEvent]) -> Input:
 def _claim(p: ClaimEvent, item: Incoming[ClaimEvent]) -> Input:
     owner, cause = owner_of(p.author_claim), _cause(item)
 
-    async def decide(book: Book, slots: Slots) -> list[Emit]:
+    def decide(book: Book, slots: Slots) -> list[Emit]:
         return book.claim_seen(p.author_id, owner, cause)
 
     return Input(p.author_id, decide, live=True)
@@ -136,11 +155,11 @@ def _claim(p: ClaimEvent, item: Incoming[ClaimEvent]) -> Input:
 def _requested(p: InvitationRequested, item: Incoming[InvitationRequested]) -> Input:
     cause = _cause(item)
 
-    async def decide(book: Book, slots: Slots) -> list[Emit]:
+    def decide(book: Book, slots: Slots) -> list[Emit]:
         if p.invitation_id in book.invitations:  # decided already, or the id is taken
             return book.request(p, cause, None)
         refusal = book.request_refusal(p, cause.at)
-        if refusal is None and not await slots.take(p.user_id, p.invitation_id):
+        if refusal is None and not slots.granted(p.user_id, p.invitation_id):
             refusal = "too_many_open_invitations"
         return book.request(p, cause, refusal)
 
@@ -150,7 +169,7 @@ def _requested(p: InvitationRequested, item: Incoming[InvitationRequested]) -> I
 def _answered(p: InvitationAnswerRequested, item: Incoming[InvitationAnswerRequested]) -> Input:
     cause = _cause(item)
 
-    async def decide(book: Book, slots: Slots) -> list[Emit]:
+    def decide(book: Book, slots: Slots) -> list[Emit]:
         return book.answer(p, cause)
 
     return Input(p.author_id, decide, p.invitation_id)
@@ -159,7 +178,7 @@ def _answered(p: InvitationAnswerRequested, item: Incoming[InvitationAnswerReque
 def _withdrawn(p: InvitationWithdrawRequested, item: Incoming[InvitationWithdrawRequested]) -> Input:
     cause = _cause(item)
 
-    async def decide(book: Book, slots: Slots) -> list[Emit]:
+    def decide(book: Book, slots: Slots) -> list[Emit]:
         return book.withdraw(p, cause)
 
     return Input(p.author_id, decide, p.invitation_id)
@@ -168,7 +187,7 @@ def _withdrawn(p: InvitationWithdrawRequested, item: Incoming[InvitationWithdraw
 def _posted(p: MessagePostRequested, item: Incoming[MessagePostRequested]) -> Input:
     cause = _cause(item)
 
-    async def decide(book: Book, slots: Slots) -> list[Emit]:
+    def decide(book: Book, slots: Slots) -> list[Emit]:
         return book.post(p, cause)
 
     return Input(p.author_id, decide, p.invitation_id)
@@ -206,25 +225,32 @@ class Decider:
         self.publisher = publisher
         self.settings = settings
         self.limits = limits_of(settings)
-        self.slots = Slots(store, self.limits.max_open_per_sender)
 
     async def handle(self, batch: Sequence[Incoming[Any]]) -> None:
         inputs = [(item.envelope, INPUTS(item)) for item in batch]
         requests = [envelope.occurred_at for envelope, i in inputs if i.sender is not None]
 
         async def attempt() -> None:
-            loaded = await self.store.load(
-                {i.author_id for _, i in inputs},
-                {i.invitation_id for _, i in inputs if i.invitation_id is not None},
-                live_of={i.author_id for _, i in inputs if i.live},
-                senders={i.sender for _, i in inputs if i.sender is not None},
-                declined_since=min(requests) - self.limits.decline_cooldown if requests else None,
-                limits=self.limits,
-            )
-            book = loaded.book
-            caused: list[tuple[Emit, Envelope]] = []
-            for envelope, inp in inputs:
-                caused += [(emit, envelope) for emit in await inp.decide(book, self.slots)]
+            slots = Slots()
+            while True:
+                loaded = await self.store.load(
+                    {i.author_id for _, i in inputs},
+                    {i.invitation_id for _, i in inputs if i.invitation_id is not None},
+                    live_of={i.author_id for _, i in inputs if i.live},
+                    senders={i.sender for _, i in inputs if i.sender is not None},
+                    declined_since=min(requests) - self.limits.decline_cooldown if requests else None,
+                    limits=self.limits,
+                )
+                book = loaded.book
+                caused: list[tuple[Emit, Envelope]] = []
+                for envelope, inp in inputs:
+                    caused += [(emit, envelope) for emit in inp.decide(book, slots)]
+                if not slots.wanted:
+                    break
+                refused_before = sum(not taken for taken in slots.outcomes.values())
+                await slots.take(self.store, self.limits.max_open_per_sender)
+                if sum(not taken for taken in slots.outcomes.values()) == refused_before:
+                    break  # every slot granted was taken: the decisions stand
             outboxes: dict[str, list[Outgoing]] = {}
             stored_nowhere: list[Outgoing] = []
             for emit, envelope in caused:
@@ -234,14 +260,16 @@ class Decider:
                 else:
                     outboxes.setdefault(emit.invitation_id, []).append(out)
             await self.store.save(loaded, outboxes)
-            # Slots of invitations no longer pending (answered, withdrawn, closed; or refused
-            # on a retry after an earlier attempt took the slot): freed after the write.
+            # Slots held by invitations no longer pending (answered, withdrawn, closed; or
+            # refused after an earlier attempt took the slot): freed after the write.
             touched = book.dirty | {i.invitation_id for _, i in inputs if i.invitation_id is not None}
-            await self.store.release_slots(
+            done = {
                 (inv.state.sender_id, iid)
-                for iid in sorted(touched)
+                for iid in touched
                 if (inv := book.invitations.get(iid)) is not None and inv.state.status != "pending"
-            )
+            }
+            held = await self.store.held_slots(sender for sender, _ in done) if done else {}
+            await self.store.release_slots((sender, iid) for sender, iid in done if iid in held.get(sender, ()))
             deliveries = {iid: [*events] for iid, events in loaded.pending.items()}
             for iid, events in outboxes.items():
                 deliveries.setdefault(iid, []).extend(events)

@@ -143,54 +143,78 @@ class CollabStore(StoreAdapter):
 
     # --- the senders' slots ---------------------------------------------------------------
 
-    async def take_slot(self, sender: str, invitation_id: str, limit: int) -> bool:
-        """One of the sender's ``limit`` slots for the invitation: True if it holds one now
-        (taken, or held already), False if they are all held by pending invitations.
+    async def take_slots(self, sender: str, invitation_ids: Sequence[str], limit: int) -> dict[str, bool]:
+        """Slots of the sender's ``limit`` for these invitations, in their order: for each,
+        True if it holds one now (taken, or held already), False if every slot is held by
+        another pending invitation.
 
-        One conditional update: add the id only while ``pending`` has fewer than ``limit``
-        entries (upserting the sender's document). When the filter does not match, the
-        upsert collides with the existing document (duplicate ``_id``): the slots are full,
-        or already hold this id, or a racing writer created the document first; read and
-        look. A full list is healed of invitations no longer pending (a writer that stopped
-        between an invitation's answer and freeing its slot) before refusing."""
-        while True:
+        First one conditional update for all of them: add the ids only while ``pending``
+        has room for every one (upserting the sender's document). When the filter does not
+        match, the upsert collides with the existing document (duplicate ``_id``): read it,
+        and take what room there is with an update guarded by the list as read (another
+        writer that changed it meanwhile makes it miss: read again). A full list is healed
+        of invitations no longer pending (a writer that stopped between an invitation's
+        answer and freeing its slot) before the rest are refused."""
+        wanted = list(dict.fromkeys(invitation_ids))
+        taken: dict[str, bool] = {}
+        if 0 < len(wanted) <= limit:
             try:
                 await self.senders.update_one(
-                    {"_id": sender, "pending": {"$ne": invitation_id}, f"pending.{limit - 1}": {"$exists": False}},
-                    {"$push": {"pending": {"$each": [invitation_id], "$sort": 1}}},
+                    {"_id": sender, "pending": {"$nin": wanted}, f"pending.{limit - len(wanted)}": {"$exists": False}},
+                    {"$push": {"pending": {"$each": wanted, "$sort": 1}}},
                     upsert=True,
                 )
-                return True
+                return dict.fromkeys(wanted, True)
             except DuplicateKeyError:
                 pass
+        while wanted:
             doc = await self.senders.find_one({"_id": sender})
+            held = list(doc.get("pending", [])) if doc else []
+            taken |= {iid: True for iid in wanted if iid in held}
+            wanted = [iid for iid in wanted if iid not in held]
+            room = limit - len(held)
+            if not wanted:
+                break
+            if room <= 0:
+                stale = await _find(self.invitations, {"_id": {"$in": held}, "status": {"$ne": PENDING}}, {"_id": 1})
+                if stale:
+                    await self.release_slots([(sender, d["_id"]) for d in stale])
+                    continue
+                taken |= dict.fromkeys(wanted, False)
+                break
+            now = wanted[:room]
             if doc is None:
-                continue  # emptied and deleted meanwhile
-            held = list(doc.get("pending", []))
-            if invitation_id in held:
-                return True
-            if len(held) < limit:
-                continue  # a slot was freed meanwhile
-            stale = [
-                d["_id"]
-                for d in await _find(self.invitations, {"_id": {"$in": held}, "status": {"$ne": PENDING}}, {"_id": 1})
-            ]
-            if not stale:
-                return False
-            await self.release_slots([(sender, iid) for iid in stale])
+                try:
+                    await self.senders.insert_one({"_id": sender, "pending": sorted(now)})
+                except DuplicateKeyError:
+                    continue  # created meanwhile: read again
+            elif (
+                await self.senders.update_one(
+                    {"_id": sender, "pending": held}, {"$push": {"pending": {"$each": now, "$sort": 1}}}
+                )
+            ).matched_count == 0:
+                continue  # changed meanwhile: read again
+            taken |= dict.fromkeys(now, True)
+            wanted = wanted[room:]
+        return taken
+
+    async def held_slots(self, senders: Iterable[str]) -> dict[str, list[str]]:
+        """The invitations holding each sender's slots."""
+        docs = await _find(self.senders, {"_id": {"$in": sorted(set(senders))}})
+        return {d["_id"]: list(d.get("pending", [])) for d in docs}
 
     async def release_slots(self, held: Iterable[tuple[str, str]]) -> None:
         """Free the slots of these (sender, invitation) pairs; a sender left with none loses
-        the document. Idempotent."""
+        the document. Idempotent. (Two commands, not one ordered bulk of pulls and deletes:
+        the driver sends an ordered bulk as one command per run of one kind of write.)"""
         by_sender: dict[str, list[str]] = {}
         for sender, iid in held:
             by_sender.setdefault(sender, []).append(iid)
-        ops: list[Op] = []
-        for sender, ids in sorted(by_sender.items()):
-            ops.append(UpdateOne({"_id": sender}, {"$pull": {"pending": {"$in": sorted(ids)}}}))
-            ops.append(DeleteOne({"_id": sender, "pending": {"$size": 0}}))
-        if ops:
-            await self.senders.bulk_write(ops, ordered=True)
+        if not by_sender:
+            return
+        pulls = [UpdateOne({"_id": s}, {"$pull": {"pending": {"$in": sorted(ids)}}}) for s, ids in by_sender.items()]
+        await self.senders.bulk_write(pulls, ordered=False)
+        await self.senders.delete_many({"_id": {"$in": sorted(by_sender)}, "pending": {"$size": 0}})
 
     async def hold_slots(self, held: Iterable[tuple[str, str]]) -> None:
         """Record these (sender, invitation) slots as held, whatever the limit says (a

@@ -84,22 +84,31 @@ async def test_slots_taken_by_concurrent_writers_of_separate_clients_never_excee
     clients: list[AsyncMongoClient[Document]] = [AsyncMongoClient(ns.infra["mongodb"]) for _ in range(2)]
     try:
         stores = [CollabStore(c[database]) for c in clients]
+        # 20 writers at once, some asking for one slot, some for several; then the same again.
+        asks = [[f"inv-{n:02d}"] for n in range(12)] + [[f"inv-{n:02d}", f"inv-{n + 1:02d}"] for n in range(12, 20, 2)]
         results = await asyncio.gather(
-            *(stores[n % 2].take_slot(SENDER, f"inv-{n:02d}", 5) for n in range(20)),
-            *(stores[n % 2].take_slot(SENDER, f"inv-{n:02d}", 5) for n in range(3)),  # the same ids again
+            *(stores[n % 2].take_slots(SENDER, ids, 5) for n, ids in enumerate(asks)),
+            *(stores[n % 2].take_slots(SENDER, ids, 5) for n, ids in enumerate(asks[:3])),
         )
         doc = await stores[0].senders.find_one({"_id": SENDER})
         assert doc is not None and len(doc["pending"]) == 5 and doc["pending"] == sorted(doc["pending"])
-        winners = {f"inv-{n:02d}" for n, won in enumerate(results[:20]) if won}
+        winners = {iid for outcome in results for iid, won in outcome.items() if won}
         assert winners == set(doc["pending"])
+        assert all(len(outcome) == len(ids) for outcome, ids in zip(results, asks, strict=False))
         # A slot held by an invitation no longer pending is healed when the slots are full.
         stale = doc["pending"][0]
         await stores[0].invitations.insert_one({"_id": stale, "status": "declined"})
-        assert await stores[1].take_slot(SENDER, "inv-late", 5)
+        assert await stores[1].take_slots(SENDER, ["inv-late", "inv-later"], 5) == {
+            "inv-late": True,
+            "inv-later": False,
+        }
         doc = await stores[0].senders.find_one({"_id": SENDER})
         assert doc is not None and stale not in doc["pending"] and "inv-late" in doc["pending"]
+        assert await stores[0].held_slots([SENDER, "nobody"]) == {SENDER: doc["pending"]}
         await stores[0].release_slots((SENDER, i) for i in doc["pending"])
         assert await stores[0].senders.count_documents({}) == 0
+        # Room for some of several asked at once: the first ones, in the order asked.
+        assert await stores[0].take_slots("u-2", ["x1", "x2", "x3"], 2) == {"x1": True, "x2": True, "x3": False}
     finally:
         for c in clients:
             await c.close()
