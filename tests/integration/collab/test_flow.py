@@ -4,8 +4,9 @@ HTTP answers to what it can check at once."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
+import httpx
 import pytest
 from aiokafka import AIOKafkaProducer
 
@@ -27,6 +28,10 @@ from tests.integration.collab.helpers import (
 )
 
 OWNER, SENDER, STRANGER = "u-owner", "u-sender", "u-stranger"
+
+
+def last_message_is(text: str) -> Callable[[httpx.Response], bool]:
+    return lambda resp: [m["text"] for m in resp.json()["thread"]][-1:] == [text]
 
 
 @pytest.fixture
@@ -63,7 +68,7 @@ async def test_invite_accept_and_converse(ns: Namespace, producer: AIOKafkaProdu
             assert r.status_code == 202, r.text
             await eventually(
                 lambda: client.get(f"/invitations/{invitation_id}", headers=auth(collab, SENDER)),
-                until=lambda resp, t=text: resp.json()["thread"][-1:] and resp.json()["thread"][-1]["text"] == t,
+                until=last_message_is(text),
                 what=f"message {text!r} in the thread",
             )
         for user in (SENDER, OWNER):
