@@ -218,16 +218,20 @@ class CollabStore(StoreAdapter):
 
     async def hold_slots(self, held: Iterable[tuple[str, str]]) -> None:
         """Record these (sender, invitation) slots as held, whatever the limit says (a
-        rebuild: the limit was applied live, and its refusals are in the log)."""
-        ops: list[Op] = [
-            UpdateOne(
-                {"_id": sender, "pending": {"$ne": iid}},
-                {"$push": {"pending": {"$each": [iid], "$sort": 1}}},
-                upsert=True,
-            )
-            for sender, iid in sorted(set(held))
+        rebuild: the limit was applied live, and its refusals are in the log). One write
+        per sender adds the ids (idempotent), one more keeps the list sorted."""
+        by_sender: dict[str, set[str]] = {}
+        for sender, iid in held:
+            by_sender.setdefault(sender, set()).add(iid)
+        if not by_sender:
+            return
+        adds = [
+            UpdateOne({"_id": s}, {"$addToSet": {"pending": {"$each": sorted(ids)}}}, upsert=True)
+            for s, ids in sorted(by_sender.items())
         ]
-        await _tolerating_duplicates(self.senders, ops)  # a duplicate: held already
+        await self.senders.bulk_write(adds, ordered=False)
+        sorts = [UpdateOne({"_id": s}, {"$push": {"pending": {"$each": [], "$sort": 1}}}) for s in sorted(by_sender)]
+        await self.senders.bulk_write(sorts, ordered=False)
 
     async def pending_count(self, sender: str) -> int:
         doc = await self.senders.find_one({"_id": sender})
@@ -394,14 +398,20 @@ async def _guarded(collection: Collection, ops: list[Op]) -> None:
 
 
 async def _tolerating_duplicates(collection: Collection, ops: list[Op]) -> None:
-    """Conditional upserts whose collision with an existing document means "nothing to do"."""
-    if not ops:
-        return
-    try:
-        await collection.bulk_write(ops, ordered=False)
-    except BulkWriteError as exc:
-        if any(e.get("code") != DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
-            raise
+    """Conditional upserts whose collision with an existing document means "nothing to do".
+    An upsert can also collide with a document another write created a moment before (its
+    filter was tried while there was none): those are tried once more, against it."""
+    for _ in range(2):
+        if not ops:
+            return
+        try:
+            await collection.bulk_write(ops, ordered=False)
+            return
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if any(e.get("code") != DUPLICATE_KEY for e in errors):
+                raise
+            ops = [ops[e["index"]] for e in errors]
 
 
 # --- documents <-> domain -------------------------------------------------------------------

@@ -21,7 +21,9 @@ from service_runtime.settings import RuntimeSettings
 from service_runtime.store import Document
 from service_runtime.topic_reader import read_topic
 from services.collab.app import build_service
+from services.collab.rules import Owner, Profile
 from services.collab.settings import CollabSettings
+from services.collab.store import CollabStore
 from tests.conftest import Namespace, eventually
 from tests.integration.collab.helpers import (
     TOPIC_OF,
@@ -198,3 +200,23 @@ async def test_both_interleavings_rebuild_to_their_live_copies(ns: Namespace, ot
         took = [d for d in limited.values() if d[0] in ("pending", "closed")]
         assert len(took) <= 5 and ("rejected", "too_many_open_invitations") in limited.values()
         assert live["senders"]["s3"]["pending"] == pending
+
+
+async def test_the_folds_take_several_changes_of_one_new_document_in_one_write(ns: Namespace) -> None:
+    database = f"t{ns.id}_collab_folds"
+    ns.databases.append(database)
+    client: AsyncMongoClient[Document] = AsyncMongoClient(ns.infra["mongodb"], tz_aware=True)
+    try:
+        store = CollabStore(client[database])
+        await store.hold_slots([("s1", "inv-b"), ("s1", "inv-a"), ("s2", "inv-c")])
+        await store.hold_slots([("s1", "inv-0"), ("s1", "inv-a")])
+        assert await store.held_slots(["s1", "s2"]) == {"s1": ["inv-0", "inv-a", "inv-b"], "s2": ["inv-c"]}
+        await store.fold_authors({"a1": Owner(True, "o1", 2)}, {"a1": Profile("Ada", True, 5)})
+        await store.fold_authors({"a1": Owner(False, None, 1)}, {"a1": Profile("Ada L.", False, 6)})
+        assert await store.authors.find_one({"_id": "a1"}) == {
+            "_id": "a1",
+            "owner": {"claimed": True, "owner_user_id": "o1", "revision": 2},
+            "profile": {"display_name": "Ada L.", "open_to_collaborate": False, "revision": 6},
+        }
+    finally:
+        await client.close()
