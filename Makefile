@@ -9,7 +9,7 @@ export MONGODB_URI ?= mongodb://127.0.0.1:27017
 .PHONY: lint help venv infra-up infra-down infra-status topics test test-unit test-integration test-faults up down status demo schemas bench clean
 
 help:
-	@echo "make up          install what is missing, start Kafka, FerretDB and the four services, load the seed"
+	@echo "make up          install what is missing, start Kafka, FerretDB and the services, load the seed"
 	@echo "make down        stop everything make up started"
 	@echo "make test        install, start Kafka + FerretDB, run unit and integration tests"
 	@echo "make lint        ruff (lint and format) and mypy, zero findings expected"
