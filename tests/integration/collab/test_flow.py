@@ -184,3 +184,38 @@ async def test_http_answers_what_it_can_check_at_once(
         assert "you can invite them again from" in body["detail"]["message"]
         # Someone else may still invite them.
         assert (await invite("open", STRANGER))[0] == 202
+
+
+async def test_http_refuses_a_sixth_pending_invitation(
+    ns: Namespace, producer: AIOKafkaProducer, collab: Service
+) -> None:
+    records = [f"r{n}" for n in range(6)]
+    await send(producer, ns, *(e for r in records for e in (profile(r), claimed(r, f"owner-{r}"))))
+    for r in records:
+        await known(collab, r, owner=f"owner-{r}")
+    async with http(collab) as client:
+        ids = []
+        for r in records[:5]:
+            resp = await client.post(
+                "/invitations", json={"author_id": r, "message": "hi"}, headers=auth(collab, SENDER)
+            )
+            assert resp.status_code == 202
+            ids.append(resp.json()["invitation_id"])
+        for invitation_id in ids:
+            await status_of(collab, invitation_id, "pending")
+        resp = await client.post(
+            "/invitations", json={"author_id": "r5", "message": "hi"}, headers=auth(collab, SENDER)
+        )
+        assert (resp.status_code, resp.json()["detail"]["reason"]) == (409, "too_many_open_invitations")
+        # Withdrawn, one frees its slot.
+        assert (await client.post(f"/invitations/{ids[0]}/withdraw", headers=auth(collab, SENDER))).status_code == 202
+        await status_of(collab, ids[0], "withdrawn")
+        await eventually(
+            lambda: collab.db.senders.find_one({"_id": SENDER}),
+            until=lambda d: d is not None and len(d["pending"]) == 4,
+            what="the slot freed",
+        )
+        resp = await client.post(
+            "/invitations", json={"author_id": "r5", "message": "hi"}, headers=auth(collab, SENDER)
+        )
+        assert resp.status_code == 202
