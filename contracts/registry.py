@@ -24,6 +24,7 @@ _MODELS: list[type[EventModel]] = [
     claims.ClaimNeedsReview,
     claims.ClaimApproved,
     claims.ClaimRejected,
+    claims.ClaimEvidenceAdded,
     claims.ClaimWithdrawnEvent,
     claims.ClaimRevoked,
     claims.VerificationLevelChanged,

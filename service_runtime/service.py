@@ -61,7 +61,7 @@ class Service:
         self.publisher = EventPublisher(
             self.broker, settings.service_name, settings.topic_prefix, enabled=not settings.rebuilding
         )
-        self.outbox = Outbox(self.publisher)
+        self.outbox = Outbox(self.publisher, clear_after_s=settings.outbox_clear_after_s)
         self.metrics = Metrics(settings.service_name)
         self.asyncapi = AsyncAPI(self.broker, title=f"bzpeer {settings.service_name}", description=description)
         # (consumer group, logical topics) of every subscription: for status and replay.
@@ -201,6 +201,8 @@ class Service:
         self._tasks.clear()
         for hook in self._shutdown:
             await hook()
+        with contextlib.suppress(Exception):  # not done: the sweeper publishes those again
+            await self.outbox.flush()
         await self.broker.stop()
         await self.mongo.close()
 
