@@ -108,6 +108,7 @@ class UserInvitations(BaseModel):
     user_id: str
     received: list[InvitationView] = Field(description="invitations to records the user owns, newest first")
     sent: list[InvitationView] = Field(description="invitations the user sent, newest first")
+    invitations: list[InvitationView] = Field(description="both, newest first (what the web app's inbox lists)")
 
 
 class AuthorCollaboration(BaseModel):
@@ -265,11 +266,10 @@ def build_router(store: CollabStore, publisher: EventPublisher, limits: Limits, 
     async def user_invitations(user_id: PathId, user: CurrentUser) -> UserInvitations:
         if user.user_id != user_id:
             raise HTTPException(status.HTTP_403_FORBIDDEN, "only the user themself reads their invitations")
-        return UserInvitations(
-            user_id=user_id,
-            received=[InvitationView.of(s) for s in await store.received(user_id, list_limit)],
-            sent=[InvitationView.of(s) for s in await store.sent(user_id, list_limit)],
-        )
+        received = [InvitationView.of(s) for s in await store.received(user_id, list_limit)]
+        sent = [InvitationView.of(s) for s in await store.sent(user_id, list_limit)]
+        both = sorted([*received, *sent], key=lambda i: (i.created_at, i.invitation_id), reverse=True)
+        return UserInvitations(user_id=user_id, received=received, sent=sent, invitations=both[:list_limit])
 
     return router
 

@@ -57,6 +57,7 @@ async def test_invite_accept_and_converse(ns: Namespace, producer: AIOKafkaProdu
         theirs = (await client.get(f"/users/{SENDER}/invitations", headers=auth(collab, SENDER))).json()
         assert [i["invitation_id"] for i in theirs["sent"]] == [invitation_id] and theirs["received"] == []
         assert theirs["sent"][0]["message"] == "Shall we work on it?"
+        assert theirs["invitations"] == theirs["sent"] and mine["invitations"] == mine["received"]
 
         r = await client.post(f"/invitations/{invitation_id}/accept", headers=auth(collab, OWNER))
         assert r.status_code == 202, r.text
@@ -98,8 +99,8 @@ async def test_invite_accept_and_converse(ns: Namespace, producer: AIOKafkaProdu
     answered = next(n["data"] for n in notes if n["data"]["kind"] == "invitation_answered")
     assert answered["title"] == "Quoc V. Le accepted your invitation to collaborate"
     assert answered["source_event_id"] == of(events, "InvitationAccepted")[0]["event_id"]
-    doc = await collab.db.invitations.find_one({"_id": invitation_id})
-    assert doc is not None and doc["outbox"] == [] and len(doc["applied"]) == 4
+    doc = await status_of(collab, invitation_id, "accepted")  # and its outbox emptied
+    assert len(doc["applied"]) == 4
     assert await collab.db.senders.count_documents({}) == 0, "an accepted invitation holds no slot"
 
 

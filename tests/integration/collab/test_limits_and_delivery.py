@@ -176,6 +176,8 @@ async def test_a_redelivered_batch_changes_nothing_twice(ns: Namespace, decider:
     assert await snapshot(service) == before
     await asyncio.sleep(0.5)
     assert await published(ns) == events  # one partition (one record): in order
+    for invitation_id, status in (("inv-1", "accepted"), ("inv-2", "pending")):
+        await status_of(service, invitation_id, status)  # and the outbox emptied
     assert sorted(str(n) for n in await published(ns, Topic.NOTIFICATIONS_EVENTS)) == sorted(str(n) for n in notes)
     assert [e["event_type"] for e in events] == ["InvitationSent", "InvitationAccepted", "InvitationSent"]
     assert sorted(n["data"]["kind"] for n in notes) == [
