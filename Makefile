@@ -9,7 +9,7 @@ export MONGODB_URI ?= mongodb://127.0.0.1:27017
 .PHONY: lint help venv web-assets browser-deps infra-up infra-down infra-status topics test test-unit test-integration test-browser test-faults up down status demo schemas bench clean
 
 help:
-	@echo "make up          install what is missing, start Kafka, FerretDB, the four services and the web app, load the seed"
+	@echo "make up          install what is missing, start Kafka, FerretDB, the services and the web app, load the seed"
 	@echo "make down        stop everything make up started"
 	@echo "make test        install, start Kafka + FerretDB, run unit, integration, end-to-end and browser tests"
 	@echo "make test-browser the web app in Debian's chromium (Playwright) over the whole system"

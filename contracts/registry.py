@@ -7,7 +7,7 @@ import json
 from pydantic import ValidationError
 
 from contracts.envelope import Envelope, EventModel
-from contracts.events import claims, follows, notifications, profile, publications, trust
+from contracts.events import claims, collab, follows, notifications, profile, publications, trust
 
 _MODELS: list[type[EventModel]] = [
     publications.WorkIngested,
@@ -39,6 +39,18 @@ _MODELS: list[type[EventModel]] = [
     notifications.NotificationCreated,
     notifications.NotificationsRead,
     notifications.FanoutChunkRequested,
+    collab.InvitationRequested,
+    collab.InvitationAnswerRequested,
+    collab.InvitationWithdrawRequested,
+    collab.MessagePostRequested,
+    collab.InvitationSent,
+    collab.InvitationRejected,
+    collab.InvitationAccepted,
+    collab.InvitationDeclined,
+    collab.InvitationWithdrawn,
+    collab.InvitationClosed,
+    collab.MessagePosted,
+    collab.InvitationCommandRejected,
 ]
 
 # (topic, event_type) -> model: one event type name may live on two topics

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Start/stop the four services and the web app as separate processes (logs and pids under
+# Start/stop the services and the web app as separate processes (logs and pids under
 # .local/), and load the seed record and a demo copy of it.
 #   scripts/services.sh up|down|status
 set -euo pipefail
@@ -7,9 +7,9 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 HOME_DIR="${BZPEER_HOME:-$ROOT/.local}"
 RUN="$HOME_DIR/run"; LOGS="$HOME_DIR/logs"
 PY="$ROOT/.local/venv/bin/python"
-declare -A PORTS=([profile]=8001 [claims]=8002 [trust]=8003 [follow]=8004 [web]=8000)
+declare -A PORTS=([profile]=8001 [claims]=8002 [trust]=8003 [follow]=8004 [collab]=8005 [web]=8000)
 # The web app last: it reads the services over HTTP (and is stopped first).
-SERVICES=(profile claims trust follow web)
+SERVICES=(profile claims trust follow collab web)
 # A copy of the seed record with ORCID's example iD on record, to try a claim in the browser.
 DEMO_COPY="demo:quoc-v-le"
 mkdir -p "$RUN" "$LOGS"

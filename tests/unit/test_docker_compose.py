@@ -8,7 +8,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-SERVICES = {"profile": 8001, "claims": 8002, "trust": 8003, "follow": 8004}
+SERVICES = {"profile": 8001, "claims": 8002, "trust": 8003, "follow": 8004, "collab": 8005}
 
 
 def test_infrastructure_images_and_health() -> None:
