@@ -26,7 +26,7 @@ from service_runtime.delivery import BatchHandler, Incoming
 from service_runtime.service import Service
 from services.follow.commands import FollowCommands
 from services.follow.fanout import ChunkWorker, FanoutPlanner
-from services.follow.inbox import InboxReads, InboxRebuild
+from services.follow.inbox import InboxEvents
 from services.follow.ledger import EdgeHealer, FollowsRebuild
 from services.follow.routes import router
 from services.follow.settings import SOURCES_GROUP, FollowSettings
@@ -73,8 +73,15 @@ def build_service(settings: FollowSettings | None = None) -> Service:
     )
     healer = EdgeHealer(store)
     service.consume(Topic.FOLLOWS_EVENTS, handler=healer.handle, group="edges", accepts=healer.accepts, runs="live")
-    reads = InboxReads(store)
-    service.consume(Topic.NOTIFICATIONS_EVENTS, handler=reads.handle, group="inbox", accepts=reads.accepts, runs="live")
+    inbox = InboxEvents(store)
+    service.consume(
+        Topic.NOTIFICATIONS_EVENTS,
+        handler=inbox.handle,
+        group="inbox",
+        accepts=inbox.accepts,
+        skip_own=(NotificationCreated,),
+        runs="live",
+    )
     service.background(commands.sweep_forever, runs="live")
 
     # Rebuild: the same projection folded from the log, deciding nothing.
@@ -90,7 +97,6 @@ def build_service(settings: FollowSettings | None = None) -> Service:
     service.consume(
         Topic.FOLLOWS_EVENTS, handler=follows.handle, group="edges", accepts=follows.accepts, runs="rebuild"
     )
-    inbox = InboxRebuild(store)
     service.consume(
         Topic.NOTIFICATIONS_EVENTS, handler=inbox.handle, group="inbox", accepts=inbox.accepts, runs="rebuild"
     )

@@ -1,12 +1,13 @@
 """The inbox as notifications.events tells it: notifications created, and marked read.
 
-Live, the fan-out's chunk worker writes each notification into the inbox before
-publishing it, so ``InboxReads`` applies only the read marks (``NotificationsRead``, which
-come after the notifications they cover on the user's partition); the NotificationCreated
-records are passed over undecoded (a fan-out of 100,000 followers would otherwise decode
-100,000 envelopes in this process). A rebuild (``InboxRebuild``) inserts the
-notifications from the topic too: which follower got which notification was decided live,
-against the followers of that moment.
+One consumer, live and in a rebuild: ``NotificationCreated`` are inserted (idempotently,
+by their deterministic id) and ``NotificationsRead`` marks what precedes it on the user's
+partition. Live, it is wired to pass over the notifications this service published itself
+(``skip_own``): the fan-out's chunk worker wrote each into the inbox before publishing it,
+and a fan-out of 100,000 followers would otherwise decode 100,000 envelopes again here.
+The notifications other services publish (collab's invitations and answers) come in
+through it. A rebuild takes every notification from the topic: which follower got which
+was decided live, against the followers of that moment.
 """
 
 from __future__ import annotations
@@ -52,36 +53,17 @@ def _read(p: NotificationsRead, item: Incoming[NotificationsRead]) -> Step:
     return Read(p)
 
 
-READ_MARKS = Dispatch[Step]().on(NotificationsRead, handler=_read)
-READ_INBOX = Dispatch[Step]().on(NotificationCreated, handler=_created).on(NotificationsRead, handler=_read)
+INBOX = Dispatch[Step]().on(NotificationCreated, handler=_created).on(NotificationsRead, handler=_read)
 
 
-async def _apply(store: FollowStore, steps: Sequence[Step]) -> None:
-    created: list[NotificationCreated] = []
-    for step in steps:  # in partition order
-        await step.apply(store, created)
-    await store.insert_notifications(created)
-
-
-class InboxReads:
-    """Live: the read marks."""
-
-    accepts = READ_MARKS.types
+class InboxEvents:
+    accepts = INBOX.types
 
     def __init__(self, store: FollowStore) -> None:
         self.store = store
 
     async def handle(self, batch: Sequence[Incoming[Any]]) -> None:
-        await _apply(self.store, [READ_MARKS(item) for item in batch])
-
-
-class InboxRebuild:
-    """Rebuild only: the notifications and the read marks, in partition order."""
-
-    accepts = READ_INBOX.types
-
-    def __init__(self, store: FollowStore) -> None:
-        self.store = store
-
-    async def handle(self, batch: Sequence[Incoming[Any]]) -> None:
-        await _apply(self.store, [READ_INBOX(item) for item in batch])
+        created: list[NotificationCreated] = []
+        for step in (INBOX(item) for item in batch):  # in partition order
+            await step.apply(self.store, created)
+        await self.store.insert_notifications(created)
