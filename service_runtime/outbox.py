@@ -20,12 +20,11 @@ An entry is a plain subdocument a person can read and query in a MongoDB shell:
 Removing what was published is a second update of each document, as costly as the write
 that caused the events. So it is not on the path of the batch: ``deliver`` publishes and
 notes what it published, and the outbox removes those entries a moment later, many
-documents in one bulk write (``clear_after_s``). A document written again meanwhile needs
-no removal at all when its writer rewrites the whole outbox array under a guard (a
-replace, or a ``$set`` guarded by a revision): ``unpublished(collection, doc)`` gives the
-stored entries to keep, ``rewritten`` says the removal is done. A process that dies with
-removals not done leaves published entries behind; the sweeper publishes them again (the
-same event ids), which consumers absorb.
+documents in one bulk write (``clear_after_s``; 0: at once). Entries this process
+published are not published again when a batch that read them before their removal
+passes them as pending. A process that dies with removals not done leaves published
+entries behind; the sweeper publishes them again (the same event ids), which consumers
+absorb.
 """
 
 from __future__ import annotations
@@ -107,54 +106,48 @@ class Outbox:
         # may still pass those entries as pending (collection name -> doc id -> event ids,
         # oldest first; bounded).
         self._recent: dict[str, OrderedDict[Any, set[str]]] = {}
+        self._flushing: list[dict[str, tuple[Collection, dict[Any, set[str]]]]] = []  # being removed now
         self._clearing: asyncio.Task[None] | None = None
 
-    async def deliver(self, collection: Collection, events: Mapping[Any, Sequence[Outgoing]]) -> int:
+    async def deliver(
+        self, collection: Collection, events: Mapping[Any, Sequence[Outgoing]], *, remove_now: bool = False
+    ) -> int:
         """Publish each document's events (document by document, each in its order; those
         this process published before are skipped); then they are removed from the
-        documents' outboxes (at once, or within ``clear_after_s``). Returns how many were
-        published."""
-        _, published = self._published.setdefault(collection.name, (collection, {}))
-        recent: Mapping[Any, set[str]] = self._recent.get(collection.name, {})
-        # What a document held but this process published already (its removal pending or
-        # just done) is not sent again: a writer passes all it read as pending.
-        events = {
-            doc_id: [
-                e
-                for e in per_doc
-                if (i := str(e.envelope.event_id)) not in published.get(doc_id, ()) and i not in recent.get(doc_id, ())
-            ]
-            for doc_id, per_doc in events.items()
-        }
-        ordered = [e for per_doc in events.values() for e in per_doc]
-        if not ordered:
-            return 0
-        await self.publisher.publish(ordered)
+        documents' outboxes (within ``clear_after_s``, or before returning with
+        ``remove_now``: where an empty outbox is what says a piece of work is done).
+        Returns how many were published."""
+
+        def known(doc_id: Any, event: Outgoing) -> bool:
+            event_id = str(event.envelope.event_id)
+            return any(
+                event_id in noted.get(collection.name, (collection, {}))[1].get(doc_id, ())
+                for noted in (self._published, *self._flushing)
+            ) or event_id in self._recent.get(collection.name, {}).get(doc_id, ())
+
+        # What a document holds but this process published already (its removal pending or
+        # just done; a writer passes all it read as pending, and a redelivered input pushes
+        # the same ids again) is not sent again, only removed.
+        fresh = {doc_id: [e for e in per_doc if not known(doc_id, e)] for doc_id, per_doc in events.items()}
+        ordered = [e for per_doc in fresh.values() for e in per_doc]
+        if ordered:
+            await self.publisher.publish(ordered)
         if self.publisher.enabled:
+            # Taken after publishing: a flush may have started meanwhile with the notes so far.
+            _, published = self._published.setdefault(collection.name, (collection, {}))
             for doc_id, per_doc in events.items():
-                published.setdefault(doc_id, set()).update(str(e.envelope.event_id) for e in per_doc)
-            if self.clear_after_s <= 0:
+                if per_doc:
+                    published.setdefault(doc_id, set()).update(str(e.envelope.event_id) for e in per_doc)
+            if remove_now or self.clear_after_s <= 0:
                 await self.flush()
             elif self._clearing is None or self._clearing.done():
                 self._clearing = asyncio.create_task(self._clear_later())
         return len(ordered)
 
-    def unpublished(self, collection: Collection, document: Mapping[str, Any]) -> list[dict[str, Any]]:
-        """The stored entries of a read document not known to be published yet: what a
-        writer that rewrites the whole outbox array keeps (then ``rewritten``)."""
-        done = self._published.get(collection.name, (collection, {}))[1].get(document["_id"], set())
-        return [e for e in document.get(FIELD) or () if e["envelope"]["event_id"] not in done]
-
-    def rewritten(self, collection: Collection, doc_ids: Iterable[Any]) -> None:
-        """These documents' outbox arrays were rewritten (from ``unpublished``) by a write
-        that succeeded: what they published is gone from them already."""
-        published = self._published.get(collection.name, (collection, {}))[1]
-        for doc_id in doc_ids:
-            published.pop(doc_id, None)
-
     async def flush(self) -> None:
         """Remove every published entry noted so far (also at shutdown)."""
         taken, self._published = self._published, {}
+        self._flushing.append(taken)
         try:
             for name, (collection, published) in taken.items():
                 await self.clear(collection, published)
@@ -170,6 +163,8 @@ class Outbox:
                 for doc_id, ids in published.items():
                     mine.setdefault(doc_id, set()).update(ids)
             raise
+        finally:
+            self._flushing.remove(taken)
 
     async def _clear_later(self) -> None:
         while self._published:
@@ -181,9 +176,12 @@ class Outbox:
 
     @staticmethod
     async def clear(collection: Collection, event_ids: Mapping[Any, Iterable[str]]) -> None:
+        # In _id order, as writers write a batch: two bulk writes that take the same
+        # documents' row locks in opposite orders deadlock in the store.
         ops = [
-            UpdateOne({"_id": doc_id}, {"$pull": {FIELD: {"envelope.event_id": {"$in": list(ids)}}}})
-            for doc_id, ids in event_ids.items()
+            UpdateOne({"_id": doc_id}, {"$pull": {FIELD: {"envelope.event_id": {"$in": sorted(ids)}}}})
+            for doc_id, ids in sorted(event_ids.items(), key=lambda item: str(item[0]))
+            if ids
         ]
         if ops:
             await collection.bulk_write(ops, ordered=False)

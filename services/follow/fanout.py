@@ -186,7 +186,9 @@ class ChunkWorker:
         # The inbox holds a notification before it is published (written again after a
         # crash: a no-op where it was).
         await self.store.insert_notifications(notes)
-        return await self.outbox.deliver(self.store.chunks, {chunk.chunk_key: events})
+        # Removed before the chunk message is committed: a chunk whose outbox is empty is
+        # done, and a chunk document is not swept (its message comes back instead).
+        return await self.outbox.deliver(self.store.chunks, {chunk.chunk_key: events}, remove_now=True)
 
     @staticmethod
     def _note(chunk: FanoutChunkRequested, user: str) -> NotificationCreated:
