@@ -21,7 +21,7 @@ DESCRIPTION = (
 def build_service(settings: ProfileSettings | None = None) -> Service:
     settings = settings or ProfileSettings()
     service = Service(settings, title="bzpeer profile", description=DESCRIPTION)
-    store = ProfileStore(service.db)
+    store = ProfileStore(service.db, settings.written_cache_size)
     service.use_store(store)
     # Live: works and author records are decided here and published on profile.events.
     ingest = IngestPublications(store, service.publisher, service.outbox, settings)

@@ -16,3 +16,7 @@ class ProfileSettings(RuntimeSettings):
     close_collaborator_min_shared_works: int = Field(default=5, ge=1)
     # Works shown on the page itself; the rest are paged through /authors/{id}/works.
     page_works: int = Field(default=20, ge=1, le=100)
+    # Entries and first-page works of the authors last written, kept in memory with the
+    # revision written (store.WrittenAuthors): a batch then reads those authors without
+    # them. ~0.3-1.5 KB each. 0: read every author whole.
+    written_cache_size: int = Field(default=100_000, ge=0)

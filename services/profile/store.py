@@ -31,7 +31,9 @@ again). No multi-document transactions.
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
 
@@ -45,7 +47,7 @@ from service_runtime.outbox import WriteConflict
 from service_runtime.projection import Projection
 from service_runtime.publishing import Outgoing
 from service_runtime.store import Collection, Database, Document, StoreAdapter
-from services.profile.derive import WorkEntry, name_keys, newest_first
+from services.profile.derive import Tally, WorkEntry, name_keys, newest_first
 from services.profile.ingest import IDENTITY_FIELDS, AuthorRecord, FirstPage, NewWork, StoredWork
 from services.profile.standing import Part
 
@@ -83,9 +85,11 @@ def author_fields(record: AuthorRecord, *, published: bool) -> Document:
     return fields
 
 
-def record_of(doc: Document) -> AuthorRecord:
+def record_of(doc: Document, written: Written | None = None) -> AuthorRecord:
+    """The record of a stored author document; its entries and first page are taken from
+    ``written`` (what this process wrote at the same revision) when given, copied."""
     page = doc.get("first_page")
-    return AuthorRecord(
+    record = AuthorRecord(
         author_id=doc["_id"],
         identity={k: doc.get(k) for k in IDENTITY_FIELDS} | {"author_id": doc["_id"]},
         entries=list(doc.get("works") or ()),
@@ -94,6 +98,65 @@ def record_of(doc: Document) -> AuthorRecord:
         imported=doc.get("imported", False),
         first_page=FirstPage(page["limit"], page["works"], page["next_cursor"]) if page else None,
     )
+    if written is not None:
+        record.entries = list(written.entries)
+        record.tally = written.tally.copy(record.entries) if written.tally is not None else None
+        record.first_page = written.first_page
+    return record
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    revision: int
+    entries: list[WorkEntry]
+    tally: Tally | None
+    first_page: FirstPage | None
+
+    @property
+    def size(self) -> int:
+        return len(self.entries) + (len(self.first_page.works) if self.first_page else 0)
+
+
+class WrittenAuthors:
+    """The entries (with their tally) and first page of the authors this process wrote
+    last, at the revision it wrote, up to ``max_size`` entries and page works in all
+    (least recently used dropped first).
+
+    A batch reads every author it touches, and most of an author document is its entries
+    and first page (~85%: the page's works are whole); the store's cost to read a document
+    grows with its size. So authors held here are read without them, and taken from here
+    only if the store still has the revision written: another writer's change (another
+    replica) moved it on, and the author is then read whole."""
+
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self._held: OrderedDict[str, Written] = OrderedDict()
+        self._size = 0
+
+    def get(self, author_id: str) -> Written | None:
+        held = self._held.get(author_id)
+        if held is not None:
+            self._held.move_to_end(author_id)
+        return held
+
+    def __contains__(self, author_id: str) -> bool:
+        return author_id in self._held
+
+    def drop(self, author_id: str) -> None:
+        if (old := self._held.pop(author_id, None)) is not None:
+            self._size -= old.size
+
+    def keep(self, records: Iterable[AuthorRecord]) -> None:
+        for record in records:
+            self.drop(record.author_id)
+            # The planner's own lists: a later batch takes copies (``record_of``).
+            held = Written(record.revision, record.entries, record.tally, record.first_page)
+            if held.size <= self.max_size:
+                self._held[record.author_id] = held
+                self._size += held.size
+        while self._size > self.max_size:
+            _, old = self._held.popitem(last=False)
+            self._size -= old.size
 
 
 def work_doc(work: NewWork) -> Document:
@@ -114,8 +177,9 @@ class ProfileStore(StoreAdapter):
     # What a rebuild must reproduce: everything but the outbox (events not published yet).
     projection = Projection.of(authors=("outbox",), works=(), standing=())
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, written_cache_size: int = 0) -> None:
         super().__init__(db)
+        self.written = WrittenAuthors(written_cache_size)
         self.authors: Collection = db["authors"]
         self.works: Collection = db["works"]
         self.standing: Collection = db["standing"]
@@ -130,11 +194,22 @@ class ProfileStore(StoreAdapter):
         return {d["_id"]: StoredWork(d["_id"], d["fingerprint"], tuple(d["author_ids"])) async for d in cursor}
 
     async def load_authors(self, author_ids: Iterable[str]) -> dict[str, AuthorRecord]:
-        """The authors by id, each with the events its outbox still holds."""
-        ids = list(set(author_ids))
-        if not ids:
-            return {}
-        return {d["_id"]: record_of(d) async for d in self.authors.find({"_id": {"$in": ids}})}
+        """The authors by id, each with the events its outbox still holds. Those this
+        process wrote last are read without their entries and first page, which are taken
+        from memory if the store still has the revision written (``WrittenAuthors``)."""
+        ids = set(author_ids)
+        held = [a for a in ids if a in self.written]
+        records: dict[str, AuthorRecord] = {}
+        if held:
+            async for doc in self.authors.find({"_id": {"$in": held}}, {"works": 0, "first_page": 0}):
+                written = self.written.get(doc["_id"])
+                if written is not None and written.revision == doc.get("revision"):
+                    records[doc["_id"]] = record_of(doc, written)
+                else:
+                    self.written.drop(doc["_id"])
+        if rest := list(ids - set(records)):
+            records |= {d["_id"]: record_of(d) async for d in self.authors.find({"_id": {"$in": rest}})}
+        return records
 
     async def work_contents(self, work_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         """The works (``Work`` shape) by id."""
@@ -176,6 +251,7 @@ class ProfileStore(StoreAdapter):
             raise WriteConflict("an author was registered concurrently") from None
         if matched != updates:
             raise WriteConflict(f"{updates - matched} author(s) changed concurrently")
+        self.written.keep(records)
 
     async def write_works(self, works: Mapping[str, NewWork], stored: set[str]) -> None:
         """New works are inserted, new versions of stored ones replace them."""

@@ -315,7 +315,8 @@ def incoming(env: Envelope, offset: int = 0) -> Incoming[Any]:
 def handler_of(service: Service) -> IngestPublications:
     settings = service.settings
     assert isinstance(settings, ProfileSettings)
-    return IngestPublications(ProfileStore(service.db), service.publisher, service.outbox, settings)
+    store = ProfileStore(service.db, settings.written_cache_size)
+    return IngestPublications(store, service.publisher, service.outbox, settings)
 
 
 async def crash_between_write_and_publish(settings: ProfileSettings, env: Envelope) -> None:
@@ -437,6 +438,9 @@ async def test_events_left_in_an_outbox_go_out_before_the_next_change_of_the_aut
 
 
 async def test_two_replicas_writing_the_same_authors_in_turn_build_on_each_others_writes(ns: Namespace) -> None:
+    """Each process keeps the entries and first page of the authors it wrote
+    (``WrittenAuthors``); an author another replica changed since is read whole from the
+    store, not taken from memory."""
     settings = ns.settings("profile", cls=ProfileSettings)
     a, b = build_service(settings), build_service(settings)
     replicas = [handler_of(a), handler_of(b)]

@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from services.profile.derive import derive_state
 from services.profile.ingest import AuthorRecord
+from services.profile.store import WrittenAuthors, record_of
 
 IDENTITY = {"author_id": "a", "display_name": "Quoc V. Le", "orcid": None}
 CO_AUTHORS = ["b", "c", "d"]
@@ -69,3 +70,23 @@ def test_the_state_does_not_depend_on_the_order_of_the_works() -> None:
     assert [c["display_name"] for c in state["close_collaborators"]] == ["Benjamin Caine", "Ilya Sutskever"]
     assert state["works_count"] == 6 and state["record_verification_level"] == "L1"
     assert state["works_by_year"] == {"2018": 1, "2017": 1, "2016": 2, "2015": 2}
+
+
+def test_a_record_taken_from_the_written_one_is_a_copy() -> None:
+    """The planner changes the record it is given; the one kept as written stays as written
+    (a batch that fails after planning must find it unchanged)."""
+    written = AuthorRecord(
+        author_id="a", identity=dict(IDENTITY), entries=[entry(1, 2020, ["ML"], [("b", 0)], True)], revision=3
+    )
+    before = written.derive_state(1)
+    kept = WrittenAuthors(100)
+    kept.keep([written])
+    held = kept.get("a")
+    assert held is not None and held.revision == 3
+    taken = record_of({"_id": "a", "display_name": "Quoc V. Le", "revision": 3, "outbox": []}, held)
+    taken.add_entry(entry(2, 2021, ["Speech"], [("b", 1)], False))
+    taken.revision += 1
+    assert taken.derive_state(1)["works_count"] == 2
+    assert len(written.entries) == 1 and written.derive_state(1) == before
+    kept.keep([AuthorRecord(author_id="big", identity={}, entries=[entry(i, 2020, [], [], False) for i in range(101)])])
+    assert "big" not in kept and "a" in kept, "an author larger than the whole cache is not kept"
