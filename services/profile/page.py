@@ -20,10 +20,31 @@ from pydantic import BaseModel, Field
 
 from contracts.events.common import Affiliation, TrustBand, VerificationLevel
 from contracts.events.profile import Collaborator, TopicCount
-from contracts.events.publications import Work
+from contracts.events.publications import ExternalIds, WorkType
 from services.profile.derive import WorkEntry, newest_first, page_key
 from services.profile.ingest import FirstPage
 from services.profile.standing import effective_verification_level
+
+
+class WorkAuthor(BaseModel):
+    author_id: str
+    display_name: str
+    orcid: str | None = None
+
+
+class Work(BaseModel):
+    """A work as the importers published it (contracts' ``Work``, already validated when it
+    was ingested: the page only describes its shape)."""
+
+    work_id: str
+    type: WorkType
+    year: int
+    venue: str | None = None
+    title: str
+    abstract: str | None = None
+    external_ids: ExternalIds = ExternalIds()
+    topics: list[str] = []
+    authors: list[WorkAuthor]
 
 
 class TrustSnapshot(BaseModel):

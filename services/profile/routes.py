@@ -43,11 +43,6 @@ async def get_publisher(request: Request) -> EventPublisher:
     return publisher
 
 
-async def get_page_works(request: Request) -> int:
-    limit: int = request.app.state.service.settings.page_works
-    return limit
-
-
 Store = Annotated[ProfileStore, Depends(get_store)]
 
 
@@ -62,9 +57,12 @@ def _json(model: AuthorPage | AuthorWorksPage | AuthorSearch) -> Response:
 
 
 @router.get("/authors/{author_id}", summary="The author's profile page", response_model=AuthorPage, responses=NOT_FOUND)
-async def get_author(
-    author_id: AuthorId, store: Store, page_works: Annotated[int, Depends(get_page_works)]
-) -> Response:
+async def get_author(author_id: AuthorId, request: Request) -> Response:
+    # The store and the page size from the app's state rather than two dependencies: the
+    # page is the hot path, and each dependency FastAPI resolves adds to its CPU.
+    service = request.app.state.service
+    store: ProfileStore = request.app.state.profile_store
+    page_works: int = service.settings.page_works
     # The author and its standing at once: two round trips in the time of one.
     doc, standing = await asyncio.gather(store.page_source(author_id), store.standing_of(author_id))
     if doc is None or "state" not in doc:
