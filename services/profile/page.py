@@ -26,13 +26,13 @@ from services.profile.ingest import FirstPage
 from services.profile.standing import effective_verification_level
 
 
-class WorkAuthor(BaseModel):
+class ListedWorkAuthor(BaseModel):
     author_id: str
     display_name: str
     orcid: str | None = None
 
 
-class Work(BaseModel):
+class ListedWork(BaseModel):
     """A work as the importers published it (contracts' ``Work``, already validated when it
     was ingested: the page only describes its shape)."""
 
@@ -44,7 +44,7 @@ class Work(BaseModel):
     abstract: str | None = None
     external_ids: ExternalIds = ExternalIds()
     topics: list[str] = []
-    authors: list[WorkAuthor]
+    authors: list[ListedWorkAuthor]
 
 
 class TrustSnapshot(BaseModel):
@@ -64,7 +64,7 @@ class Counts(BaseModel):
 
 
 class WorksPage(BaseModel):
-    items: list[Work] = Field(description="newest first (year descending, then work id)")
+    items: list[ListedWork] = Field(description="newest first (year descending, then work id)")
     next_cursor: str | None = Field(description="pass as `cursor` to /authors/{id}/works for the next page")
 
 
