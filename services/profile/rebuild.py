@@ -2,9 +2,10 @@
 no decision taken again.
 
 * ``authors``: each author's state, identity and revision are those of the newest event
-  the live service published for it on ``profile.events`` (``PublishedStates``); whether
-  its identity came from an importer (``imported``) is a fold of the ``AuthorImported``
-  on ``publications.ingested`` (``IngestedFacts``).
+  the live service published for it on ``profile.events`` (``PublishedStates``, the only
+  writer that creates author documents); whether its identity came from an importer
+  (``imported``) is a fold of the ``AuthorImported`` on ``publications.ingested``
+  (``IngestedFacts``), set by the drain hook.
 * ``works``: the importers' fact, a fold of ``publications.ingested``: the last version
   of each work in partition order (``IngestedFacts``).
 * an author's work entries and first page are pure functions of the works it appears on:
@@ -129,6 +130,7 @@ async def derive_works_of_authors(store: ProfileStore, settings: ProfileSettings
         last = authors[-1][0]
         ids = [a for a, _ in authors]
         derived = works_of_authors(ids, await store.works_of(ids), settings.page_works)
+        imported = await store.imported_in(ids)
         for author_id, state in authors:
             if state is None:
                 continue
@@ -137,6 +139,7 @@ async def derive_works_of_authors(store: ProfileStore, settings: ProfileSettings
             recount = derive_state(identity, entries, state["revision"], settings.close_collaborator_min_shared_works)
             if ev.AuthorState.model_validate(recount).model_dump(mode="json") != state:
                 differing.append(author_id)
-        await store.set_works_of(derived)
+        await store.set_works_of(derived, imported)
+    await store.forget_imported()
     if differing:
         log.warning("rebuilt_works_differ_from_published_state", authors=len(differing), first=differing[:10])

@@ -52,6 +52,8 @@ from services.profile.ingest import IDENTITY_FIELDS, AuthorRecord, FirstPage, Ne
 from services.profile.standing import Part
 
 DUPLICATE_KEY = 11000
+# Rebuild only: the authors an AuthorImported described, until the drain hook (then dropped).
+IMPORTED = "rebuild_imported"
 
 
 def _duplicates_only(exc: BulkWriteError) -> bool:
@@ -334,7 +336,16 @@ class ProfileStore(StoreAdapter):
         )
 
     async def fold_imported(self, author_ids: Iterable[str]) -> None:
-        await upsert_where(self.authors, [({"_id": a}, {"$set": {"imported": True}}) for a in set(author_ids)])
+        """Rebuild only: authors an importer described, kept aside until the drain hook
+        (``imported_in``): only ``fold_states`` creates author documents, since an upsert
+        racing another writer's insert of the same ``_id`` can be lost without an error."""
+        await upsert_where(self.db[IMPORTED], [({"_id": a}, {"$set": {"imported": True}}) for a in set(author_ids)])
+
+    async def imported_in(self, author_ids: Sequence[str]) -> set[str]:
+        return {d["_id"] async for d in self.db[IMPORTED].find({"_id": {"$in": list(author_ids)}}, {"_id": 1})}
+
+    async def forget_imported(self) -> None:
+        await self.db[IMPORTED].drop()
 
     async def fold_works(self, works: Iterable[NewWork]) -> None:
         ops = [ReplaceOne({"_id": w.work.work_id}, work_doc(w), upsert=True) for w in works]
@@ -352,9 +363,12 @@ class ProfileStore(StoreAdapter):
         cursor = self.works.find({"author_ids": {"$in": list(author_ids)}}, {"work": 1, "fingerprint": 1})
         return [NewWork(Work.model_validate(d["work"]), d["fingerprint"]) async for d in cursor]
 
-    async def set_works_of(self, derived: Mapping[str, tuple[list[WorkEntry], FirstPage]]) -> None:
+    async def set_works_of(self, derived: Mapping[str, tuple[list[WorkEntry], FirstPage]], imported: set[str]) -> None:
         ops = [
-            UpdateOne({"_id": a}, {"$set": {"works": entries, "first_page": first_page_doc(page)}})
+            UpdateOne(
+                {"_id": a},
+                {"$set": {"works": entries, "first_page": first_page_doc(page), "imported": a in imported}},
+            )
             for a, (entries, page) in derived.items()
         ]
         if ops:
