@@ -329,10 +329,11 @@ class ProfileStore(StoreAdapter):
             [
                 (
                     {"_id": s.author_id, "$or": [{"revision": {"$lt": s.revision}}, {"revision": {"$exists": False}}]},
-                    {"$set": state_fields(s), "$setOnInsert": {"imported": False}},
+                    {"$set": state_fields(s)},
                 )
                 for s in states
             ],
+            initial={"imported": False},
         )
 
     async def fold_imported(self, author_ids: Iterable[str]) -> None:
@@ -375,18 +376,20 @@ class ProfileStore(StoreAdapter):
             await self.authors.bulk_write(ops, ordered=False)
 
 
-async def upsert_where(collection: Collection, writes: Sequence[tuple[Document, Document]]) -> None:
-    """Conditional upserts: each update applies where its filter (an ``_id`` and a guard)
-    matches, or inserts the document if none has that ``_id``. One whose guard does not
-    match an existing document answers a duplicate key: it is tried once more without
-    upsert, which applies it if the insert it lost was another writer's racing insert,
-    and is a no-op if the held document is simply newer."""
+async def upsert_where(
+    collection: Collection, writes: Sequence[tuple[Document, Document]], initial: Document | None = None
+) -> None:
+    """Conditional upserts: each update (its filter an ``_id`` and a guard) applies where the
+    guard matches, to the document created first if none has that ``_id`` (``initial``
+    fields). The documents are inserted, a duplicate meaning one exists, then updated
+    without upsert: on this store an upsert whose guard races another writer's insert of
+    the same ``_id`` can be lost without an error, an insert cannot."""
     if not writes:
         return
+    ids = list(dict.fromkeys(f["_id"] for f, _ in writes))
     try:
-        await collection.bulk_write([UpdateOne(f, u, upsert=True) for f, u in writes], ordered=False)
+        await collection.bulk_write([InsertOne({"_id": i, **(initial or {})}) for i in ids], ordered=False)
     except BulkWriteError as exc:
         if not _duplicates_only(exc):
             raise
-        again = [UpdateOne(*writes[e["index"]]) for e in exc.details["writeErrors"]]
-        await collection.bulk_write(again, ordered=False)
+    await collection.bulk_write([UpdateOne(f, u) for f, u in writes], ordered=False)
