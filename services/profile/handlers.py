@@ -29,8 +29,8 @@ class IngestPublications:
     """``publications.ingested`` -> works and author records, events on ``profile.events``.
 
     Exactly-once effects without transactions: each changed author is written together
-    with the events of its change (pushed onto its ``outbox`` in the same update), then the
-    events are published and pulled from the outbox (``Outbox.deliver``). If the process
+    with the events of its change (in its ``outbox``, in the same update), then the events
+    are published (``Outbox.deliver``) and removed from the outbox a moment later. If the process
     dies in between, the redelivered batch finds nothing new to change and publishes what
     the authors' outboxes still hold, first, under the same event ids; the runtime's
     sweeper publishes what is never redelivered."""
@@ -65,6 +65,7 @@ class IngestPublications:
         # which authors a corrected author list dropped.
         await self.store.write_authors(plan.changed_authors, fresh, plan.read_revisions)
         await self.store.write_works(plan.works, stored=set(stored))
+        # What each author held first (the outbox skips what this process published), then the new.
         deliveries = {a: r.pending + fresh.get(a, []) for a, r in plan.authors.items()}
         return {a: events for a, events in deliveries.items() if events}
 
