@@ -30,7 +30,7 @@ class IngestPublications:
 
     Exactly-once effects without transactions: each changed author is written together
     with the events of its change (in its ``outbox``, in the same update), then the events
-    are published (``Outbox.deliver``) and removed from the outbox a moment later. If the process
+    are published and removed from the outbox (``Outbox.deliver``). If the process
     dies in between, the redelivered batch finds nothing new to change and publishes what
     the authors' outboxes still hold, first, under the same event ids; the runtime's
     sweeper publishes what is never redelivered."""
