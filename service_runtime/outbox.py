@@ -30,6 +30,7 @@ absorb.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -165,6 +166,15 @@ class Outbox:
             raise
         finally:
             self._flushing.remove(taken)
+
+    async def close(self) -> None:
+        """At shutdown: stop the background removal, then remove what is noted."""
+        if self._clearing is not None:
+            self._clearing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._clearing
+            self._clearing = None
+        await self.flush()
 
     async def _clear_later(self) -> None:
         while self._published:

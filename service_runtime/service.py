@@ -202,7 +202,7 @@ class Service:
         for hook in self._shutdown:
             await hook()
         with contextlib.suppress(Exception):  # not done: the sweeper publishes those again
-            await self.outbox.flush()
+            await self.outbox.close()
         await self.broker.stop()
         await self.mongo.close()
 

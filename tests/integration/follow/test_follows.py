@@ -195,7 +195,11 @@ async def test_a_parked_follow_and_its_unfollow_applied_together_store_the_count
     )
     assert doc["follower_count"] == 0 and await edges_in_store(follow, "pair") == 0
     assert "count_revision" not in doc, "no count change was published"
-    assert [e["data"]["user_id"] for e in await events(ns, Topic.FOLLOWS_EVENTS, "AuthorUnfollowed")] == ["u1"]
+    # Published after the commit (the outbox): wait for it rather than race it.
+    unfollowed = await eventually(
+        lambda: events(ns, Topic.FOLLOWS_EVENTS, "AuthorUnfollowed"), until=bool, what="AuthorUnfollowed published"
+    )
+    assert [e["data"]["user_id"] for e in unfollowed] == ["u1"]
     assert await events(ns, Topic.FOLLOWS_EVENTS, "FollowerCountChanged") == []
 
 
