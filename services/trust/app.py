@@ -5,23 +5,32 @@ from __future__ import annotations
 from contracts.events.trust import TrustScoreChanged
 from contracts.topics import Topic
 from service_runtime.service import Service
-from services.trust.handlers import PublishedScores, SignalHandler
+from services.trust.handlers import PublishedScores, ScoreHistory, SignalHandler
 from services.trust.recompute import Recomputer
 from services.trust.routes import router
 from services.trust.settings import TrustSettings
-from services.trust.store import PROJECTION, TrustStore
+from services.trust.signals import OBSERVE
+from services.trust.store import TrustStore
 
 
-def build_service(settings: TrustSettings | None = None) -> Service:
+class TrustService(Service):
+    """The trust service, with its parts reachable (tests, the benchmark, the rescore)."""
+
+    trust_store: TrustStore
+    trust_handler: SignalHandler
+    recomputer: Recomputer
+
+
+def build_service(settings: TrustSettings | None = None) -> TrustService:
     settings = settings or TrustSettings()
-    service = Service(
+    service = TrustService(
         settings,
         title="bzpeer trust",
         description="Explainable trust scores of author records, recomputed from profile, claims and follows events.",
     )
     store = TrustStore(service.db)
-    service.projection = PROJECTION
-    recomputer = Recomputer(store, service.publisher, lease_s=settings.recompute_lease_s)
+    service.use_store(store)  # indexes, the rebuild's projection, the outbox sweeper
+    recomputer = Recomputer(store, service.outbox, lease_s=settings.recompute_lease_s)
     handler = SignalHandler(
         store,
         window_ms=settings.recompute_window_ms,
@@ -29,9 +38,10 @@ def build_service(settings: TrustSettings | None = None) -> Service:
         on_due=recomputer.schedule,
     )
     recomputer.held_back = handler.held_back
-    service.consume(Topic.PROFILE_EVENTS, Topic.CLAIMS_EVENTS, Topic.FOLLOWS_EVENTS, handler=handler)
+    service.consume(
+        Topic.PROFILE_EVENTS, Topic.CLAIMS_EVENTS, Topic.FOLLOWS_EVENTS, handler=handler, accepts=OBSERVE.types
+    )
     service.produces(Topic.TRUST_EVENTS, schema=TrustScoreChanged)
-    service.on_startup(store.create_indexes)
     # Live, scores are decided here and published; a rebuild reads them back from trust.events.
     service.background(
         lambda: recomputer.loop(
@@ -39,15 +49,22 @@ def build_service(settings: TrustSettings | None = None) -> Service:
         ),
         runs="live",
     )
-    service.consume(Topic.TRUST_EVENTS, handler=PublishedScores(store), group="published", runs="rebuild")
+    # The history is a fold of trust.events, live and in a rebuild alike.
+    service.consume(Topic.TRUST_EVENTS, handler=ScoreHistory(store), group="history", accepts=(TrustScoreChanged,))
+    service.consume(
+        Topic.TRUST_EVENTS,
+        handler=PublishedScores(store),
+        group="published",
+        runs="rebuild",
+        accepts=(TrustScoreChanged,),
+    )
     if settings.rebuilding:
         service.on_drain(recomputer.settle_rebuilt)
     service.http.state.trust_store = store
     service.http.include_router(router)
-    # Reachable for tests, the benchmark and the rescore command.
-    service.trust_store = store  # type: ignore[attr-defined]
-    service.trust_handler = handler  # type: ignore[attr-defined]
-    service.recomputer = recomputer  # type: ignore[attr-defined]
+    service.trust_store = store
+    service.trust_handler = handler
+    service.recomputer = recomputer
     return service
 
 

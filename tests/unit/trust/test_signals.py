@@ -9,11 +9,18 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from contracts.envelope import Envelope
-from contracts.events.claims import AuthorClaimState, ClaimApproved, ClaimRevoked, VerificationLevelChanged
-from contracts.events.follows import AuthorFollowed, FollowerCountChanged
+from contracts.envelope import Envelope, EventModel
+from contracts.events.claims import (
+    CLAIM_STATE_EVENTS,
+    AuthorClaimState,
+    ClaimApproved,
+    ClaimRevoked,
+    VerificationLevelChanged,
+)
+from contracts.events.follows import AuthorFollowed, AuthorUnfollowed, FollowerCountChanged, FollowRejected
 from contracts.events.profile import AuthorRegistered, AuthorState, Collaborator, TopicCount, WorkAdded, WorkSummary
 from contracts.registry import DecodeError, decode
+from service_runtime.delivery import Incoming
 from services.trust import scoring, signals
 
 SEED_YEARS = {"2020": 16, "2021": 3, "2022": 8, "2023": 1}
@@ -53,12 +60,18 @@ def claim(revision: int, claimed: bool, level: str | None) -> ClaimApproved | Cl
     return ClaimRevoked(claim_id="k1", author_id="a1", user_id="u1", author_claim=state, reason="test")
 
 
+def incoming(payload: EventModel) -> Incoming[EventModel]:
+    return Incoming(Envelope.wrap(payload, producer="test"), payload, str(payload.topic), 0, 0)
+
+
+def observe(payload: EventModel) -> signals.Observation:
+    return signals.observe(incoming(payload))
+
+
 def fold(events) -> dict:
     projection: dict = {}
     for e in events:
-        obs = signals.observe(e)
-        if isinstance(obs, signals.Observation):
-            projection = signals.apply(projection, obs)
+        projection = signals.apply(projection, observe(e))
     return projection
 
 
@@ -93,8 +106,12 @@ def test_older_or_equal_revisions_are_ignored() -> None:
 
 
 def test_follow_edges_without_revision_carry_no_signal() -> None:
-    obs = signals.observe(AuthorFollowed(author_id="a1", user_id="u1", count=40))
-    assert isinstance(obs, signals.Ignored) and "FollowerCountChanged" in obs.reason
+    # The consumer takes only the types that carry a signal: every claim state event,
+    # the profile's author events and FollowerCountChanged, not the follow edges.
+    taken = set(signals.OBSERVE.types)
+    assert {AuthorFollowed, AuthorUnfollowed, FollowRejected}.isdisjoint(taken)
+    assert {*CLAIM_STATE_EVENTS, FollowerCountChanged, AuthorRegistered, WorkAdded} <= taken
+    assert observe(FollowerCountChanged(author_id="a1", count=40, revision=3)).state == {"count": 40}
 
 
 def test_an_author_without_a_profile_keeps_its_signals_but_is_not_scored() -> None:
@@ -113,15 +130,14 @@ def test_an_author_without_a_profile_keeps_its_signals_but_is_not_scored() -> No
 
 def test_impossible_works_by_year_entries_are_dropped_with_a_reason() -> None:
     state = author_state(1, {"2020": 16, "2023": -5, "soon": 3, "2022": 12}, works_count=28)
-    obs = signals.observe(AuthorRegistered(author_id="a1", author=state))
-    assert isinstance(obs, signals.Observation)
+    obs = observe(AuthorRegistered(author_id="a1", author=state))
     assert obs.state["works_by_year"] == {"2020": 16, "2022": 12}
     assert any("negative" in a for a in obs.anomalies) and any("not a year" in a for a in obs.anomalies)
 
 
 def test_recent_works_never_exceed_the_works_count() -> None:
     state = author_state(1, {"2023": 50}, works_count=10)
-    obs = signals.observe(AuthorRegistered(author_id="a1", author=state))
+    obs = observe(AuthorRegistered(author_id="a1", author=state))
     assert any("more than works_count" in a for a in obs.anomalies)
     assert signals.score_inputs(signals.apply({}, obs), scoring.CURRENT).recent_works == 10
 
