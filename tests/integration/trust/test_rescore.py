@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import functools
 from collections import Counter
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from aiokafka import AIOKafkaProducer
 
 from service_runtime.outbox import Outbox
 from service_runtime.publishing import EventPublisher, Outgoing
@@ -37,6 +39,11 @@ def crashing(service: TrustService) -> Outbox:
     return Outbox(CrashingPublisher(service.broker, service.publisher.producer_name, service.publisher.topic_prefix))
 
 
+def unscored_at(revision: int, n: int, authors: list[Author]) -> bool:
+    """All ``n`` authors hold this profile revision and wait for their score."""
+    return bool(sum(a.dirty and a.signals["profile"]["revision"] == revision for a in authors) == n)
+
+
 def score(author: Author) -> int:
     assert author.score is not None
     return author.score["score"]
@@ -47,7 +54,7 @@ def revision(author: Author) -> int:
     return author.score["revision"]
 
 
-async def scored_authors(ns: Namespace, producer, n: int):
+async def scored_authors(ns: Namespace, producer: AIOKafkaProducer, n: int) -> tuple[TrustService, list[str]]:
     settings = ns.settings("trust", cls=TrustSettings)
     service = build_service(settings)
     ids = [f"author-{i:03d}" for i in range(n)]
@@ -64,7 +71,9 @@ async def scored_authors(ns: Namespace, producer, n: int):
     return build_service(settings), ids  # a fresh process on the same store and topics
 
 
-async def test_rescore_interrupted_and_resumed_rescored_once_published_once(ns: Namespace, producer) -> None:
+async def test_rescore_interrupted_and_resumed_rescored_once_published_once(
+    ns: Namespace, producer: AIOKafkaProducer
+) -> None:
     service, ids = await scored_authors(ns, producer, 40)
     async with service.running():
         store = service.trust_store
@@ -109,7 +118,7 @@ async def test_rescore_interrupted_and_resumed_rescored_once_published_once(ns: 
     assert recorded == sum(len(h) for h in histories.values())
 
 
-async def test_two_replicas_never_hold_the_same_author(ns: Namespace, producer) -> None:
+async def test_two_replicas_never_hold_the_same_author(ns: Namespace, producer: AIOKafkaProducer) -> None:
     service, ids = await scored_authors(ns, producer, 12)
     async with service.running():
         store = service.trust_store
@@ -124,7 +133,7 @@ async def test_two_replicas_never_hold_the_same_author(ns: Namespace, producer) 
 
 
 async def test_two_replicas_racing_for_the_same_authors_score_and_publish_each_change_once(
-    ns: Namespace, producer
+    ns: Namespace, producer: AIOKafkaProducer
 ) -> None:
     # Two service instances (own store clients) on one consumer group; a long coalescing
     # window keeps their own loops idle, so the test itself makes both recompute the same
@@ -142,9 +151,7 @@ async def test_two_replicas_racing_for_the_same_authors_score_and_publish_each_c
             await eventually(
                 lambda: store.authors_by_id(ids),
                 what=f"revision {revision} stored, unscored",
-                until=lambda authors, revision=revision: (
-                    sum(a.dirty and a.signals["profile"]["revision"] == revision for a in authors) == len(ids)
-                ),
+                until=functools.partial(unscored_at, revision, len(ids)),
             )
             done = await asyncio.gather(
                 first.recomputer.recompute(ids, only_dirty=True), second.recomputer.recompute(ids, only_dirty=True)

@@ -4,8 +4,10 @@ published only on change, with history over HTTP, and bad input that never moves
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import httpx
+from aiokafka import AIOKafkaProducer
 
 from contracts.envelope import Envelope
 from contracts.events.follows import AuthorFollowed
@@ -28,15 +30,15 @@ from tests.integration.trust.helpers import (
 )
 
 
-def trust(ns: Namespace, **overrides):
+def trust(ns: Namespace, **overrides: Any) -> TrustService:
     return build_service(ns.settings("trust", cls=TrustSettings, **overrides))
 
 
-def http(service) -> httpx.AsyncClient:
+def http(service: TrustService) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(service.http), base_url="http://trust")
 
 
-async def events_for(ns: Namespace, author_id: str, n: int) -> list[dict]:
+async def events_for(ns: Namespace, author_id: str, n: int) -> list[dict[str, Any]]:
     return await eventually(lambda: _of(ns, author_id), until=lambda e: len(e) >= n, what=f"{n} TrustScoreChanged")
 
 
@@ -51,11 +53,13 @@ async def settled(service: TrustService, author_id: str) -> Author | None:
     return author if recorded and recorded[0]["revision"] == author.score["revision"] else None
 
 
-async def _of(ns: Namespace, author_id: str) -> list[dict]:
+async def _of(ns: Namespace, author_id: str) -> list[dict[str, Any]]:
     return [e for e in await trust_events(ns) if e["data"]["author_id"] == author_id]
 
 
-async def test_seed_profile_scores_21_then_claim_raises_it_with_history(ns: Namespace, producer) -> None:
+async def test_seed_profile_scores_21_then_claim_raises_it_with_history(
+    ns: Namespace, producer: AIOKafkaProducer
+) -> None:
     service = trust(ns)
     async with service.running(), http(service) as client:
         await send(producer, ns, registered("quoc"))
@@ -104,7 +108,7 @@ async def test_seed_profile_scores_21_then_claim_raises_it_with_history(ns: Name
         assert (await client.get("/trust/bad id!")).status_code == 422
 
 
-async def test_history_pages_newest_first_by_cursor_each_change_once(ns: Namespace, producer) -> None:
+async def test_history_pages_newest_first_by_cursor_each_change_once(ns: Namespace, producer: AIOKafkaProducer) -> None:
     # Seven changes: the first score, then two more 2024 preprints at a time (+1.2 points
     # each step, so every step moves the rounded score). Each is sent once the previous
     # one is published, so none is coalesced with the next.
@@ -146,7 +150,9 @@ async def test_history_pages_newest_first_by_cursor_each_change_once(ns: Namespa
     assert above_all["items"] == items[:2] and above_all["next_cursor"] == 6
 
 
-async def test_a_change_not_yet_recorded_leaves_no_hole_in_the_first_page(ns: Namespace, producer) -> None:
+async def test_a_change_not_yet_recorded_leaves_no_hole_in_the_first_page(
+    ns: Namespace, producer: AIOKafkaProducer
+) -> None:
     # The author's newest revision is stored with its outbox, not yet in the history (not
     # published, or not read back from trust.events yet): the first page starts one
     # revision lower, full.
@@ -165,12 +171,14 @@ async def test_a_change_not_yet_recorded_leaves_no_hole_in_the_first_page(ns: Na
         assert [d["revision"] for d in await store.history_page("gap", 3, 3)] == [2, 1]
 
 
-async def test_a_burst_of_500_works_is_one_recomputation_and_one_event(ns: Namespace, producer) -> None:
+async def test_a_burst_of_500_works_is_one_recomputation_and_one_event(
+    ns: Namespace, producer: AIOKafkaProducer
+) -> None:
     await burst_of_500_works_is_one_recomputation(ns, producer, trust(ns))
 
 
 async def test_a_burst_already_in_the_log_is_one_recomputation_however_long_reading_it_takes(
-    ns: Namespace, producer
+    ns: Namespace, producer: AIOKafkaProducer
 ) -> None:
     # The burst is in the log before the consumer reads any of it, as when the service is
     # catching up (a restart, a loaded machine): reading 500 events then takes as long as
@@ -185,7 +193,9 @@ async def test_a_burst_already_in_the_log_is_one_recomputation_however_long_read
     await burst_of_500_works_is_one_recomputation(ns, producer, trust(ns), registered_already=True)
 
 
-async def burst_of_500_works_is_one_recomputation(ns: Namespace, producer, service, registered_already=False) -> None:
+async def burst_of_500_works_is_one_recomputation(
+    ns: Namespace, producer: AIOKafkaProducer, service: TrustService, registered_already: bool = False
+) -> None:
     async with service.running():
         if not registered_already:
             await send(producer, ns, registered("burst"))
@@ -217,7 +227,7 @@ async def burst_of_500_works_is_one_recomputation(ns: Namespace, producer, servi
     assert events[2]["data"]["previous_score"] == burst_event["score"]
 
 
-async def test_duplicates_and_stale_revisions_never_move_the_score(ns: Namespace, producer) -> None:
+async def test_duplicates_and_stale_revisions_never_move_the_score(ns: Namespace, producer: AIOKafkaProducer) -> None:
     service = trust(ns)
     async with service.running():
         newest = work_added("a1", 3, extra_2024=2)
@@ -229,6 +239,7 @@ async def test_duplicates_and_stale_revisions_never_move_the_score(ns: Namespace
             lambda: settled(service, "a1"),
             until=lambda a: a is not None and a.score is not None and (a.score["inputs"] or {}).get("followers") == 900,
         )
+    assert author is not None
     assert author.signals["profile"]["revision"] == 3 and author.signals["followers"] == {"revision": 5, "count": 900}
     assert author.score is not None and author.score["inputs"] is not None
     assert author.score["inputs"]["works_count"] == 30 and author.score["inputs"]["followers"] == 900
@@ -237,7 +248,7 @@ async def test_duplicates_and_stale_revisions_never_move_the_score(ns: Namespace
 
 
 async def test_signals_before_the_profile_are_kept_and_the_author_is_scored_only_once_registered(
-    ns: Namespace, producer
+    ns: Namespace, producer: AIOKafkaProducer
 ) -> None:
     service = trust(ns)
     async with service.running(), http(service) as client:
@@ -259,7 +270,9 @@ async def test_signals_before_the_profile_are_kept_and_the_author_is_scored_only
     assert {c["name"]: c["signal"] for c in event["data"]["components"]}["followers"] == 25
 
 
-async def test_impossible_values_are_dead_lettered_or_dropped_never_scored(ns: Namespace, producer) -> None:
+async def test_impossible_values_are_dead_lettered_or_dropped_never_scored(
+    ns: Namespace, producer: AIOKafkaProducer
+) -> None:
     service = trust(ns)
     async with service.running():
         bad = json.loads(Envelope.wrap(registered("bad"), producer="test").to_bytes())
