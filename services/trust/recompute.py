@@ -1,11 +1,12 @@
 """Recomputing scores of due authors in bulk, and publishing changes through the outbox.
 
-One pass: lease the due authors (a guarded lease field: two passes never hold one
-author), compute each score from its stored signals, and store it, with the
+One pass: lease the due authors (an inserted lease document each: two passes never hold
+one author), compute each score from its stored signals, and store it, with the
 TrustScoreChanged pushed onto the author's outbox when score or band moved, in one
 single-document update whose filter holds the ``seq`` and score revision read (no signal
-and no other score arrived meanwhile). Then ``Outbox.deliver``: publish (the author's
-older pending events first), pull what was published, give the leases back.
+and no other score arrived meanwhile). Then, still under the leases, ``Outbox.deliver``:
+publish (the author's older pending events first) and pull what was published; then the
+leases go back, so two passes never publish the same event at once.
 
 A crash anywhere leaves the event in the author's outbox: the next pass over the author
 publishes it before anything newer, and the runtime's sweeper publishes what nobody
@@ -94,6 +95,7 @@ class Recomputer:
         self.formula = formula
         self.clock = clock
         self.lease_retry_s = lease_retry_s
+        self.started = clock()
         self.recomputations = 0  # scores stored by this process
         self.published = 0  # events this process published (its own, and pending ones it found)
         self._due: dict[str, datetime] = {}  # author -> when to recompute it (see ``schedule``)
@@ -126,7 +128,6 @@ class Recomputer:
         now = self.clock()
         token, authors = await self.store.claim(author_ids, now, self.lease_s)
         held = {a.author_id for a in authors}
-        to_release = set(held)
         stored = 0
         try:
             writes = [self._write(a) for a in authors if a.dirty or not only_dirty]
@@ -139,7 +140,6 @@ class Recomputer:
                 deliveries = {
                     a.author_id: [*a.pending, *([new[a.author_id]] if a.author_id in new else [])] for a in authors
                 }
-                to_release -= {w.author.author_id for w in writes if w.release}
             else:
                 # Some author's signals moved meanwhile: publish what the outboxes hold now.
                 deliveries = await self.store.pending(list(held))
@@ -147,7 +147,7 @@ class Recomputer:
                 self.store.authors, {a: events for a, events in deliveries.items() if events}
             )
         finally:
-            await self.store.release(token, list(to_release))
+            await self.store.release(token, list(held))
         return PassResult(stored, [a for a in author_ids if a not in held])
 
     def _write(self, author: Author) -> ScoreWrite:
@@ -155,9 +155,13 @@ class Recomputer:
         if score or band moved (the revision after the held one)."""
         inputs = signals.score_inputs(author.signals, self.formula)
         if inputs is None:  # not registered by profile: nothing to score, the dirty mark goes
-            return ScoreWrite(author, None, None, release=not author.pending)
+            return ScoreWrite(author, None, None)
         result = scoring.compute(inputs, self.formula)
-        snapshot = dataclasses.asdict(inputs)
+        snapshot = {f.name: getattr(inputs, f.name) for f in dataclasses.fields(inputs)}
+        components = [
+            {"name": c.name, "signal": c.signal, "weight": c.weight, "cap": c.cap, "points": c.points}
+            for c in result.components
+        ]
         held = author.score
         revision = held["revision"] if held else 0
         event = None
@@ -168,10 +172,7 @@ class Recomputer:
                 score=result.score,
                 band=result.band,
                 verification_level=result.verification_level,
-                components=[
-                    ScoreComponent(name=c.name, signal=c.signal, weight=c.weight, cap=c.cap, points=c.points)
-                    for c in result.components
-                ],
+                components=[ScoreComponent(**c) for c in components],
                 previous_score=held["score"] if held else None,
                 previous_band=held["band"] if held else None,
                 reason=describe_change(
@@ -187,12 +188,12 @@ class Recomputer:
             "score": result.score,
             "band": result.band,
             "verification_level": result.verification_level,
-            "components": [dataclasses.asdict(c) for c in result.components],
+            "components": components,
             "formula_version": result.formula_version,
             "revision": revision,
             "inputs": snapshot,
         }
-        return ScoreWrite(author, score, event, release=event is None and not author.pending)
+        return ScoreWrite(author, score, event)
 
     async def settle_rebuilt(self, batch: int = 500) -> None:
         """Rebuild only (a drain hook). The scores came from trust.events; rescore every
@@ -209,13 +210,13 @@ class Recomputer:
             finally:
                 await self.store.release(token, [a.author_id for a in authors])
 
-    async def sweep(self, overdue_s: float) -> None:
-        """Authors dirty and due for more than ``overdue_s`` that this process did not
-        schedule (marked before a restart, or by a replica that died): an index read of
-        the overdue ones only. (Events left in outboxes are the runtime sweeper's.)"""
+    async def sweep(self, due_before: datetime) -> None:
+        """Authors dirty and due before ``due_before`` that this process did not schedule
+        (marked before a restart, or by a replica that died): an index read of those only.
+        (Events left in outboxes are the runtime sweeper's.)"""
         now = self.clock()
         held_back = self.held_back()
-        for author_id in await self.store.due(now - timedelta(seconds=overdue_s), 100_000):
+        for author_id in await self.store.due(due_before, 100_000):
             if author_id not in held_back:
                 self._due.setdefault(author_id, now)
 
@@ -250,13 +251,19 @@ class Recomputer:
 
     async def loop(self, *, batch: int, poll_s: float, sweep_s: float) -> None:
         """The service's background task: recompute due authors until cancelled."""
-        next_sweep, overdue_s = 0.0, 0.0  # the first sweep (at start) takes every dirty author
+        # The first sweep (at start) takes every author due before this process began: the
+        # ones its own consumer marks from then on, it schedules itself (a sweep counting
+        # from its own moment could take one of them in the middle of its burst). Later
+        # sweeps take those overdue by a whole period.
+        due_before = self.started
+        next_sweep = 0.0
         loop = asyncio.get_running_loop()
         while True:
             try:
                 if loop.time() >= next_sweep:
-                    await self.sweep(overdue_s)
-                    next_sweep, overdue_s = loop.time() + sweep_s, sweep_s
+                    await self.sweep(due_before)
+                    next_sweep = loop.time() + sweep_s
+                    due_before = self.clock()
                 done = await self.run_due_once(batch)
             except Exception as exc:  # an outage, or a bug: scoring must not stop for good
                 if is_transient(exc):

@@ -158,7 +158,7 @@ async def test_two_replicas_racing_for_the_same_authors_score_and_publish_each_c
             )
             assert sum(done) == len(ids), f"round {revision}: {done} scores stored for {len(ids)} authors"
         assert await store.count_dirty() == 0
-        assert await store.authors.count_documents({"lease": {"$exists": True}}) == 0
+        assert await store.leases.count_documents({}) == 0
         events = await eventually(lambda: trust_events(ns), until=lambda e: len(e) >= 5 * len(ids))
     per_author = Counter(e["data"]["author_id"] for e in events)
     assert per_author == {a: 5 for a in ids}, "each author's change published once per round"
