@@ -21,6 +21,16 @@ signals as the generator made them.
 
     python bench/bench_trust.py                 # 200,000 events over 20,000 authors
     python bench/bench_trust.py --quick         # 20,000 events over 2,000 authors
+
+``--paced RATE`` measures latency instead: after the same warm-up, the service runs live
+while events arrive at RATE per second for ``--seconds``: new works of registered
+authors, and every tenth a probe, an author registered for the first time (so its first
+score is certain to be published). It prints the latency from each probe's record on
+profile.events to its TrustScoreChanged on trust.events (both record timestamps, one
+clock), which is what trust adds to "a work's arrival to its trust score on the page";
+the coalescing settings come from the environment (``RECOMPUTE_WINDOW_MS``,
+``RECOMPUTE_MAX_DELAY_MS``), so their cost can be compared: recomputations and events
+published per second of input.
 """
 
 from __future__ import annotations
@@ -30,6 +40,7 @@ import asyncio
 import dataclasses
 import json
 import os
+import random
 import sys
 import time
 import uuid
@@ -422,6 +433,73 @@ async def trust_ends(prefix: str) -> dict[int, int]:
         await consumer.stop()
 
 
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+async def run_paced(settings: TrustSettings, prefix: str, authors: int, rate: float, seconds: float) -> None:
+    """The live service under a steady pace of events (see the module doc)."""
+    rng = random.Random(3)
+    revisions = dict.fromkeys((f"bench-{i:06d}" for i in range(authors)), 1)
+    total = int(rate * seconds)
+    producer = AIOKafkaProducer(bootstrap_servers=KAFKA, enable_idempotence=True, linger_ms=0)
+    service = build_service(settings)
+    probes: list[str] = []
+    async with service.running():
+        await producer.start()
+        try:
+            await asyncio.sleep(5)  # the consumer groups joined
+            before = (service.recomputer.recomputations, service.recomputer.published)
+            loop = asyncio.get_running_loop()
+            started = loop.time()
+            for n in range(total):
+                if n % 10 == 0:
+                    a = f"probe-{n:07d}"
+                    probes.append(a)
+                    envelope = Envelope.wrap(AuthorRegistered(author_id=a, author=state(a, 1, 0)), producer="bench")
+                else:
+                    a = rng.choice(list(revisions)[: min(authors, 500)])
+                    revisions[a] += 1
+                    r = revisions[a]
+                    work = WorkSummary(work_id=f"{a}-p{r}", type="preprint", year=2024, title="t")
+                    envelope = Envelope.wrap(
+                        WorkAdded(author_id=a, author=state(a, r, r - 1), work=work), producer="bench"
+                    )
+                await producer.send(prefix + Topic.PROFILE_EVENTS, envelope.to_bytes(), key=a.encode())
+                delay = started + (n + 1) / rate - loop.time()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            await producer.flush()
+            sent_s = loop.time() - started
+            await asyncio.sleep(3)
+            recomputations = service.recomputer.recomputations - before[0]
+            published_n = service.recomputer.published - before[1]
+        finally:
+            await producer.stop()
+    inputs = {
+        json.loads(r.value)["data"]["author_id"]: r.timestamp
+        for r in await read_topic(KAFKA, prefix + Topic.PROFILE_EVENTS)
+        if r.key and r.key.startswith(b"probe-")
+    }
+    outputs: dict[str, int] = {}
+    for r in await read_topic(KAFKA, prefix + Topic.TRUST_EVENTS):
+        a = json.loads(r.value)["data"]["author_id"]
+        if a.startswith("probe-"):
+            outputs.setdefault(a, r.timestamp)
+    latencies = [float(outputs[a] - inputs[a]) for a in probes if a in outputs and a in inputs]
+    print(
+        f"paced {rate:.0f} events/s for {sent_s:.1f}s (window {settings.recompute_window_ms} ms, "
+        f"cap {settings.recompute_max_delay_ms} ms): {len(latencies)}/{len(probes)} probes scored; "
+        f"latency ms p50 {pct(latencies, 0.5):.0f}, p95 {pct(latencies, 0.95):.0f}, "
+        f"p99 {pct(latencies, 0.99):.0f}, max {max(latencies):.0f}"
+    )
+    print(
+        f"  {recomputations / sent_s:.0f} recomputations/s and {published_n / sent_s:.0f} TrustScoreChanged/s "
+        f"for {rate:.0f} input events/s"
+    )
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--authors", type=int, default=20_000)
@@ -432,6 +510,8 @@ async def main() -> None:
         action="store_true",
         help="the baseline writes collections with no secondary index (the service needs its own)",
     )
+    parser.add_argument("--paced", type=float, metavar="RATE", help="measure latency at RATE events/s instead")
+    parser.add_argument("--seconds", type=float, default=30.0, help="how long --paced sends (default 30)")
     args = parser.parse_args()
     authors, events = (2_000, 20_000) if args.quick else (args.authors, args.events)
     run_id = uuid.uuid4().hex[:8]
@@ -469,6 +549,9 @@ async def main() -> None:
         starts = await end_offsets(prefix)
         trust_starts = await trust_ends(prefix)
         print(f"warm-up: {authors} authors registered and scored")
+        if args.paced:
+            await run_paced(settings, prefix, authors, args.paced, args.seconds)
+            return
         t = time.perf_counter()
         await produce(prefix, timed)
         ends = await end_offsets(prefix)
