@@ -35,6 +35,7 @@ def build_service(settings: TrustSettings | None = None) -> TrustService:
         store,
         window_ms=settings.recompute_window_ms,
         max_delay_ms=settings.recompute_max_delay_ms,
+        burst_span_ms=settings.recompute_burst_span_ms,
         on_due=recomputer.schedule,
     )
     recomputer.held_back = handler.held_back

@@ -14,10 +14,13 @@ author's partitions (its key's partition number in each input topic) still has r
 in the log behind the batch (a backlog: the consumer is catching up), more of the burst
 may be in them, so the author is held back until a later batch finds all of them read
 to their end (then due ``window`` later), or until their records show that
-``max_delay`` has passed in the events' own time since the author's first unscored event
-(a trickle, read late). Measured in the consumer's time instead, a burst of 500 events
-read slowly (a loaded machine, a consumer catching up) was split into two
-recomputations whenever reading it took longer than the window or the cap.
+``burst_span`` has passed in the events' own time since the author's first unscored
+event (a trickle, read late). Measured in the consumer's time instead, a burst of 500
+events read slowly (a loaded machine, a consumer catching up) was split into two
+recomputations whenever reading it took longer than the window or the cap. And
+``burst_span`` is not ``max_delay``: the cap bounds the latency of a live trickle, a
+backlog is not read live, and a burst whose events were written over more than the cap
+(an importer slowed down) is still one burst.
 (All input topics have the same partition count and key, so an author's events are in
 the same partition number of each.)
 """
@@ -46,6 +49,7 @@ class SignalHandler:
         *,
         window_ms: int,
         max_delay_ms: int,
+        burst_span_ms: int,
         on_due: Callable[[dict[str, datetime]], None] = lambda due: None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -53,6 +57,7 @@ class SignalHandler:
         self.on_due = on_due
         self.window = timedelta(milliseconds=window_ms)
         self.max_delay = timedelta(milliseconds=max_delay_ms)
+        self.burst_span = timedelta(milliseconds=burst_span_ms)
         self.clock = clock
         # Authors held back until the consumer reads their partitions to the end:
         # partition number -> author -> event time of the author's first unscored event.
@@ -140,7 +145,7 @@ class SignalHandler:
                 release = (
                     {}
                     if read_up_to is None
-                    else {a: now for a, burst_from in authors.items() if read_up_to - burst_from >= self.max_delay}
+                    else {a: now for a, burst_from in authors.items() if read_up_to - burst_from >= self.burst_span}
                 )
             for author_id in release:
                 del authors[author_id]
@@ -171,10 +176,10 @@ class SignalHandler:
         burst_from = (held and held.burst_from) or min(i.envelope.occurred_at for i in items)
         partition = items[-1].partition
         behind = any(p == partition for _, p in items[-1].backlog)
-        if behind and max(i.envelope.occurred_at for i in items) - burst_from < self.max_delay:
+        if behind and max(i.envelope.occurred_at for i in items) - burst_from < self.burst_span:
             wait_for = (partition, burst_from)
             # Stored for a process that did not consume it (this one died): the sweep.
-            due_at = now + self.max_delay
+            due_at = now + self.burst_span
         else:
             due_at = min(now + self.window, dirty_since + self.max_delay)
         # Every change marks the author dirty, registered or not: a pass scores it, or

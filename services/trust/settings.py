@@ -21,9 +21,13 @@ class TrustSettings(RuntimeSettings):
     recompute_window_ms: int = Field(default=50, ge=0)
     # ...but never later than this after its first unscored change: the latency bound of
     # an author under a steady trickle (gaps below the window), which is then recomputed
-    # (and may publish a change) once per this period. Also, in the events' own time, how
-    # long a burst read from a backlog may span and still be one recomputation.
+    # (and may publish a change) once per this period.
     recompute_max_delay_ms: int = Field(default=200, ge=0)
+    # A burst read from a backlog (the consumer catching up): how long, in the events' own
+    # time, it may span and still be one recomputation. Longer: an author whose events in
+    # a backlog were written over a long time waits for more of them (it is scored when
+    # its partitions are read to their end in any case). Not a latency of live input.
+    recompute_burst_span_ms: int = Field(default=2000, ge=0)
     # The recompute loop wakes when the first scheduled author is due; it sleeps at most
     # this long (checking for the sweep) when nothing is scheduled.
     recompute_poll_ms: int = Field(default=500, ge=10)
