@@ -223,37 +223,70 @@ async def wait_scored(service, authors: int) -> None:
         await asyncio.sleep(0.5)
 
 
+class Progress:
+    """Lag of consumer groups, from one admin client and one consumer kept open (so that
+    watching the service is cheap and its end is seen within a poll)."""
+
+    def __init__(self) -> None:
+        self.admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)
+        self.consumer = AIOKafkaConsumer(bootstrap_servers=KAFKA)
+
+    async def __aenter__(self) -> Progress:
+        await self.admin.start()
+        await self.consumer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.consumer.stop()
+        await self.admin.close()
+
+    async def lag(self, group: str, ends: dict[TopicPartition, int]) -> int:
+        committed = await self.admin.list_consumer_group_offsets(group)
+        return sum(end - max(committed[tp].offset, 0) if tp in committed else end for tp, end in ends.items())
+
+    async def ends(self, topic: str) -> dict[TopicPartition, int]:
+        tps = [TopicPartition(topic, p) for p in range(TOPICS[Topic.TRUST_EVENTS].partitions)]
+        ends: dict[TopicPartition, int] = await self.consumer.end_offsets(tps)
+        return ends
+
+
 async def run_ours(settings: TrustSettings, ends: dict[TopicPartition, int]) -> tuple[float, float, int, int]:
     """Seconds from the service's start until it is done, seconds until its consumer first
     committed (joining the consumer group takes a while: the baseline, assigned its
     partitions by hand, does not), recomputations, events published."""
     service = build_service(settings)
-    before = await group_lag(settings.consumer_group, ends)
-    started = time.perf_counter()
-    joined = None
-    async with service.running():
-        store = service.trust_store
-        shown = started
-        while True:
-            if os.environ.get("BENCH_DEBUG") and time.perf_counter() - shown > 5:
-                shown = time.perf_counter()
-                print(
-                    f"{shown - started:.0f}s lag {await group_lag(settings.consumer_group, ends)} recomputations "
-                    f"{service.recomputer.recomputations} published {service.recomputer.published}",
-                    flush=True,
-                )
-            # The store is asked only once the process looks done (lag, then its own queue,
-            # then the history consumer), so the checks do not slow what is measured. The
-            # time taken is when it looked done, if the store then confirms it (the
-            # confirmation reads are the bench's, not the service's).
-            lag = await group_lag(settings.consumer_group, ends)
-            if joined is None and lag < before:
-                joined = time.perf_counter()
-            if lag == 0 and service.recomputer.idle() and await history_lag(service) == 0:
-                done = time.perf_counter()
-                if await store.count_dirty() == 0 and not await store.with_pending_events():
-                    break
-            await asyncio.sleep(0.25)
+    history = f"{settings.consumer_group}.history"
+    trust_topic = settings.physical_topic(Topic.TRUST_EVENTS)
+    async with Progress() as progress:
+        before = await progress.lag(settings.consumer_group, ends)
+        started = time.perf_counter()
+        joined = None
+        async with service.running():
+            store = service.trust_store
+            shown = started
+            while True:
+                lag = await progress.lag(settings.consumer_group, ends)
+                now = time.perf_counter()
+                if joined is None and lag < before:
+                    joined = now
+                if os.environ.get("BENCH_DEBUG") and now - shown > 2:
+                    shown = now
+                    print(
+                        f"{now - started:.1f}s lag {lag} recomputations {service.recomputer.recomputations} "
+                        f"published {service.recomputer.published}",
+                        flush=True,
+                    )
+                # Done: every input committed, nothing scheduled, every published change read
+                # back into the history; then the store confirms (reads of the bench's).
+                if (
+                    lag == 0
+                    and service.recomputer.idle()
+                    and await progress.lag(history, await progress.ends(trust_topic)) == 0
+                ):
+                    done = time.perf_counter()
+                    if await store.count_dirty() == 0 and not await store.with_pending_events():
+                        break
+                await asyncio.sleep(0.05)
         return (
             done - started,
             (joined or done) - started,

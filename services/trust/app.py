@@ -46,7 +46,10 @@ def build_service(settings: TrustSettings | None = None) -> TrustService:
     # Live, scores are decided here and published; a rebuild reads them back from trust.events.
     service.background(
         lambda: recomputer.loop(
-            batch=settings.recompute_batch, poll_s=settings.recompute_poll_ms / 1000, sweep_s=settings.recompute_sweep_s
+            batch=settings.recompute_batch,
+            passes=settings.recompute_passes,
+            poll_s=settings.recompute_poll_ms / 1000,
+            sweep_s=settings.recompute_sweep_s,
         ),
         runs="live",
     )

@@ -220,24 +220,32 @@ class Recomputer:
             if author_id not in held_back:
                 self._due.setdefault(author_id, now)
 
-    async def run_due_once(self, batch: int) -> int:
+    async def run_due_once(self, batch: int, passes: int = 1) -> int:
+        """Up to ``passes`` passes of up to ``batch`` due authors each, at once (while one
+        waits for the store or the broker, another works); returns how many were taken."""
         now = self.clock()
-        due = sorted((at, a) for a, at in self._due.items() if at <= now)[:batch]
-        ids = [a for _, a in due]
-        for a in ids:
+        due = sorted((at, a) for a, at in self._due.items() if at <= now)[: batch * passes]
+        for _, a in due:
             del self._due[a]
-        try:
-            result = await self._pass(ids, only_dirty=True)
-        except BaseException:
-            for at, a in due:
-                self._due.setdefault(a, at)
-            raise
+        chunks = [due[start : start + batch] for start in range(0, len(due), batch)]
+        results = await asyncio.gather(
+            *(self._pass([a for _, a in chunk], only_dirty=True) for chunk in chunks), return_exceptions=True
+        )
         # Held by another pass (a replica, the rescore command) that may have read older
-        # signals: looked at again shortly.
+        # signals: looked at again shortly. A pass that failed: its authors again as due.
         retry = self.clock() + timedelta(seconds=self.lease_retry_s)
-        for a in result.skipped:
-            self._due.setdefault(a, retry)
-        return len(ids)
+        failure: BaseException | None = None
+        for chunk, result in zip(chunks, results, strict=True):
+            if isinstance(result, BaseException):
+                failure = failure or result
+                for at, a in chunk:
+                    self._due.setdefault(a, at)
+            else:
+                for a in result.skipped:
+                    self._due.setdefault(a, retry)
+        if failure is not None:
+            raise failure
+        return len(due)
 
     async def _sleep(self, longest_s: float) -> None:
         """Until the first scheduled author is due, something new is scheduled, or
@@ -249,7 +257,7 @@ class Recomputer:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), wait)
 
-    async def loop(self, *, batch: int, poll_s: float, sweep_s: float) -> None:
+    async def loop(self, *, batch: int, passes: int, poll_s: float, sweep_s: float) -> None:
         """The service's background task: recompute due authors until cancelled."""
         # The first sweep (at start) takes every author due before this process began: the
         # ones its own consumer marks from then on, it schedules itself (a sweep counting
@@ -264,7 +272,7 @@ class Recomputer:
                     await self.sweep(due_before)
                     next_sweep = loop.time() + sweep_s
                     due_before = self.clock()
-                done = await self.run_due_once(batch)
+                done = await self.run_due_once(batch, passes)
             except Exception as exc:  # an outage, or a bug: scoring must not stop for good
                 if is_transient(exc):
                     log.warning("recompute_transient_failure", error=repr(exc))
@@ -272,5 +280,5 @@ class Recomputer:
                     log.exception("recompute_failed", error=repr(exc))
                 await asyncio.sleep(poll_s)
                 continue
-            if done < batch:
+            if done < batch * passes:
                 await self._sleep(poll_s)

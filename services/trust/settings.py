@@ -31,7 +31,10 @@ class TrustSettings(RuntimeSettings):
     # The recompute loop wakes when the first scheduled author is due; it sleeps at most
     # this long (checking for the sweep) when nothing is scheduled.
     recompute_poll_ms: int = Field(default=500, ge=10)
-    recompute_batch: int = Field(default=1000, ge=1)
+    # Authors per pass, and passes at once: while one waits for the store or the broker,
+    # another works (each leases its own authors).
+    recompute_batch: int = Field(default=250, ge=1)
+    recompute_passes: int = Field(default=4, ge=1)
     # The consumer hands the authors it marks dirty to the recompute loop of its own
     # process; this often the loop also reads the store (index on dirty, due_at) for
     # authors dirty and overdue that no live process scheduled (a restart, a dead replica).
