@@ -61,7 +61,7 @@ from contracts.events.profile import AuthorRegistered, AuthorState, TopicCount, 
 from contracts.topics import TOPICS, Topic
 from service_runtime.kafka import delete_topics, ensure_topics
 from service_runtime.topic_reader import read_topic
-from services.trust import scoring
+from services.trust import scoring, signals
 from services.trust.app import build_service
 from services.trust.settings import TrustSettings
 from services.trust.store import AUTHORS, HISTORY, TrustStore
@@ -508,8 +508,23 @@ async def run_paced(settings: TrustSettings, prefix: str, authors: int, rate: fl
             await asyncio.sleep(3)
             recomputations = service.recomputer.recomputations - before[0]
             published_n = service.recomputer.published - before[1]
+            settled = await service.trust_store.authors_by_id([*revisions, *probes])
         finally:
             await producer.stop()
+    # Every author ends scored from its final signals, its changes revisions 1..n, each once.
+    wrong = []
+    for author in settled:
+        inputs = signals.score_inputs(author.signals, scoring.CURRENT)
+        if author.dirty or author.score is None or inputs is None:
+            wrong.append(f"{author.author_id}: not scored")
+        elif author.score["score"] != scoring.compute(inputs).score:
+            wrong.append(f"{author.author_id}: score {author.score['score']} from older signals")
+    revisions_seen: dict[str, list[int]] = defaultdict(list)
+    for r in await read_topic(KAFKA, prefix + Topic.TRUST_EVENTS):
+        data = json.loads(r.value)["data"]
+        revisions_seen[data["author_id"]].append(data["revision"])
+    wrong += [f"{a}: revisions {r}" for a, r in revisions_seen.items() if sorted(r) != list(range(1, len(r) + 1))]
+    print(f"  consistency: {'OK' if not wrong else wrong[:5]}")
     inputs = {
         json.loads(r.value)["data"]["author_id"]: r.timestamp
         for r in await read_topic(KAFKA, prefix + Topic.PROFILE_EVENTS)

@@ -95,6 +95,7 @@ class Recomputer:
         self.formula = formula
         self.clock = clock
         self.lease_retry_s = lease_retry_s
+        self.failure_pause_s = 0.5  # a failed pass's authors are due again this much later
         self.started = clock()
         self.recomputations = 0  # scores stored by this process
         self.published = 0  # events this process published (its own, and pending ones it found)
@@ -220,45 +221,57 @@ class Recomputer:
             if author_id not in held_back:
                 self._due.setdefault(author_id, now)
 
-    async def run_due_once(self, batch: int, passes: int = 1) -> int:
-        """Up to ``passes`` passes of up to ``batch`` due authors each, at once (while one
-        waits for the store or the broker, another works); returns how many were taken."""
+    def _take_due(self, batch: int) -> list[tuple[datetime, str]]:
+        """Up to ``batch`` scheduled authors due now, the most overdue first (no longer scheduled)."""
         now = self.clock()
-        due = sorted((at, a) for a, at in self._due.items() if at <= now)[: batch * passes]
+        due = sorted((at, a) for a, at in self._due.items() if at <= now)[:batch]
         for _, a in due:
             del self._due[a]
-        chunks = [due[start : start + batch] for start in range(0, len(due), batch)]
-        results = await asyncio.gather(
-            *(self._pass([a for _, a in chunk], only_dirty=True) for chunk in chunks), return_exceptions=True
-        )
-        # Held by another pass (a replica, the rescore command) that may have read older
-        # signals: looked at again shortly. A pass that failed: its authors again as due.
-        retry = self.clock() + timedelta(seconds=self.lease_retry_s)
-        failure: BaseException | None = None
-        for chunk, result in zip(chunks, results, strict=True):
-            if isinstance(result, BaseException):
-                failure = failure or result
-                for at, a in chunk:
-                    self._due.setdefault(a, at)
+        return due
+
+    async def _run(self, due: list[tuple[datetime, str]]) -> None:
+        """One pass over these due authors. Those another pass held (a replica, the rescore
+        command) that may have read older signals are looked at again shortly; if the pass
+        fails, all of them are due again a little later."""
+        try:
+            result = await self._pass([a for _, a in due], only_dirty=True)
+        except Exception as exc:  # an outage, or a bug: scoring must not stop for good
+            later = self.clock() + timedelta(seconds=self.failure_pause_s)
+            for _, a in due:
+                self._due.setdefault(a, later)
+            if is_transient(exc):
+                log.warning("recompute_transient_failure", error=repr(exc))
             else:
-                for a in result.skipped:
-                    self._due.setdefault(a, retry)
-        if failure is not None:
-            raise failure
+                log.exception("recompute_failed", error=repr(exc))
+        else:
+            retry = self.clock() + timedelta(seconds=self.lease_retry_s)
+            for a in result.skipped:
+                self._due.setdefault(a, retry)
+        finally:
+            self._wakeup.set()
+
+    async def run_due_once(self, batch: int) -> int:
+        """One pass over up to ``batch`` due authors; returns how many were taken."""
+        due = self._take_due(batch)
+        if due:
+            await self._run(due)
         return len(due)
 
-    async def _sleep(self, longest_s: float) -> None:
-        """Until the first scheduled author is due, something new is scheduled, or
-        ``longest_s`` passed."""
+    async def _sleep(self, longest_s: float, *, slot_free: bool) -> None:
+        """Until something is scheduled, a pass ends, the first scheduled author is due (if
+        a pass could start), or ``longest_s`` passed."""
         self._wakeup.clear()
-        first = min(self._due.values(), default=None)
+        first = min(self._due.values(), default=None) if slot_free else None
         wait = longest_s if first is None else min(longest_s, (first - self.clock()).total_seconds())
         if wait > 0:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), wait)
 
     async def loop(self, *, batch: int, passes: int, poll_s: float, sweep_s: float) -> None:
-        """The service's background task: recompute due authors until cancelled."""
+        """The service's background task: recompute due authors until cancelled, in up to
+        ``passes`` passes of up to ``batch`` authors at once, each started as soon as
+        authors are due and a pass is free (while one waits for the store or the broker,
+        another works; each leases its own authors)."""
         # The first sweep (at start) takes every author due before this process began: the
         # ones its own consumer marks from then on, it schedules itself (a sweep counting
         # from its own moment could take one of them in the middle of its burst). Later
@@ -266,19 +279,23 @@ class Recomputer:
         due_before = self.started
         next_sweep = 0.0
         loop = asyncio.get_running_loop()
-        while True:
-            try:
+        running: set[asyncio.Task[None]] = set()
+        try:
+            while True:
                 if loop.time() >= next_sweep:
-                    await self.sweep(due_before)
-                    next_sweep = loop.time() + sweep_s
-                    due_before = self.clock()
-                done = await self.run_due_once(batch, passes)
-            except Exception as exc:  # an outage, or a bug: scoring must not stop for good
-                if is_transient(exc):
-                    log.warning("recompute_transient_failure", error=repr(exc))
-                else:
-                    log.exception("recompute_failed", error=repr(exc))
-                await asyncio.sleep(poll_s)
-                continue
-            if done < batch * passes:
-                await self._sleep(poll_s)
+                    try:
+                        await self.sweep(due_before)
+                        next_sweep = loop.time() + sweep_s
+                        due_before = self.clock()
+                    except Exception as exc:
+                        log.warning("recompute_sweep_failed", error=repr(exc))
+                        next_sweep = loop.time() + poll_s
+                while len(running) < passes and (due := self._take_due(batch)):
+                    task = asyncio.create_task(self._run(due))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                await self._sleep(poll_s, slot_free=len(running) < passes)
+        finally:
+            for task in running:
+                task.cancel()
+            await asyncio.gather(*running, return_exceptions=True)
