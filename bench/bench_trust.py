@@ -509,6 +509,7 @@ async def run_paced(settings: TrustSettings, prefix: str, authors: int, rate: fl
             recomputations = service.recomputer.recomputations - before[0]
             published_n = service.recomputer.published - before[1]
             settled = await service.trust_store.authors_by_id([*revisions, *probes])
+            left = await service.trust_store.with_pending_events()
         finally:
             await producer.stop()
     # Every author ends scored from its final signals, its changes revisions 1..n, each once.
@@ -524,7 +525,14 @@ async def run_paced(settings: TrustSettings, prefix: str, authors: int, rate: fl
         data = json.loads(r.value)["data"]
         revisions_seen[data["author_id"]].append(data["revision"])
     wrong += [f"{a}: revisions {r}" for a, r in revisions_seen.items() if sorted(r) != list(range(1, len(r) + 1))]
-    print(f"  consistency: {'OK' if not wrong else wrong[:5]}")
+    wrong += [f"{a}: events left in its outbox" for a in left]
+    wrong += [
+        f"{a.author_id}: revision {a.score['revision']} stored, {len(revisions_seen[a.author_id])} published"
+        for a in settled
+        if a.score is not None and a.score["revision"] != len(revisions_seen[a.author_id])
+    ]
+    changes = sum(map(len, revisions_seen.values()))
+    print(f"  consistency: {'OK' if not wrong else wrong[:5]}; {changes} changes on trust.events")
     inputs = {
         json.loads(r.value)["data"]["author_id"]: r.timestamp
         for r in await read_topic(KAFKA, prefix + Topic.PROFILE_EVENTS)

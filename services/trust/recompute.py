@@ -144,9 +144,11 @@ class Recomputer:
             else:
                 # Some author's signals moved meanwhile: publish what the outboxes hold now.
                 deliveries = await self.store.pending(list(held))
-            self.published += await self.outbox.deliver(
+            # Counted after the await: passes run at once, and ``x += await f()`` reads x first.
+            published = await self.outbox.deliver(
                 self.store.authors, {a: events for a, events in deliveries.items() if events}
             )
+            self.published += published
         finally:
             await self.store.release(token, list(held))
         return PassResult(stored, [a for a in author_ids if a not in held])

@@ -51,7 +51,8 @@ async def rescore_all(
     """Rescore authors behind ``recomputer.formula``; ``max_authors`` stops early (a partial run)."""
     version = recomputer.formula.version
     published_before = recomputer.published
-    recomputer.published += await recomputer.outbox.sweep(store.authors, older_than=timedelta(0))
+    swept = await recomputer.outbox.sweep(store.authors, older_than=timedelta(0))
+    recomputer.published += swept
     progress = Progress(total=await store.count_behind(version))
     while max_authors is None or progress.rescored < max_authors:
         size = chunk if max_authors is None else min(chunk, max_authors - progress.rescored)
