@@ -104,9 +104,16 @@ class SignalHandler:
         held = await self.store.load(list(observations))
         now = self.clock()
         writes, due, hold = [], {}, {}
+        holding = {a for authors in self._held_back.values() for a in authors}
         for author_id, author_obs in observations.items():
-            write, wait_for = self._update(author_id, held.get(author_id), author_obs, events[author_id], now)
+            before = held.get(author_id)
+            write, wait_for = self._update(author_id, before, author_obs, events[author_id], now)
             if write is None:
+                # Nothing newer: a redelivery. If what it wrote is still unscored and this
+                # process does not hold the author back, it is scheduled again (the first
+                # delivery may have stored it and died, or been cut off, before scheduling).
+                if before is not None and before.due_at is not None and author_id not in holding:
+                    due[author_id] = before.due_at
                 continue
             writes.append(write)
             if wait_for is not None:

@@ -106,6 +106,7 @@ class Held:
     signals: Signals
     dirty_since: datetime | None
     burst_from: datetime | None
+    due_at: datetime | None  # set while dirty
 
 
 @dataclass(frozen=True, slots=True)
@@ -198,9 +199,12 @@ class TrustStore(StoreAdapter):
     async def load(self, author_ids: Sequence[str]) -> dict[str, Held]:
         """Each author's signals and coalescing marks."""
         docs = await self.authors.find(
-            {"_id": {"$in": list(author_ids)}}, {"signals": 1, "dirty_since": 1, "burst_from": 1}
+            {"_id": {"$in": list(author_ids)}}, {"signals": 1, "dirty_since": 1, "burst_from": 1, "due_at": 1}
         ).to_list(None)
-        return {d["_id"]: Held(d.get("signals") or {}, d.get("dirty_since"), d.get("burst_from")) for d in docs}
+        return {
+            d["_id"]: Held(d.get("signals") or {}, d.get("dirty_since"), d.get("burst_from"), d.get("due_at"))
+            for d in docs
+        }
 
     async def save_signals(self, writes: Sequence[SignalWrite]) -> None:
         """One guarded update per author the store holds: each changed source's state

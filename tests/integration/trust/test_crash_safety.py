@@ -17,10 +17,13 @@ import pytest
 from aiokafka import AIOKafkaProducer
 from pymongo import AsyncMongoClient
 
+from contracts.envelope import Envelope
+from service_runtime.delivery import Incoming
 from service_runtime.outbox import Outbox
 from service_runtime.publishing import EventPublisher, Outgoing
 from service_runtime.topic_reader import read_topic
 from services.trust.app import TrustService, build_service
+from services.trust.handlers import SignalHandler
 from services.trust.recompute import Recomputer
 from services.trust.settings import TrustSettings
 from services.trust.store import Author, SignalWrite, TrustStore
@@ -140,3 +143,30 @@ async def test_signal_writes_racing_from_two_replicas_keep_the_newest_state_of_e
             ("profile", "claim", "followers"), 12
         )
         assert author.signals["followers"]["count"] == 12
+
+
+async def test_a_batch_delivered_again_after_its_signals_were_stored_schedules_them(ns: Namespace) -> None:
+    """The first delivery stored the author's signals and was cut off before scheduling
+    it (the process died, or the batch failed after the write): the redelivery finds
+    nothing newer to write, and schedules the author anyway, since it is still unscored."""
+    name = f"t{ns.id}_trust_redelivery"
+    ns.databases.append(name)
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(ns.infra["mongodb"])
+    scheduled: dict[str, datetime] = {}
+
+    def cut_off(due: dict[str, datetime]) -> None:
+        raise RuntimeError("process died before scheduling")
+
+    try:
+        store = TrustStore(client[name])
+        payload = registered("redelivered")
+        batch = [Incoming(Envelope.wrap(payload, producer="test"), payload, "profile.events", 0, 7)]
+        with pytest.raises(RuntimeError):
+            await SignalHandler(store, window_ms=50, max_delay_ms=200, burst_span_ms=2000, on_due=cut_off)(batch)
+        handler = SignalHandler(store, window_ms=50, max_delay_ms=200, burst_span_ms=2000, on_due=scheduled.update)
+        await handler(batch)
+        author = await store.author("redelivered")
+    finally:
+        await client.close()
+    assert author is not None and author.dirty and author.signals["profile"]["revision"] == 1
+    assert list(scheduled) == ["redelivered"]
