@@ -101,6 +101,7 @@ class Recomputer:
         self.published = 0  # events this process published (its own, and pending ones it found)
         self._due: dict[str, datetime] = {}  # author -> when to recompute it (see ``schedule``)
         self._wakeup = asyncio.Event()
+        self._running = 0  # passes of the loop under way
         # Authors this process's consumer holds back on purpose (see handlers): not orphans.
         self.held_back: Callable[[], set[str]] = set
 
@@ -114,8 +115,9 @@ class Recomputer:
             self._wakeup.set()
 
     def idle(self) -> bool:
-        """Nothing scheduled in this process (and nothing its consumer holds back)."""
-        return not self._due and not self.held_back()
+        """Nothing scheduled or being scored in this process (and nothing its consumer
+        holds back)."""
+        return not self._due and not self._running and not self.held_back()
 
     async def recompute(self, author_ids: Sequence[str], *, only_dirty: bool = False) -> int:
         """Score these authors (those another pass holds are skipped; with ``only_dirty``,
@@ -235,6 +237,7 @@ class Recomputer:
         """One pass over these due authors. Those another pass held (a replica, the rescore
         command) that may have read older signals are looked at again shortly; if the pass
         fails, all of them are due again a little later."""
+        self._running += 1
         try:
             result = await self._pass([a for _, a in due], only_dirty=True)
         except Exception as exc:  # an outage, or a bug: scoring must not stop for good
@@ -250,6 +253,7 @@ class Recomputer:
             for a in result.skipped:
                 self._due.setdefault(a, retry)
         finally:
+            self._running -= 1
             self._wakeup.set()
 
     async def run_due_once(self, batch: int) -> int:
