@@ -366,6 +366,7 @@ async def run_baseline(
     changed: set[str],
     warmup: list[Envelope],
     indexes: bool = True,
+    batch: int = 500,
 ) -> float:
     """A bare consumer doing the service's store writes (see the module doc), from the
     state the warm-up left (every author registered and scored; not timed)."""
@@ -399,7 +400,7 @@ async def run_baseline(
         remaining = {tp for tp in ends if ends[tp] > starts[tp]}
         touched: set[str] = set()
         while remaining:
-            fetched = await consumer.getmany(*remaining, timeout_ms=500, max_records=500)
+            fetched = await consumer.getmany(*remaining, timeout_ms=500, max_records=batch)
             by_author: dict[str, list[dict]] = defaultdict(list)
             for tp, records in fetched.items():
                 for r in records:
@@ -624,7 +625,14 @@ async def main() -> None:
         events = await published_since(prefix, trust_starts)
         published = Counter(e["data"]["author_id"] for e in events)
         base_s = await run_baseline(
-            prefix, baseline_db, starts, ends, expected, warmup, indexes=not args.bare_without_indexes
+            prefix,
+            baseline_db,
+            starts,
+            ends,
+            expected,
+            warmup,
+            indexes=not args.bare_without_indexes,
+            batch=settings.consumer_max_records,  # the same batches as the service
         )
         base_rate = len(timed) / base_s
         print(f"bare baseline : {len(timed)} events in {base_s:.1f}s = {base_rate:,.0f} events/s")

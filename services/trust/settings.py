@@ -10,6 +10,11 @@ from service_runtime.settings import RuntimeSettings
 class TrustSettings(RuntimeSettings):
     service_name: str = "trust"
     http_port: int = 8003
+    # Bigger batches than the runtime's default while catching up: one read, one bulk write
+    # and one commit per batch, and an author's events of one batch are one write
+    # (measured: 20,000 events in 3.4 s against 4.0 s at 500). Live, batches are whatever
+    # has arrived, so this costs no latency.
+    consumer_max_records: int = Field(default=2000, ge=1)
     # Coalescing (see README: Recomputation, coalesced). An author is recomputed this long
     # after its last signal change read live, so events arriving closer together than this
     # make one recomputation. It is the latency trust adds to every score change; smaller,
