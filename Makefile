@@ -6,12 +6,14 @@ PY := $(VENV)/bin/python
 export KAFKA_BOOTSTRAP_SERVERS ?= 127.0.0.1:9092
 export MONGODB_URI ?= mongodb://127.0.0.1:27017
 
-.PHONY: help venv infra-up infra-down infra-status topics test test-unit test-integration test-faults up down status demo schemas bench clean
+.PHONY: lint help venv web-assets browser-deps infra-up infra-down infra-status topics test test-unit test-integration test-browser test-faults up down status demo schemas bench clean
 
 help:
-	@echo "make up          install what is missing, start Kafka, FerretDB and the four services, load the seed"
+	@echo "make up          install what is missing, start Kafka, FerretDB, the services and the web app, load the seed"
 	@echo "make down        stop everything make up started"
-	@echo "make test        install, start Kafka + FerretDB, run unit and integration tests"
+	@echo "make test        install, start Kafka + FerretDB, run unit, integration, end-to-end and browser tests"
+	@echo "make test-browser the web app in Debian's chromium (Playwright) over the whole system"
+	@echo "make lint        ruff (lint and format) and mypy, zero findings expected"
 	@echo "make test-faults whole-system fault tests (SIGKILL, broker/store outages, poison), slow"
 	@echo "make demo        play the seed story on a running system"
 	@echo "make infra-up    start only Kafka and FerretDB (infra-down, infra-status)"
@@ -27,6 +29,23 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
+# The web app's front-end libraries, pinned in package-lock.json, from the npm registry.
+WEB_ASSETS := services/web/node_modules/.package-lock.json
+$(WEB_ASSETS): services/web/package.json services/web/package-lock.json
+	@command -v npm >/dev/null || { echo "npm (Node.js 20) is required for the web app's front-end packages" >&2; exit 1; }
+	cd services/web && npm ci --no-audit --no-fund
+	@touch $@
+
+web-assets: $(WEB_ASSETS)
+
+# The browser tests drive Debian's chromium (never a browser Playwright downloads).
+browser-deps: venv web-assets
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ]; then \
+	    echo "installing Debian's chromium for the browser tests"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	  else echo "Debian's chromium is required for the browser tests: sudo apt-get install chromium" >&2; exit 1; fi; }
+
 infra-up:
 	@scripts/infra.sh up
 
@@ -39,8 +58,15 @@ infra-status:
 topics: venv infra-up
 	$(PY) -m bzpeer_cli.main topics
 
-test: venv infra-up
+test: venv browser-deps infra-up
 	$(PY) -m pytest
+
+# Habits that keep the code readable: ruff (lint, format) and mypy (strict on contracts/
+# and service_runtime/, checked everywhere else); configured in pyproject.toml.
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy contracts service_runtime services importers bzpeer_cli
 
 test-unit: venv
 	$(PY) -m pytest tests/unit
@@ -48,13 +74,16 @@ test-unit: venv
 test-integration: venv infra-up
 	$(PY) -m pytest tests/integration
 
+test-browser: venv browser-deps infra-up
+	$(PY) -m pytest tests/browser
+
 # Whole-system fault tests (SIGKILL, broker and store outages, poison records) over a
 # stream of BZPEER_FAULT_EVENTS mixed events (default 10,000). They stop and start the
 # broker through scripts/infra.sh, so they need the infrastructure it started.
 test-faults: venv infra-up
 	$(PY) -m pytest tests/faults -m faults
 
-up: venv infra-up
+up: venv web-assets infra-up
 	@scripts/services.sh up
 
 down:

@@ -1,7 +1,7 @@
 """The bare baseline for profile page reads: the same two reads by ``_id`` the profile
-service makes for a page (the author's page source and its standing), the stored first
-page inflated and sent back, on the same uvicorn (uvloop + httptools), without FastAPI,
-validation or page assembly. Run by bench_profile.py:
+service makes for a page (the author's state and stored first page, and its standing),
+what they return encoded by orjson and sent back, on the same uvicorn (uvloop +
+httptools), without FastAPI, a response model or page assembly. Run by bench_profile.py:
 
     python bench/bare_page_server.py PORT DATABASE
 """
@@ -11,24 +11,29 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
-import zlib
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
 
+import orjson
 import uvicorn
 from pymongo import AsyncMongoClient
 
 PORT, DATABASE = int(sys.argv[1]), sys.argv[2]
-db = AsyncMongoClient(os.environ.get("MONGODB_URI", "mongodb://127.0.0.1:27017"))[DATABASE]
+db = AsyncMongoClient[dict[str, Any]](os.environ.get("MONGODB_URI", "mongodb://127.0.0.1:27017"))[DATABASE]
+
+Scope = MutableMapping[str, Any]
+Send = Callable[[dict[str, Any]], Awaitable[None]]
 
 
-async def app(scope: dict, receive, send) -> None:  # type: ignore[no-untyped-def]
+async def app(scope: Scope, receive: Callable[[], Awaitable[Any]], send: Send) -> None:
     if scope["type"] != "http":
         return
     author_id = scope["path"].rsplit("/", 1)[-1]
-    doc, _standing = await asyncio.gather(
-        db.authors.find_one({"_id": author_id}, {"state_json": 1, "page_works": 1, "page_limit": 1, "page_cursor": 1}),
+    doc, standing = await asyncio.gather(
+        db.authors.find_one({"_id": author_id}, {"state": 1, "first_page": 1}),
         db.standing.find_one({"_id": author_id}),
     )
-    body = zlib.decompress(doc["page_works"]) if doc else b"{}"
+    body = orjson.dumps({**doc, "standing": standing}) if doc else b"{}"
     await send(
         {
             "type": "http.response.start",

@@ -6,13 +6,14 @@ duplicates (20%) are more automatic claims on those records by other users; the 
 for review, from a pool of users that often hold more open claims than the limit (the
 last 10% of the records only ever get such claims, so they stay open at the end).
 
-* service: the claims service (decode, rules, atomic user slots, version-guarded bulk
-  writes with outbox, publish of every event, commit after success);
+* service: the claims service (decode, rules, guarded user slots, revision-guarded bulk
+  writes with each claim's events in its outbox, publish of every event, outbox emptied,
+  commit after success);
 * baseline: a bare aiokafka consumer reading the same commands from a topic of its own
   (produced in its timed window, as for the service) and writing, per batch, the same
   documents the service ended with: each claim's document inserted, each touched
-  record's document replaced by _id, each slot's document inserted (PyMongo, bulk). No
-  rules, no events, no versions.
+  record's and user's document replaced by _id (PyMongo, bulk). No rules, no events, no
+  guards.
 
 Prints claims/s for both and their ratio, then verifies in the same run: no record with
 two owners (store and published ClaimApproved events); each winner is the first automatic
@@ -36,6 +37,7 @@ import time
 import uuid
 from collections import Counter, defaultdict
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from pymongo import AsyncMongoClient, ReplaceOne
@@ -49,7 +51,6 @@ from contracts.events.profile import AuthorRegistered, AuthorState
 from contracts.topics import TOPICS, Topic
 from service_runtime.kafka import delete_topics, ensure_topics
 from service_runtime.offsets import partitions_of
-from service_runtime.store import bulk_update
 from service_runtime.topic_reader import iter_topic
 from services.claims.app import build_service
 from services.claims.settings import ClaimsSettings
@@ -210,13 +211,11 @@ async def run_baseline(
     topic: str, database: str, service_database: str, registered: list[Envelope], commands: list[Envelope]
 ) -> float:
     """A bare consumer writing, batch by batch, the documents the service ended with."""
-    client = AsyncMongoClient(MONGODB_URI, tz_aware=True)
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(MONGODB_URI, tz_aware=True)
     source, db = client[service_database], client[database]
     claims = {d["_id"]: d async for d in source.claims.find({})}
     authors = {d["_id"]: d async for d in source.authors.find({})}
-    slots: dict[str, list[dict]] = defaultdict(list)
-    async for d in source.user_slots.find({}):
-        slots[d["claim_id"]].append(d)
+    users = {d["_id"]: d async for d in source.users.find({})}
     # The records are there before the claims, as they were for the service.
     await db.authors.insert_many([{**authors[e.data["author_id"]], "claim": None} for e in registered])
     consumer = AIOKafkaConsumer(
@@ -239,10 +238,10 @@ async def run_baseline(
                 continue
             await db.claims.insert_many([claims[i] for i in ids], ordered=False)
             touched = sorted({claims[i]["author_id"] for i in ids})
-            await bulk_update(db.authors, [ReplaceOne({"_id": a}, authors[a], upsert=True) for a in touched])
-            held = [d for i in ids for d in slots.get(i, [])]
-            if held:
-                await db.user_slots.insert_many(held, ordered=False)
+            await db.authors.bulk_write([ReplaceOne({"_id": a}, authors[a], upsert=True) for a in touched])
+            holders = sorted({claims[i]["user_id"] for i in ids} & users.keys())
+            if holders:
+                await db.users.bulk_write([ReplaceOne({"_id": u}, users[u], upsert=True) for u in holders])
             await consumer.commit()
             done += len(ids)
         return time.perf_counter() - started
@@ -252,38 +251,29 @@ async def run_baseline(
 
 
 async def verify(prefix: str, database: str, winners: dict[str, str | None], n_claims: int) -> bool:
-    client = AsyncMongoClient(MONGODB_URI, tz_aware=True)
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(MONGODB_URI, tz_aware=True)
     try:
         db = client[database]
         claims = {d["_id"]: d async for d in db.claims.find({}, {"status": 1, "author_id": 1, "user_id": 1})}
-        authors = {d["_id"]: d async for d in db.authors.find({}, {"claim": 1, "open_claims": 1})}
-        slots = [d async for d in db.user_slots.find({})]
-        leftovers = {name: await db[name].count_documents({}) for name in ("unpublished", "waiting")}
+        authors = {d["_id"]: d async for d in db.authors.find({}, {"claim": 1})}
+        users = [d async for d in db.users.find({})]
+        leftovers = await db.claims.count_documents({"outbox.0": {"$exists": True}})
     finally:
         await client.close()
     statuses = Counter(c["status"] for c in claims.values())
     problems: dict[str, list] = defaultdict(list)
 
     # One owner per record, in the store and in the events; the first automatic claim won.
-    approved_by_author: dict[str, list[str]] = defaultdict(list)
+    approved_by_author: dict[str, list[str | None]] = defaultdict(list)
     for cid, c in claims.items():
         if c["status"] == "approved":
             approved_by_author[c["author_id"]].append(cid)
     problems["records whose claim state disagrees with their approved claim"] = []
-    problems["records whose open-claims list disagrees with the claims"] = []
     problems["records with two owners in the store"] = [a for a, ids in approved_by_author.items() if len(ids) > 1]
     for a, doc in authors.items():
         owner = (doc.get("claim") or {}).get("claim_id") if (doc.get("claim") or {}).get("claimed") else None
         if owner != (approved_by_author.get(a) or [None])[0]:
             problems["records whose claim state disagrees with their approved claim"].append(a)
-        listed = set(doc.get("open_claims") or [])
-        open_ids = {
-            cid
-            for cid, c in claims.items()
-            if c["author_id"] == a and c["status"] in ("pending_author", "needs_review")
-        }
-        if listed != open_ids:
-            problems["records whose open-claims list disagrees with the claims"].append(a)
 
     # The user limits, and slots that match the claims' statuses.
     per_user: dict[str, Counter] = defaultdict(Counter)
@@ -293,7 +283,7 @@ async def verify(prefix: str, database: str, winners: dict[str, str | None], n_c
         u for u, n in per_user.items() if n["pending_author"] + n["needs_review"] > MAX_OPEN
     ]
     problems["users over the approved limit"] = [u for u, n in per_user.items() if n["approved"] > MAX_APPROVED]
-    held = Counter((d["kind"], d["claim_id"]) for d in slots)
+    held = Counter((kind, cid) for d in users for kind in ("open", "approved") for cid in d[kind])
     expected = Counter(
         [("open", cid) for cid, c in claims.items() if c["status"] in ("pending_author", "needs_review")]
         + [("approved", cid) for cid, c in claims.items() if c["status"] == "approved"]
@@ -342,7 +332,7 @@ async def verify(prefix: str, database: str, winners: dict[str, str | None], n_c
         cid for cid, c in claims.items() if last.get(cid) != c["status"]
     ]
     problems["claims missing from the store"] = [None] * (n_claims - len(claims))
-    problems["outboxes or waiting claims left over"] = [k for k, n in leftovers.items() if n]
+    problems["claims whose outbox was left unpublished"] = [None] * leftovers
 
     print(f"claim statuses in the store: {dict(statuses)}")
     print(f"events published: {dict(event_types)} (+{duplicates} published twice under the same id)")
@@ -376,7 +366,7 @@ async def main() -> int:
         )
     finally:
         await delete_topics(KAFKA, [p + t for t in TOPICS for p in (prefix, base_prefix)])
-        client = AsyncMongoClient(MONGODB_URI)
+        client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(MONGODB_URI)
         await client.drop_database(database)
         await client.drop_database(base_database)
         await client.close()

@@ -1,6 +1,8 @@
 """The seed story as the web app plays it: commands and works go through Kafka only
-(``webapp.follows``, ``webapp.claims``, ``publications.ingested``); what users see is read
-back over HTTP from the services, and a snapshot of the page is printed after each step.
+(``webapp.follows``, ``webapp.claims``, ``publications.ingested``; the collaboration
+steps through the collab service's HTTP writes, which publish to ``webapp.collab``); what
+users see is read back over HTTP from the services, and a snapshot of the page is printed
+after each step.
 
 Each run plays on a fresh demo copy of the seed record (its own author id, marked as a
 copy, with ORCID's fictional example iD so an ORCID-matching claim can be shown), so the
@@ -26,6 +28,9 @@ from services.profile.seed import DEMO_ORCID, load_seed
 
 T = TypeVar("T")
 TokenFactory = Callable[[str, list[str]], str]
+# How the researcher opens their claimed record to collaboration (the owner's own edit);
+# returns False when it cannot be done here.
+OpenRecord = Callable[["Story"], Awaitable[bool]]
 
 
 class StoryStepFailed(AssertionError):
@@ -56,15 +61,17 @@ class Snapshot:
 @dataclass
 class Story:
     publisher: EventPublisher  # producer name "webapp": what the web app and importers publish
-    http: dict[str, httpx.AsyncClient]  # "profile", "claims", "trust", "follow" clients
+    http: dict[str, httpx.AsyncClient]  # "profile", "claims", "trust", "follow", "collab" clients
     token: TokenFactory
     author_id: str = field(default_factory=lambda: f"demo:{uuid.uuid4().hex[:12]}")
     follower: str = field(default_factory=lambda: f"user-{uuid.uuid4().hex[:8]}")
     researcher: str = field(default_factory=lambda: f"user-{uuid.uuid4().hex[:8]}")
     impostor: str = field(default_factory=lambda: f"user-{uuid.uuid4().hex[:8]}")
+    colleague: str = field(default_factory=lambda: f"user-{uuid.uuid4().hex[:8]}")
     timeout_s: float = 60.0
     out: Callable[[str], None] = print
     snapshots: list[Snapshot] = field(default_factory=list)
+    invitation_id: str | None = None  # the colleague's invitation, once ``collaborate`` played
 
     async def play(self) -> list[Snapshot]:
         self.out(f"demo copy of the seed record: {self.author_id}")
@@ -143,6 +150,75 @@ class Story:
         self._snap(f"5 {self.impostor} claims the same record", final, second_claim=f"rejected ({rejected['reason']})")
         return self.snapshots
 
+    async def collaborate(self, open_record: OpenRecord) -> list[Snapshot]:
+        """After ``play``: the record is open to collaboration (the seed record is; else the
+        researcher opens it with ``open_record``), a colleague invites the researcher, the
+        researcher accepts, and they exchange a message each."""
+        path = f"/authors/{self.author_id}/collaboration"
+        status = await self._found("the claim known to the collab service", path, None, lambda v: bool(v["claimed"]))
+        step = "6 the record is open to collaboration"
+        if not status["open_to_collaborate"]:
+            if not await open_record(self):
+                self.out("the owner's own edit is not available: the collaboration steps are skipped")
+                return self.snapshots
+            await self._found("record open to collaboration", path, None, lambda v: bool(v["accepts_invitations"]))
+            step = f"6 {self.researcher} opens the record to collaboration"
+        page = await self._page_until("page unchanged", lambda p: p["trust_snapshot"]["claimed"])
+        self._snap(step, page)
+
+        r = await self.http["collab"].post(
+            "/invitations",
+            json={"author_id": self.author_id, "message": "Your sequence-to-sequence work fits our project: talk?"},
+            headers=self._auth(self.colleague),
+        )
+        r.raise_for_status()
+        invitation_id = r.json()["invitation_id"]
+        invited = await self._invitation_until(invitation_id, self.colleague, "pending")
+        self._snap(f"7 {self.colleague} invites {self.researcher}", page, invitation=invited["status"])
+
+        r = await self.http["collab"].post(f"/invitations/{invitation_id}/accept", headers=self._auth(self.researcher))
+        r.raise_for_status()
+        accepted = await self._invitation_until(invitation_id, self.researcher, "accepted")
+        self._snap(f"8 {self.researcher} accepts", page, invitation=accepted["status"])
+
+        for user, text in ((self.colleague, "Great! Shall we meet next week?"), (self.researcher, "Yes, Tuesday.")):
+            r = await self.http["collab"].post(
+                f"/invitations/{invitation_id}/messages", json={"text": text}, headers=self._auth(user)
+            )
+            r.raise_for_status()
+        thread = await self._found(
+            "both messages in the thread",
+            f"/invitations/{invitation_id}",
+            self.researcher,
+            lambda v: v["message_count"] == 2,
+        )
+        self._snap(
+            "9 they exchange a message each",
+            page,
+            invitation=thread["status"],
+            thread=" / ".join(f"{m['user_id']}: {m['text']}" for m in thread["thread"]),
+        )
+        self.invitation_id = invitation_id
+        return self.snapshots
+
+    async def _invitation_until(self, invitation_id: str, user: str, status: str) -> dict[str, Any]:
+        return await self._found(
+            f"invitation {status}", f"/invitations/{invitation_id}", user, lambda v: v["status"] == status
+        )
+
+    async def _found(
+        self, what: str, path: str, user: str | None, ok: Callable[[dict[str, Any]], bool]
+    ) -> dict[str, Any]:
+        """The collab service's answer at ``path`` (as ``user``) once it satisfies ``ok``."""
+
+        async def probe() -> dict[str, Any] | None:
+            r = await self.http["collab"].get(path, headers=self._auth(user) if user else None)
+            return r.json() if r.status_code == 200 else None
+
+        found = await self._until(what, probe, lambda v: v is not None and ok(v))
+        assert found is not None
+        return found
+
     def new_preprint(self) -> Work:
         suffix = self.author_id.split(":", 1)[1]
         return Work(
@@ -216,6 +292,15 @@ class Story:
                 seen = value if value is not None else getattr(self, "_last_seen", None)
                 raise StoryStepFailed(f"{what}: not seen within {self.timeout_s:.0f}s; last: {seen!r}"[:2000])
             await asyncio.sleep(0.1)
+
+
+async def open_by_owner_edit(story: Story) -> bool:
+    """The researcher's own edit of their claimed record on the profile service
+    (``PATCH /authors/{id}``, answered 202); False where the profile service has none."""
+    r = await story.http["profile"].patch(
+        f"/authors/{story.author_id}", json={"open_to_collaborate": True}, headers=story._auth(story.researcher)
+    )
+    return r.status_code == 202
 
 
 def _score(page: dict[str, Any]) -> int | None:

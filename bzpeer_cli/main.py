@@ -7,8 +7,8 @@ import asyncio
 import importlib
 import sys
 
+from bzpeer_cli.services import RUNNABLE, SERVICE_PORTS, WEB_PORT
 from bzpeer_cli.services import SERVICE_NAMES as SERVICES
-from bzpeer_cli.services import SERVICE_PORTS
 from service_runtime.settings import RuntimeSettings
 
 
@@ -49,7 +49,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     async def gather() -> int:
         healthy = True
-        for name, port in SERVICE_PORTS.items():
+        for name, port in {**SERVICE_PORTS, "web": WEB_PORT}.items():
             try:
                 r = httpx.get(f"http://127.0.0.1:{port}/ready", timeout=2)
                 state = "ready" if r.status_code == 200 else f"not ready {r.json()}"
@@ -90,11 +90,17 @@ def _cmd_seed(args: argparse.Namespace) -> int:
     from services.profile.seed import SEED_AUTHOR_ID, load_seed
 
     settings = RuntimeSettings()
-    n = asyncio.run(load_seed(settings.kafka_bootstrap_servers, topic_prefix=settings.topic_prefix))
-    print(
-        f"published {n} seed events (idempotent); the seed page: "
-        f"http://127.0.0.1:{SERVICE_PORTS['profile']}/authors/{SEED_AUTHOR_ID}"
+    author_id = args.demo_copy or SEED_AUTHOR_ID
+    n = asyncio.run(
+        load_seed(
+            settings.kafka_bootstrap_servers,
+            author_id=author_id,
+            demo_copy=bool(args.demo_copy),
+            topic_prefix=settings.topic_prefix,
+        )
     )
+    what = "a demo copy of the seed record" if args.demo_copy else "the seed record"
+    print(f"published {n} events of {what} (idempotent): http://127.0.0.1:{WEB_PORT}/authors/{author_id}")
     return 0
 
 
@@ -102,7 +108,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     """Play the seed story against the running system (make up first)."""
     import httpx
 
-    from bzpeer_cli.demo import Story, StoryStepFailed
+    from bzpeer_cli.demo import Story, StoryStepFailed, open_by_owner_edit
     from service_runtime.auth import mint_token
     from service_runtime.kafka import make_broker
     from service_runtime.publishing import EventPublisher
@@ -121,6 +127,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                 timeout_s=args.timeout,
             )
             await story.play()
+            await story.collaborate(open_by_owner_edit)
             return 0
         except (StoryStepFailed, httpx.HTTPError) as exc:
             print(f"demo stopped: {exc}", file=sys.stderr)
@@ -186,8 +193,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("topics", help="create every topic of the registry (idempotent)")
     p.set_defaults(func=_cmd_topics)
 
-    p = sub.add_parser("run", help="run one service (HTTP + consumers) in the foreground")
-    p.add_argument("service", choices=SERVICES)
+    p = sub.add_parser("run", help="run one service (HTTP + consumers), or the web app, in the foreground")
+    p.add_argument("service", choices=RUNNABLE)
     p.set_defaults(func=_cmd_run)
 
     p = sub.add_parser("import", help="import works into publications.ingested")
@@ -198,6 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
     q.set_defaults(func=_cmd_import_openalex)
 
     p = sub.add_parser("seed", help="publish the seed profile (idempotent)")
+    p.add_argument(
+        "--demo-copy",
+        metavar="AUTHOR_ID",
+        help="publish a demo copy of it under this id instead (ORCID 0000-0002-1825-0097 on record, to try a claim)",
+    )
     p.set_defaults(func=_cmd_seed)
 
     p = sub.add_parser("demo", help="play the seed story on a fresh demo copy (needs make up)")

@@ -8,8 +8,12 @@ import inspect
 from service_runtime.service import Service
 from service_runtime.settings import RuntimeSettings
 
-SERVICE_NAMES = ("profile", "claims", "trust", "follow")
-SERVICE_PORTS = {"profile": 8001, "claims": 8002, "trust": 8003, "follow": 8004}
+SERVICE_NAMES = ("profile", "claims", "trust", "follow", "collab")
+SERVICE_PORTS = {"profile": 8001, "claims": 8002, "trust": 8003, "follow": 8004, "collab": 8005}
+# The web app runs like a service (``bzpeer run web``) but is none: no store, no consumer
+# group, no projection; it reads the services' HTTP APIs (services/web/README.md).
+WEB_PORT = 8000
+RUNNABLE = (*SERVICE_NAMES, "web")
 
 
 def settings_class(name: str) -> type[RuntimeSettings]:
@@ -25,4 +29,5 @@ def settings_class(name: str) -> type[RuntimeSettings]:
 
 
 def build(name: str, settings: RuntimeSettings) -> Service:
-    return importlib.import_module(f"services.{name}.app").build_service(settings)
+    service: Service = importlib.import_module(f"services.{name}.app").build_service(settings)
+    return service

@@ -7,7 +7,7 @@ import json
 from pydantic import ValidationError
 
 from contracts.envelope import Envelope, EventModel
-from contracts.events import claims, follows, notifications, profile, publications, trust
+from contracts.events import claims, collab, follows, notifications, profile, publications, trust
 
 _MODELS: list[type[EventModel]] = [
     publications.WorkIngested,
@@ -24,6 +24,7 @@ _MODELS: list[type[EventModel]] = [
     claims.ClaimNeedsReview,
     claims.ClaimApproved,
     claims.ClaimRejected,
+    claims.ClaimEvidenceAdded,
     claims.ClaimWithdrawnEvent,
     claims.ClaimRevoked,
     claims.VerificationLevelChanged,
@@ -34,9 +35,22 @@ _MODELS: list[type[EventModel]] = [
     follows.AuthorUnfollowed,
     follows.FollowerCountChanged,
     follows.FollowRejected,
+    follows.FollowPending,
     notifications.NotificationCreated,
     notifications.NotificationsRead,
     notifications.FanoutChunkRequested,
+    collab.InvitationRequested,
+    collab.InvitationAnswerRequested,
+    collab.InvitationWithdrawRequested,
+    collab.MessagePostRequested,
+    collab.InvitationSent,
+    collab.InvitationRejected,
+    collab.InvitationAccepted,
+    collab.InvitationDeclined,
+    collab.InvitationWithdrawn,
+    collab.InvitationClosed,
+    collab.MessagePosted,
+    collab.InvitationCommandRejected,
 ]
 
 # (topic, event_type) -> model: one event type name may live on two topics

@@ -23,6 +23,8 @@ class Topic(StrEnum):
     NOTIFICATIONS_EVENTS = "notifications.events"
     # Internal work queue of the follow service: one message per chunk of followers.
     FOLLOW_FANOUT = "follow.fanout"
+    WEBAPP_COLLAB = "webapp.collab"
+    COLLAB_EVENTS = "collab.events"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,6 +65,8 @@ _SPECS = [
         "Chunks of a notification fan-out, spread over partitions.",
         retention_ms=7 * 24 * 3600 * 1000,
     ),
+    TopicSpec(Topic.WEBAPP_COLLAB, 6, _AUTHOR, "Invitations, answers and messages from the web app."),
+    TopicSpec(Topic.COLLAB_EVENTS, 6, _AUTHOR, "Invitations to claimed researchers and their conversations."),
 ]
 
 TOPICS: dict[str, TopicSpec] = {s.name: s for s in _SPECS}

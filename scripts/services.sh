@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Start/stop the four services as separate processes (logs and pids under .local/).
+# Start/stop the services and the web app as separate processes (logs and pids under
+# .local/), and load the seed record and a demo copy of it.
 #   scripts/services.sh up|down|status
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 HOME_DIR="${BZPEER_HOME:-$ROOT/.local}"
 RUN="$HOME_DIR/run"; LOGS="$HOME_DIR/logs"
 PY="$ROOT/.local/venv/bin/python"
-declare -A PORTS=([profile]=8001 [claims]=8002 [trust]=8003 [follow]=8004)
-SERVICES=(profile claims trust follow)
+declare -A PORTS=([profile]=8001 [claims]=8002 [trust]=8003 [follow]=8004 [collab]=8005 [web]=8000)
+# The web app last: it reads the services over HTTP (and is stopped first).
+SERVICES=(profile claims trust follow collab web)
+# A copy of the seed record with ORCID's example iD on record, to try a claim in the browser.
+DEMO_COPY="demo:quoc-v-le"
 mkdir -p "$RUN" "$LOGS"
 
 alive() { [[ -f "$RUN/$1.pid" ]] && kill -0 "$(cat "$RUN/$1.pid")" 2>/dev/null; }
@@ -31,10 +35,16 @@ up() {
     echo "$s: http://127.0.0.1:${PORTS[$s]} (pid $(cat "$RUN/$s.pid"), log $LOGS/$s.log)"
   done
   "$PY" -m bzpeer_cli.main seed
+  "$PY" -m bzpeer_cli.main seed --demo-copy "$DEMO_COPY"
+  if alive web; then
+    echo "open http://127.0.0.1:${PORTS[web]}/authors/seed:quoc-v-le"
+    echo "to claim: sign in with ORCID iD 0000-0002-1825-0097, then http://127.0.0.1:${PORTS[web]}/authors/$DEMO_COPY"
+  fi
 }
 
 down() {
-  for s in "${SERVICES[@]}"; do
+  local order=(web profile claims trust follow)
+  for s in "${order[@]}"; do
     [[ -f "$RUN/$s.pid" ]] || continue
     local pid; pid="$(cat "$RUN/$s.pid")"
     if kill -0 "$pid" 2>/dev/null; then

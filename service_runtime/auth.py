@@ -2,7 +2,9 @@
 
 The token is verified with the configured key and algorithm only (``alg`` in the token's
 header is never trusted, so ``alg=none`` and algorithm confusion fail), and its issuer,
-audience and expiry are checked. The user id is the token's ``sub``; roles are in ``roles``.
+audience and expiry are checked. The user id is the token's ``sub``; roles are in ``roles``;
+``orcid``, when present, is the ORCID iD the identity provider authenticated the user with
+(the web app vouches for it as claim evidence: ``Evidence.orcid_authenticated``).
 """
 
 from __future__ import annotations
@@ -25,6 +27,8 @@ IMPORTER = "importer"
 class Principal:
     user_id: str
     roles: frozenset[str] = field(default_factory=frozenset)
+    # The ORCID iD the user signed in with, when the identity provider authenticated one.
+    orcid: str | None = None
 
     def has(self, role: str) -> bool:
         return role in self.roles
@@ -51,25 +55,35 @@ class JwtVerifier:
         roles = claims.get("roles", [])
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
             raise jwt.InvalidTokenError("roles must be a list of strings")
-        return Principal(user_id=str(claims["sub"]), roles=frozenset(roles))
+        orcid = claims.get("orcid")
+        if orcid is not None and not isinstance(orcid, str):
+            raise jwt.InvalidTokenError("orcid must be a string")
+        return Principal(user_id=str(claims["sub"]), roles=frozenset(roles), orcid=orcid)
 
 
-def mint_token(settings: RuntimeSettings, user_id: str, roles: list[str] | None = None, ttl_s: int = 3600) -> str:
+def mint_token(
+    settings: RuntimeSettings,
+    user_id: str,
+    roles: list[str] | None = None,
+    ttl_s: int = 3600,
+    *,
+    orcid: str | None = None,
+) -> str:
     """A token as the web app's identity provider would issue it (HS256 keys only: for
-    local runs and tests with the development key)."""
+    local runs and tests with the development key). ``orcid``: the ORCID iD the provider
+    authenticated the user with, if any."""
     now = int(time.time())
-    return jwt.encode(
-        {
-            "sub": user_id,
-            "roles": roles or [],
-            "iss": settings.jwt_issuer,
-            "aud": settings.jwt_audience,
-            "iat": now,
-            "exp": now + ttl_s,
-        },
-        settings.jwt_key,
-        algorithm=settings.jwt_algorithm,
-    )
+    claims: dict[str, object] = {
+        "sub": user_id,
+        "roles": roles or [],
+        "iss": settings.jwt_issuer,
+        "aud": settings.jwt_audience,
+        "iat": now,
+        "exp": now + ttl_s,
+    }
+    if orcid is not None:
+        claims["orcid"] = orcid
+    return jwt.encode(claims, settings.jwt_key, algorithm=settings.jwt_algorithm)
 
 
 _bearer = HTTPBearer(auto_error=False)

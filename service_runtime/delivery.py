@@ -30,7 +30,7 @@ from contracts.registry import DecodeError, decode
 from contracts.topics import dlq_topic
 from service_runtime.logging import get_logger
 from service_runtime.metrics import Metrics
-from service_runtime.publishing import EVENT_TYPE_HEADER, EventPublisher
+from service_runtime.publishing import EVENT_TYPE_HEADER, PRODUCER_HEADER, EventPublisher
 from service_runtime.retry import is_transient, retry_transient
 from service_runtime.settings import RuntimeSettings
 
@@ -82,7 +82,7 @@ class BatchDelivery:
         metrics: Metrics,
         settings: RuntimeSettings,
         group_id: str,
-        skip: frozenset[str] = frozenset(),
+        skip_own: frozenset[str] = frozenset(),
         accepts: frozenset[str] | None = None,
     ) -> None:
         self.handler = handler
@@ -90,7 +90,10 @@ class BatchDelivery:
         self.metrics = metrics
         self.settings = settings
         self.group_id = group_id
-        self.skip = frozenset(t.encode() for t in skip)
+        # Event types this service publishes itself and this consumer passes over when it
+        # was the producer (e.g. the notifications follow wrote into the inbox already).
+        self.skip_own = frozenset(t.encode() for t in skip_own)
+        self.me = settings.service_name.encode()
         # None: every type of the topics; else only these (others committed undecoded).
         self.accepts = None if accepts is None else frozenset(t.encode() for t in accepts)
 
@@ -112,8 +115,10 @@ class BatchDelivery:
             except DecodeError as exc:
                 dead.append(DeadLetter(record, "undecodable", str(exc)))
                 continue
-            if self.accepts is not None and envelope.event_type.encode() not in self.accepts:
-                continue  # no (or a wrong) type header: decoded, and of a type not taken
+            if (self.accepts is not None and envelope.event_type.encode() not in self.accepts) or (
+                envelope.event_type.encode() in self.skip_own and envelope.producer == self.settings.service_name
+            ):
+                continue  # no (or a wrong) header: decoded, and not taken
             incoming.append(
                 Incoming(envelope, payload, topic, record.partition, record.offset, record.timestamp, backlog)
             )
@@ -126,10 +131,12 @@ class BatchDelivery:
             self.metrics.record_lag(self.group_id, consumer)
 
     def _passed_over(self, record: ConsumerRecord) -> bool:
-        event_type = _event_type_header(record)
+        event_type = _header(record, EVENT_TYPE_HEADER)
         if event_type is None:
             return False  # decoded: a record without the header may still be poison
-        return event_type in self.skip or (self.accepts is not None and event_type not in self.accepts)
+        if self.accepts is not None and event_type not in self.accepts:
+            return True
+        return event_type in self.skip_own and _header(record, PRODUCER_HEADER) == self.me
 
     async def _handle(self, incoming: list[Incoming[Any]], records: Sequence[ConsumerRecord]) -> None:
         try:
@@ -208,9 +215,9 @@ def dead_letter_body(d: DeadLetter, group_id: str) -> bytes:
     return json.dumps(body).encode()
 
 
-def _event_type_header(record: ConsumerRecord) -> bytes | None:
-    for name, value in record.headers or ():
-        if name == EVENT_TYPE_HEADER:
+def _header(record: ConsumerRecord, name: str) -> bytes | None:
+    for key, value in record.headers or ():
+        if key == name:
             return bytes(value)
     return None
 

@@ -16,11 +16,21 @@ Consumers see at most a duplicate with the same event id, which their idempotenc
 
 An entry is a plain subdocument a person can read and query in a MongoDB shell:
 ``{topic, key, at, envelope: {event_id, event_type, ..., data: {...}}}``.
+
+Removing what was published is a second update of each document, as costly as the write
+that caused the events. So it is not on the path of the batch: ``deliver`` publishes and
+notes what it published, and the outbox removes those entries a moment later, many
+documents in one bulk write (``clear_after_s``; 0: at once). Entries this process
+published are not published again when a batch that read them before their removal
+passes them as pending. A process that dies with removals not done leaves published
+entries behind; the sweeper publishes them again (the same event ids), which consumers
+absorb.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -36,6 +46,8 @@ log = get_logger(__name__)
 T = TypeVar("T")
 
 FIELD = "outbox"
+# Documents whose published entries a process remembers after removing them (see Outbox).
+RECENT_DOCUMENTS = 100_000
 # The sweeper finds documents with old entries through this index, never by a scan.
 INDEX = IndexModel([(f"{FIELD}.at", ASCENDING)], name="outbox_at")
 
@@ -85,28 +97,91 @@ def push(update: dict[str, Any], events: Sequence[Outgoing], at: datetime | None
 class Outbox:
     """Publishes what documents hold in their outbox, then removes it from them."""
 
-    def __init__(self, publisher: EventPublisher) -> None:
+    def __init__(self, publisher: EventPublisher, *, clear_after_s: float = 0.0) -> None:
         self.publisher = publisher
+        self.clear_after_s = clear_after_s
+        # Published, not yet removed: collection name -> (collection, doc id -> event ids).
+        self._published: dict[str, tuple[Collection, dict[Any, set[str]]]] = {}
+        # Published and removed lately: a batch that read a document before the removal
+        # may still pass those entries as pending (collection name -> doc id -> event ids,
+        # oldest first; bounded).
+        self._recent: dict[str, OrderedDict[Any, set[str]]] = {}
+        self._flushing: list[dict[str, tuple[Collection, dict[Any, set[str]]]]] = []  # being removed now
+        self._clearing: asyncio.Task[None] | None = None
 
-    async def deliver(self, collection: Collection, events: Mapping[Any, Sequence[Outgoing]]) -> int:
-        """Publish each document's events (document by document, each in its order), then
-        pull exactly those from the documents' outboxes. Returns how many were published."""
-        ordered = [e for per_doc in events.values() for e in per_doc]
-        if not ordered:
-            return 0
-        await self.publisher.publish(ordered)
+    async def deliver(
+        self, collection: Collection, events: Mapping[Any, Sequence[Outgoing]], *, remove_now: bool = False
+    ) -> int:
+        """Publish each document's events (document by document, each in its order; those
+        this process published before are skipped); then they are removed from the
+        documents' outboxes (within ``clear_after_s``, or before returning with
+        ``remove_now``: where an empty outbox is what says a piece of work is done).
+        Returns how many were published."""
+
+        def known(doc_id: Any, event: Outgoing) -> bool:
+            event_id = str(event.envelope.event_id)
+            return any(
+                event_id in noted.get(collection.name, (collection, {}))[1].get(doc_id, ())
+                for noted in (self._published, *self._flushing)
+            ) or event_id in self._recent.get(collection.name, {}).get(doc_id, ())
+
+        # What a document holds but this process published already (its removal pending or
+        # just done; a writer passes all it read as pending, and a redelivered input pushes
+        # the same ids again) is not sent again, only removed.
+        fresh = {doc_id: [e for e in per_doc if not known(doc_id, e)] for doc_id, per_doc in events.items()}
+        ordered = [e for per_doc in fresh.values() for e in per_doc]
+        if ordered:
+            await self.publisher.publish(ordered)
         if self.publisher.enabled:
-            await self.clear(
-                collection,
-                {doc_id: [str(e.envelope.event_id) for e in per_doc] for doc_id, per_doc in events.items() if per_doc},
-            )
+            # Taken after publishing: a flush may have started meanwhile with the notes so far.
+            _, published = self._published.setdefault(collection.name, (collection, {}))
+            for doc_id, per_doc in events.items():
+                if per_doc:
+                    published.setdefault(doc_id, set()).update(str(e.envelope.event_id) for e in per_doc)
+            if remove_now or self.clear_after_s <= 0:
+                await self.flush()
+            elif self._clearing is None or self._clearing.done():
+                self._clearing = asyncio.create_task(self._clear_later())
         return len(ordered)
+
+    async def flush(self) -> None:
+        """Remove every published entry noted so far (also at shutdown)."""
+        taken, self._published = self._published, {}
+        self._flushing.append(taken)
+        try:
+            for name, (collection, published) in taken.items():
+                await self.clear(collection, published)
+                recent = self._recent.setdefault(name, OrderedDict())
+                for doc_id, ids in published.items():
+                    recent.setdefault(doc_id, set()).update(ids)
+                    recent.move_to_end(doc_id)
+                while len(recent) > RECENT_DOCUMENTS:
+                    recent.popitem(last=False)
+        except BaseException:
+            for name, (collection, published) in taken.items():  # again next time
+                mine = self._published.setdefault(name, (collection, {}))[1]
+                for doc_id, ids in published.items():
+                    mine.setdefault(doc_id, set()).update(ids)
+            raise
+        finally:
+            self._flushing.remove(taken)
+
+    async def _clear_later(self) -> None:
+        while self._published:
+            await asyncio.sleep(self.clear_after_s)
+            try:
+                await self.flush()
+            except Exception as exc:  # the store is away: the entries wait, nothing is lost
+                log.warning("outbox_clear_failed", error=repr(exc))
 
     @staticmethod
     async def clear(collection: Collection, event_ids: Mapping[Any, Iterable[str]]) -> None:
+        # In _id order, as writers write a batch: two bulk writes that take the same
+        # documents' row locks in opposite orders deadlock in the store.
         ops = [
-            UpdateOne({"_id": doc_id}, {"$pull": {FIELD: {"envelope.event_id": {"$in": list(ids)}}}})
-            for doc_id, ids in event_ids.items()
+            UpdateOne({"_id": doc_id}, {"$pull": {FIELD: {"envelope.event_id": {"$in": sorted(ids)}}}})
+            for doc_id, ids in sorted(event_ids.items(), key=lambda item: str(item[0]))
+            if ids
         ]
         if ops:
             await collection.bulk_write(ops, ordered=False)

@@ -13,9 +13,11 @@ from contracts.envelope import Envelope, EventModel
 from service_runtime.retry import retry_transient
 
 _HEADERS = {"content-type": "application/json"}
-# Every envelope also names its type in a header, so a consumer that needs only some types
-# of a topic can pass over the others without decoding them (``Service.consume(skip=...)``).
+# Every envelope also names its type and its producer in headers, so a consumer that needs
+# only some of a topic's records can pass over the others without decoding them
+# (``Service.consume(accepts=..., skip_own=...)``).
 EVENT_TYPE_HEADER = "event-type"
+PRODUCER_HEADER = "producer"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,7 +69,7 @@ class EventPublisher:
                 m.envelope.to_bytes(),
                 self.topic_prefix + m.topic,
                 key=m.key.encode(),
-                headers={**_HEADERS, EVENT_TYPE_HEADER: m.envelope.event_type},
+                headers={**_HEADERS, EVENT_TYPE_HEADER: m.envelope.event_type, PRODUCER_HEADER: m.envelope.producer},
                 no_confirm=True,
             )
             for m in messages

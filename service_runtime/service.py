@@ -61,7 +61,7 @@ class Service:
         self.publisher = EventPublisher(
             self.broker, settings.service_name, settings.topic_prefix, enabled=not settings.rebuilding
         )
-        self.outbox = Outbox(self.publisher)
+        self.outbox = Outbox(self.publisher, clear_after_s=settings.outbox_clear_after_s)
         self.metrics = Metrics(settings.service_name)
         self.asyncapi = AsyncAPI(self.broker, title=f"bzpeer {settings.service_name}", description=description)
         # (consumer group, logical topics) of every subscription: for status and replay.
@@ -87,8 +87,8 @@ class Service:
         max_records: int | None = None,
         payload: type[BaseModel] | None = None,
         runs: Runs = "always",
-        skip: frozenset[str] = frozenset(),
         accepts: tuple[type[EventModel], ...] | None = None,
+        skip_own: tuple[type[EventModel], ...] = (),
     ) -> None:
         """Feed batches of the given topics to ``handler``; offsets are committed only
         after it returned (see ``service_runtime.delivery``).
@@ -97,13 +97,13 @@ class Service:
         the live service; ``runs="rebuild"``: a consumer that reads those decisions back
         from the service's own output topics runs only while the projection is rebuilt.
 
-        ``skip``: event types the handler never needs; records whose event-type header
-        names one are committed without being decoded (a record without the header is
-        decoded and handed over as usual).
-
         ``accepts``: the payload types the handler takes (e.g. ``dispatch.types``); records
         of the topics' other types are committed without being handed over (undecoded
-        when their event-type header says so)."""
+        when their event-type header says so).
+
+        ``skip_own``: payload types this service publishes and this consumer needs only from
+        other producers; the service's own are committed without being handed over
+        (undecoded when their headers say so)."""
         if not _runs_now(runs, self.settings):
             return
         group_id = f"{self.settings.consumer_group}{'.' + group if group else ''}"
@@ -114,7 +114,7 @@ class Service:
             metrics=self.metrics,
             settings=self.settings,
             group_id=group_id,
-            skip=skip,
+            skip_own=frozenset(m.event_type for m in skip_own),
             accepts=None if accepts is None else frozenset(m.event_type for m in accepts),
         )
 
@@ -201,6 +201,8 @@ class Service:
         self._tasks.clear()
         for hook in self._shutdown:
             await hook()
+        with contextlib.suppress(Exception):  # not done: the sweeper publishes those again
+            await self.outbox.flush()
         await self.broker.stop()
         await self.mongo.close()
 

@@ -50,6 +50,9 @@ class RuntimeSettings(BaseSettings):
     # writer right now. The sweep runs at start and then every interval.
     outbox_grace_s: float = Field(default=30.0, ge=0)
     outbox_sweep_interval_s: float = Field(default=30.0, gt=0)
+    # Published entries are removed from their documents this long after, many at once
+    # (0: right after publishing). See service_runtime.outbox.
+    outbox_clear_after_s: float = Field(default=0.5, ge=0)
     # How often a guarded write that lost to another writer is read, decided and tried again.
     write_conflict_attempts: int = Field(default=8, ge=1)
 

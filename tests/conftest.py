@@ -35,7 +35,7 @@ def _reachable(address: str) -> bool:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
-        if "/integration/" in str(item.path) or "/e2e/" in str(item.path) or "/faults/" in str(item.path):
+        if any(f"/{folder}/" in str(item.path) for folder in ("integration", "e2e", "faults", "browser")):
             item.add_marker(pytest.mark.integration)
 
 
@@ -104,17 +104,22 @@ async def kafka_ready(infra: dict[str, str]) -> None:
         await consumer.stop()
 
 
-@pytest.fixture
-async def ns(infra: dict[str, str], kafka_ready: None) -> AsyncIterator[Namespace]:
-    namespace = Namespace(infra)
-    yield namespace
-    await delete_topics(infra["kafka"], [namespace.topic(t) for t in TOPICS])
-    client: AsyncMongoClient = AsyncMongoClient(infra["mongodb"])
+async def drop_namespace(namespace: Namespace) -> None:
+    """Remove a namespace's topics and databases (its services must be stopped first)."""
+    await delete_topics(namespace.infra["kafka"], [namespace.topic(t) for t in TOPICS])
+    client: AsyncMongoClient[dict[str, Any]] = AsyncMongoClient(namespace.infra["mongodb"])
     try:
         for db in set(namespace.databases):
             await client.drop_database(db)
     finally:
         await client.close()
+
+
+@pytest.fixture
+async def ns(infra: dict[str, str], kafka_ready: None) -> AsyncIterator[Namespace]:
+    namespace = Namespace(infra)
+    yield namespace
+    await drop_namespace(namespace)
 
 
 @pytest.fixture

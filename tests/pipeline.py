@@ -109,7 +109,7 @@ class Pipeline:
             return {
                 "trust_dirty": await trust.trust_authors.count_documents({"dirty": True}),
                 "trust_outbox": await trust.trust_authors.count_documents({"outbox.0": {"$exists": True}}),
-                "follow_parked": await follow.parked.count_documents({}),
+                "follow_parked": await follow.authors.count_documents({"parked.0": {"$exists": True}}),
                 "claims_pending_author": await claims.claims.count_documents({"status": "pending_author"}),
             }
         finally:

@@ -12,6 +12,8 @@ from contracts.events.common import Frozen, Id, OrcidId, VerificationLevel
 from contracts.topics import Topic
 
 ClaimStatus = Literal["pending_author", "needs_review", "approved", "rejected", "withdrawn", "revoked"]
+# The levels an approved claim gives its record (``VerificationLevel``'s claimed ones).
+ClaimLevel = Literal["L2", "L3"]
 RejectionReason = Literal[
     "already_claimed",
     "user_already_owns_a_record",
@@ -88,6 +90,53 @@ class AuthorClaimState(Frozen):
     revision: int = Field(ge=1)
 
 
+# What a step of a claim is called in its history.
+ClaimStep = Literal[
+    "requested",
+    "evidence_submitted",
+    "author_arrived",
+    "reviewer_approved",
+    "reviewer_rejected",
+    "withdrawn",
+    "revoked",
+    "expired",
+]
+
+
+class ClaimHistoryEntry(Frozen):
+    """One entry of a claim's history: what happened, when (the time of the event that
+    caused it), the status after it, and who or why where that applies."""
+
+    at: datetime
+    status: ClaimStatus
+    event: ClaimStep
+    by: Id | None = None  # the claimant who withdrew, the reviewer who decided
+    level: ClaimLevel | None = None
+    reason: str | None = Field(default=None, max_length=1000)
+
+
+class ClaimState(Frozen):
+    """The claim after the input that caused this event. ``revision`` counts the inputs
+    that changed the claim (1: the request); ``history`` holds the entries this input
+    added (the claim's full history is every event's entries in revision order). Together
+    with the event's ``causation_id`` (the input) it is what the claims service stores of
+    the claim, so the service rebuilds its claims from claims.events alone."""
+
+    status: ClaimStatus
+    revision: int = Field(ge=1)
+    level: ClaimLevel | None = None
+    reason: str | None = Field(default=None, max_length=1000)  # rejection reason, or the reviewer's for a revocation
+    detail: str | None = Field(default=None, max_length=1000)
+    evidence: Evidence = Evidence()
+    show_owner: bool = False
+    created_at: datetime
+    updated_at: datetime
+    # While the claim waits for its author record: since when, on the claims service's
+    # clock (the wait ends PENDING_AUTHOR_TIMEOUT_S later, see the service's README).
+    waiting_since: datetime | None = None
+    history: list[ClaimHistoryEntry] = Field(default=[], max_length=10)
+
+
 class _ClaimEvent(EventModel):
     topic: ClassVar[str] = Topic.CLAIMS_EVENTS
 
@@ -96,9 +145,11 @@ class _ClaimEvent(EventModel):
     user_id: Id
     author_claim: AuthorClaimState
     # The revision of the author record (profile's ``AuthorState.revision``) the decision
-    # was taken against; 0: the record was not known yet. A rebuild reads it to apply the
-    # input where live saw it relative to the author's profile events (None: not said).
+    # was taken against; 0: the record was not known yet. Informative: nothing orders by it.
     author_revision: int | None = Field(default=None, ge=0)
+    # The claim's state after this event; None on a refusal (``ClaimRejected`` of a
+    # command that changed nothing) and on events published before it existed.
+    claim: ClaimState | None = None
 
 
 class ClaimSubmitted(_ClaimEvent):
@@ -112,13 +163,19 @@ class ClaimNeedsReview(_ClaimEvent):
 
 class ClaimApproved(_ClaimEvent):
     event_type: ClassVar[str] = "ClaimApproved"
-    verification_level: Literal["L2", "L3"]
+    verification_level: ClaimLevel
 
 
 class ClaimRejected(_ClaimEvent):
     event_type: ClassVar[str] = "ClaimRejected"
     reason: RejectionReason
     detail: str | None = Field(default=None, max_length=1000)
+
+
+class ClaimEvidenceAdded(_ClaimEvent):
+    """Evidence added to a claim that waits for its author record: kept, decided later."""
+
+    event_type: ClassVar[str] = "ClaimEvidenceAdded"
 
 
 class ClaimWithdrawnEvent(_ClaimEvent):
@@ -139,8 +196,7 @@ class VerificationLevelChanged(EventModel):
     previous_level: VerificationLevel | None = None
     author_claim: AuthorClaimState
     # The revision of the author record (profile's ``AuthorState.revision``) the decision
-    # was taken against; 0: the record was not known yet. A rebuild reads it to apply the
-    # input where live saw it relative to the author's profile events (None: not said).
+    # was taken against; 0: the record was not known yet. Informative: nothing orders by it.
     author_revision: int | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
@@ -157,6 +213,7 @@ CLAIM_STATE_EVENTS: tuple[type[_ClaimEvent] | type[VerificationLevelChanged], ..
     ClaimNeedsReview,
     ClaimApproved,
     ClaimRejected,
+    ClaimEvidenceAdded,
     ClaimWithdrawnEvent,
     ClaimRevoked,
     VerificationLevelChanged,

@@ -12,7 +12,8 @@ from contracts.envelope import EventModel
 from contracts.events.common import Id
 from contracts.topics import Topic
 
-NotificationKind = Literal["new_work", "claim_approved", "trust_band_up"]
+# A follower's notifications (follow's fan-out), and a party's of an invitation (collab).
+NotificationKind = Literal["new_work", "claim_approved", "trust_band_up", "invitation_received", "invitation_answered"]
 
 
 def notification_id(source_event_id: uuid.UUID, user_id: str) -> uuid.UUID:

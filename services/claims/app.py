@@ -7,11 +7,11 @@ from fastapi.exceptions import RequestValidationError
 from contracts.events import claims as events
 from contracts.topics import Topic
 from service_runtime.service import Service
-from services.claims.handlers import RebuildInLiveOrder, make_handler
-from services.claims.processing import ClaimsProcessor
+from services.claims.processing import INPUTS, ClaimsProcessor
+from services.claims.rebuild import ClaimsRebuild
 from services.claims.routes import build_router, validation_error_without_input
 from services.claims.settings import ClaimsSettings
-from services.claims.store import PROJECTION, ClaimsStore
+from services.claims.store import ClaimsStore
 
 
 def build_service(settings: ClaimsSettings | None = None) -> Service:
@@ -22,17 +22,19 @@ def build_service(settings: ClaimsSettings | None = None) -> Service:
         description="Claims on author records: evidence, review, one owner per record, verification levels L2/L3.",
     )
     store = ClaimsStore(service.db)
-    service.projection = PROJECTION
-    processor = ClaimsProcessor(store, service.publisher, settings)
-    service.on_startup(store.create_indexes)
-    if settings.rebuilding:
-        # Inputs in the order live most likely saw them, and the sweeper's expiries read
-        # back from claims.events rather than decided again by this run's clock.
-        rebuild = RebuildInLiveOrder(processor, store)
-        service.consume(Topic.WEBAPP_CLAIMS, Topic.PROFILE_EVENTS, Topic.CLAIMS_EVENTS, handler=rebuild.handle)
-        service.on_drain(rebuild.settle)
-    else:
-        service.consume(Topic.WEBAPP_CLAIMS, Topic.PROFILE_EVENTS, handler=make_handler(processor))
+    service.use_store(store)
+    processor = ClaimsProcessor(store, service.outbox, service.publisher, settings)
+    # Live: the commands and the authors' identities, decided and published. One consumer
+    # for both topics, so one writer at a time decides for an author.
+    service.consume(
+        Topic.WEBAPP_CLAIMS, Topic.PROFILE_EVENTS, handler=processor.handle, accepts=INPUTS.types, runs="live"
+    )
+    service.background(processor.sweep_forever, runs="live")
+    # A rebuild: the decisions read back from claims.events, the identities from profile.events.
+    rebuild = ClaimsRebuild(store, processor.limits, attempts=settings.write_conflict_attempts)
+    service.consume(
+        Topic.CLAIMS_EVENTS, Topic.PROFILE_EVENTS, handler=rebuild.handle, accepts=rebuild.types, runs="rebuild"
+    )
     # One channel, several event types (their JSON Schemas are in contracts/schemas/claims.events.*).
     service.produces(
         Topic.CLAIMS_EVENTS,
@@ -44,13 +46,13 @@ def build_service(settings: ClaimsSettings | None = None) -> Service:
                 events.ClaimNeedsReview,
                 events.ClaimApproved,
                 events.ClaimRejected,
+                events.ClaimEvidenceAdded,
                 events.ClaimWithdrawnEvent,
                 events.ClaimRevoked,
                 events.VerificationLevelChanged,
             )
         ),
     )
-    service.background(processor.sweep_forever, runs="live")
     service.http.include_router(build_router(store, service.publisher))
     service.http.add_exception_handler(RequestValidationError, validation_error_without_input)
     service.http.state.claims_processor = processor

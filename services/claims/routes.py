@@ -160,10 +160,10 @@ def build_router(store: ClaimsStore, publisher: EventPublisher) -> APIRouter:
             reason=c.reason,
             detail=c.detail,
             show_owner=c.show_owner,
-            evidence=c.evidence,
+            evidence=c.evidence.model_dump(mode="json"),
             created_at=c.created_at,
             updated_at=c.updated_at,
-            history=c.history,
+            history=[h.model_dump(mode="json", exclude_none=True) for h in c.history],
         )
 
     @router.get("/authors/{author_id}/claim", response_model=AuthorClaimView, summary="Public claim status of a record")
@@ -186,8 +186,10 @@ def build_router(store: ClaimsStore, publisher: EventPublisher) -> APIRouter:
     return router
 
 
-async def validation_error_without_input(request: Request, exc: RequestValidationError) -> JSONResponse:
+async def validation_error_without_input(request: Request, exc: Exception) -> JSONResponse:
     """422 saying what is wrong and where, without echoing the submitted values: a token or
-    secret sent by mistake must not come back in a response (or a proxy's log of it)."""
+    secret sent by mistake must not come back in a response (or a proxy's log of it).
+    Registered for ``RequestValidationError`` only."""
+    assert isinstance(exc, RequestValidationError)
     errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
     return JSONResponse(status_code=422, content={"detail": errors})

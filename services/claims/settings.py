@@ -1,4 +1,8 @@
-"""Settings of the claims service (environment variables, e.g. ``MAX_OPEN_CLAIMS_PER_USER``)."""
+"""Settings of the claims service (environment variables, e.g. ``MAX_OPEN_CLAIMS_PER_USER``).
+
+The outbox's grace time and sweep interval (``OUTBOX_GRACE_S``, ``OUTBOX_SWEEP_INTERVAL_S``)
+and the attempts at a batch whose documents another writer changed
+(``WRITE_CONFLICT_ATTEMPTS``) are the runtime's."""
 
 from __future__ import annotations
 
@@ -17,9 +21,5 @@ class ClaimsSettings(RuntimeSettings):
     # A claim for an author the service has not seen yet waits this long for the author
     # (profile.events may lag the web app), then is rejected with unknown_author.
     pending_author_timeout_s: float = Field(default=600.0, gt=0)
+    # How often the sweeper looks for claims whose wait is over.
     sweep_interval_s: float = Field(default=15.0, gt=0)
-    # Events left in a claim's outbox this long (a writer stopped before publishing) are
-    # published by the sweeper.
-    outbox_grace_s: float = Field(default=30.0, gt=0)
-    # Reloads of a batch when another writer changed the same documents meanwhile.
-    conflict_attempts: int = Field(default=8, ge=1)

@@ -1,398 +1,249 @@
-"""Follow and unfollow commands: edges, exact counts, parking follows of unknown authors.
+"""Follow and unfollow commands: edges, exact counts, follows parked for unknown authors.
 
-Commands for one author share a partition (keyed by author_id), so one consumer applies
-them in order; this use case keeps that order inside a batch and is the only writer of an
-author's follow state. Per author and batch:
+Per batch, for all its authors together (one read of the authors, one of the edges
+concerned, one bulk write of the decisions, one of the edges, one publish):
 
-1. finish the author's ``pending`` outbox, if a crash left it not done (edges, events, parked);
-2. skip commands at or below the author's applied offset (a redelivered batch);
-3. apply parked commands (oldest first), then the new ones, to the edges;
-4. park what must wait for the author, then write count, applied offset and the new
-   ``pending`` outbox in ONE update of the author document (the commit point);
-5. write the edges, publish the events, drop finished parked commands, mark ``pending`` done.
+1. an author whose document still holds events in its outbox (the process died after a
+   decision, before publishing it) gets their edges written and is published first;
+2. commands at or before the author's applied position are passed over (a redelivery);
+3. the author's commands are decided (``rules.decide``: parked follows first once the
+   author is known) against its state and the current edges of the users concerned;
+4. each decision is written in ONE update of the author document, guarded by the version
+   it was taken against: count, revisions, parked follows, the command position, and the
+   events it causes pushed onto the document's outbox (the commit point). An author that
+   another writer changed meanwhile (a second replica) is read and decided again;
+5. the edges the events say are written (guarded by revision), then the events published
+   and pulled from the outbox (``service.outbox.deliver``).
 
-Each step runs for all the batch's authors together (one read of the authors, one of the
-edges concerned, one bulk update of the commits, one bulk write of the edges, one publish,
-one insert of "done" markers): an author's commit point is still its own document update.
+A crash after 4 leaves the events in the outbox: the next batch of that author does 1; if
+none comes, the runtime's sweeper publishes them and ``ledger.EdgeHealer`` writes their
+edges from follows.events. A decision waits until its author's edges are written up to
+its revision (``edges_revision``), so it never decides on edges a crash left behind.
+
+The sweeper (``sweep_forever``) decides the parked follows of authors that became known,
+or whose wait is over, the same way, without a command.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
-import uuid
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from contracts.envelope import Envelope, EventModel, deterministic_event_id
-from contracts.events.follows import (
-    AuthorFollowed,
-    AuthorUnfollowed,
-    FollowerCountChanged,
-    FollowRejected,
-    FollowRequested,
-    UnfollowRequested,
-)
-from contracts.registry import decode
+from contracts.envelope import Envelope, deterministic_event_id
+from contracts.events.follows import FollowRequested, UnfollowRequested
 from contracts.topics import Topic
 from service_runtime.delivery import Incoming
+from service_runtime.dispatch import Dispatch
 from service_runtime.logging import get_logger
 from service_runtime.offsets import ReadHorizon
+from service_runtime.outbox import Outbox, WriteConflict
 from service_runtime.publishing import EventPublisher, Outgoing
-from service_runtime.replay import published_revisions
-from services.follow.rules import Command, Edge, apply_commands, unknown_author_expired
+from services.follow.ledger import EdgeEvents, as_incoming
+from services.follow.rules import Cause, Command, Emit, decide, unknown_author_expired
 from services.follow.settings import FollowSettings
-from services.follow.store import FollowStore, edge_doc, edge_from
+from services.follow.store import AuthorCommit, AuthorRecord, FollowStore
 
 log = get_logger(__name__)
-NUDGE_PREFIX = "nudge:"
-# A nudge is answered by the author's next commit (which clears ``nudged_at``); one still
-# unanswered after this long is sent again (lost: a crash between marking and publishing,
-# or still queued behind a backlog), then after twice as long each time (``nudges``: how
-# many went unanswered). Re-sending every tick flooded command partitions that were behind
-# with nudges for every parked author, and kept them behind.
-NUDGE_RETRY_S = 30.0
+# How often a decision whose edges are behind looks again (see ``_await_edges``).
+_EDGES_POLL_S = 0.1
 
 
 @dataclass(frozen=True, slots=True)
 class Queued:
-    """A command waiting to be applied: new from the topic, or taken out of the parking."""
+    """A command from the topic, and where it came from."""
 
-    envelope: Envelope
-    payload: FollowRequested | UnfollowRequested
+    author_id: str
+    command: Command
     partition: int
     offset: int
-    parked: dict[str, Any] | None = None  # the parked document, if it came from there
-
-    @property
-    def is_follow(self) -> bool:
-        return isinstance(self.payload, FollowRequested)
 
 
-def encode_outgoing(out: Outgoing) -> dict[str, str]:
-    return {"t": out.topic, "k": out.key, "e": out.envelope.model_dump_json()}
+def _cause(item: Incoming[Any]) -> Cause:
+    return Cause(item.envelope.event_id, item.envelope.correlation_id)
 
 
-def decode_outgoing(doc: dict[str, str]) -> Outgoing:
-    return Outgoing(doc["t"], doc["k"], Envelope.model_validate_json(doc["e"]))
+def _follow(p: FollowRequested, item: Incoming[FollowRequested]) -> Queued:
+    command = Command("follow", p.user_id, item.envelope.occurred_at, _cause(item))
+    return Queued(p.author_id, command, item.partition, item.offset)
+
+
+def _unfollow(p: UnfollowRequested, item: Incoming[UnfollowRequested]) -> Queued:
+    command = Command("unfollow", p.user_id, item.envelope.occurred_at, _cause(item))
+    return Queued(p.author_id, command, item.partition, item.offset)
+
+
+READ_COMMAND = Dispatch[Queued]().on(FollowRequested, handler=_follow).on(UnfollowRequested, handler=_unfollow)
+
+
+def _applied_before(record: AuthorRecord, q: Queued) -> bool:
+    return record.applied is not None and record.applied[0] == q.partition and q.offset <= record.applied[1]
 
 
 class FollowCommands:
-    def __init__(self, store: FollowStore, publisher: EventPublisher, settings: FollowSettings) -> None:
+    accepts = READ_COMMAND.types
+
+    def __init__(self, store: FollowStore, publisher: EventPublisher, outbox: Outbox, settings: FollowSettings) -> None:
         self.store = store
         self.publisher = publisher
+        self.outbox = outbox
         self.settings = settings
-        self._handling = asyncio.Lock()
         # How far the sources group has read profile.events (see ``_sources_read_until``).
         self._sources_read = ReadHorizon(
             settings.kafka_bootstrap_servers, settings.sources_group, [settings.physical_topic(Topic.PROFILE_EVENTS)]
         )
 
-    def is_nudge(self, envelope: Envelope) -> bool:
-        """A copy of a parked command the sweeper sends to wake its author's partition up."""
-        return envelope.producer == self.settings.service_name and envelope.correlation_id.startswith(NUDGE_PREFIX)
-
-    async def handle(self, batch: Sequence[Incoming]) -> None:
-        # One batch at a time: the consumer's, or (in a rebuild) the sweeper's nudges.
-        async with self._handling:
-            await self._handle(batch)
-
-    async def _handle(self, batch: Sequence[Incoming]) -> None:
-        """The whole batch together: one read of its authors, one of the edges concerned,
-        one bulk update committing every author (each update its author's commit point),
-        then one bulk write of the edges, one publish and one bulk clear of the outboxes."""
-        by_author: dict[str, list[Incoming]] = {}
+    async def handle(self, batch: Sequence[Incoming[Any]]) -> None:
+        """webapp.follows: FollowRequested / UnfollowRequested, grouped by author in order."""
+        by_author: dict[str, list[Queued]] = {}
         for item in batch:
-            by_author.setdefault(item.payload.author_id, []).append(item)  # type: ignore[attr-defined]
+            q = READ_COMMAND(item)
+            by_author.setdefault(q.author_id, []).append(q)
+        await self.decide_for(by_author)
+
+    async def decide_for(self, commands: Mapping[str, Sequence[Queued]]) -> None:
+        """Decide these authors' commands (none: their parked follows only), deciding again
+        for an author another writer changed meanwhile."""
+        todo = dict(commands)
+        attempts = self.settings.write_conflict_attempts
+        for attempt in range(1, attempts + 1):
+            conflicted = await self._attempt(todo)
+            if not conflicted:
+                return
+            log.info("write_conflict_retrying", what="follow decisions", authors=len(conflicted), attempt=attempt)
+            todo = {a: commands[a] for a in conflicted}
+            await asyncio.sleep(0.005 * attempt)
+        raise WriteConflict(f"authors changed by another writer {attempts} times: {sorted(todo)[:5]}")
+
+    async def _attempt(self, commands: Mapping[str, Sequence[Queued]]) -> set[str]:
         # How far profile.events has been read, BEFORE the authors: every registration
         # appended before that moment is then in the documents read next. Read the other
         # way round, a registration handled in between would leave its author unknown here
         # while the moment says it was read, and its follows would be rejected.
         sources_read_until = await self.store.sources_read_until()
-        found = await self.store.authors_by_id(by_author)
-        docs = {a: found.get(a) or {} for a in by_author}
-        # Outboxes a crash left behind are carried out first (each step is idempotent).
-        outboxes = {a: d["pending"] for a, d in docs.items() if d.get("pending")}
-        done = await self.store.outboxes_done(p["id"] for p in outboxes.values())
-        await self._finish({a: p for a, p in outboxes.items() if p["id"] not in done})
-        parked = await self._parked({a: d for a, d in docs.items() if d.get("has_parked")})
-        queues: dict[str, tuple[list[Queued], list[Queued]]] = {}
-        for author_id, items in by_author.items():
-            new = [
-                Queued(i.envelope, i.payload, i.partition, i.offset)  # type: ignore[arg-type]
-                for i in items
-                if not self.is_nudge(i.envelope) and not _applied_before(docs[author_id], i)
-            ]
-            if new or parked.get(author_id):
-                queues[author_id] = (parked.get(author_id, []), new)
-        if not queues:
-            return
-        edges = await self.store.edges_of_many(
-            {a: {q.payload.user_id for q in old + new} for a, (old, new) in queues.items() if docs[a].get("known")}
-        )
-        now = datetime.now(UTC)
-        commits: dict[str, dict[str, Any]] = {}
-        to_park: list[dict[str, Any]] = []
-        for author_id, (old, new) in queues.items():
-            fields, park = self._author(
-                author_id, docs[author_id], old, new, edges.get(author_id, {}), now, sources_read_until
-            )
-            commits[author_id] = fields
-            to_park.extend(park)
-        await self.store.park(to_park)
-        # The sweeper finds parked authors in ``parked_authors``: added before the commit
-        # (a parked author is always found), removed after it (a stale entry is passed over).
-        await self.store.add_parked_authors(
-            [a for a, f in commits.items() if f["has_parked"] and not docs[a].get("has_parked")]
-        )
-        await self.store.set_authors_fields(commits)  # each author's update is its commit point
-        await self.store.remove_parked_authors(
-            [a for a, f in commits.items() if not f["has_parked"] and docs[a].get("has_parked")]
-        )
-        await self._finish({a: fields["pending"] for a, fields in commits.items()})
-
-    def _author(
-        self,
-        author_id: str,
-        doc: dict[str, Any],
-        parked: list[Queued],
-        new: list[Queued],
-        edges: dict[str, Edge],
-        now: datetime,
-        sources_read_until: datetime | None = None,
-    ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-        """One author's commit (the fields to set, with the ``pending`` outbox) and the
-        documents of the commands to park. A parked follow of an unknown author is rejected
-        once its wait ended before ``sources_read_until`` (``rules.unknown_author_expired``)."""
-        events: list[Outgoing] = []
-        fields: dict[str, Any] = {}
-        to_park: list[Queued] = []
-        waiting: list[dict[str, Any]] = []  # parked before and still parked
-        parked_done: list[str] = []
-        changed: dict[str, Any] = {}
-        if doc.get("known"):
-            queue = parked + new
-            parked_done = [q.parked["_id"] for q in parked if q.parked]
-            # A command a batch parked and then died before its commit point comes again
-            # once its author is known, and is applied directly: its parked document (same
-            # id, no author lists it) goes too, or it would wait in ``parked`` for ever.
-            parked_done += [str(q.envelope.event_id) for q in new]
-            changed = self._apply(author_id, doc, queue, edges, events, fields)
-        else:
-            for q in parked:
-                if q.parked and unknown_author_expired(q.parked["expires_at"], sources_read_until):
-                    parked_done.append(q.parked["_id"])
-                    if q.is_follow:
-                        events.append(self._rejected(q, "unknown_author"))
-            waiting = [q.parked for q in parked if q.parked and q.parked["_id"] not in parked_done]
-            # An unfollow of an unknown author is a no-op unless a parked follow precedes it.
-            for q in new:
-                if q.is_follow or waiting or to_park:
-                    to_park.append(q)
-        park_docs = [self._parked_doc(author_id, q, now) for q in to_park]
-        fields["has_parked"] = bool(waiting or park_docs)
-        fields["parked_ids"] = [d["_id"] for d in waiting + park_docs]
-        fields["parked_until"] = min((d["expires_at"] for d in waiting + park_docs), default=None)
-        if doc.get("nudged_at") is not None:
-            fields.update(nudged_at=None, nudges=0)  # the nudge, if one is on its way, is answered
-        if new:
-            fields["applied_partition"] = new[-1].partition
-            fields["applied_offset"] = new[-1].offset
-        fields["pending"] = {
-            "id": uuid.uuid4().hex,
-            # FerretDB stores no nested arrays: one sub-document per edge.
-            "edges": [{"u": user, **edge_doc(edge)} for user, edge in changed.items()],
-            "events": [encode_outgoing(e) for e in events],
-            "parked_done": parked_done,
+        records = await self._current(list(commands))
+        queues = {a: [q for q in commands[a] if not _applied_before(r, q)] for a, r in records.items()}
+        users = {
+            a: {q.command.user_id for q in queues[a]} | {p.user_id for p in r.state.parked}
+            for a, r in records.items()
+            if r.state.known and (queues[a] or r.state.parked)
         }
-        return fields, park_docs
-
-    def _apply(
-        self,
-        author_id: str,
-        doc: dict[str, Any],
-        queue: list[Queued],
-        edges: dict[str, Edge],
-        events: list[Outgoing],
-        fields: dict[str, Any],
-    ) -> dict[str, Any]:
-        commands = [
-            Command("follow" if q.is_follow else "unfollow", q.payload.user_id, q.envelope.occurred_at, q)
-            for q in queue
-        ]
-        start = int(doc.get("follower_count") or 0)
-        applied = apply_commands(commands, edges, start, doc.get("owner_user_id"))
-        for outcome in applied.outcomes:
-            q: Queued = outcome.command.ref  # type: ignore[assignment]
-            user = q.payload.user_id
-            if outcome.result == "followed":
-                events.append(self._event(AuthorFollowed(author_id=author_id, user_id=user, count=outcome.count), q))
-            elif outcome.result == "unfollowed":
-                events.append(self._event(AuthorUnfollowed(author_id=author_id, user_id=user, count=outcome.count), q))
-            elif outcome.result == "rejected_self_follow":
-                events.append(self._rejected(q, "self_follow"))
-        if applied.count != start:
-            revision = int(doc.get("count_revision") or 0) + 1
-            last = queue[-1]
-            # The revision is part of the id: a re-sent command may end two batches, and each
-            # batch's count is its own event.
-            events.append(
-                self.publisher.outgoing(
-                    FollowerCountChanged(author_id=author_id, count=applied.count, revision=revision),
-                    cause=last.envelope,
-                    event_id=deterministic_event_id(last.envelope.event_id, "FollowerCountChanged", revision),
+        edges = await self.store.edges_of(users)
+        wait_until = datetime.now(UTC) + timedelta(seconds=self.settings.unknown_author_wait_s)
+        commits = []
+        for author_id, record in records.items():
+            queue = queues[author_id]
+            decision = decide(
+                author_id,
+                record.state,
+                [q.command for q in queue],
+                edges.get(author_id, {}),
+                wait_until=wait_until,
+                sources_read_until=sources_read_until,
+            )
+            applied = (queue[-1].partition, queue[-1].offset) if queue else None
+            # Nothing to write: nothing changed, and no position to keep (no command, or no
+            # document yet: a command that changes nothing leaves no document behind).
+            if not decision.changes_anything and (applied is None or not record.exists):
+                continue
+            commits.append(
+                AuthorCommit(
+                    record=record,
+                    after=decision.state,
+                    edges_changed=bool(decision.edges),
+                    count_revision=decision.state.revision if decision.state.count != record.state.count else None,
+                    parked_changed=decision.parked_changed,
+                    applied=applied,
+                    events=[self._outgoing(e) for e in decision.emits],
                 )
             )
-            fields.update(follower_count=applied.count, count_revision=revision)
-        elif applied.changed:
-            # Written even when the batch nets to no change (a follow and its unfollow): a
-            # rebuild that applies in one batch what live applied in two (parked commands)
-            # then holds the same count, 0, not none.
-            fields["follower_count"] = applied.count
-        if applied.changed:
-            fields["pages"] = self.store.pages_with(doc.get("pages") or [], applied.changed)
-        return dict(applied.changed)
+        conflicted = await self.store.commit(commits)
+        await self._deliver({c.record.author_id: c.events for c in commits if c.record.author_id not in conflicted})
+        return conflicted
 
-    async def _finish(self, pending: dict[str, dict[str, Any]]) -> None:
-        """Carry out committed outboxes (author -> outbox), all authors together; every step
-        is idempotent, so re-running it is safe."""
-        if not pending:
+    async def _current(self, author_ids: list[str]) -> dict[str, AuthorRecord]:
+        """The authors as of their last decision: what a crash left in an outbox is written
+        and published first, and edges a crash left behind are waited for."""
+        records = await self.store.author_records(author_ids)
+        left = {a: r.pending for a, r in records.items() if r.pending}
+        if left:
+            log.info("follow_outbox_left_behind", authors=len(left), events=sum(len(e) for e in left.values()))
+            await self._deliver(left)
+            records.update(await self.store.author_records(left))
+        behind = {a: r.state.revision for a, r in records.items() if r.edges_behind}
+        if behind:
+            await self._await_edges(behind)
+            records.update(await self.store.author_records(behind))
+        return records
+
+    async def _await_edges(self, revisions: Mapping[str, int]) -> None:
+        """Wait until these authors' edges are written up to these revisions: a process died
+        after deciding and before writing them, and the sweeper published the events
+        without them; ``EdgeHealer`` writes them from follows.events."""
+        polls = 0
+        while True:
+            written = await self.store.edges_revisions(revisions)
+            behind = {a: r for a, r in revisions.items() if written.get(a, 0) < r}
+            if not behind:
+                return
+            if polls % 100 == 0:
+                log.warning("follow_edges_behind_waiting", authors=sorted(behind)[:5], waited_s=polls * _EDGES_POLL_S)
+            await asyncio.sleep(_EDGES_POLL_S)
+            polls += 1
+
+    async def _deliver(self, events: Mapping[str, list[Outgoing]]) -> None:
+        """Write the edges the events say, then publish the events and pull them from the
+        authors' outboxes."""
+        events = {a: e for a, e in events.items() if e}
+        if not events:
             return
-        await self.store.write_edges_many(
-            {a: {state["u"]: edge_from(state) for state in p.get("edges", [])} for a, p in pending.items()}
-        )
-        await self.publisher.publish([decode_outgoing(e) for p in pending.values() for e in p.get("events", [])])
-        await self.store.drop_parked([i for p in pending.values() for i in p.get("parked_done", [])])
-        await self.store.mark_outboxes_done([p["id"] for p in pending.values()])
+        await EdgeEvents().add([as_incoming(o) for e in events.values() for o in e]).write(self.store)
+        await self.outbox.deliver(self.store.authors, events)
 
-    async def _parked(self, docs: dict[str, dict[str, Any]]) -> dict[str, list[Queued]]:
-        """The parked commands of these authors in offset order, read by the ids their
-        documents list (one read for all)."""
-        found = await self.store.parked_by_id(i for d in docs.values() for i in d.get("parked_ids") or [])
-        out: dict[str, list[Queued]] = {}
-        for author_id, doc in docs.items():
-            queued = []
-            for parked in sorted(
-                (found[i] for i in doc.get("parked_ids") or [] if i in found), key=lambda p: p["offset"]
-            ):
-                envelope, payload = decode(Topic.WEBAPP_FOLLOWS, parked["envelope"].encode())
-                queued.append(Queued(envelope, payload, parked["partition"], parked["offset"], parked))  # type: ignore[arg-type]
-            out[author_id] = queued
-        return out
-
-    def _parked_doc(self, author_id: str, q: Queued, now: datetime) -> dict[str, Any]:
-        return {
-            "_id": str(q.envelope.event_id),
-            "author_id": author_id,
-            "partition": q.partition,
-            "offset": q.offset,
-            "envelope": q.envelope.model_dump_json(),
-            "parked_at": now,
-            "expires_at": now + timedelta(seconds=self.settings.unknown_author_wait_s),
-        }
-
-    def _event(self, payload: EventModel, cause: Queued) -> Outgoing:
-        return self.publisher.outgoing(
+    def _outgoing(self, emit: Emit) -> Outgoing:
+        payload = emit.payload
+        envelope = Envelope.wrap(
             payload,
-            cause=cause.envelope,
-            event_id=deterministic_event_id(cause.envelope.event_id, payload.event_type),
-        )
-
-    def _rejected(self, q: Queued, reason: str) -> Outgoing:
-        return self._event(
-            FollowRejected(author_id=q.payload.author_id, user_id=q.payload.user_id, reason=reason),  # type: ignore[arg-type]
-            q,
-        )
+            producer=self.publisher.producer_name,
+            event_id=deterministic_event_id(emit.cause.id, payload.event_type, *emit.id_parts),
+            correlation_id=emit.cause.correlation_id,
+        ).model_copy(update={"causation_id": emit.cause.id})
+        return Outgoing(str(payload.topic), payload.key(), envelope)
 
     # --- the sweeper ----------------------------------------------------------------
 
-    async def sweep_once(self, *, throttle: bool = True) -> int:
-        """Wake up authors whose parked follows can now be applied (author known) or
-        rejected (waited long enough, and profile.events read up to the end of the wait):
-        send a nudge through their partition, so the command consumer stays the one writer
-        of their follow state. Returns nudges sent."""
+    async def sweep_once(self) -> int:
+        """Decide the parked follows of authors that are known by now (applied) or whose
+        wait is over and profile.events read up to its end (rejected). Returns how many
+        authors it decided for."""
         now = datetime.now(UTC)
-        retry_s = max(2 * self.settings.sweep_interval_s, NUDGE_RETRY_S)
-        due = []
-        parked_authors = await self.store.authors_with_parked()
-        sources_read_until = await self._sources_read_until(now, parked_authors)
-        for author in parked_authors:
-            nudged_at = author.get("nudged_at")
-            wait = timedelta(seconds=retry_s * 2 ** min(int(author.get("nudges") or 0), 6))
-            if throttle and nudged_at is not None and now - nudged_at < wait:
-                continue
-            until = author.get("parked_until")
-            if author.get("parked_ids") and (
-                author.get("known") or (until is not None and unknown_author_expired(until, sources_read_until))
-            ):
-                due.append(author)
-        first = await self.store.parked_by_id(a["parked_ids"][0] for a in due)
-        due = [a for a in due if a["parked_ids"][0] in first]
-        nudges = [self._nudge(first[a["parked_ids"][0]]) for a in due]
-        await self.store.mark_nudged(
-            {a["_id"]: int(a.get("nudges") or 0) + (a.get("nudged_at") is not None) for a in due}, now
-        )
-        if self.settings.rebuilding:
-            # A rebuild publishes nothing and runs as one process: hand the nudges to the
-            # command handler directly.
-            await self.handle([Incoming(n.envelope, _command(n.envelope), n.topic, -1, -1) for n in nudges])
-        else:
-            await self.publisher.publish(nudges)
-        return len(nudges)
-
-    async def _sources_read_until(self, now: datetime, parked_authors: list[dict[str, Any]]) -> datetime | None:
-        """The moment up to which the sources consumer group has handled profile.events
-        (stored, so the command consumer of any replica reads the same), advanced while an
-        unknown author's wait is over and its follows wait for that reading."""
-        waiting = [
-            a["parked_until"]
-            for a in parked_authors
-            if not a.get("known") and a.get("parked_until") is not None and a["parked_until"] <= now
+        parked = await self.store.authors_with_parked()
+        sources_read_until = await self._sources_read_until(now, parked)
+        due = [
+            d["_id"] for d in parked if d.get("known") or unknown_author_expired(d["parked_until"], sources_read_until)
         ]
+        if due:
+            await self.decide_for({a: () for a in due})
+        return len(due)
+
+    async def _sources_read_until(self, now: datetime, parked: list[dict[str, Any]]) -> datetime | None:
+        """The moment up to which the sources consumer group has handled profile.events
+        (stored, so the decisions of any replica read the same), advanced while an unknown
+        author's wait is over and its follows wait for that reading."""
+        waiting = [d["parked_until"] for d in parked if not d.get("known") and d["parked_until"] <= now]
         if not waiting:
             return None
         stored = await self.store.sources_read_until()
         if stored is not None and max(waiting) <= stored:
             return stored
-        # Broker unreachable: this process's last reading, so the follows wait (known
-        # authors are still nudged).
+        # Broker unreachable: this process's last reading, so the follows wait.
         reached = await self._sources_read.try_advance(now)
         if reached is not None and (stored is None or reached > stored):
             await self.store.advance_sources_read_until(reached)
             return reached
         return stored
-
-    async def settle(self) -> None:
-        """Rebuild only (a drain hook): apply every parked command whose author is known by now."""
-        for _ in range(100):
-            if not any(a.get("known") for a in await self.store.authors_with_parked()):
-                return
-            await self.sweep_once(throttle=False)
-        log.warning("parked_commands_left_after_settle")
-
-    async def adopt_published_revisions(self) -> None:
-        """Rebuild only (a drain hook): each author's count revision is the one of the last
-        FollowerCountChanged the live service published (see ``published_revisions``), which
-        is what consumers hold, whether this rebuild counted fewer changes or more."""
-        top = await published_revisions(
-            self.settings,
-            Topic.FOLLOWS_EVENTS,
-            lambda event_type, data: data.get("revision") if event_type == "FollowerCountChanged" else None,
-        )
-        docs = await self.store.authors_by_id(top)
-        revisions: dict[str, int | None] = {
-            a: r for a, r in top.items() if int((docs.get(a) or {}).get("count_revision") or 0) != r
-        }
-        # And none where live published none: its batches netted every change to zero
-        # (a parked follow and its unfollow applied together) where this rebuild's did not.
-        revisions.update({a: None for a in await self.store.authors_with_count_revision() if a not in top})
-        await self.store.set_count_revisions(revisions)
-
-    def _nudge(self, parked: dict[str, Any]) -> Outgoing:
-        envelope = Envelope.model_validate(json.loads(parked["envelope"]))
-        return self.publisher.outgoing(_command(envelope), correlation_id=f"{NUDGE_PREFIX}{envelope.event_id}")
 
     async def sweep_forever(self) -> None:
         while True:
@@ -401,12 +252,3 @@ class FollowCommands:
             except Exception as exc:  # a failed sweep is retried at the next tick
                 log.warning("sweep_failed", error=repr(exc))
             await asyncio.sleep(self.settings.sweep_interval_s)
-
-
-def _command(envelope: Envelope) -> EventModel:
-    payload = FollowRequested if envelope.event_type == "FollowRequested" else UnfollowRequested
-    return payload.model_validate(envelope.data)
-
-
-def _applied_before(doc: dict[str, Any], item: Incoming) -> bool:
-    return doc.get("applied_partition") == item.partition and item.offset <= int(doc.get("applied_offset", -1))

@@ -29,15 +29,18 @@ UserId = Annotated[str, Path(pattern=ID_PATTERN, description="user id (the token
 
 # async: FastAPI runs a plain ``def`` dependency in a worker thread (see profile's routes).
 async def get_store(request: Request) -> FollowStore:
-    return request.app.state.follow_store
+    store: FollowStore = request.app.state.follow_store
+    return store
 
 
 async def get_publisher(request: Request) -> EventPublisher:
-    return request.app.state.service.publisher
+    publisher: EventPublisher = request.app.state.service.publisher
+    return publisher
 
 
 async def get_settings(request: Request) -> FollowSettings:
-    return request.app.state.service.settings
+    settings: FollowSettings = request.app.state.service.settings
+    return settings
 
 
 Store = Annotated[FollowStore, Depends(get_store)]
@@ -144,18 +147,17 @@ async def followers(
     cursor: Annotated[str | None, Query(pattern=ID_PATTERN, description="next_cursor of the previous page")] = None,
     limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
 ) -> FollowersPage:
-    author = await store.author(author_id)
-    if author is None or not author.get("known"):
+    count = await store.follower_count(author_id)
+    if count is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"unknown author {author_id}")
     size = limit or settings.page_limit
-    edges = await store.all_edges(author_id, author.get("pages") or [])
-    active = sorted((u, e.followed_at) for u, e in edges if e.active and (cursor is None or u > cursor))
-    page = active[:size]
+    found = await store.followers(author_id, cursor, size + 1)
+    page = found[:size]
     return FollowersPage(
         author_id=author_id,
-        follower_count=int(author.get("follower_count") or 0),
+        follower_count=count,
         followers=[Follower(user_id=u, followed_at=at) for u, at in page],
-        next_cursor=page[-1][0] if len(active) > size else None,
+        next_cursor=page[-1][0] if len(found) > size else None,
     )
 
 
@@ -163,7 +165,7 @@ async def followers(
 async def following(user_id: UserId, store: Store) -> Following:
     return Following(
         user_id=user_id,
-        following=[Followed(author_id=a, followed_at=at) for a, at in await store.following_of(user_id)],
+        following=[Followed(author_id=a, followed_at=at) for a, at in await store.following(user_id)],
     )
 
 

@@ -18,13 +18,13 @@ class FollowSettings(RuntimeSettings):
     # (profile.events may lag the web app), then rejected with reason unknown_author once
     # profile.events has been read up to the end of the wait (see README, unknown authors).
     unknown_author_wait_s: float = Field(default=60.0, gt=0)
-    # How often the sweeper looks for parked follows to apply or reject.
+    # How often the sweeper looks for parked follows to apply (author known) or reject.
     sweep_interval_s: float = Field(default=1.0, gt=0)
     # Followers per fan-out chunk (one follow.fanout message, one bulk inbox insert).
     fanout_chunk_size: int = Field(default=1000, ge=1, le=10_000)
-    # Pages of one author's follower index (by hash of user id): each is one document,
-    # read and written by _id, the only lookup FerretDB's SQLite backend serves without a scan.
-    follower_pages: int = Field(default=256, ge=1, le=4096)
+    # Chunks of one batch a replica notifies at once (their store writes and sends overlap;
+    # each holds its notifications in memory until they are published).
+    fanout_chunk_concurrency: int = Field(default=4, ge=1, le=64)
     # Page size of the HTTP lists.
     page_limit: int = Field(default=100, ge=1, le=1000)
 

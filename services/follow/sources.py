@@ -1,10 +1,12 @@
 """What the follow service learns from other services' events: which authors exist (and
 their names), who owns a record, and the events that notify followers.
 
-A batch is handled as a whole: one read of the authors it concerns, the identity and
-owner changes applied in memory in partition order (a notification's title uses the name
-known at that point), one bulk write of the changed authors, then every fan-out the batch
-triggers planned together (``FanoutPlanner.plan``)."""
+Identity and owner are folds of profile.events and claims.events (newest revision wins),
+the same live and in a rebuild. A batch is handled as a whole: one read of the authors it
+concerns, the events applied in memory in partition order (a notification's title uses
+the name known at that point), one bulk write of the names and owners that changed; live,
+every fan-out the batch triggers is then planned together (``FanoutPlanner.plan``).
+"""
 
 from __future__ import annotations
 
@@ -14,128 +16,154 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from contracts.envelope import Envelope, EventModel
-from contracts.events.claims import (
-    AuthorClaimState,
-    ClaimApproved,
-    ClaimNeedsReview,
-    ClaimRejected,
-    ClaimRevoked,
-    ClaimSubmitted,
-    ClaimWithdrawnEvent,
-    VerificationLevelChanged,
-)
+from contracts.events.claims import CLAIM_STATE_EVENTS, ClaimApproved, author_claim_of
+from contracts.events.notifications import NotificationKind
 from contracts.events.profile import AuthorRegistered, AuthorUpdated, WorkAdded, WorkUpdated
 from contracts.events.trust import TrustScoreChanged
 from service_runtime.delivery import Incoming
+from service_runtime.dispatch import Dispatch
 from service_runtime.logging import get_logger
 from services.follow.fanout import FanoutPlanner, FanoutTrigger
-from services.follow.rules import band_went_up, notification_title
+from services.follow.rules import AuthorFacts, band_went_up, notification_title
 from services.follow.store import FollowStore
 
 log = get_logger(__name__)
 
-_PROFILE = (AuthorRegistered, AuthorUpdated, WorkAdded, WorkUpdated)
-_CLAIM_STATE = (
-    ClaimSubmitted,
-    ClaimNeedsReview,
-    ClaimApproved,
-    ClaimRejected,
-    ClaimWithdrawnEvent,
-    ClaimRevoked,
-    VerificationLevelChanged,
-)
-
 
 @dataclass
 class SourceBatch:
-    """What a batch of source events does: author fields to set, fan-outs to start."""
+    """What a batch of source events does: names and owners to write, fan-outs to start."""
 
-    changes: dict[str, dict[str, Any]] = field(default_factory=dict)  # author_id -> fields to $set
+    facts: dict[str, AuthorFacts]  # the authors concerned, as stored, updated in order
+    named: dict[str, AuthorFacts] = field(default_factory=dict)
+    owned: dict[str, AuthorFacts] = field(default_factory=dict)
     triggers: list[FanoutTrigger] = field(default_factory=list)
 
 
-def apply_source_events(
-    events: Sequence[tuple[Envelope, EventModel]], authors: dict[str, dict[str, Any]]
-) -> SourceBatch:
-    """Apply a batch in order to ``authors`` (the stored documents, updated in place; an
-    author seen for the first time is added) and say what to write and whom to notify."""
-    out = SourceBatch()
-    for envelope, p in events:
-        author_id: str = p.author_id  # type: ignore[attr-defined]
-        doc = authors.setdefault(author_id, {"_id": author_id})
-        if isinstance(p, _PROFILE):
-            _set(out, doc, _identity(doc, p.author.display_name, p.author.revision))
-            if isinstance(p, WorkAdded):
-                title = notification_title("new_work", p.author.display_name, p.work.title)
-                out.triggers.append(FanoutTrigger(envelope, author_id, "new_work", title))
-        elif isinstance(p, _CLAIM_STATE):
-            _set(out, doc, _owner(doc, p.author_claim))
-            if isinstance(p, ClaimApproved):
-                title = notification_title("claim_approved", _name(doc))
-                out.triggers.append(FanoutTrigger(envelope, author_id, "claim_approved", title))
-        elif isinstance(p, TrustScoreChanged) and band_went_up(p.previous_band, p.band):
-            title = notification_title("trust_band_up", _name(doc), p.band)
-            out.triggers.append(FanoutTrigger(envelope, author_id, "trust_band_up", title))
+@dataclass(frozen=True, slots=True)
+class Named:
+    author_id: str
+    display_name: str
+    revision: int
+
+    def apply(self, batch: SourceBatch, source: Envelope) -> None:
+        facts = batch.facts[self.author_id]
+        if facts.named(self.display_name, self.revision):
+            batch.named[self.author_id] = facts
+
+
+@dataclass(frozen=True, slots=True)
+class Claimed:
+    author_id: str
+    payload: EventModel
+
+    def apply(self, batch: SourceBatch, source: Envelope) -> None:
+        claim = author_claim_of(self.payload)
+        facts = batch.facts[self.author_id]
+        if claim is not None and facts.claimed(claim):
+            batch.owned[self.author_id] = facts
+
+
+@dataclass(frozen=True, slots=True)
+class Notifies:
+    """The event notifies the author's followers; the title names the author as known at
+    this point of the batch (``name``: as the event itself names it)."""
+
+    author_id: str
+    kind: NotificationKind
+    detail: str | None = None
+    name: str | None = None
+
+    def apply(self, batch: SourceBatch, source: Envelope) -> None:
+        name = self.name or batch.facts[self.author_id].name(self.author_id)
+        title = notification_title(self.kind, name, self.detail)
+        batch.triggers.append(FanoutTrigger(source, self.author_id, self.kind, title))
+
+
+Fact = Named | Claimed | Notifies
+
+
+def _profile(p: AuthorRegistered | AuthorUpdated | WorkUpdated, item: Incoming[Any]) -> list[Fact]:
+    return [Named(p.author_id, p.author.display_name, p.author.revision)]
+
+
+def _work_added(p: WorkAdded, item: Incoming[WorkAdded]) -> list[Fact]:
+    named = Named(p.author_id, p.author.display_name, p.author.revision)
+    return [named, Notifies(p.author_id, "new_work", p.work.title, name=p.author.display_name)]
+
+
+def _claim_state(p: EventModel, item: Incoming[Any]) -> list[Fact]:
+    claim = author_claim_of(p)
+    return [Claimed(str(p.key()), p)] if claim is not None else []
+
+
+def _claim_approved(p: ClaimApproved, item: Incoming[ClaimApproved]) -> list[Fact]:
+    return [Claimed(p.author_id, p), Notifies(p.author_id, "claim_approved")]
+
+
+def _trust(p: TrustScoreChanged, item: Incoming[TrustScoreChanged]) -> list[Fact]:
+    return [Notifies(p.author_id, "trust_band_up", p.band)] if band_went_up(p.previous_band, p.band) else []
+
+
+READ_SOURCE = (
+    Dispatch[list[Fact]]()
+    .on(AuthorRegistered, handler=_profile)
+    .on(AuthorUpdated, handler=_profile)
+    .on(WorkUpdated, handler=_profile)
+    .on(WorkAdded, handler=_work_added)
+    .on(*(t for t in CLAIM_STATE_EVENTS if t is not ClaimApproved), handler=_claim_state)
+    .on(ClaimApproved, handler=_claim_approved)
+    .on(TrustScoreChanged, handler=_trust)
+)
+
+
+async def fold_sources(store: FollowStore, batch: Sequence[Incoming[Any]]) -> SourceBatch:
+    """Apply a batch of source events to the authors they concern, in order, and write
+    the names and owners that changed."""
+    facts = [(item.envelope, READ_SOURCE(item)) for item in batch]
+    authors = {f.author_id for _, fs in facts for f in fs}
+    out = SourceBatch(await store.author_facts(authors))
+    for envelope, fs in facts:
+        for f in fs:
+            f.apply(out, envelope)
+    await store.write_facts(out.named, out.owned)
     return out
 
 
 class SourceEvents:
-    def __init__(self, store: FollowStore, planner: FanoutPlanner | None) -> None:
-        self.store = store
-        self.planner = planner  # None in a rebuild: fan-outs were planned and sent live
+    """Live: profile.events, claims.events, trust.events -> identity, owner, fan-outs."""
 
-    async def handle(self, batch: Sequence[Incoming]) -> None:
+    accepts = READ_SOURCE.types
+
+    def __init__(self, store: FollowStore, planner: FanoutPlanner) -> None:
+        self.store = store
+        self.planner = planner
+
+    async def handle(self, batch: Sequence[Incoming[Any]]) -> None:
         started = time.perf_counter()
-        authors = await self.store.authors_by_id(i.payload.author_id for i in batch)  # type: ignore[attr-defined]
-        read = time.perf_counter()
-        applied = apply_source_events([(i.envelope, i.payload) for i in batch], authors)
-        await self.store.set_authors_fields(applied.changes)
+        applied = await fold_sources(self.store, batch)
         written = time.perf_counter()
-        if self.planner is not None:
-            await self.planner.plan(applied.triggers, authors)
+        await self.planner.plan(applied.triggers)
         log.info(
             "source_batch",
             events=len(batch),
-            authors=len(authors),
-            changed=len(applied.changes),
+            authors=len(applied.facts),
+            named=len(applied.named),
+            owned=len(applied.owned),
             triggers=len(applied.triggers),
-            read_s=round(read - started, 3),
-            write_s=round(written - read, 3),
+            fold_s=round(written - started, 3),
             plan_s=round(time.perf_counter() - written, 3),
         )
 
 
-def _set(out: SourceBatch, doc: dict[str, Any], fields: dict[str, Any]) -> None:
-    if fields:
-        doc.update(fields)
-        out.changes.setdefault(doc["_id"], {}).update(fields)
+class SourcesRebuild:
+    """Rebuild only: identity and owner, the same fold; fan-outs were planned live and their
+    notifications come back from notifications.events."""
 
+    accepts = READ_SOURCE.types
 
-def _identity(doc: dict[str, Any], display_name: str, revision: int) -> dict[str, Any]:
-    """The author exists; keep the newest name (stale or replayed revisions are ignored).
+    def __init__(self, store: FollowStore) -> None:
+        self.store = store
 
-    A newer revision that changes neither is not written: nearly every profile event is a
-    new revision of its author (each work), and rewriting the author document for each
-    was most of this consumer's store time. ``profile_revision`` is thus the revision of
-    the last change; an author's profile events are read in order, so one seen again (a
-    redelivery) with a revision above the stored one came after the last change and
-    carries the stored name: skipped again, as the first time."""
-    if revision <= int(doc.get("profile_revision") or 0):
-        return {}
-    if doc.get("known") and doc.get("display_name") == display_name:
-        return {}
-    return {"known": True, "display_name": display_name, "profile_revision": revision}
-
-
-def _owner(doc: dict[str, Any], claim: AuthorClaimState) -> dict[str, Any]:
-    """The newest owner; as for the name, a newer revision with the same owner is not written."""
-    if claim.revision <= int(doc.get("claim_revision") or 0):
-        return {}
-    owner = claim.owner_user_id if claim.claimed else None
-    if "owner_user_id" in doc and doc["owner_user_id"] == owner:
-        return {}
-    return {"owner_user_id": owner, "claim_revision": claim.revision}
-
-
-def _name(doc: dict[str, Any]) -> str:
-    return str(doc.get("display_name") or doc["_id"])
+    async def handle(self, batch: Sequence[Incoming[Any]]) -> None:
+        await fold_sources(self.store, batch)

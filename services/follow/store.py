@@ -1,396 +1,506 @@
-"""The follow service's projection in MongoDB (FerretDB locally).
+"""The follow service's store adapter: the one module that knows its collections, the shape
+of their documents and the driver. Every document is plain fields and subdocuments.
 
-Layout, chosen so the hot paths (commands, fan-out) only ever look documents up by _id,
-the one lookup FerretDB's SQLite backend answers without scanning the collection:
-
-* ``authors``: one document per author: identity (known, display name, owner, with the
-  revisions that guard them), the exact follower count with its revision, the offset of
-  the last command applied, and ``pending``: the outbox of the last command batch (edge
-  writes, events to publish, parked commands to drop), written in the same update as the
-  count; once carried out, its id goes into ``outboxes_done`` (an insert). A crash
-  anywhere is healed by the next batch of that author.
-* ``follower_pages``: an author's follower index cut into pages by hash of user id
-  (``<author_id>#<page>``), each one JSON string user -> [on, followed_at, unfollowed_at]. Unfollows keep the edge,
-  marked, so a fan-out knows who followed at the moment of its source event.
-* ``following``: per user, the authors they follow (the reverse index for HTTP).
-* ``parked``: follow commands for authors not known yet, waiting for the author; the
-  author document lists their ids (``parked_ids``, in offset order) and when the first
-  expires (``parked_until``), and ``parked_authors`` has one document per author with
-  parked commands: the sweeper's starting point, so no path scans ``parked`` or ``authors``.
-* ``fanouts`` / ``fanout_chunks``: the plan of each fan-out and the members of its chunks;
-  ``fanouts_published`` / ``fanout_chunks_done``: one marker document per plan whose chunks
-  were published and per chunk notified (inserts, not updates of the plan).
-* ``inbox``: notifications, ``_id`` = the deterministic notification id, so inserting one
-  twice is a no-op.
+* ``authors``, one per author (``_id`` = author id):
+  - identity and owner, folds of profile.events and claims.events: ``known``,
+    ``display_name``, ``profile_revision``, ``owner_user_id``, ``claim_revision``;
+  - follow state, decided by the command consumer: ``follower_count`` (exact),
+    ``revision`` (+1 per follow or unfollow applied), ``count_revision`` (the revision of the
+    last ``FollowerCountChanged``), ``parked`` (follows waiting for the author to be known,
+    in the order they came, each with the unfollow that joined it) and ``parked_until``
+    (the earliest end of their waits; null when none);
+  - bookkeeping: ``version`` (guards every decision's write), ``applied`` (partition and
+    offset of the last command applied), ``edges_revision`` (the revision up to which the
+    edges are written) and ``outbox`` (the runtime's: the events the last decisions caused).
+* ``edges``, one per (author, user) (``_id`` = ``<author_id>/<user_id>``): ``author_id``,
+  ``user_id``, ``active``, ``followed_at``, ``unfollowed_at``, ``revision``. An unfollow
+  keeps the edge, marked, so a fan-out knows who followed at the moment of its source
+  event. Indexed by (author_id, user_id) (followers, fan-out ranges) and by (user_id,
+  author_id) (the authors a user follows).
+* ``inbox``, one per notification (``_id`` = the deterministic notification id): user,
+  author, kind, title, source event, ``created_at``, ``read``.
+* ``fanouts``, one per fan-out plan (``_id`` = fanout id): the source event, the moment
+  that decides who is notified, and the user-id ranges of its chunks; its ``outbox`` holds
+  the chunk requests until they are published.
+* ``fanout_chunks``, one per chunk notified (``_id`` = ``<fanout_id>:<n>``): how many it
+  notified; its ``outbox`` holds the chunk's NotificationCreated events until they are
+  published (a chunk whose outbox is empty is done).
+* ``source_progress``: how far the sources group has read profile.events, as a moment.
 """
 
 from __future__ import annotations
 
-import asyncio
-import json
-from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime, timedelta
-from typing import Any
+import uuid
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, ClassVar
 
-from pymongo import ASCENDING, DESCENDING, UpdateOne
-from pymongo.asynchronous.database import AsyncDatabase
+from pymongo import ASCENDING, DESCENDING, IndexModel, UpdateOne
 from pymongo.errors import BulkWriteError
 
+from contracts.events.notifications import NotificationCreated
+from service_runtime import outbox
 from service_runtime.projection import Projection
-from service_runtime.store import bulk_update
-from services.follow.rules import Edge, field_key, from_field_key, page_of
+from service_runtime.publishing import Outgoing
+from service_runtime.store import Collection, Database, Document, StoreAdapter
+from services.follow.rules import (
+    AuthorFacts,
+    Cause,
+    ChunkNotified,
+    Edge,
+    EdgeChange,
+    FollowFold,
+    FollowState,
+    Parked,
+    ParkedUnfollow,
+    Plan,
+)
 
 DUPLICATE_KEY = 11000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_PROFILE_PROGRESS = "profile.events"
 
-# What a rebuild from the log must reproduce: authors (identity, owner, exact counts),
-# the follower index both ways, and the inbox. Left out: where the command consumer
-# stands, its outbox and parking marks; parked commands and fan-out plans are work in
-# progress.
+# What a rebuild from the log must reproduce: authors (identity, owner, exact count and
+# its revisions, parked follows), every edge, and the inbox. Left out: how this copy got
+# there (the write guard, the command position, how far the edges are written, outboxes).
+# Fan-out plans and chunks are work in progress: the inbox is what they produced.
 PROJECTION = Projection.of(
-    authors=(
-        "pending",
-        "applied_partition",
-        "applied_offset",
-        "has_parked",
-        "parked_ids",
-        "parked_until",
-        "nudged_at",
-        "nudges",
-    ),
-    follower_pages=(),
-    following=(),
+    authors=("version", "applied", "edges_revision", "outbox"),
+    edges=(),
     inbox=(),
 )
-_READ_CONCURRENCY = 32
-# Ids per ``{_id: {$in: [...]}}`` read: FerretDB (patched) serves it from the _id index,
-# ~55 ms for 500 ids on 100,000 documents; slices of this size keep each answer small.
-_IDS_PER_READ = 128
 
 
-_PROFILE_PROGRESS = "profile.events"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+@dataclass(frozen=True, slots=True)
+class AuthorRecord:
+    """An author document as the command consumer reads it."""
+
+    author_id: str
+    exists: bool
+    state: FollowState
+    version: int
+    applied: tuple[int, int] | None  # (partition, offset) of the last command applied
+    edges_revision: int
+    pending: list[Outgoing]  # the outbox: events a decision wrote and nobody published yet
+
+    @property
+    def edges_behind(self) -> bool:
+        """Edges of a committed decision not written yet (a crash before they were)."""
+        return self.edges_revision < self.state.revision
 
 
-def edge_doc(edge: Edge) -> dict[str, Any]:
-    return {"on": edge.active, "at": edge.followed_at, "un": edge.unfollowed_at}
+@dataclass(frozen=True, slots=True)
+class AuthorCommit:
+    """One author's decision, written in ONE guarded update (its commit point)."""
+
+    record: AuthorRecord
+    after: FollowState
+    edges_changed: bool
+    count_revision: int | None  # set when the decision changed the count
+    parked_changed: bool
+    applied: tuple[int, int] | None
+    events: list[Outgoing]
 
 
-def edge_from(doc: dict[str, Any]) -> Edge:
-    return Edge(bool(doc.get("on")), doc.get("at"), doc.get("un"))
+def edge_id(author_id: str, user_id: str) -> str:
+    return f"{author_id}/{user_id}"
 
 
-def _micros(moment: datetime | None) -> int | None:
-    return None if moment is None else (moment - _EPOCH) // timedelta(microseconds=1)
+def inbox_doc(note: NotificationCreated) -> Document:
+    return {
+        "_id": str(note.notification_id),
+        "user_id": note.user_id,
+        "author_id": note.author_id,
+        "kind": note.kind,
+        "source_event_id": str(note.source_event_id),
+        "title": note.title,
+        "created_at": note.created_at,
+        "read": False,
+    }
 
 
-def _moment(micros: int | None) -> datetime | None:
-    return None if micros is None else _EPOCH + timedelta(microseconds=micros)
+def _edge(doc: Mapping[str, Any]) -> Edge:
+    return Edge(bool(doc.get("active")), doc.get("followed_at"), doc.get("unfollowed_at"))
 
 
-def encode_page(edges: dict[str, Edge]) -> str:
-    """A page's edges as one JSON string: FerretDB reads one string many times faster than
-    a map of sub-documents (measured: 30,000 edges in 256 pages, 5.5 s as sub-documents)."""
-    return json.dumps(
-        {u: [int(e.active), _micros(e.followed_at), _micros(e.unfollowed_at)] for u, e in edges.items()},
-        separators=(",", ":"),
+def _cause(doc: Mapping[str, Any], id_field: str) -> Cause:
+    return Cause(uuid.UUID(doc[id_field]), doc["correlation_id"])
+
+
+def _parked(doc: Mapping[str, Any]) -> Parked:
+    un = doc.get("unfollow")
+    return Parked(
+        user_id=doc["user_id"],
+        at=doc["requested_at"],
+        cause=_cause(doc, "follow_id"),
+        wait_until=doc["wait_until"],
+        unfollow=ParkedUnfollow(un["requested_at"], _cause(un, "unfollow_id")) if un else None,
     )
 
 
-def decode_page(doc: dict[str, Any] | None) -> dict[str, Edge]:
-    if not doc or not doc.get("j"):
-        return {}
-    return {u: Edge(bool(on), _moment(at), _moment(un)) for u, (on, at, un) in json.loads(doc["j"]).items()}
+def _parked_doc(p: Parked) -> Document:
+    return {
+        "user_id": p.user_id,
+        "requested_at": p.at,
+        "follow_id": str(p.cause.id),
+        "correlation_id": p.cause.correlation_id,
+        "wait_until": p.wait_until,
+        "unfollow": (
+            {
+                "requested_at": p.unfollow.at,
+                "unfollow_id": str(p.unfollow.cause.id),
+                "correlation_id": p.unfollow.cause.correlation_id,
+            }
+            if p.unfollow
+            else None
+        ),
+    }
 
 
-def _only_duplicates(exc: BulkWriteError) -> bool:
-    return all(e.get("code") == DUPLICATE_KEY for e in exc.details.get("writeErrors", []))
+def _parked_fields(parked: Sequence[Parked]) -> Document:
+    return {
+        "parked": [_parked_doc(p) for p in parked],
+        "parked_until": min((p.wait_until for p in parked), default=None),
+    }
 
 
-class FollowStore:
-    def __init__(self, db: AsyncDatabase, pages: int) -> None:
-        self.db = db
-        self.pages = pages
-        self.authors = db.authors
-        self.follower_pages = db.follower_pages
-        self.following = db.following
-        self.parked = db.parked
-        self.parked_authors = db.parked_authors
-        self.source_progress = db.source_progress
-        self.done_outboxes = db.outboxes_done
-        self.fanouts = db.fanouts
-        self.chunks = db.fanout_chunks
-        self.chunks_done = db.fanout_chunks_done
-        self.fanouts_published = db.fanouts_published
-        self.inbox = db.inbox
-        self._reads = asyncio.Semaphore(_READ_CONCURRENCY)
-        # The command, source and sweeper consumers all update author documents; FerretDB
-        # applies an update as a read-modify-write that is not atomic across connections,
-        # so concurrent updates of one document could lose a change. One at a time here.
-        self._author_writes = asyncio.Lock()
+def _follow_state(doc: Mapping[str, Any]) -> FollowState:
+    return FollowState(
+        known=bool(doc.get("known")),
+        owner_user_id=doc.get("owner_user_id"),
+        count=int(doc.get("follower_count") or 0),
+        revision=int(doc.get("revision") or 0),
+        parked=tuple(_parked(p) for p in doc.get("parked") or ()),
+    )
 
-    async def create_indexes(self) -> None:
-        # FerretDB keeps these without using them for ranges; MongoDB serves the reads with them.
-        await self.parked.create_index([("author_id", ASCENDING), ("offset", ASCENDING)])
-        await self.inbox.create_index([("user_id", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)])
 
-    async def _find_one(self, collection: Any, _id: str) -> dict[str, Any] | None:
-        async with self._reads:
-            return await collection.find_one({"_id": _id})
+def _record(author_id: str, doc: Mapping[str, Any] | None) -> AuthorRecord:
+    doc = doc or {}
+    applied = doc.get("applied")
+    return AuthorRecord(
+        author_id=author_id,
+        exists=bool(doc),
+        state=_follow_state(doc),
+        version=int(doc.get("version") or 0),
+        applied=(int(applied["partition"]), int(applied["offset"])) if applied else None,
+        edges_revision=int(doc.get("edges_revision") or 0),
+        pending=outbox.pending(doc),
+    )
 
-    async def _find_many(self, collection: Any, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-        """The documents with these ids (missing ones left out), read by ``_id $in`` in slices."""
-        unique = list(dict.fromkeys(ids))
 
-        async def read(part: list[str]) -> list[dict[str, Any]]:
-            async with self._reads:
-                return await collection.find({"_id": {"$in": part}}).to_list(None)
+def _facts(doc: Mapping[str, Any] | None) -> AuthorFacts:
+    doc = doc or {}
+    return AuthorFacts(
+        known=bool(doc.get("known")),
+        display_name=doc.get("display_name"),
+        profile_revision=doc.get("profile_revision"),
+        owner_user_id=doc.get("owner_user_id"),
+        claim_revision=doc.get("claim_revision"),
+    )
 
-        parts = await asyncio.gather(
-            *(read(unique[i : i + _IDS_PER_READ]) for i in range(0, len(unique), _IDS_PER_READ))
-        )
-        return {d["_id"]: d for part in parts for d in part}
 
-    # --- authors --------------------------------------------------------------------
+def _older(field: str, revision: int) -> Document:
+    """A guard: the stored ``field`` is older than ``revision`` (or absent)."""
+    return {"$or": [{field: {"$lt": revision}}, {field: None}]}
 
-    async def author(self, author_id: str) -> dict[str, Any] | None:
-        return await self._find_one(self.authors, author_id)
 
-    async def authors_by_id(self, author_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-        return await self._find_many(self.authors, author_ids)
+class FollowStore(StoreAdapter):
+    indexes: ClassVar[Mapping[str, Sequence[IndexModel]]] = {
+        "edges": [
+            IndexModel([("author_id", ASCENDING), ("user_id", ASCENDING)], name="followers"),
+            IndexModel([("user_id", ASCENDING), ("author_id", ASCENDING)], name="following"),
+        ],
+        # The parked-follow sweeper's starting point: only authors with parked follows have one.
+        "authors": [IndexModel([("parked_until", ASCENDING)], name="parked_until")],
+        "inbox": [IndexModel([("user_id", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)], name="newest")],
+        "fanout_chunks": [IndexModel([("fanout_id", ASCENDING)], name="of_fanout")],
+    }
+    # A chunk's outbox is not swept: its events are published only by the chunk worker,
+    # after the inbox documents they stand for (the chunk message comes again until then).
+    outbox_collections: ClassVar[tuple[str, ...]] = ("authors", "fanouts")
+    projection: ClassVar[Projection] = PROJECTION
 
-    async def set_author_fields(self, author_id: str, fields: dict[str, Any]) -> None:
-        async with self._author_writes:
-            await self.authors.update_one({"_id": author_id}, {"$set": fields}, upsert=True)
+    def __init__(self, db: Database) -> None:
+        super().__init__(db)
+        self.authors: Collection = db["authors"]
+        self.edges: Collection = db["edges"]
+        self.inbox: Collection = db["inbox"]
+        self.fanouts: Collection = db["fanouts"]
+        self.chunks: Collection = db["fanout_chunks"]
+        self.source_progress: Collection = db["source_progress"]
 
-    async def set_authors_fields(self, changes: dict[str, dict[str, Any]]) -> None:
-        """``$set`` each author's changed fields (upserting), all authors in bulk."""
-        if not changes:
-            return
-        async with self._author_writes:
-            await bulk_update(
-                self.authors, [UpdateOne({"_id": a}, {"$set": fields}, upsert=True) for a, fields in changes.items()]
+    # --- authors: follow state ------------------------------------------------------
+
+    async def author(self, author_id: str) -> Document | None:
+        return await self.authors.find_one({"_id": author_id})
+
+    async def follower_count(self, author_id: str) -> int | None:
+        """The exact follower count of a known author; None: the author is not known."""
+        doc = await self.authors.find_one({"_id": author_id}, {"known": 1, "follower_count": 1})
+        return int(doc.get("follower_count") or 0) if doc and doc.get("known") else None
+
+    async def author_records(self, author_ids: Iterable[str]) -> dict[str, AuthorRecord]:
+        ids = list(dict.fromkeys(author_ids))
+        docs = {d["_id"]: d async for d in self.authors.find({"_id": {"$in": ids}})} if ids else {}
+        return {a: _record(a, docs.get(a)) for a in ids}
+
+    async def commit(self, commits: Sequence[AuthorCommit]) -> set[str]:
+        """Write each author's decision in one update guarded by the version it was taken
+        against (state, command position and the events it causes, in the outbox); returns
+        the authors another writer changed meanwhile (nothing of theirs was written)."""
+        ops = []
+        now = datetime.now(UTC)
+        for c in commits:
+            fields: Document = {"version": c.record.version + 1}
+            if c.applied is not None:
+                fields["applied"] = {"partition": c.applied[0], "offset": c.applied[1]}
+            if c.edges_changed:
+                fields.update(follower_count=c.after.count, revision=c.after.revision)
+            if c.count_revision is not None:
+                fields["count_revision"] = c.count_revision
+            if c.parked_changed:
+                fields.update(_parked_fields(c.after.parked))
+            guard = {"_id": c.record.author_id, "version": c.record.version or None}
+            ops.append(UpdateOne(guard, outbox.push({"$set": fields}, c.events, now), upsert=True))
+        failed = await _bulk_duplicates(self.authors, ops)
+        return {commits[i].record.author_id for i in failed}
+
+    async def authors_with_parked(self) -> list[Document]:
+        """The authors with parked follows (by the ``parked_until`` index)."""
+        cursor = self.authors.find({"parked_until": {"$gte": _EPOCH}}, {"known": 1, "parked_until": 1})
+        return await cursor.to_list(None)
+
+    async def edges_revisions(self, author_ids: Iterable[str]) -> dict[str, int]:
+        ids = list(dict.fromkeys(author_ids))
+        if not ids:
+            return {}
+        cursor = self.authors.find({"_id": {"$in": ids}}, {"edges_revision": 1})
+        return {d["_id"]: int(d.get("edges_revision") or 0) async for d in cursor}
+
+    # --- authors: identity and owner --------------------------------------------------
+
+    async def author_facts(self, author_ids: Iterable[str]) -> dict[str, AuthorFacts]:
+        ids = list(dict.fromkeys(author_ids))
+        docs = {d["_id"]: d async for d in self.authors.find({"_id": {"$in": ids}})} if ids else {}
+        return {a: _facts(docs.get(a)) for a in ids}
+
+    async def write_facts(self, named: Mapping[str, AuthorFacts], owned: Mapping[str, AuthorFacts]) -> None:
+        """Set the names and owners that changed, each guarded by its revision (a write
+        older than the stored one is passed over)."""
+        ops = [
+            UpdateOne(
+                {"_id": a, **_older("profile_revision", f.profile_revision)},
+                {"$set": {"known": f.known, "display_name": f.display_name, "profile_revision": f.profile_revision}},
+                upsert=True,
             )
+            for a, f in named.items()
+            if f.profile_revision is not None
+        ]
+        ops += [
+            UpdateOne(
+                {"_id": a, **_older("claim_revision", f.claim_revision)},
+                {"$set": {"owner_user_id": f.owner_user_id, "claim_revision": f.claim_revision}},
+                upsert=True,
+            )
+            for a, f in owned.items()
+            if f.claim_revision is not None
+        ]
+        await _guarded_upserts(self.authors, ops)
 
-    async def mark_outboxes_done(self, outbox_ids: Sequence[str]) -> None:
-        """Record these outboxes as carried out. A marker document each rather than
-        unsetting ``pending`` in the author documents: an insert costs a fraction of a
-        whole-document update on FerretDB, and the outbox is replaced at the author's
-        next commit anyway."""
-        await self.insert_ignoring_duplicates(self.done_outboxes, [{"_id": i} for i in outbox_ids])
+    # --- authors: the follow state a rebuild folds --------------------------------------
 
-    async def outboxes_done(self, outbox_ids: Iterable[str]) -> set[str]:
-        return set(await self._find_many(self.done_outboxes, outbox_ids))
-
-    async def authors_with_parked(self) -> list[dict[str, Any]]:
-        """The authors with parked commands: from ``parked_authors`` (one small document
-        per such author), read by _id; an entry whose author has none left (a crash between
-        the author's commit and the entry's removal) is passed over."""
-        ids = [d["_id"] for d in await self.parked_authors.find({}).to_list(None)]
-        docs = await self.authors_by_id(ids)
-        return [d for d in docs.values() if d.get("has_parked")]
-
-    async def add_parked_authors(self, author_ids: Sequence[str]) -> None:
-        await self.insert_ignoring_duplicates(self.parked_authors, [{"_id": a} for a in author_ids])
-
-    async def remove_parked_authors(self, author_ids: Sequence[str]) -> None:
-        if author_ids:
-            await self.parked_authors.delete_many({"_id": {"$in": list(author_ids)}})
-
-    # --- follower index -------------------------------------------------------------
-
-    def page_id(self, author_id: str, page: int) -> str:
-        return f"{author_id}#{page}"
-
-    async def edges_of(self, author_id: str, user_ids: Iterable[str]) -> dict[str, Edge]:
-        return (await self.edges_of_many({author_id: user_ids}))[author_id]
-
-    async def edges_of_many(self, user_ids: dict[str, Iterable[str]]) -> dict[str, dict[str, Edge]]:
-        """The edges of these users, per author, from one read of the pages that hold them."""
-        users = {a: set(u) for a, u in user_ids.items()}
-        pages = await self._pages_of({a: {page_of(u, self.pages) for u in us} for a, us in users.items()})
-        return {a: {u: e for page in pages[a].values() for u, e in page.items() if u in users[a]} for a in users}
-
-    async def _pages_of(self, numbers: dict[str, Iterable[int]]) -> dict[str, dict[int, dict[str, Edge]]]:
-        wanted = {a: sorted(set(ns)) for a, ns in numbers.items()}
-        docs = await self._find_many(self.follower_pages, (self.page_id(a, p) for a, ns in wanted.items() for p in ns))
-        return {a: {p: decode_page(docs.get(self.page_id(a, p))) for p in ns} for a, ns in wanted.items()}
-
-    async def all_edges(self, author_id: str, pages: Sequence[int]) -> list[tuple[str, Edge]]:
-        return (await self.edges_of_authors({author_id: pages}))[author_id]
-
-    async def edges_of_authors(self, pages: dict[str, Sequence[int]]) -> dict[str, list[tuple[str, Edge]]]:
-        """Every edge of each author's follower index (given the author's page numbers),
-        all pages of all authors read together."""
-        ids = {self.page_id(a, p): a for a, numbers in pages.items() for p in set(numbers)}
-        docs = await self._find_many(self.follower_pages, ids)
-        out: dict[str, list[tuple[str, Edge]]] = {a: [] for a in pages}
-        for page_id, doc in docs.items():
-            out[ids[page_id]].extend(decode_page(doc).items())
+    async def follow_folds(self, author_ids: Iterable[str]) -> dict[str, FollowFold]:
+        ids = list(dict.fromkeys(author_ids))
+        docs = {d["_id"]: d async for d in self.authors.find({"_id": {"$in": ids}})} if ids else {}
+        out = {}
+        for a in ids:
+            doc = docs.get(a) or {}
+            out[a] = FollowFold(
+                count=doc.get("follower_count"),
+                revision=doc.get("revision"),
+                count_revision=doc.get("count_revision"),
+                parked=[_parked(p) for p in doc.get("parked") or ()],
+            )
         return out
 
-    async def write_edges(self, author_id: str, edges: dict[str, Edge]) -> None:
-        await self.write_edges_many({author_id: edges})
+    async def write_follow_folds(self, folds: Mapping[str, FollowFold]) -> None:
+        ops = []
+        for a, f in folds.items():
+            fields: Document = {}
+            if f.count is not None:
+                fields["follower_count"] = f.count
+            if f.revision is not None:
+                fields["revision"] = f.revision
+            if f.count_revision is not None:
+                fields["count_revision"] = f.count_revision
+            if f.parked_changed:
+                fields.update(_parked_fields(f.parked))
+            if fields:
+                ops.append(UpdateOne({"_id": a}, {"$set": fields}, upsert=True))
+        if ops:
+            await self.authors.bulk_write(ops, ordered=False)
 
-    async def write_edges_many(self, edges: dict[str, dict[str, Edge]]) -> None:
-        """Set each author's edges to their state after the batch (idempotent: a replay sets
-        the same): one read of the pages concerned, one bulk write of the pages and one of
-        the users' following documents (one update per user, whatever the authors).
-        Pages are rewritten whole: the command consumer is the only writer of an author's."""
-        touched: dict[str, dict[int, dict[str, Edge]]] = {}
-        following: dict[str, dict[str, Any]] = {}
-        for author_id, changes in edges.items():
-            for user, edge in changes.items():
-                touched.setdefault(author_id, {}).setdefault(page_of(user, self.pages), {})[user] = edge
-                following.setdefault(user, {})[f"a.{field_key(author_id)}"] = {
-                    "on": edge.active,
-                    "at": edge.followed_at,
-                }
-        if not touched:
-            return
-        current = await self._pages_of({a: pages.keys() for a, pages in touched.items()})
-        await bulk_update(
-            self.follower_pages,
-            [
-                UpdateOne(
-                    {"_id": self.page_id(a, p)},
-                    {"$set": {"author_id": a, "j": encode_page({**current[a][p], **changes})}},
-                    upsert=True,
-                )
-                for a, pages in touched.items()
-                for p, changes in sorted(pages.items())
-            ],
-        )
-        await bulk_update(
-            self.following,
-            [UpdateOne({"_id": user}, {"$set": fields}, upsert=True) for user, fields in following.items()],
-        )
+    # --- edges ----------------------------------------------------------------------
 
-    def pages_with(self, existing: Sequence[int], users: Iterable[str]) -> list[int]:
-        return sorted(set(existing) | {page_of(u, self.pages) for u in users})
-
-    async def following_of(self, user_id: str) -> list[tuple[str, datetime | None]]:
-        doc = await self._find_one(self.following, user_id)
-        return sorted((from_field_key(k), v.get("at")) for k, v in ((doc or {}).get("a") or {}).items() if v.get("on"))
-
-    # --- parked commands ------------------------------------------------------------
-
-    async def park(self, docs: list[dict[str, Any]]) -> None:
-        await self.insert_ignoring_duplicates(self.parked, docs)
-
-    async def parked_for(self, author_id: str) -> list[dict[str, Any]]:
-        """An author's parked commands by a scan of ``parked`` (tests and tools; the service
-        reads them by the ids its author documents list: ``parked_by_id``)."""
-        return await self.parked.find({"author_id": author_id}).sort("offset", ASCENDING).to_list(None)
-
-    async def parked_by_id(self, ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-        return await self._find_many(self.parked, ids)
-
-    async def drop_parked(self, ids: Sequence[str]) -> None:
+    async def edges_of(self, users: Mapping[str, Iterable[str]]) -> dict[str, dict[str, Edge]]:
+        """The current edges of these users, per author (absent: never followed)."""
+        ids = [edge_id(a, u) for a, us in users.items() for u in set(us)]
+        out: dict[str, dict[str, Edge]] = {a: {} for a in users}
         if ids:
-            await self.parked.delete_many({"_id": {"$in": list(ids)}})
+            async for d in self.edges.find({"_id": {"$in": ids}}):
+                out[d["author_id"]][d["user_id"]] = _edge(d)
+        return out
 
-    async def set_count_revisions(self, revisions: dict[str, int | None]) -> None:
-        """Author -> count revision; None removes it (no count was ever published)."""
+    async def write_edges(self, changes: Mapping[tuple[str, str], EdgeChange], revisions: Mapping[str, int]) -> None:
+        """Write edges as their events say, each guarded by its revision (an edge already
+        written at that revision or a newer one is left alone), then record per author the
+        revision up to which its edges are written."""
+        ops = []
+        for (author_id, user_id), c in changes.items():
+            fields: Document = {
+                "author_id": author_id,
+                "user_id": user_id,
+                "active": c.active,
+                "unfollowed_at": c.unfollowed_at,
+            }
+            if c.sets_followed_at:
+                fields["followed_at"] = c.followed_at
+            guard: Document = {"_id": edge_id(author_id, user_id)}
+            if c.revision is not None:
+                fields["revision"] = c.revision
+                guard.update(_older("revision", c.revision))
+            ops.append(UpdateOne(guard, {"$set": fields}, upsert=True))
+        await _guarded_upserts(self.edges, ops)
         if revisions:
-            async with self._author_writes:
-                await bulk_update(
-                    self.authors,
-                    [
-                        UpdateOne(
-                            {"_id": a},
-                            {"$set": {"count_revision": r}} if r is not None else {"$unset": {"count_revision": ""}},
-                        )
-                        for a, r in revisions.items()
-                    ],
-                )
+            await self.authors.bulk_write(
+                [UpdateOne({"_id": a}, {"$max": {"edges_revision": r}}) for a, r in revisions.items()],
+                ordered=False,
+            )
 
-    async def authors_with_count_revision(self) -> list[str]:
-        """Rebuild only (a scan): the authors holding a count revision."""
-        return [d["_id"] async for d in self.authors.find({"count_revision": {"$exists": True}}, {"_id": 1})]
+    async def author_edges(self, author_id: str) -> list[tuple[str, Edge]]:
+        """Every edge of an author (followers, and who unfollowed), by user id."""
+        cursor = self.edges.find({"author_id": author_id}).sort("user_id", ASCENDING)
+        return [(d["user_id"], _edge(d)) async for d in cursor]
+
+    async def range_edges(self, author_id: str, after: str | None, upto: str) -> list[tuple[str, Edge]]:
+        """The edges of an author in the user-id range (after, upto], by user id."""
+        users: Document = {"$lte": upto}
+        if after is not None:
+            users["$gt"] = after
+        cursor = self.edges.find({"author_id": author_id, "user_id": users}).sort("user_id", ASCENDING)
+        return [(d["user_id"], _edge(d)) async for d in cursor]
+
+    async def followers(self, author_id: str, after: str | None, limit: int) -> list[tuple[str, datetime | None]]:
+        query: Document = {"author_id": author_id, "active": True}
+        if after is not None:
+            query["user_id"] = {"$gt": after}
+        cursor = self.edges.find(query, {"user_id": 1, "followed_at": 1}).sort("user_id", ASCENDING).limit(limit)
+        return [(d["user_id"], d.get("followed_at")) async for d in cursor]
+
+    async def following(self, user_id: str) -> list[tuple[str, datetime | None]]:
+        cursor = self.edges.find({"user_id": user_id, "active": True}, {"author_id": 1, "followed_at": 1})
+        return [(d["author_id"], d.get("followed_at")) async for d in cursor.sort("author_id", ASCENDING)]
+
+    # --- how far profile.events has been read -----------------------------------------
 
     async def sources_read_until(self) -> datetime | None:
         """The moment up to which the source consumer has handled every ``profile.events``
         record (see ``FollowCommands.sweep_once``); None until it is first established."""
-        doc = await self._find_one(self.source_progress, _PROFILE_PROGRESS)
+        doc = await self.source_progress.find_one({"_id": _PROFILE_PROGRESS})
         return None if doc is None else doc.get("read_until")
 
     async def advance_sources_read_until(self, at: datetime) -> None:
         # $max: a sweeper of another replica that measured an earlier moment never moves it back.
         await self.source_progress.update_one({"_id": _PROFILE_PROGRESS}, {"$max": {"read_until": at}}, upsert=True)
 
-    async def mark_nudged(self, nudges: dict[str, int], at: datetime) -> None:
-        """Nudged now (author -> how many earlier nudges went unanswered)."""
-        if nudges:
-            async with self._author_writes:
-                await bulk_update(
-                    self.authors,
-                    [UpdateOne({"_id": a}, {"$set": {"nudged_at": at, "nudges": n}}) for a, n in nudges.items()],
-                )
-
     # --- fan-out --------------------------------------------------------------------
 
-    async def fanout(self, fanout_id: str) -> dict[str, Any] | None:
-        """The plan, with ``done``: the numbers of its finished chunks."""
-        plan = (await self.fanouts_by_id([fanout_id])).get(fanout_id)
-        if plan is not None:
-            finished = await self.finished_chunks(f"{fanout_id}:{n}" for n in range(len(plan["chunks"])))
-            plan["done"] = [n for n in range(len(plan["chunks"])) if f"{fanout_id}:{n}" in finished]
+    async def insert_plans(self, plans: Sequence[tuple[Plan, Sequence[Outgoing]]]) -> set[str]:
+        """Insert each plan with its chunk requests in its outbox, unless one stands;
+        returns the ids of the plans that stood already (the first one stands)."""
+        now = datetime.now(UTC)
+        docs: list[Document] = [
+            {
+                "_id": p.fanout_id,
+                "author_id": p.author_id,
+                "kind": p.kind,
+                "title": p.title,
+                "source_event_id": str(p.source_event_id),
+                "followed_before": p.followed_before,
+                "followers": p.followers,
+                "chunks": [
+                    {
+                        "number": c.number,
+                        "after_user_id": c.after_user_id,
+                        "upto_user_id": c.upto_user_id,
+                        "followers": c.followers,
+                    }
+                    for c in p.chunks
+                ],
+                "planned_at": now,
+                outbox.FIELD: [outbox.entry(o, now) for o in events],
+            }
+            for p, events in plans
+        ]
+        return {docs[i]["_id"] for i in await _insert_new(self.fanouts, docs)}
+
+    async def plan_outboxes(self, fanout_ids: Iterable[str]) -> dict[str, list[Outgoing]]:
+        """The plans that exist among these, with the chunk requests still to publish."""
+        ids = list(dict.fromkeys(fanout_ids))
+        if not ids:
+            return {}
+        return {d["_id"]: outbox.pending(d) async for d in self.fanouts.find({"_id": {"$in": ids}}, {"outbox": 1})}
+
+    async def fanout(self, fanout_id: str) -> Document | None:
+        """The plan (tests, benchmarks), with ``published`` (its chunk requests are out) and
+        ``done``: the numbers of the chunks whose notifications are in the inbox and out."""
+        plan = await self.fanouts.find_one({"_id": fanout_id})
+        if plan is None:
+            return None
+        done = self.chunks.find({"fanout_id": fanout_id, f"{outbox.FIELD}.0": {"$exists": False}}, {"number": 1})
+        plan["published"] = not plan.get(outbox.FIELD)
+        plan["done"] = sorted([c["number"] async for c in done])
         return plan
 
-    async def fanouts_by_id(self, fanout_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-        """The plans that exist among these ids, with ``published`` (without ``done``:
-        planning never needs it)."""
-        plans = await self._find_many(self.fanouts, fanout_ids)
-        marked = await self._find_many(self.fanouts_published, [f for f, p in plans.items() if not p.get("published")])
-        for f in marked:
-            plans[f]["published"] = True
-        return plans
-
-    async def create_fanouts(self, docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
-        """Insert each plan unless one exists; return the plans that stand (the first ones)."""
-        if not docs:
+    async def chunks_notified(self, chunk_keys: Iterable[str]) -> dict[str, bool]:
+        """The chunks notified among these: key -> whether its outbox still holds
+        notifications to publish (read without the outboxes themselves)."""
+        keys = list(dict.fromkeys(chunk_keys))
+        if not keys:
             return {}
-        try:
-            await self.fanouts.insert_many(docs, ordered=False)
-            return {d["_id"]: d for d in docs}
-        except BulkWriteError as exc:
-            if not _only_duplicates(exc):
-                raise
-            taken = {docs[e["index"]]["_id"] for e in exc.details.get("writeErrors", [])}
-        standing = await self.fanouts_by_id(taken)
-        return {d["_id"]: standing.get(d["_id"], d) for d in docs}
+        cursor = self.chunks.find({"_id": {"$in": keys}}, {outbox.FIELD: {"$slice": 1}})
+        return {d["_id"]: bool(d.get(outbox.FIELD)) async for d in cursor}
 
-    async def mark_fanouts_published(self, fanout_ids: Sequence[str]) -> None:
-        # A marker document per plan rather than ``$set`` on the plan: FerretDB rewrites a
-        # whole document per update (~3 ms each, a plan per new work), an insert of small
-        # documents costs a fraction of a millisecond each.
-        await self.insert_ignoring_duplicates(self.fanouts_published, [{"_id": f} for f in fanout_ids])
+    async def chunk_outbox(self, chunk_key: str) -> list[Outgoing]:
+        """The notifications a chunk still has to publish."""
+        return outbox.pending(await self.chunks.find_one({"_id": chunk_key}, {outbox.FIELD: 1}))
 
-    async def finished_chunks(self, chunk_keys: Iterable[str]) -> set[str]:
-        """Which of these chunks (``<fanout_id>:<n>``) are finished."""
-        return set(await self._find_many(self.chunks_done, chunk_keys))
-
-    async def chunks_by_id(self, chunk_keys: Iterable[str]) -> dict[str, dict[str, Any]]:
-        return await self._find_many(self.chunks, chunk_keys)
-
-    async def mark_chunks_done(self, chunk_keys: Sequence[str]) -> None:
-        # One document per finished chunk rather than $addToSet on the shared plan: FerretDB
-        # applies an update as a read-modify-write that is not atomic across connections, so
-        # two replicas finishing chunks of one fan-out at once lost each other's marks.
-        await self.insert_ignoring_duplicates(self.chunks_done, [{"_id": k} for k in chunk_keys])
-
-    async def save_chunks(self, docs: list[dict[str, Any]]) -> None:
-        await self.insert_ignoring_duplicates(self.chunks, docs)
+    async def insert_chunk(self, chunk: ChunkNotified, events: Sequence[Outgoing]) -> bool:
+        """Insert the chunk with its notifications in its outbox (its commit point: the set
+        notified), unless one stands; False if one stood already (another attempt's
+        decision stands)."""
+        now = datetime.now(UTC)
+        doc: Document = {
+            "_id": chunk.chunk_key,
+            "fanout_id": chunk.fanout_id,
+            "author_id": chunk.author_id,
+            "number": chunk.number,
+            "notified": chunk.notified,
+            "notified_at": now,
+            outbox.FIELD: [outbox.entry(o, now) for o in events],
+        }
+        return not await _insert_new(self.chunks, [doc])
 
     # --- inbox ----------------------------------------------------------------------
 
-    async def insert_notifications(self, docs: list[dict[str, Any]]) -> None:
-        await self.insert_ignoring_duplicates(self.inbox, docs)
+    async def insert_notifications(self, notes: Iterable[NotificationCreated]) -> None:
+        await _insert_new(self.inbox, [inbox_doc(n) for n in notes])
 
     async def notifications(
         self, user_id: str, *, unread_only: bool, before: tuple[datetime, str] | None, limit: int
-    ) -> list[dict[str, Any]]:
-        query: dict[str, Any] = {"user_id": user_id}
+    ) -> list[Document]:
+        query: Document = {"user_id": user_id}
         if unread_only:
             query["read"] = False
         if before is not None:
@@ -400,43 +510,84 @@ class FollowStore:
         return await cursor.to_list(None)
 
     async def mark_read(self, user_id: str, notification_ids: Sequence[str] | None) -> int:
-        query: dict[str, Any] = {"user_id": user_id, "read": False}
+        query: Document = {"user_id": user_id, "read": False}
         if notification_ids is not None:
             query["_id"] = {"$in": list(notification_ids)}
         result = await self.inbox.update_many(query, {"$set": {"read": True}})
         return result.modified_count
 
-    # --- helpers --------------------------------------------------------------------
-
-    async def insert_ignoring_duplicates(self, collection: Any, docs: list[dict[str, Any]]) -> None:
-        if not docs:
-            return
-        try:
-            await collection.insert_many(docs, ordered=False)
-        except BulkWriteError as exc:
-            if not _only_duplicates(exc):
-                raise
+    # --- seeding (benchmarks and fan-out tests) -------------------------------------------
 
     async def seed_followers(self, author_id: str, display_name: str, users: Sequence[str], at: datetime) -> None:
         """Write an author and its followers straight into the projection, in bulk: for
-        benchmarks and fan-out tests that need 10^4-10^5 followers, not for the service."""
-        by_page: dict[int, dict[str, Edge]] = {}
-        for user in users:
-            by_page.setdefault(page_of(user, self.pages), {})[user] = Edge(True, at, None)
-        await self.follower_pages.insert_many(
-            [
-                {"_id": self.page_id(author_id, p), "author_id": author_id, "j": encode_page(e)}
-                for p, e in by_page.items()
-            ]
-        )
-        await self.set_author_fields(
-            author_id,
+        benchmarks and fan-out tests that need 10^4-10^6 followers, not for the service."""
+        for start in range(0, len(users), 10_000):
+            await self.edges.insert_many(
+                [
+                    {
+                        "_id": edge_id(author_id, u),
+                        "author_id": author_id,
+                        "user_id": u,
+                        "active": True,
+                        "followed_at": at,
+                        "unfollowed_at": None,
+                        "revision": 1,
+                    }
+                    for u in users[start : start + 10_000]
+                ],
+                ordered=False,
+            )
+        await self.authors.update_one(
+            {"_id": author_id},
             {
-                "known": True,
-                "display_name": display_name,
-                "profile_revision": 1,
-                "follower_count": len(users),
-                "count_revision": 1,
-                "pages": sorted(by_page),
+                "$set": {
+                    "known": True,
+                    "display_name": display_name,
+                    "profile_revision": 1,
+                    "follower_count": len(users),
+                    "revision": 1,
+                    "count_revision": 1,
+                    "edges_revision": 1,
+                }
             },
+            upsert=True,
         )
+
+
+async def _bulk_duplicates(collection: Collection, ops: Sequence[UpdateOne]) -> list[int]:
+    """``bulk_write(ops)``; the positions of the ops that answered a duplicate key (a
+    guarded upsert whose document exists and fails its guard). Other errors propagate."""
+    if not ops:
+        return []
+    try:
+        await collection.bulk_write(list(ops), ordered=False)
+        return []
+    except BulkWriteError as exc:
+        errors = exc.details.get("writeErrors", [])
+        if any(e.get("code") != DUPLICATE_KEY for e in errors):
+            raise
+        return sorted(e["index"] for e in errors)
+
+
+async def _guarded_upserts(collection: Collection, ops: Sequence[UpdateOne]) -> None:
+    """Upserts guarded by a revision: one whose document exists and fails the guard (a
+    newer write stands) answers a duplicate key and is passed over. One that met no
+    document and lost the insert to another writer answers the same: it is sent once more,
+    now against that document."""
+    failed = await _bulk_duplicates(collection, ops)
+    if failed:
+        await _bulk_duplicates(collection, [ops[i] for i in failed])
+
+
+async def _insert_new(collection: Collection, docs: Sequence[Document]) -> list[int]:
+    """Insert the documents whose ``_id`` is new; the positions of those that existed."""
+    if not docs:
+        return []
+    try:
+        await collection.insert_many(list(docs), ordered=False)
+        return []
+    except BulkWriteError as exc:
+        errors = exc.details.get("writeErrors", [])
+        if any(e.get("code") != DUPLICATE_KEY for e in errors):
+            raise
+        return sorted(e["index"] for e in errors)

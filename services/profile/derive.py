@@ -1,11 +1,11 @@
 """What the profile service derives from an author's works: pure, no broker, no driver.
 
-An author record keeps one compact *entry* per work it appears on (year, topics,
-co-authors, whether the work has an external id, and a fingerprint of the work's
-content). Everything the page and the events show about the author's works (counts,
-works by year, topics, close collaborators, record verification level) is derived from
-those entries, so a redelivered or corrected work changes the entry and the derived
-state follows, never a delta.
+An author record keeps one *entry* per work it appears on (year, topics, co-authors,
+whether the work has an external id, and a fingerprint of the work's content).
+Everything the page and the events show about the author's works (counts, works by year,
+topics, close collaborators, record verification level) is derived from those entries,
+so a redelivered or corrected work changes the entry and the derived state follows,
+never a delta.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from typing import Any
 
 from contracts.events.publications import Work
 
-# {"id", "y", "h", "x", "t": [topics], "co": [{"id": author_id, "n": name}, ...]}; no nested
-# arrays: FerretDB does not store them.
+# {"work_id", "year", "fingerprint", "has_external_id", "topics": [...],
+#  "co_authors": [{"author_id", "display_name"}, ...]}: stored as it is (a plain subdocument).
 WorkEntry = dict[str, Any]
 
 
@@ -56,12 +56,26 @@ def distinct_topics(topics: list[str]) -> list[str]:
 def work_entry(work: Work, author_id: str, fingerprint: str) -> WorkEntry:
     ids = work.external_ids
     return {
-        "id": work.work_id,
-        "y": work.year,
-        "h": fingerprint,
-        "x": bool(ids.doi or ids.arxiv_id),
-        "t": distinct_topics(work.topics),
-        "co": [{"id": a.author_id, "n": a.display_name} for a in work.authors if a.author_id != author_id],
+        "work_id": work.work_id,
+        "year": work.year,
+        "fingerprint": fingerprint,
+        "has_external_id": bool(ids.doi or ids.arxiv_id),
+        "topics": distinct_topics(work.topics),
+        "co_authors": [
+            {"author_id": a.author_id, "display_name": a.display_name} for a in work.authors if a.author_id != author_id
+        ],
+    }
+
+
+def work_summary(work: Work) -> dict[str, Any]:
+    """What a ``WorkAdded``/``WorkUpdated`` says of the work (contracts' ``WorkSummary``)."""
+    return {
+        "work_id": work.work_id,
+        "type": work.type,
+        "year": work.year,
+        "title": work.title,
+        "venue": work.venue,
+        "external_ids": work.external_ids.model_dump(mode="json"),
     }
 
 
@@ -117,29 +131,30 @@ class Tally:
         self._name(entry)
 
     def _name(self, entry: WorkEntry) -> None:
-        for co in entry["co"]:
-            held = self.names.get(co["id"])
-            if held is None or fuller_name(co["n"], held):
-                self.names[co["id"]] = co["n"]
+        for co in entry["co_authors"]:
+            held = self.names.get(co["author_id"])
+            if held is None or fuller_name(co["display_name"], held):
+                self.names[co["author_id"]] = co["display_name"]
 
     def remove(self, entry: WorkEntry, entries: list[WorkEntry]) -> None:
         """``entry`` left the author; ``entries`` are the ones that remain (for the names)."""
         self._count(entry, -1)
         self._entries = entries
-        self._names_stale = self._names_stale or bool(entry["co"])
+        self._names_stale = self._names_stale or bool(entry["co_authors"])
 
     def _count(self, entry: WorkEntry, sign: int) -> None:
         self.works += sign
-        self.with_external_id += sign * bool(entry["x"])
-        self.by_year[str(entry["y"])] += sign
-        for topic in entry["t"]:
+        self.with_external_id += sign * bool(entry["has_external_id"])
+        self.by_year[str(entry["year"])] += sign
+        for topic in entry["topics"]:
             self.topics[topic] += sign
-        for co in entry["co"]:
-            n = self.shared[co["id"]] = self.shared[co["id"]] + sign
+        for co in entry["co_authors"]:
+            co_id = co["author_id"]
+            n = self.shared[co_id] = self.shared[co_id] + sign
             if n >= self.min_shared:
-                self.close.add(co["id"])
+                self.close.add(co_id)
             else:
-                self.close.discard(co["id"])
+                self.close.discard(co_id)
 
     def state(self, identity: dict[str, Any], revision: int) -> dict[str, Any]:
         """The author's full current state (the fields of contracts' ``AuthorState``)."""
@@ -185,4 +200,8 @@ def _reverse(name: str) -> tuple[int, ...]:
 
 def newest_first(entries: list[WorkEntry]) -> list[WorkEntry]:
     """The page's order: year descending, then work id (a total order, so cursors are stable)."""
-    return sorted(entries, key=lambda e: (-e["y"], e["id"]))
+    return sorted(entries, key=page_key)
+
+
+def page_key(entry: WorkEntry) -> tuple[int, str]:
+    return -entry["year"], entry["work_id"]

@@ -1,8 +1,8 @@
-"""The profile page's JSON, assembled from the stored author, standing and works: pure.
+"""The profile page and the works pages: response models and their assembly, pure.
 
-The page's first works are cut at ingestion and kept in the author document
-(``first_page``), so a page is one author read and one standing read; a page cut for
-another page size (or an author written before) is assembled from the works collection.
+The page's first works are cut at ingestion and kept with the author (``FirstPage``), so
+a page is one author read and one standing read; a page cut for another page size is
+assembled from the works collection.
 
 Before the trust service has scored an author, ``trust_snapshot.score`` and ``band`` are
 null (the page shows "not scored yet"), never a made-up number; ``verification_level``
@@ -16,9 +16,92 @@ import binascii
 import json
 from typing import Any
 
-from service_runtime import compact
-from services.profile.derive import WorkEntry, newest_first
+from pydantic import BaseModel, Field
+
+from contracts.events.common import Affiliation, TrustBand, VerificationLevel
+from contracts.events.profile import Collaborator, TopicCount
+from contracts.events.publications import ExternalIds, WorkType
+from services.profile.derive import WorkEntry, newest_first, page_key
+from services.profile.ingest import FirstPage
 from services.profile.standing import effective_verification_level
+
+
+class ListedWorkAuthor(BaseModel):
+    author_id: str
+    display_name: str
+    orcid: str | None = None
+
+
+class ListedWork(BaseModel):
+    """A work as the importers published it (contracts' ``Work``, already validated when it
+    was ingested: the page only describes its shape)."""
+
+    work_id: str
+    type: WorkType
+    year: int
+    venue: str | None = None
+    title: str
+    abstract: str | None = None
+    external_ids: ExternalIds = ExternalIds()
+    topics: list[str] = []
+    authors: list[ListedWorkAuthor]
+
+
+class TrustSnapshot(BaseModel):
+    score: int | None = Field(description="0-100; null until the trust service has scored the author")
+    band: TrustBand | None = Field(description="null until the trust service has scored the author")
+    verification_level: VerificationLevel = Field(
+        description="the claim-derived level (L2/L3) while claimed, else the record's own (L0/L1)"
+    )
+    claimed: bool
+
+
+class Counts(BaseModel):
+    works: int
+    followers: int
+    topics: int
+    close_collaborators: int
+
+
+class WorksPage(BaseModel):
+    items: list[ListedWork] = Field(description="newest first (year descending, then work id)")
+    next_cursor: str | None = Field(description="pass as `cursor` to /authors/{id}/works for the next page")
+
+
+class AuthorWorksPage(WorksPage):
+    author_id: str
+
+
+class AuthorPage(BaseModel):
+    """``GET /authors/{id}``: the researcher profile page."""
+
+    author_id: str
+    display_name: str
+    description: str | None
+    affiliation: Affiliation | None
+    orcid: str | None
+    open_to_collaborate: bool
+    trust_snapshot: TrustSnapshot
+    record_verification_level: VerificationLevel
+    counts: Counts
+    topics: list[TopicCount]
+    close_collaborators: list[Collaborator]
+    works_by_year: dict[str, int]
+    works: WorksPage
+    direct_collaboration_unlocked: bool = Field(description="true only while the record is claimed")
+    revision: int
+
+
+class AuthorFound(BaseModel):
+    author_id: str
+    display_name: str
+    affiliation: Affiliation | None
+    works_count: int
+
+
+class AuthorSearch(BaseModel):
+    query: str
+    items: list[AuthorFound]
 
 
 class BadCursor(ValueError):
@@ -28,7 +111,7 @@ class BadCursor(ValueError):
 def encode_cursor(entry: WorkEntry) -> str:
     """Opaque keyset cursor: the (year, work id) of the last work shown. New works never
     shift a later page, since the next page starts strictly after that key."""
-    return base64.urlsafe_b64encode(json.dumps([entry["y"], entry["id"]]).encode()).decode().rstrip("=")
+    return base64.urlsafe_b64encode(json.dumps([entry["year"], entry["work_id"]]).encode()).decode().rstrip("=")
 
 
 def decode_cursor(cursor: str) -> tuple[int, str]:
@@ -45,39 +128,20 @@ def page_slice(entries: list[WorkEntry], cursor: str | None, limit: int) -> tupl
     ordered = newest_first(entries)
     if cursor:
         year, work_id = decode_cursor(cursor)
-        ordered = [e for e in ordered if (-e["y"], e["id"]) > (-year, work_id)]
+        ordered = [e for e in ordered if page_key(e) > (-year, work_id)]
     shown = ordered[:limit]
     return shown, encode_cursor(shown[-1]) if len(ordered) > limit else None
 
 
-def pack_works(works: list[dict[str, Any]]) -> bytes:
-    """The first page's works as stored: packed JSON. FerretDB's cost to read a document
-    grows with its bytes, and abstracts make a real first page ~40 KB of JSON (the seed's);
-    packed it is ~3x smaller, and inflating it costs ~0.1 ms."""
-    return compact.pack(works)
-
-
-def unpack_works(packed: bytes) -> str:
-    """The JSON list ``pack_works`` stored, as text."""
-    return compact.unpack_text(packed)
-
-
-def first_page(
-    entries: list[WorkEntry], limit: int, known: dict[str, dict[str, Any]]
-) -> tuple[list[dict[str, Any]] | None, str | None, list[str]]:
+def cut_first_page(entries: list[WorkEntry], limit: int, known: dict[str, dict[str, Any]]) -> FirstPage | list[str]:
     """The first ``limit`` works (whole, newest first) and the cursor to the rest, from the
-    works whose content is ``known``; the ids missing from ``known`` are returned (and the
-    page is None) so the caller can read them and ask again."""
+    works whose content is ``known``; or the ids missing from ``known`` (the caller reads
+    them and asks again)."""
     shown, cursor = page_slice(entries, None, limit)
-    missing = [e["id"] for e in shown if e["id"] not in known]
+    missing = [e["work_id"] for e in shown if e["work_id"] not in known]
     if missing:
-        return None, cursor, missing
-    return [known[e["id"]] for e in shown], cursor, []
-
-
-def works_page(shown: list[WorkEntry], works: dict[str, dict[str, Any]], next_cursor: str | None) -> dict[str, Any]:
-    items = [works[e["id"]] for e in shown if e["id"] in works]
-    return {"items": items, "next_cursor": next_cursor}
+        return missing
+    return FirstPage(limit, [known[e["work_id"]] for e in shown], cursor)
 
 
 def trust_snapshot(state: dict[str, Any], standing: dict[str, Any] | None) -> dict[str, Any]:
@@ -91,38 +155,34 @@ def trust_snapshot(state: dict[str, Any], standing: dict[str, Any] | None) -> di
     }
 
 
-def author_page_json(page: dict[str, Any], works_json: str, next_cursor: str | None) -> bytes:
-    """The page (``author_page``) as JSON bytes with its first works (``works_json``, a JSON
-    list, stored so) spliced in as they are: parsing and re-encoding 20 works was most of
-    the page's CPU."""
-    head = json.dumps(page, separators=(",", ":"), ensure_ascii=False)
-    tail = f',"works":{{"items":{works_json},"next_cursor":{json.dumps(next_cursor)}}}}}'
-    return (head[:-1] + tail).encode()
-
-
-def author_page(doc: dict[str, Any], standing: dict[str, Any] | None) -> dict[str, Any]:
-    """The page without its works (author_page_json adds them)."""
-    state = doc["state"]
+def author_page(
+    state: dict[str, Any], standing: dict[str, Any] | None, works: list[dict[str, Any]], next_cursor: str | None
+) -> AuthorPage:
+    """The page of an author, from its derived state (contracts' ``AuthorState`` shape), its
+    standing (claim, trust, followers parts) and its first works (``Work`` shape)."""
     snapshot = trust_snapshot(state, standing)
     followers = ((standing or {}).get("followers") or {}).get("count", 0)
-    return {
-        "author_id": doc["_id"],
-        "display_name": state["display_name"],
-        "description": state.get("description"),
-        "affiliation": state.get("affiliation"),
-        "orcid": state.get("orcid"),
-        "open_to_collaborate": state.get("open_to_collaborate", False),
-        "trust_snapshot": snapshot,
-        "record_verification_level": state["record_verification_level"],
-        "counts": {
-            "works": state["works_count"],
-            "followers": followers,
-            "topics": len(state["topics"]),
-            "close_collaborators": len(state["close_collaborators"]),
-        },
-        "topics": state["topics"],
-        "close_collaborators": state["close_collaborators"],
-        "works_by_year": state["works_by_year"],
-        "direct_collaboration_unlocked": snapshot["claimed"],
-        "revision": state["revision"],
-    }
+    return AuthorPage.model_validate(
+        {
+            "author_id": state["author_id"],
+            "display_name": state["display_name"],
+            "description": state.get("description"),
+            "affiliation": state.get("affiliation"),
+            "orcid": state.get("orcid"),
+            "open_to_collaborate": state.get("open_to_collaborate", False),
+            "trust_snapshot": snapshot,
+            "record_verification_level": state["record_verification_level"],
+            "counts": {
+                "works": state["works_count"],
+                "followers": followers,
+                "topics": len(state["topics"]),
+                "close_collaborators": len(state["close_collaborators"]),
+            },
+            "topics": state["topics"],
+            "close_collaborators": state["close_collaborators"],
+            "works_by_year": state["works_by_year"],
+            "works": {"items": works, "next_cursor": next_cursor},
+            "direct_collaboration_unlocked": snapshot["claimed"],
+            "revision": state["revision"],
+        }
+    )

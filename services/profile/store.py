@@ -1,332 +1,395 @@
-"""The profile service's projection in MongoDB/FerretDB.
+"""The profile service's projection: the only module that knows the driver and the stored shape.
 
-Collections:
+Collections (plain documents, readable and queryable in a MongoDB shell):
 
-* ``authors`` - one document per registered author: identity, a folded ``name_keys``
-  list for search, ``works_count``, one compact entry per work and the derived state
-  (contracts' AuthorState), packed and as a JSON string (``entries_z``, ``state_json``:
-  see ``ingest.stored_entries_and_state``), the page's first works, whole, packed
-  (``page_works``: see ``page.pack_works``; cut for ``page_limit`` works, ``page_cursor``
-  to the rest), ``revision``,
-  and the outbox of events (``outbox_z``, packed) written in the same single-document
-  update as the change that caused them.
-* ``works`` - one document per work (``_id`` = work id), the work as last ingested
-  (``work_json``), its fingerprint and author ids.
-* ``outboxes`` - one small document per author write that has events not yet published
-  (``_id`` = the outbox token the written authors carry, ``authors``, ``written``). An
-  author's outbox is pending while its token has a document here; once its events are
-  acknowledged the document is deleted and the outbox left in the author document is
-  stale (overwritten by the author's next write). One delete per batch instead of one
-  update per author, and the sweep reads this small collection instead of scanning
-  ``authors`` (FerretDB scans the whole collection for any filter without ``_id``).
-* ``standing`` - what other services decided about an author (claim, trust, followers),
-  each part with the revision it came with. Kept apart from ``authors`` so the two
-  consumers never write the same document, and so that a trust/claims/follows event
-  for an author not registered yet is kept until the author arrives.
+* ``authors`` - one document per registered author::
 
-Writes are optimistic: an author or standing document is replaced only if it still has
-the revision/version that was read; a conflict (another replica wrote it meanwhile)
-makes the caller re-read and re-plan. No multi-document transactions are needed.
+      {_id, display_name, description, affiliation, orcid, open_to_collaborate,
+       imported,            # identity from an AuthorImported (else from works' author lists)
+       name_keys: [...],    # word-start suffixes of the folded name, for search (indexed)
+       state: {...},        # the derived state, contracts' AuthorState as last published
+       works: [{work_id, year, fingerprint, has_external_id, topics: [...],
+                co_authors: [{author_id, display_name}]}, ...],   # newest first
+       first_page: {limit, works: [{...Work...}], next_cursor},  # the page's first works
+       revision,            # = state.revision: one more with every published change
+       outbox: [...]}       # service_runtime.outbox: events written, not yet published
+
+* ``works`` - one document per work: ``{_id: work_id, work: {...Work...}, fingerprint,
+  author_ids: [...]}`` (``author_ids`` indexed: a rebuild derives each author's works by it).
+* ``standing`` - what other services decided about an author: ``{_id, claim: {...,
+  revision}, trust: {score, band, verification_level, revision}, followers: {count,
+  revision}}``. Each part is replaced only by a newer revision, in one conditional write;
+  kept apart from ``authors`` so an event for an author not registered yet is kept until
+  the author arrives.
+
+Author writes are optimistic: a work touches co-authors that consumers of other
+partitions may write at the same moment, so an author is updated only if it still has
+the revision that was read (``WriteConflict`` otherwise: the caller reads and plans
+again). No multi-document transactions.
 """
 
 from __future__ import annotations
 
 import re
-import uuid
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, ClassVar
 
-from pymongo import ASCENDING, InsertOne, ReplaceOne, UpdateOne
-from pymongo.asynchronous.database import AsyncDatabase
+from pymongo import ASCENDING, IndexModel, InsertOne, ReplaceOne, UpdateOne
 from pymongo.errors import BulkWriteError
 
+from contracts.events.profile import AuthorState
+from contracts.events.publications import Work
+from service_runtime import outbox
+from service_runtime.outbox import WriteConflict
 from service_runtime.projection import Projection
-from service_runtime.store import bulk_update
-from services.profile.ingest import AuthorRecord, stored_entries_and_state, stored_work
+from service_runtime.publishing import Outgoing
+from service_runtime.store import Collection, Database, Document, StoreAdapter
+from services.profile.derive import Tally, WorkEntry, name_keys, newest_first
+from services.profile.ingest import IDENTITY_FIELDS, AuthorRecord, FirstPage, NewWork, StoredWork
+from services.profile.standing import Part
 
-_DUPLICATE_KEY = 11000
-
-# What a rebuild from the log must reproduce. Left out: optimistic-write versions and the
-# outbox. (The per-author ``revision`` may count changes differently in a rebuild; it is
-# taken from the last published event at the end: handlers.adopt_published_revisions.)
-PROJECTION = Projection.of(
-    json_fields=("entries_z", "entries_json", "state_json", "page_works", "work_json"),
-    authors=("outbox_z", "outbox", "outbox_token"),
-    works=(),
-    standing=("version",),
-)
+DUPLICATE_KEY = 11000
+# Rebuild only: the authors an AuthorImported described, until the drain hook (then dropped).
+IMPORTED = "rebuild_imported"
 
 
-class WriteConflict(Exception):
-    """Another writer changed a document between our read and our write: re-read and retry."""
+def _duplicates_only(exc: BulkWriteError) -> bool:
+    return all(e.get("code") == DUPLICATE_KEY for e in exc.details.get("writeErrors", []))
 
 
-@dataclass(slots=True)
-class LoadedAuthors:
-    records: dict[str, AuthorRecord]
-    # Outbox token -> the authors its write touched, for every pending token the records carry.
-    pending: dict[str, set[str]]
+def first_page_doc(page: FirstPage) -> Document:
+    return {"limit": page.limit, "works": page.works, "next_cursor": page.next_cursor}
 
-    def finished_tokens(self) -> list[str]:
-        """Pending tokens all of whose authors are among the records: publishing their
-        outboxes (carried along or not) publishes everything that write left pending."""
-        carried: dict[str, set[str]] = {}
-        for record in self.records.values():
-            if record.outbox_token in self.pending:
-                carried.setdefault(record.outbox_token, set()).add(record.author_id)
-        return [t for t, authors in carried.items() if self.pending[t] <= authors]
+
+def state_fields(state: AuthorState) -> Document:
+    """What an author document holds of its published state: the state itself, and the
+    identity and revision it names (so search and the planner read them as fields)."""
+    doc = state.model_dump(mode="json")
+    return {
+        **{k: doc[k] for k in IDENTITY_FIELDS},
+        "name_keys": name_keys(doc["display_name"]),
+        "state": doc,
+        "revision": doc["revision"],
+    }
+
+
+def author_fields(record: AuthorRecord, *, published: bool) -> Document:
+    """The fields of an author document a change writes (``published``: with events, so its
+    state, identity and revision too; else only what changed without an event)."""
+    fields: Document = {"imported": record.imported, "works": newest_first(record.entries)}
+    if record.first_page is not None:
+        fields["first_page"] = first_page_doc(record.first_page)
+    if published and record.state is not None:
+        fields |= state_fields(record.state)
+    return fields
+
+
+def record_of(doc: Document, written: Written | None = None) -> AuthorRecord:
+    """The record of a stored author document; its entries and first page are taken from
+    ``written`` (what this process wrote at the same revision) when given, copied."""
+    page = doc.get("first_page")
+    record = AuthorRecord(
+        author_id=doc["_id"],
+        identity={k: doc.get(k) for k in IDENTITY_FIELDS} | {"author_id": doc["_id"]},
+        entries=list(doc.get("works") or ()),
+        revision=doc.get("revision", 0),
+        pending=outbox.pending(doc),
+        imported=doc.get("imported", False),
+        first_page=FirstPage(page["limit"], page["works"], page["next_cursor"]) if page else None,
+    )
+    if written is not None:
+        record.entries = list(written.entries)
+        record.tally = written.tally.copy(record.entries) if written.tally is not None else None
+        record.first_page = written.first_page
+    return record
+
+
+@dataclass(frozen=True, slots=True)
+class Written:
+    revision: int
+    entries: list[WorkEntry]
+    tally: Tally | None
+    first_page: FirstPage | None
+
+    @property
+    def size(self) -> int:
+        return len(self.entries) + (len(self.first_page.works) if self.first_page else 0)
 
 
 class WrittenAuthors:
-    """The author records this process wrote last, decoded, up to ``max_entries`` work
-    entries in all (least recently used dropped first).
+    """The entries (with their tally) and first page of the authors this process wrote
+    last, at the revision it wrote, up to ``max_size`` entries and page works in all
+    (least recently used dropped first).
 
-    Every batch reads each author it touches and needs all of its entries and its first
-    page; decoding them again was the largest cost of a batch for an author with hundreds
-    of works. A record is taken only for the revision it was written with: any other
-    writer's change (another replica, a rebuild) moves the revision on."""
+    A batch reads every author it touches, and most of an author document is its entries
+    and first page (~85%: the page's works are whole); the store's cost to read a document
+    grows with its size. So authors held here are read without them, and taken from here
+    only if the store still has the revision written: another writer's change (another
+    replica) moved it on, and the author is then read whole."""
 
-    def __init__(self, max_entries: int) -> None:
-        self.max_entries = max_entries
-        self._records: OrderedDict[str, AuthorRecord] = OrderedDict()
-        self._entries = 0
+    def __init__(self, max_size: int) -> None:
+        self.max_size = max_size
+        self._held: OrderedDict[str, Written] = OrderedDict()
+        self._size = 0
 
-    def get(self, author_id: str) -> AuthorRecord | None:
-        record = self._records.get(author_id)
-        if record is not None:
-            self._records.move_to_end(author_id)
-        return record
+    def get(self, author_id: str) -> Written | None:
+        held = self._held.get(author_id)
+        if held is not None:
+            self._held.move_to_end(author_id)
+        return held
+
+    def __contains__(self, author_id: str) -> bool:
+        return author_id in self._held
+
+    def drop(self, author_id: str) -> None:
+        if (old := self._held.pop(author_id, None)) is not None:
+            self._size -= old.size
 
     def keep(self, records: Iterable[AuthorRecord]) -> None:
         for record in records:
-            if (old := self._records.pop(record.author_id, None)) is not None:
-                self._entries -= len(old.entries)
-            if len(record.entries) <= self.max_entries:
-                # Only what ``AuthorRecord.from_doc`` takes from it (not the outbox, which
-                # repeats the state in every event).
-                self._records[record.author_id] = AuthorRecord(
-                    record.author_id,
-                    {},
-                    record.entries,
-                    record.revision,
-                    tally=record.tally,
-                    first_page=record.first_page,
-                )
-                self._entries += len(record.entries)
-        while self._entries > self.max_entries:
-            _, old = self._records.popitem(last=False)
-            self._entries -= len(old.entries)
+            self.drop(record.author_id)
+            # The planner's own lists: a later batch takes copies (``record_of``).
+            held = Written(record.revision, record.entries, record.tally, record.first_page)
+            if held.size <= self.max_size:
+                self._held[record.author_id] = held
+                self._size += held.size
+        while self._size > self.max_size:
+            _, old = self._held.popitem(last=False)
+            self._size -= old.size
 
 
-class ProfileStore:
-    def __init__(self, db: AsyncDatabase, written_cache_entries: int = 0) -> None:
-        self.db = db
-        self.written = WrittenAuthors(written_cache_entries)
-        self.authors = db["authors"]
-        self.works = db["works"]
-        self.standing = db["standing"]
-        self.outboxes = db["outboxes"]
+def work_doc(work: NewWork) -> Document:
+    return {
+        "_id": work.work.work_id,
+        "work": work.work.model_dump(mode="json"),
+        "fingerprint": work.fingerprint,
+        "author_ids": list(work.author_ids),
+    }
 
-    async def ensure_indexes(self) -> None:
-        await self.authors.create_index([("name_keys", ASCENDING)], name="name_keys")
-        # Outboxes are found through ``outboxes`` now; the old index only slowed every write.
-        if "outbox_token" in await self.authors.index_information():
-            await self.authors.drop_index("outbox_token")
+
+class ProfileStore(StoreAdapter):
+    indexes: ClassVar[Mapping[str, Sequence[IndexModel]]] = {
+        "authors": [IndexModel([("name_keys", ASCENDING)], name="name_keys")],
+        "works": [IndexModel([("author_ids", ASCENDING)], name="author_ids")],
+    }
+    outbox_collections = ("authors",)
+    # What a rebuild must reproduce: everything but the outbox (events not published yet).
+    projection = Projection.of(authors=("outbox",), works=(), standing=())
+
+    def __init__(self, db: Database, written_cache_size: int = 0) -> None:
+        super().__init__(db)
+        self.written = WrittenAuthors(written_cache_size)
+        self.authors: Collection = db["authors"]
+        self.works: Collection = db["works"]
+        self.standing: Collection = db["standing"]
 
     # --- ingestion ------------------------------------------------------------------
 
-    async def load_works(self, work_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+    async def load_works(self, work_ids: Iterable[str]) -> dict[str, StoredWork]:
         ids = list(set(work_ids))
         if not ids:
             return {}
         cursor = self.works.find({"_id": {"$in": ids}}, {"fingerprint": 1, "author_ids": 1})
-        return {doc["_id"]: doc async for doc in cursor}
+        return {d["_id"]: StoredWork(d["_id"], d["fingerprint"], tuple(d["author_ids"])) async for d in cursor}
 
-    async def load_authors(self, author_ids: Iterable[str]) -> LoadedAuthors:
-        """The authors by id, each with its outbox only if that is still pending (an
-        outbox already published is left in the document but read as empty)."""
-        ids = list(set(author_ids))
+    async def load_authors(self, author_ids: Iterable[str]) -> dict[str, AuthorRecord]:
+        """The authors by id, each with the events its outbox still holds. Those this
+        process wrote last are read without their entries and first page, which are taken
+        from memory if the store still has the revision written (``WrittenAuthors``)."""
+        ids = set(author_ids)
+        held = [a for a in ids if a in self.written]
+        records: dict[str, AuthorRecord] = {}
+        if held:
+            async for doc in self.authors.find({"_id": {"$in": held}}, {"works": 0, "first_page": 0}):
+                written = self.written.get(doc["_id"])
+                if written is not None and written.revision == doc.get("revision"):
+                    records[doc["_id"]] = record_of(doc, written)
+                else:
+                    self.written.drop(doc["_id"])
+        if rest := list(ids - set(records)):
+            records |= {d["_id"]: record_of(d) async for d in self.authors.find({"_id": {"$in": rest}})}
+        return records
+
+    async def work_contents(self, work_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
+        """The works (``Work`` shape) by id."""
+        ids = list(set(work_ids))
         if not ids:
-            return LoadedAuthors({}, {})
-        docs = {doc["_id"]: doc async for doc in self.authors.find({"_id": {"$in": ids}}, {"outbox_z": 0, "outbox": 0})}
-        pending = await self._pending({doc.get("outbox_token") for doc in docs.values()} - {None})
-        with_outbox = [i for i, doc in docs.items() if doc.get("outbox_token") in pending]
-        if with_outbox:
-            async for doc in self.authors.find(
-                {"_id": {"$in": with_outbox}}, {"outbox_z": 1, "outbox": 1, "outbox_token": 1}
-            ):
-                docs[doc["_id"]].update(
-                    outbox_z=doc.get("outbox_z"), outbox=doc.get("outbox"), outbox_token=doc.get("outbox_token")
-                )
-        records = {}
-        for author_id, doc in docs.items():
-            if doc.get("outbox_token") not in pending:
-                doc.update(outbox_z=None, outbox=[], outbox_token=None)
-            records[author_id] = AuthorRecord.from_doc(doc, self.written.get(author_id))
-        return LoadedAuthors(records, pending)
-
-    async def set_revisions(self, records: list[AuthorRecord]) -> None:
-        """Rebuild only: the revision (and the state's copy of it) of these authors."""
-        ops: list[Any] = []
-        for record in records:
-            doc = record.to_doc(record.outbox_token or "")
-            ops.append(
-                UpdateOne(
-                    {"_id": record.author_id}, {"$set": {"revision": doc["revision"], "state_json": doc["state_json"]}}
-                )
-            )
-        if ops:
-            await bulk_update(self.authors, ops)
-
-    async def _pending(self, tokens: set[str]) -> dict[str, set[str]]:
-        if not tokens:
             return {}
-        return {d["_id"]: set(d["authors"]) async for d in self.outboxes.find({"_id": {"$in": list(tokens)}})}
+        return {d["_id"]: d["work"] async for d in self.works.find({"_id": {"$in": ids}}, {"work": 1})}
 
-    async def write_authors(self, records: list[AuthorRecord], read_revisions: dict[str, int | None]) -> str:
-        """Write changed authors (state + outbox in one document each); returns the outbox
-        token they carry. Raises WriteConflict if any was changed by someone else."""
-        token = uuid.uuid4().hex
-        if not records:
-            return token
-        # The marker first: an author carrying this token is pending from its write on.
-        await self.outboxes.insert_one(
-            {"_id": token, "authors": [r.author_id for r in records], "written": False, "at": datetime.now(UTC)}
-        )
-        ops: list[Any] = []
+    async def write_authors(
+        self,
+        records: Sequence[AuthorRecord],
+        events: Mapping[str, Sequence[Outgoing]],
+        read_revisions: Mapping[str, int | None],
+    ) -> None:
+        """Each changed author with its events pushed onto its outbox, in one update per
+        author, guarded by the revision read. Raises ``WriteConflict`` if another writer
+        changed (or registered) one meanwhile: the others are written, and a new plan over
+        what is stored then finds them unchanged and publishes their outbox."""
+        at = datetime.now(UTC)
+        ops: list[InsertOne[Document] | UpdateOne] = []
         updates = 0
         for record in records:
-            doc = record.to_doc(token)
+            out = events.get(record.author_id, ())
+            fields = author_fields(record, published=bool(out))
             expected = read_revisions.get(record.author_id)
             if expected is None:
-                ops.append(InsertOne(doc))
+                ops.append(InsertOne({"_id": record.author_id, **fields, "outbox": [outbox.entry(o, at) for o in out]}))
             else:
-                ops.append(ReplaceOne({"_id": record.author_id, "revision": expected}, doc))
+                guard = {"_id": record.author_id, "revision": expected}
+                ops.append(UpdateOne(guard, outbox.push({"$set": fields}, out, at)))
                 updates += 1
         if not ops:
-            return token
+            return
         try:
-            matched = (await bulk_update(self.authors, ops)).matched_count
+            matched = (await self.authors.bulk_write(ops, ordered=False)).matched_count
         except BulkWriteError as exc:
-            if all(e.get("code") == _DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
-                raise WriteConflict("an author was registered concurrently") from None
-            raise
+            if not _duplicates_only(exc):
+                raise
+            raise WriteConflict("an author was registered concurrently") from None
         if matched != updates:
             raise WriteConflict(f"{updates - matched} author(s) changed concurrently")
-        # As written: the planner is done with them (a next batch takes copies).
         self.written.keep(records)
-        # Every author of this token is written: from now on the sweep may publish it.
-        await self.outboxes.update_one({"_id": token}, {"$set": {"written": True}})
-        for record in records:
-            record.outbox_token = token
-        return token
 
-    async def write_works(self, works: dict[str, dict[str, Any]], stored: set[str]) -> None:
-        """New works are inserted, corrected ones replaced: FerretDB inserts a batch in one
-        statement but looks up each replaced document on its own."""
-        ops: list[Any] = [
-            ReplaceOne({"_id": wid}, doc, upsert=True) if wid in stored else InsertOne(doc)
-            for wid, doc in works.items()
+    async def write_works(self, works: Mapping[str, NewWork], stored: set[str]) -> None:
+        """New works are inserted, new versions of stored ones replace them."""
+        ops: list[InsertOne[Document] | ReplaceOne[Document]] = [
+            ReplaceOne({"_id": wid}, work_doc(w), upsert=True) if wid in stored else InsertOne(work_doc(w))
+            for wid, w in works.items()
         ]
         if not ops:
             return
         try:
-            await bulk_update(self.works, ops)
+            await self.works.bulk_write(ops, ordered=False)
         except BulkWriteError as exc:
-            # Inserted meanwhile by a redelivery or a replica: the same content, keep it.
-            if not all(e.get("code") == _DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
+            # Inserted meanwhile by a redelivery of the same input: the same content.
+            if not _duplicates_only(exc):
                 raise
-
-    async def mark_published(self, tokens: Iterable[str]) -> None:
-        """The outboxes of these tokens are published: one delete, whatever the number of
-        authors (their documents keep the stale outbox until their next write)."""
-        if tokens := list(set(tokens)):
-            await self.outboxes.delete_many({"_id": {"$in": tokens}})
-
-    async def pending_outboxes(
-        self, written_before: datetime, stale_before: datetime, limit: int = 100
-    ) -> list[tuple[str, list[AuthorRecord]]]:
-        """Outboxes written but not published (e.g. after a crash): each token with the
-        authors still carrying it. Tokens written after ``written_before`` are most likely
-        being published right now and are left to their writer; a token whose write never
-        finished is taken once older than ``stale_before`` (its writer died mid-write)."""
-        markers = [
-            d
-            async for d in self.outboxes.find(
-                {"$or": [{"written": True, "at": {"$lt": written_before}}, {"at": {"$lt": stale_before}}]}
-            ).limit(limit)
-        ]
-        found = []
-        for marker in markers:
-            cursor = self.authors.find({"_id": {"$in": marker["authors"]}})
-            found.append(
-                (
-                    marker["_id"],
-                    [AuthorRecord.from_doc(d) async for d in cursor if d.get("outbox_token") == marker["_id"]],
-                )
-            )
-        return found
 
     # --- standing (claims, trust, followers) ------------------------------------------
 
-    async def load_standing(self, author_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
-        ids = list(set(author_ids))
-        return {doc["_id"]: doc async for doc in self.standing.find({"_id": {"$in": ids}})}
-
-    async def write_standing(self, docs: list[dict[str, Any]], read_versions: dict[str, int | None]) -> None:
-        ops: list[Any] = []
-        updates = 0
-        for doc in docs:
-            expected = read_versions.get(doc["_id"])
-            if expected is None:
-                ops.append(InsertOne(doc))
-            else:
-                ops.append(ReplaceOne({"_id": doc["_id"], "version": expected}, doc))
-                updates += 1
-        if not ops:
-            return
-        try:
-            result = await bulk_update(self.standing, ops)
-        except BulkWriteError as exc:
-            if all(e.get("code") == _DUPLICATE_KEY for e in exc.details.get("writeErrors", [])):
-                raise WriteConflict("a standing document was created concurrently") from None
-            raise
-        if result.matched_count != updates:
-            raise WriteConflict("a standing document changed concurrently")
+    async def write_standing(self, parts: Sequence[Part]) -> None:
+        """Each part replaces the one held only if its revision is newer, atomically."""
+        await upsert_where(
+            self.standing,
+            [
+                (
+                    {
+                        "_id": p.author_id,
+                        "$or": [{f"{p.name}.revision": {"$lt": p.revision}}, {p.name: {"$exists": False}}],
+                    },
+                    {"$set": {p.name: p.value}},
+                )
+                for p in parts
+            ],
+        )
 
     # --- reads for HTTP -------------------------------------------------------------
 
-    async def page_source(self, author_id: str) -> dict[str, Any] | None:
-        """What the page needs of an author document: its state and stored first page."""
-        return await self.authors.find_one(
-            {"_id": author_id}, {"state_json": 1, "state": 1, "page_works": 1, "page_limit": 1, "page_cursor": 1}
-        )
+    async def page_source(self, author_id: str) -> Document | None:
+        """What the page needs of an author document: its state and first page."""
+        return await self.authors.find_one({"_id": author_id}, {"state": 1, "first_page": 1})
 
-    async def author(self, author_id: str) -> dict[str, Any] | None:
-        doc = await self.authors.find_one({"_id": author_id}, {"outbox_z": 0, "outbox": 0, "name_keys": 0})
-        if doc is not None:
-            doc["works"], doc["state"] = stored_entries_and_state(doc)
-        return doc
-
-    async def standing_of(self, author_id: str) -> dict[str, Any] | None:
+    async def standing_of(self, author_id: str) -> Document | None:
         return await self.standing.find_one({"_id": author_id})
 
-    async def works_by_id(self, work_ids: list[str]) -> dict[str, dict[str, Any]]:
-        if not work_ids:
-            return {}
-        cursor = self.works.find({"_id": {"$in": work_ids}}, {"work_json": 1, "work": 1})
-        return {doc["_id"]: stored_work(doc) async for doc in cursor}
+    async def entries_of(self, author_id: str) -> list[WorkEntry] | None:
+        doc = await self.authors.find_one({"_id": author_id}, {"works": 1})
+        return None if doc is None else list(doc.get("works") or ())
 
-    async def search(self, folded_prefix: str, limit: int) -> list[dict[str, Any]]:
+    async def search(self, folded_prefix: str, limit: int) -> list[Document]:
         cursor = (
             self.authors.find(
                 {"name_keys": {"$regex": "^" + re.escape(folded_prefix)}},
-                {"display_name": 1, "affiliation": 1, "works_count": 1},
+                {"display_name": 1, "affiliation": 1, "state.works_count": 1},
             )
             .sort("display_name", ASCENDING)
             .limit(limit)
         )
-        return [doc async for doc in cursor]
+        return [
+            {
+                "author_id": d["_id"],
+                "display_name": d["display_name"],
+                "affiliation": d.get("affiliation"),
+                "works_count": (d.get("state") or {}).get("works_count", 0),
+            }
+            async for d in cursor
+        ]
+
+    # --- rebuild (folds of the log) ---------------------------------------------------
+
+    async def fold_states(self, states: Iterable[AuthorState]) -> None:
+        """Each author's published state, identity and revision, where newer than held."""
+        await upsert_where(
+            self.authors,
+            [
+                (
+                    {"_id": s.author_id, "$or": [{"revision": {"$lt": s.revision}}, {"revision": {"$exists": False}}]},
+                    {"$set": state_fields(s)},
+                )
+                for s in states
+            ],
+            initial={"imported": False},
+        )
+
+    async def fold_imported(self, author_ids: Iterable[str]) -> None:
+        """Rebuild only: authors an importer described, kept aside until the drain hook
+        (``imported_in``): only ``fold_states`` creates author documents, since an upsert
+        racing another writer's insert of the same ``_id`` can be lost without an error."""
+        await upsert_where(self.db[IMPORTED], [({"_id": a}, {"$set": {"imported": True}}) for a in set(author_ids)])
+
+    async def imported_in(self, author_ids: Sequence[str]) -> set[str]:
+        return {d["_id"] async for d in self.db[IMPORTED].find({"_id": {"$in": list(author_ids)}}, {"_id": 1})}
+
+    async def forget_imported(self) -> None:
+        await self.db[IMPORTED].drop()
+
+    async def fold_works(self, works: Iterable[NewWork]) -> None:
+        ops = [ReplaceOne({"_id": w.work.work_id}, work_doc(w), upsert=True) for w in works]
+        if ops:
+            await self.works.bulk_write(ops, ordered=False)
+
+    async def states_after(self, last: str | None, limit: int) -> list[tuple[str, Document | None]]:
+        """Authors in ``_id`` order after ``last``, each with its state."""
+        where = {} if last is None else {"_id": {"$gt": last}}
+        cursor = self.authors.find(where, {"state": 1}).sort("_id", ASCENDING).limit(limit)
+        return [(d["_id"], d.get("state")) async for d in cursor]
+
+    async def works_of(self, author_ids: Sequence[str]) -> list[NewWork]:
+        """Every work on which one of these authors appears."""
+        cursor = self.works.find({"author_ids": {"$in": list(author_ids)}}, {"work": 1, "fingerprint": 1})
+        return [NewWork(Work.model_validate(d["work"]), d["fingerprint"]) async for d in cursor]
+
+    async def set_works_of(self, derived: Mapping[str, tuple[list[WorkEntry], FirstPage]], imported: set[str]) -> None:
+        ops = [
+            UpdateOne(
+                {"_id": a},
+                {"$set": {"works": entries, "first_page": first_page_doc(page), "imported": a in imported}},
+            )
+            for a, (entries, page) in derived.items()
+        ]
+        if ops:
+            await self.authors.bulk_write(ops, ordered=False)
+
+
+async def upsert_where(
+    collection: Collection, writes: Sequence[tuple[Document, Document]], initial: Document | None = None
+) -> None:
+    """Conditional upserts: each update (its filter an ``_id`` and a guard) applies where the
+    guard matches, to the document created first if none has that ``_id`` (``initial``
+    fields). The documents are inserted, a duplicate meaning one exists, then updated
+    without upsert: on this store an upsert whose guard races another writer's insert of
+    the same ``_id`` can be lost without an error, an insert cannot."""
+    if not writes:
+        return
+    ids = list(dict.fromkeys(f["_id"] for f, _ in writes))
+    try:
+        await collection.bulk_write([InsertOne({"_id": i, **(initial or {})}) for i in ids], ordered=False)
+    except BulkWriteError as exc:
+        if not _duplicates_only(exc):
+            raise
+    await collection.bulk_write([UpdateOne(f, u) for f, u in writes], ordered=False)

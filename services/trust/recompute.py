@@ -5,8 +5,8 @@ one author), compute each score from its stored signals, and store it, with the
 TrustScoreChanged pushed onto the author's outbox when score or band moved, in one
 single-document update whose filter holds the ``seq`` and score revision read (no signal
 and no other score arrived meanwhile). Then, still under the leases, ``Outbox.deliver``:
-publish (the author's older pending events first) and pull what was published; then the
-leases go back, so two passes never publish the same event at once.
+publish (the author's older pending events first) and pull what was published, at once
+(``remove_now``); then the leases go back, so two passes never publish the same event.
 
 A crash anywhere leaves the event in the author's outbox: the next pass over the author
 publishes it before anything newer, and the runtime's sweeper publishes what nobody
@@ -146,9 +146,13 @@ class Recomputer:
             else:
                 # Some author's signals moved meanwhile: publish what the outboxes hold now.
                 deliveries = await self.store.pending(list(held))
-            # Counted after the await: passes run at once, and ``x += await f()`` reads x first.
+            # Removed before the leases go back (not a moment later, off the path): so no other
+            # pass reads these entries as pending and publishes them again, and the removal
+            # does not race the next writes of the same authors (the store answers such
+            # races with "deadlock detected"). Counted after the await: passes run at once,
+            # and ``x += await f()`` reads x first.
             published = await self.outbox.deliver(
-                self.store.authors, {a: events for a, events in deliveries.items() if events}
+                self.store.authors, {a: events for a, events in deliveries.items() if events}, remove_now=True
             )
             self.published += published
         finally:

@@ -165,6 +165,10 @@ def _ignoring_duplicates(exc: BulkWriteError) -> list[int]:
 
 
 class TrustStore(StoreAdapter):
+    """Bulk writes of author documents go in ``_id`` order, as the outbox's removals do:
+    two bulk writes that take the same documents' row locks in opposite orders deadlock
+    in the store (it answers one of them "deadlock detected", retried like an outage)."""
+
     # Both indexes of trust_authors are partial: they hold only the documents the query
     # looks for (the dirty ones; those scored by an older formula), so the many writes of
     # documents outside them cost no index entry (every update of a document writes an
@@ -217,6 +221,7 @@ class TrustStore(StoreAdapter):
         sources are then written one by one, each under its own guard (a source already
         written fails its guard: nothing is written twice). An insert that loses to a
         concurrent one is written the same way."""
+        writes = sorted(writes, key=lambda w: w.author_id)  # every bulk write in _id order (see class doc)
         created = [w for w in writes if not w.exists]
         updates = [self._signal_update(w, w.changed) for w in writes if w.exists]
         several = [w for w in writes if w.exists and len(w.changed) > 1]
@@ -238,7 +243,9 @@ class TrustStore(StoreAdapter):
                     ordered=False,
                 )
             except BulkWriteError as exc:
-                several += [created[i] for i in _ignoring_duplicates(exc)]
+                several = sorted(
+                    [*several, *(created[i] for i in _ignoring_duplicates(exc))], key=lambda w: w.author_id
+                )
         if updates and (await self.authors.bulk_write(updates, ordered=False)).matched_count == len(updates):
             several = [w for w in several if not w.exists]  # only inserts that lost a race are left
         one_by_one = [self._signal_update(w, {s: state}) for w in several for s, state in w.changed.items()]
@@ -303,7 +310,7 @@ class TrustStore(StoreAdapter):
         whose signals moved meanwhile keeps its old score and stays dirty: the writer of the
         newer signal scheduled it. Returns how many were stored."""
         ops = []
-        for w in writes:
+        for w in sorted(writes, key=lambda w: w.author.author_id):  # _id order (see class doc)
             a = w.author
             guard: Document = {
                 "_id": a.author_id,
@@ -371,14 +378,14 @@ class TrustStore(StoreAdapter):
                 {"_id": author_id, "score.revision": {"$not": {"$gte": score["revision"]}}}, {"$set": {"score": score}}
             )
 
-        ops = [adopt(a) for a in scores if a in held]
+        update = [a for a in scores if a in held]
         if new:
             try:
                 await self.authors.insert_many([{"_id": a, "score": scores[a]} for a in new], ordered=False)
-            except BulkWriteError as exc:
-                ops += [adopt(new[i]) for i in _ignoring_duplicates(exc)]
-        if ops:
-            await self.authors.bulk_write(ops, ordered=False)
+            except BulkWriteError as exc:  # inserted meanwhile (by the signals' consumer)
+                update += [new[i] for i in _ignoring_duplicates(exc)]
+        if update:
+            await self.authors.bulk_write([adopt(a) for a in sorted(update)], ordered=False)
 
     # --- reads (HTTP, tests) ----------------------------------------------------------
 

@@ -3,9 +3,14 @@ store, driven only through Kafka as the web app and importers drive them, observ
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
+from bzpeer_cli.demo import open_by_owner_edit
+from contracts.topics import Topic
 from service_runtime.publishing import EventPublisher
+from service_runtime.topic_reader import read_topic
 from services.profile.seed import SEED_AUTHOR_ID, load_seed
 from tests.conftest import Namespace, eventually
 from tests.system import System
@@ -23,7 +28,9 @@ async def seed_page(system: System) -> dict | None:
     return r.json() if r.status_code == 200 else None
 
 
-async def test_seed_page_then_follow_claim_new_work_and_rival_claim(system: System, webapp: EventPublisher) -> None:
+async def test_seed_page_then_follow_claim_new_work_and_rival_claim_then_collaboration(
+    system: System, webapp: EventPublisher, ns: Namespace
+) -> None:
     await load_seed(webapp)
     page = await eventually(
         lambda: seed_page(system),
@@ -38,9 +45,24 @@ async def test_seed_page_then_follow_claim_new_work_and_rival_claim(system: Syst
 
     lines: list[str] = []
     async with system.story(webapp, out=lines.append) as story:
-        snaps = await story.play()
+        snaps = list(await story.play())
+        played = len(lines)
         # Exactly one notification per source event: nothing arrives twice later either.
         kinds = sorted(n["kind"] for n in await story.notifications())
+        # The record is open to collaboration (the seed record is), a colleague invites the
+        # researcher, the researcher accepts, and they exchange a message each.
+        await story.collaborate(open_by_owner_edit)
+        assert story.invitation_id is not None
+        async with system.http("collab") as collab:
+            for user in (story.researcher, story.colleague):
+                r = await collab.get(f"/invitations/{story.invitation_id}", headers=system.token(user))
+                conversation = r.json()
+                assert conversation["status"] == "accepted" and conversation["owner_user_id"] == story.researcher
+                assert [m["user_id"] for m in conversation["thread"]] == [story.colleague, story.researcher]
+            received = (
+                await collab.get(f"/users/{story.researcher}/invitations", headers=system.token(story.researcher))
+            ).json()["received"]
+            assert [i["invitation_id"] for i in received] == [story.invitation_id]
     seed, followed, claimed, newer, rival = (s.page for s in snaps)
     assert seed["trust_snapshot"] == {"score": 21, "band": "Emerging", "verification_level": "L1", "claimed": False}
     assert seed["counts"] == {"works": 28, "followers": 0, "topics": 9, "close_collaborators": 4}
@@ -51,9 +73,36 @@ async def test_seed_page_then_follow_claim_new_work_and_rival_claim(system: Syst
     assert snaps[3].extra["notifications"].count("new_work") == 1
     assert snaps[4].extra["second_claim"] == "rejected (already_claimed)"
     assert rival["trust_snapshot"]["claimed"] and rival["counts"]["works"] == 29
-    assert len(lines) == 6 and lines[1].startswith("[1 seed page] Trust 21 - Emerging | Verification L1")
+    assert played == 6 and lines[1].startswith("[1 seed page] Trust 21 - Emerging | Verification L1")
+    assert len(lines) == 10 and lines[-1].startswith("[9 they exchange a message each]")
 
     assert kinds.count("claim_approved") == 1 and kinds.count("new_work") == 1
     assert set(kinds) <= {"claim_approved", "new_work", "trust_band_up"} and len(kinds) == len(set(kinds))
+    # Both parties' notifications of the collaboration, once each. Asserted on
+    # notifications.events: the follow service's inbox takes only its own notifications
+    # so far (once it takes other services' too, its inboxes must hold exactly these).
+    notes = await eventually(
+        lambda: events(ns, Topic.NOTIFICATIONS_EVENTS),
+        until=lambda ns_: len({n["data"]["notification_id"] for n in collab_notes(ns_, story.author_id)}) >= 2,
+        what="both parties notified",
+    )
+    once = {n["data"]["notification_id"]: n["data"] for n in collab_notes(notes, story.author_id)}
+    assert sorted((n["user_id"], n["kind"]) for n in once.values()) == sorted(
+        [(story.researcher, "invitation_received"), (story.colleague, "invitation_answered")]
+    )
     # The seed record itself is untouched by the demo copy's story.
     assert (await seed_page(system))["counts"] == {"works": 28, "followers": 0, "topics": 9, "close_collaborators": 4}
+
+
+async def events(ns: Namespace, topic: str) -> list[dict]:
+    return [json.loads(r.value) for r in await read_topic(ns.infra["kafka"], ns.topic(topic))]
+
+
+def collab_notes(notifications: list[dict], author_id: str) -> list[dict]:
+    return [
+        n
+        for n in notifications
+        if n["event_type"] == "NotificationCreated"
+        and n["data"]["author_id"] == author_id
+        and n["data"]["kind"].startswith("invitation_")
+    ]

@@ -104,7 +104,7 @@ async def run_with_fault(
     await finish(pipe, stream, dead_letters=dead_letters)
 
 
-@pytest.mark.parametrize("service", ["profile", "claims", "trust", "follow"])
+@pytest.mark.parametrize("service", ["profile", "claims", "trust", "follow", "collab"])
 async def test_sigkill_mid_stream_and_restart(
     pipe: Pipeline, producer: AIOKafkaProducer, stream: MixedStream, service: str
 ) -> None:

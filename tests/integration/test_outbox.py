@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from pymongo import AsyncMongoClient
@@ -20,7 +20,7 @@ from service_runtime.kafka import ensure_topics, make_broker
 from service_runtime.outbox import Outbox
 from service_runtime.publishing import EventPublisher, Outgoing
 from service_runtime.topic_reader import read_topic
-from tests.conftest import Namespace
+from tests.conftest import Namespace, eventually
 
 
 def registered(publisher: EventPublisher, author_id: str, revision: int) -> Outgoing:
@@ -114,6 +114,37 @@ def test_entries_round_trip() -> None:
         producer="p",
     )
     out = Outgoing(str(Topic.PROFILE_EVENTS), "x", envelope)
-    from datetime import UTC, datetime
 
     assert outbox.outgoing(outbox.entry(out, datetime.now(UTC))) == out
+
+
+async def test_removal_is_deferred_and_coalesced(
+    ns: Namespace, parts: tuple[AsyncCollection, EventPublisher, Outbox]
+) -> None:
+    """Published entries go within ``clear_after_s``, many documents in one write, also
+    those delivered while a removal is under way."""
+    docs, publisher, _ = parts
+    box = Outbox(publisher, clear_after_s=0.05)
+    for n in range(30):
+        event = registered(publisher, f"a{n}", 1)
+        await docs.update_one({"_id": f"a{n}"}, outbox.push({"$set": {"revision": 1}}, [event]), upsert=True)
+        await box.deliver(docs, {f"a{n}": [event]})
+    await eventually(
+        lambda: docs.count_documents({"outbox.0": {"$exists": True}}), until=lambda n: n == 0, what="all cleared"
+    )
+    assert len(await published(ns)) == 30
+
+
+async def test_a_batch_that_read_entries_before_their_removal_does_not_send_them_again(
+    ns: Namespace, parts: tuple[AsyncCollection, EventPublisher, Outbox]
+) -> None:
+    docs, publisher, _ = parts
+    box = Outbox(publisher, clear_after_s=0.05)
+    event = registered(publisher, "a1", 1)
+    await docs.update_one({"_id": "a1"}, outbox.push({"$set": {"revision": 1}}, [event]), upsert=True)
+    read_before = await docs.find_one({"_id": "a1"})  # another batch reads it now...
+    await box.deliver(docs, {"a1": [event]})
+    await eventually(lambda: docs.find_one({"_id": "a1"}), until=lambda d: d["outbox"] == [], what="removed")
+    # ... and passes what it read as pending after the removal: not published twice.
+    assert await box.deliver(docs, {"a1": outbox.pending(read_before)}) == 0
+    assert await published(ns) == [("a1", 1)]

@@ -33,7 +33,14 @@ def _claims(**overrides) -> dict:
 
 def test_valid_token_gives_user_and_roles() -> None:
     principal = VERIFIER.verify(mint_token(SETTINGS, "user-7", ["reviewer"]))
-    assert principal.user_id == "user-7" and principal.has("reviewer")
+    assert principal.user_id == "user-7" and principal.has("reviewer") and principal.orcid is None
+
+
+def test_token_carries_the_authenticated_orcid() -> None:
+    principal = VERIFIER.verify(mint_token(SETTINGS, "user-7", orcid="0000-0002-1825-0097"))
+    assert principal.orcid == "0000-0002-1825-0097" and not principal.roles
+    with pytest.raises(jwt.InvalidTokenError):
+        VERIFIER.verify(jwt.encode(_claims(orcid=42), SETTINGS.jwt_key, algorithm="HS256"))
 
 
 @pytest.mark.parametrize(

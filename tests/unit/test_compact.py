@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 from service_runtime import compact
-from services.profile.ingest import stored_outbox
 
 
 def test_packed_values_and_texts_come_back() -> None:
@@ -14,10 +13,3 @@ def test_packed_values_and_texts_come_back() -> None:
     assert json.loads(compact.unpack_text(compact.pack(value))) == value
     texts = [json.dumps({"topic": "profile.events", "envelope": {"data": {"n": "Ç"}}}), compact.dumps([1, "x"])]
     assert [json.loads(t) for t in compact.unpack_texts(compact.pack_texts(texts))] == [json.loads(t) for t in texts]
-
-
-def test_an_outbox_is_read_in_either_stored_shape() -> None:
-    items = [compact.dumps({"topic": "profile.events", "key": "a", "envelope": {"event_type": "WorkAdded"}})]
-    assert stored_outbox({"outbox_z": compact.pack_texts(items)}) == items
-    assert stored_outbox({"outbox": items}) == items  # written before outboxes were packed
-    assert stored_outbox({"outbox_z": None, "outbox": []}) == []

@@ -8,7 +8,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
-SERVICES = {"profile": 8001, "claims": 8002, "trust": 8003, "follow": 8004}
+SERVICES = {"profile": 8001, "claims": 8002, "trust": 8003, "follow": 8004, "collab": 8005}
 
 
 def test_infrastructure_images_and_health() -> None:
@@ -40,3 +40,17 @@ def test_every_service_is_built_configured_and_health_checked() -> None:
         for dep in ("kafka", "mongo"):
             assert svc["depends_on"][dep]["condition"] == "service_healthy"
         assert svc["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+
+
+def test_the_web_app_is_built_with_its_front_end_files_and_points_at_the_services() -> None:
+    web = COMPOSE["services"]["web"]
+    dockerfile = ROOT / web["build"]["dockerfile"]
+    assert dockerfile == ROOT / "services" / "web" / "Dockerfile"
+    text = dockerfile.read_text()
+    assert '"run", "web"' in text and "npm ci" in text and "ASSETS_DIR=" in text
+    env = web["environment"]
+    assert env["HTTP_PORT"] == 8000 and env["HTTP_HOST"] == "0.0.0.0" and "JWT_KEY" in env
+    for name, port in SERVICES.items():
+        assert env[f"{name.upper()}_URL"] == f"http://{name}:{port}"
+    assert "127.0.0.1:8000:8000" in web["ports"]
+    assert "/ready" in " ".join(web["healthcheck"]["test"])

@@ -14,6 +14,7 @@ from contracts.events.common import Affiliation
 from contracts.events.profile import AuthorRegistered, AuthorState
 from contracts.topics import Topic
 from service_runtime.service import Service
+from service_runtime.store import Collection
 from service_runtime.topic_reader import read_topic
 from services.claims.app import build_service
 from services.claims.settings import ClaimsSettings
@@ -85,3 +86,10 @@ def of_type(events: list[dict[str, Any]], event_type: str, claim_id: str | None 
 
 def http(service: Service) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(app=service.http), base_url="http://claims")
+
+
+async def stored(collection: Collection, doc_id: str) -> dict[str, Any]:
+    """A document that must be in the store."""
+    doc = await collection.find_one({"_id": doc_id})
+    assert doc is not None, f"{collection.name}/{doc_id} is not stored"
+    return doc

@@ -6,8 +6,14 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 
+from aiokafka import AIOKafkaProducer
+
+from contracts import Envelope
 from contracts.events.claims import ClaimRequested, ClaimReviewed, ClaimWithdrawn, Evidence
 from contracts.topics import Topic, dlq_topic
+from service_runtime import outbox
+from service_runtime.publishing import Outgoing
+from service_runtime.service import Service
 from service_runtime.topic_reader import read_topic
 from tests.conftest import Namespace, eventually
 from tests.integration.claims.helpers import (
@@ -19,17 +25,18 @@ from tests.integration.claims.helpers import (
     events_until,
     of_type,
     send,
+    stored,
 )
 
 
-def tampered(data_changes: dict) -> bytes:
+def tampered(data_changes: dict[str, object]) -> bytes:
     """A valid ClaimRequested envelope whose data was altered after validation."""
     env = command(ClaimRequested(claim_id="c-bad", author_id="a1", user_id="u1"))
     data = env.data | data_changes
     return env.model_copy(update={"data": data}).to_bytes()
 
 
-async def test_bad_commands_are_dead_lettered_or_rejected(ns: Namespace, producer) -> None:
+async def test_bad_commands_are_dead_lettered_or_rejected(ns: Namespace, producer: AIOKafkaProducer) -> None:
     service = claims_service(ns)
     async with service.running():
         await send(producer, ns, author_registered("a1"))
@@ -72,10 +79,10 @@ async def test_bad_commands_are_dead_lettered_or_rejected(ns: Namespace, produce
     assert [e["data"]["user_id"] for e in refusals] == ["rita", "u1"]
 
 
-async def test_events_left_in_an_outbox_are_published_by_the_sweeper(ns: Namespace, producer) -> None:
+async def test_events_left_in_an_outbox_are_published_by_the_sweeper(ns: Namespace, producer: AIOKafkaProducer) -> None:
     """A writer that stopped after saving a claim but before publishing: its events wait in
     the claim's outbox and go out (once, with their ids) even if no input comes again."""
-    service = claims_service(ns, outbox_grace_s=0.5)
+    service = claims_service(ns, outbox_grace_s=0.5, outbox_sweep_interval_s=0.2)
     async with service.running():
         await send(producer, ns, author_registered("a1"))
         await authors_known(service, "a1")
@@ -89,47 +96,39 @@ async def test_events_left_in_an_outbox_are_published_by_the_sweeper(ns: Namespa
             ),
         )
         events = await events_until(ns, lambda ev: of_type(ev, "ClaimNeedsReview", "c1"), "c1 under review")
-        doc = await service.db.claims.find_one({"_id": "c1"})
-        lost = {
-            "topic": "claims.events",
-            "key": "a1",
-            "envelope": json.loads(json.dumps({**events[-1], "event_id": "0f4a8d8e-4a36-4bde-9d51-0e0f3e8e2a11"})),
-        }
-        # What the stopped writer left: its token, then the claim written with that token.
-        await service.db.unpublished.insert_one(
-            {"_id": "written-never-published", "at": datetime(2020, 1, 1, tzinfo=UTC), "claims": ["c1"]}
-        )
-        await service.db.claims.update_one(
-            {"_id": "c1"},
-            {
-                "$set": {
-                    "outbox": [lost],
-                    "outbox_token": "written-never-published",
-                    "updated_at": datetime(2020, 1, 1, tzinfo=UTC),
-                }
-            },
-        )
-        events = await events_until(
-            ns,
-            lambda ev: any(e["event_id"] == lost["envelope"]["event_id"] for e in ev),
-            "the unpublished event published",
-        )
+        # What the stopped writer left: an event in the claim's outbox, written a while ago.
+        lost = Envelope.model_validate({**of_type(events, "ClaimNeedsReview", "c1")[0], "event_id": LOST_ID})
+        entry = outbox.entry(Outgoing("claims.events", "a1", lost), datetime(2020, 1, 1, tzinfo=UTC))
+        await service.db.claims.update_one({"_id": "c1"}, {"$push": {"outbox": entry}})
+        await events_until(ns, lambda ev: any(e["event_id"] == LOST_ID for e in ev), "the unpublished event published")
         await eventually(
-            lambda: service.db.unpublished.find_one({"_id": "written-never-published"}),
-            until=lambda d: d is None,
-            what="outbox marked published",
+            lambda: service.db.claims.find_one({"_id": "c1"}),
+            until=lambda d: d is not None and d["outbox"] == [],
+            what="the outbox emptied once published",
         )
-        assert doc["version"] >= 1
-    assert sum(e["event_id"] == lost["envelope"]["event_id"] for e in await claim_events(ns)) == 1
+    assert sum(e["event_id"] == LOST_ID for e in await claim_events(ns)) == 1
 
 
-async def test_events_of_a_write_are_not_forgotten_when_another_writer_republishes_part_of_it(
-    ns: Namespace, producer
+LOST_ID = "0f4a8d8e-4a36-4bde-9d51-0e0f3e8e2a11"
+
+
+async def outbox_emptied(service: Service, claim_id: str) -> None:
+    """Published entries leave the claim's outbox a moment after publishing (the runtime
+    removes them in bulk)."""
+    await eventually(
+        lambda: stored(service.db.claims, claim_id),
+        until=lambda d: d["outbox"] == [],
+        what=f"{claim_id}'s outbox empty",
+    )
+
+
+async def test_events_of_a_write_are_not_forgotten_when_another_writer_publishes_part_of_it(
+    ns: Namespace, producer: AIOKafkaProducer
 ) -> None:
-    """One write stored two records' claims under one outbox token, then stopped. A later
-    batch that loads only one of those records republishes that claim's events; the token
-    must stay until the other claim's events are out too (here: the sweeper's)."""
-    service = claims_service(ns, outbox_grace_s=3600)  # the background sweeper leaves the token alone
+    """One write stored two records' claims, then stopped before publishing. A later batch
+    that loads only one of those claims publishes (and empties) that claim's outbox; the
+    other claim's events stay in its own outbox until they are out too (here: the sweeper's)."""
+    service = claims_service(ns, outbox_grace_s=3600)  # the background sweeper leaves them alone
     async with service.running():
         await send(producer, ns, author_registered("a1"), author_registered("a2"))
         await authors_known(service, "a1", "a2")
@@ -145,35 +144,26 @@ async def test_events_of_a_write_are_not_forgotten_when_another_writer_republish
             lambda ev: of_type(ev, "ClaimNeedsReview", "c1") and of_type(ev, "ClaimNeedsReview", "c2"),
             "c1 and c2 under review",
         )
-        lost = {}
+        lost: dict[str, str] = {}
         for cid, author, eid in (
             ("c1", "a1", "6a1f0c7e-2b4d-4e4a-9d0b-1c2d3e4f5a61"),
             ("c2", "a2", "6a1f0c7e-2b4d-4e4a-9d0b-1c2d3e4f5a62"),
         ):
-            lost[cid] = {
-                "topic": "claims.events",
-                "key": author,
-                "envelope": json.loads(json.dumps({**of_type(events, "ClaimNeedsReview", cid)[-1], "event_id": eid})),
-            }
-        now = datetime.now(UTC)
-        await service.db.unpublished.insert_one({"_id": "shared", "at": now, "claims": ["c1", "c2"]})
-        for cid in ("c1", "c2"):
-            await service.db.claims.update_one(
-                {"_id": cid}, {"$set": {"outbox": [lost[cid]], "outbox_token": "shared"}}
-            )
+            envelope = Envelope.model_validate({**of_type(events, "ClaimNeedsReview", cid)[-1], "event_id": eid})
+            entry = outbox.entry(Outgoing("claims.events", author, envelope), datetime.now(UTC))
+            await service.db.claims.update_one({"_id": cid}, {"$push": {"outbox": entry}})
+            lost[cid] = eid
         # A rival claim on a1 only: its batch loads a1's open claim c1, not c2.
         await send(producer, ns, command(ClaimRequested(claim_id="c3", author_id="a1", user_id="u3", evidence=review)))
         await events_until(
             ns,
-            lambda ev: (
-                of_type(ev, "ClaimSubmitted", "c3")
-                and any(e["event_id"] == lost["c1"]["envelope"]["event_id"] for e in ev)
-            ),
-            "c3 decided and c1's left event republished",
+            lambda ev: of_type(ev, "ClaimSubmitted", "c3") and any(e["event_id"] == lost["c1"] for e in ev),
+            "c3 decided and c1's left event published",
         )
-        assert await service.db.unpublished.find_one({"_id": "shared"}), "c2's events are not out yet"
-        processor = service.http.state.claims_processor
-        await processor.sweep_once(now=now + timedelta(hours=2))
-        assert await service.db.unpublished.find_one({"_id": "shared"}) is None
-    published = {e["event_id"] for e in await claim_events(ns)}
-    assert {lost[c]["envelope"]["event_id"] for c in ("c1", "c2")} <= published
+        await outbox_emptied(service, "c1")
+        left = (await stored(service.db.claims, "c2"))["outbox"]
+        assert [e["envelope"]["event_id"] for e in left] == [lost["c2"]], "c2's events are not out yet"
+        assert await service.outbox.sweep(service.db.claims, older_than=timedelta(0)) == 1
+        await outbox_emptied(service, "c2")
+    published = [e["event_id"] for e in await claim_events(ns)]
+    assert published.count(lost["c1"]) == 1 and published.count(lost["c2"]) == 1

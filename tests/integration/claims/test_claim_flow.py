@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaProducer
 
 from contracts import Envelope
 from contracts.events.claims import (
@@ -14,6 +19,7 @@ from contracts.events.claims import (
     Evidence,
 )
 from contracts.topics import Topic
+from service_runtime.delivery import Incoming
 from services.claims.processing import ClaimsProcessor
 from tests.conftest import Namespace, eventually
 from tests.integration.claims.helpers import (
@@ -26,12 +32,13 @@ from tests.integration.claims.helpers import (
     events_until,
     of_type,
     send,
+    stored,
 )
 
 EMAIL_OK = Evidence(email="qvl@cs.stanford.edu", email_verified=True)
 
 
-async def test_lifecycle_auto_approval_review_and_revocation(ns: Namespace, producer) -> None:
+async def test_lifecycle_auto_approval_review_and_revocation(ns: Namespace, producer: AIOKafkaProducer) -> None:
     service = claims_service(ns)
     async with service.running():
         await send(producer, ns, author_registered("a1"), author_registered("a2"))
@@ -113,21 +120,23 @@ async def test_lifecycle_auto_approval_review_and_revocation(ns: Namespace, prod
         ]
         assert levels == [(None, "L2"), ("L2", "L3"), ("L3", None)]
 
-        doc = await service.db.claims.find_one({"_id": "c1"})
-        assert doc["status"] == "revoked" and doc["reason"] == "impostor"
-        assert doc["outbox_token"]
+        doc = await stored(service.db.claims, "c1")
+        assert doc["status"] == "revoked" and doc["reason"] == "impostor" and doc["revision"] == 3
         await eventually(
-            lambda: service.db.unpublished.count_documents({}),
+            lambda: service.db.claims.count_documents({"outbox.0": {"$exists": True}}),
             until=lambda n: n == 0,
-            what="every outbox marked published",
+            what="every outbox published and emptied",
         )
         assert [h["event"] for h in doc["history"]] == ["requested", "reviewer_approved", "revoked"]
-        author = await service.db.authors.find_one({"_id": "a1"})
+        assert [h.get("by") for h in doc["history"]] == [None, "rev", "rev"]
+        assert len(doc["applied"]) == 3 and doc["author_claim"]["revision"] == 4
+        author = await stored(service.db.authors, "a1")
         assert author["claim"]["claimed"] is False and author["claim"]["revision"] == 4
-        assert await service.db.user_slots.count_documents({"user": "u1"}) == 0, "revocation freed the slot"
+        assert await service.db.users.find_one({"_id": "u1"}) is None, "revocation freed the slot"
+        assert (await stored(service.db.users, "u2"))["approved"] == ["c2"]
 
 
-async def test_claim_waits_for_its_author_then_expires_or_is_decided(ns: Namespace, producer) -> None:
+async def test_claim_waits_for_its_author_then_expires_or_is_decided(ns: Namespace, producer: AIOKafkaProducer) -> None:
     service = claims_service(ns, pending_author_timeout_s=5.0)
     async with service.running():
         await send(
@@ -152,15 +161,18 @@ async def test_claim_waits_for_its_author_then_expires_or_is_decided(ns: Namespa
         )
         rejected = of_type(events, "ClaimRejected", "never")
         assert len(rejected) == 1 and rejected[0]["data"]["reason"] == "unknown_author"
-        assert (await service.db.claims.find_one({"_id": "never"}))["status"] == "rejected"
-        assert await service.db.user_slots.count_documents({"user": "u2"}) == 0, "the rejected claim is no longer open"
+        never = await stored(service.db.claims, "never")
+        assert never["status"] == "rejected" and "waiting_since" not in never
+        assert await service.db.users.find_one({"_id": "u2"}) is None, "the rejected claim is no longer open"
         # More sweeps change nothing and publish nothing new.
         processor = service.http.state.claims_processor
         assert await processor.sweep_once() == 0
     assert len(of_type(await claim_events(ns), "ClaimRejected", "never")) == 1
 
 
-async def test_a_late_request_still_waits_its_full_time_for_its_author(ns: Namespace, producer) -> None:
+async def test_a_late_request_still_waits_its_full_time_for_its_author(
+    ns: Namespace, producer: AIOKafkaProducer
+) -> None:
     """The wait for an author counts from when the service parked the claim, not from
     when the request was made: a request that reaches the service an hour late (consumer
     lag, a broker outage) is not expired by the next sweep."""
@@ -176,7 +188,7 @@ async def test_a_late_request_still_waits_its_full_time_for_its_author(ns: Names
         await events_until(ns, lambda ev: of_type(ev, "ClaimSubmitted", "late"), "late submitted")
         processor = service.http.state.claims_processor
         assert await processor.sweep_once() == 0
-        assert (await service.db.claims.find_one({"_id": "late"}))["status"] == "pending_author"
+        assert (await stored(service.db.claims, "late"))["status"] == "pending_author"
         await send(producer, ns, author_registered("slow-author"))
         events = await events_until(
             ns, lambda ev: of_type(ev, "ClaimApproved", "late"), "approved once its author came"
@@ -185,7 +197,7 @@ async def test_a_late_request_still_waits_its_full_time_for_its_author(ns: Names
 
 
 async def test_a_claim_is_not_expired_while_its_authors_registration_is_still_unread(
-    ns: Namespace, producer, monkeypatch
+    ns: Namespace, producer: AIOKafkaProducer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The author is registered in profile.events, but the consumer has not read that far
     (held here, as a long backlog holds it): a sweep after the wait must not reject the
@@ -193,7 +205,7 @@ async def test_a_claim_is_not_expired_while_its_authors_registration_is_still_un
     gate = asyncio.Event()
     handle = ClaimsProcessor.handle
 
-    async def held(self: ClaimsProcessor, batch) -> None:
+    async def held(self: ClaimsProcessor, batch: Sequence[Incoming[Any]]) -> None:
         if any(item.topic == Topic.PROFILE_EVENTS for item in batch):
             await gate.wait()
         await handle(self, batch)
@@ -216,7 +228,7 @@ async def test_a_claim_is_not_expired_while_its_authors_registration_is_still_un
     assert not of_type(events, "ClaimRejected", "unread")
 
 
-async def test_replayed_commands_change_nothing_twice(ns: Namespace, producer) -> None:
+async def test_replayed_commands_change_nothing_twice(ns: Namespace, producer: AIOKafkaProducer) -> None:
     service = claims_service(ns)
     async with service.running():
         request = command(ClaimRequested(claim_id="c1", author_id="a1", user_id="u1", evidence=EMAIL_OK))
@@ -237,7 +249,7 @@ async def test_replayed_commands_change_nothing_twice(ns: Namespace, producer) -
         await send(producer, ns, request)  # a late replay after everything else
         await send(producer, ns, command(ClaimRequested(claim_id="marker", author_id="a1", user_id="u9")))
         events = await events_until(ns, lambda ev: of_type(ev, "ClaimSubmitted", "marker"), "marker processed")
-        doc = await service.db.claims.find_one({"_id": "c1"})
+        doc = await stored(service.db.claims, "c1")
     assert [h["event"] for h in doc["history"]] == ["requested", "withdrawn"]
     mine = [
         e

@@ -4,11 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
 
 from contracts.events.claims import ClaimRequested, Evidence
 from contracts.registry import decode
 from contracts.topics import Topic
 from service_runtime.delivery import Incoming
+from service_runtime.outbox import retry_conflicts
+from service_runtime.service import Service
 from services.claims.rules import Limits
 from tests.conftest import Namespace, eventually
 from tests.integration.claims.helpers import (
@@ -20,13 +27,16 @@ from tests.integration.claims.helpers import (
     events_until,
     of_type,
     send,
+    stored,
 )
 
 EMAIL_OK = Evidence(email="someone@stanford.edu", email_verified=True)
 ORCID_OK = Evidence(orcid=ORCID, orcid_authenticated=True)
 
 
-async def test_racing_claims_on_one_record_first_in_partition_order_wins(ns: Namespace, producer) -> None:
+async def test_racing_claims_on_one_record_first_in_partition_order_wins(
+    ns: Namespace, producer: AIOKafkaProducer
+) -> None:
     service = claims_service(ns)
     async with service.running():
         await send(producer, ns, author_registered("a1"))
@@ -44,7 +54,7 @@ async def test_racing_claims_on_one_record_first_in_partition_order_wins(ns: Nam
             ),
         )
         events = await events_until(ns, lambda ev: len(of_type(ev, "ClaimSubmitted")) == 8, "8 claims decided")
-        author = await service.db.authors.find_one({"_id": "a1"})
+        author = await stored(service.db.authors, "a1")
     approved = of_type(events, "ClaimApproved")
     assert [e["data"]["claim_id"] for e in approved] == ["c0"]
     rejected = of_type(events, "ClaimRejected")
@@ -58,13 +68,15 @@ def store_limits() -> Limits:
 
 
 @contextlib.asynccontextmanager
-async def two_replicas(ns: Namespace, **overrides):
+async def two_replicas(ns: Namespace, **overrides: Any) -> AsyncIterator[Service]:
     first, second = claims_service(ns, **overrides), claims_service(ns, **overrides)
     async with first.running(), second.running():
         yield first
 
 
-async def test_one_approved_claim_per_user_across_partitions_and_replicas(ns: Namespace, producer) -> None:
+async def test_one_approved_claim_per_user_across_partitions_and_replicas(
+    ns: Namespace, producer: AIOKafkaProducer
+) -> None:
     authors = [f"author-{i}" for i in range(12)]  # spread over the six partitions
     async with two_replicas(ns) as service:
         await send(producer, ns, *(author_registered(a) for a in authors))
@@ -78,7 +90,7 @@ async def test_one_approved_claim_per_user_across_partitions_and_replicas(ns: Na
             ),
         )
         events = await events_until(ns, lambda ev: len(of_type(ev, "ClaimSubmitted")) == 12, "12 claims decided")
-        slots = [d async for d in service.db.user_slots.find({"user": "greedy", "kind": "approved"})]
+        slots = (await stored(service.db.users, "greedy"))["approved"]
         owned = await service.db.authors.count_documents({"claim.owner_user_id": "greedy"})
     assert len(of_type(events, "ClaimApproved")) == 1
     assert {e["data"]["reason"] for e in of_type(events, "ClaimRejected")} == {"user_already_owns_a_record"}
@@ -86,7 +98,7 @@ async def test_one_approved_claim_per_user_across_partitions_and_replicas(ns: Na
     assert len(slots) == 1 and owned == 1
 
 
-async def test_at_most_three_open_claims_per_user_across_replicas(ns: Namespace, producer) -> None:
+async def test_at_most_three_open_claims_per_user_across_replicas(ns: Namespace, producer: AIOKafkaProducer) -> None:
     authors = [f"author-{i}" for i in range(7)]
     async with two_replicas(ns) as service:
         await send(producer, ns, *(author_registered(a) for a in authors))
@@ -112,23 +124,35 @@ async def test_at_most_three_open_claims_per_user_across_replicas(ns: Namespace,
 
 
 async def test_a_slot_is_taken_atomically_by_concurrent_writers(ns: Namespace) -> None:
-    """What guards the per-user limits when replicas race: 20 concurrent conditional writes
-    on one user's slot in the real store, and only the limit's worth succeed."""
+    """What guards the per-user limits when replicas race: 20 writers at once, each reading
+    the user's slots, taking one for its claim and writing only if the slots it read are
+    still there (else reading again), and only the limit's worth succeed."""
     service = claims_service(ns)
     store = service.http.state.claims_processor.store
+    await store.create_indexes()
 
-    results = await asyncio.gather(*(store.acquire("approved", "racer", f"c{i}", 1) for i in range(20)))
+    async def take(kind: str, claim_id: str) -> bool:
+        async def attempt() -> bool:
+            loaded = await store.load_book([], [], ["racer"], store_limits(), clock=datetime.now(UTC))
+            if not loaded.book.slots.acquire(kind, "racer", claim_id):
+                return False
+            await store.save(loaded, {})
+            return True
+
+        return await retry_conflicts(attempt, attempts=100, what="take a slot")
+
+    results = await asyncio.gather(*(take("approved", f"c{i}") for i in range(20)))
     assert sum(results) == 1
-    results = await asyncio.gather(*(store.acquire("open", "racer", f"c{i}", 3) for i in range(20)))
+    results = await asyncio.gather(*(take("open", f"c{i}") for i in range(20)))
     assert sum(results) == 3
-    held = [d["claim_id"] async for d in service.db.user_slots.find({"user": "racer", "kind": "open"})]
-    assert len(held) == 3
-    assert await store.acquire("open", "racer", held[0], 3)  # holding it already: still yours
-    assert not await store.acquire_all([("open", "racer", "another")], store_limits())
+    held = await stored(service.db.users, "racer")
+    assert len(held["open"]) == 3 and held["open"] == sorted(held["open"]) and len(held["approved"]) == 1
+    assert await take("open", held["open"][0])  # holding it already: still yours
+    assert not await take("open", "another")
     await service.mongo.close()
 
 
-async def test_a_slot_freed_and_taken_again_in_one_batch(ns: Namespace, producer) -> None:
+async def test_a_slot_freed_and_taken_again_in_one_batch(ns: Namespace, producer: AIOKafkaProducer) -> None:
     """A user at the open limit: in one batch, one of their claims loses its record and they
     open another. The freed slot goes to the new claim (the batch is not refused as if
     another writer had taken it) and the user still holds three open claims."""
@@ -169,6 +193,6 @@ async def test_a_slot_freed_and_taken_again_in_one_batch(ns: Namespace, producer
             ]
         )
         events = await events_until(ns, lambda ev: of_type(ev, "ClaimNeedsReview", "c3"), "c3 open")
-        held = sorted([d["claim_id"] async for d in service.db.user_slots.find({"user": "busy", "kind": "open"})])
+        held = (await stored(service.db.users, "busy"))["open"]
     assert [e["data"]["reason"] for e in of_type(events, "ClaimRejected", "c0")] == ["already_claimed"]
     assert held == ["c1", "c2", "c3"]

@@ -20,15 +20,37 @@ from service_runtime.service import Service
 from service_runtime.topic_reader import read_topic
 from services.follow.app import build_service
 from services.follow.settings import FollowSettings
-from tests.conftest import Namespace
+from services.follow.store import FollowStore
+from tests.conftest import Namespace, eventually
 
 
 def follow_settings(ns: Namespace, **overrides: Any) -> FollowSettings:
-    values: dict[str, Any] = dict(
-        unknown_author_wait_s=30.0, sweep_interval_s=0.2, fanout_chunk_size=7, follower_pages=16
-    )
+    values: dict[str, Any] = dict(unknown_author_wait_s=30.0, sweep_interval_s=0.2, fanout_chunk_size=7)
     values.update(overrides)
-    return ns.settings("follow", cls=FollowSettings, **values)
+    settings: FollowSettings = ns.settings("follow", cls=FollowSettings, **values)
+    return settings
+
+
+def store_of(service: Service) -> FollowStore:
+    store: FollowStore = service.http.state.follow_store
+    return store
+
+
+async def author_doc(service: Service, author: str) -> dict[str, Any]:
+    """The author's document as stored ({} when there is none)."""
+    return await store_of(service).author(author) or {}
+
+
+async def known(service: Service, author: str) -> dict[str, Any]:
+    """Wait until the service knows the author (its registration was read)."""
+    return await eventually(
+        lambda: author_doc(service, author), until=lambda d: bool(d.get("known")), what=f"{author} known"
+    )
+
+
+async def plan_of(store: FollowStore, fid: str) -> dict[str, Any]:
+    """A fan-out plan with its progress ({} while there is none)."""
+    return await store.fanout(fid) or {}
 
 
 @pytest.fixture

@@ -12,14 +12,17 @@ from tests.integration.follow.conftest import (
     claim_approved,
     events,
     follow_cmd,
+    known,
     later,
+    plan_of,
     publish,
     registered,
+    store_of,
     trust_changed,
     unfollow_cmd,
     work_added,
 )
-from tests.integration.follow.test_follows import settled_count, store_of
+from tests.integration.follow.test_follows import settled_count
 
 
 async def inbox_count(service, **query) -> int:
@@ -28,7 +31,7 @@ async def inbox_count(service, **query) -> int:
 
 async def followers(ns, producer, service, author: str, users: list[str]) -> None:
     await publish(producer, ns, [registered(author)], Topic.PROFILE_EVENTS)
-    await eventually(lambda: store_of(service).author(author), until=lambda d: d and d.get("known"))
+    await known(service, author)
     await publish(producer, ns, [follow_cmd(u, author) for u in users], Topic.WEBAPP_FOLLOWS)
     await settled_count(ns, service, author, len(users))
 
@@ -78,8 +81,8 @@ async def test_only_who_followed_before_the_event_is_notified(ns, producer, foll
     await settled_count(ns, follow, "a1", 3)
     await publish(producer, ns, [work], Topic.PROFILE_EVENTS)
     plan = await eventually(
-        lambda: store_of(follow).fanout(str(fanout_id(work.event_id))),
-        until=lambda p: p and len(p.get("done") or []) == len(p["chunks"]),
+        lambda: plan_of(store_of(follow), str(fanout_id(work.event_id))),
+        until=lambda p: bool(p) and len(p["done"]) == len(p["chunks"]),
     )
     assert plan["followers"] == 1
     inbox = await store_of(follow).inbox.find({}).to_list(None)
@@ -111,6 +114,6 @@ async def test_an_author_without_followers_plans_an_empty_fanout(ns, producer, f
     work = work_added("lonely", at=later())
     await publish(producer, ns, [work], Topic.PROFILE_EVENTS)
     plan = await eventually(
-        lambda: store_of(follow).fanout(str(fanout_id(work.event_id))), until=lambda p: p and p.get("published")
+        lambda: plan_of(store_of(follow), str(fanout_id(work.event_id))), until=lambda p: bool(p.get("published"))
     )
     assert plan["chunks"] == [] and await inbox_count(follow) == 0

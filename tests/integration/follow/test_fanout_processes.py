@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from pymongo import AsyncMongoClient
@@ -15,7 +16,7 @@ from contracts.topics import Topic
 from service_runtime.topic_reader import read_topic
 from services.follow.store import FollowStore
 from tests.conftest import Namespace, eventually
-from tests.integration.follow.conftest import follow_settings, later, publish, work_added
+from tests.integration.follow.conftest import follow_settings, later, plan_of, publish, work_added
 from tests.service_process import ServiceProcess, wait_for_group
 
 FOLLOWERS = 10_000
@@ -26,7 +27,7 @@ AUTHOR = "openalex:A5017898742"
 async def seeded(ns: Namespace) -> AsyncIterator[tuple[FollowStore, list[str]]]:
     settings = follow_settings(ns)
     client: AsyncMongoClient = AsyncMongoClient(ns.infra["mongodb"], tz_aware=True)
-    store = FollowStore(client[settings.database_name], settings.follower_pages)
+    store = FollowStore(client[settings.database_name])
     users = [f"user-{i:05d}" for i in range(FOLLOWERS)]
     # Written straight into the projection in bulk: this test is about the fan-out.
     await store.seed_followers(AUTHOR, "Quoc V. Le", users, datetime.now(UTC) - timedelta(hours=1))
@@ -34,12 +35,12 @@ async def seeded(ns: Namespace) -> AsyncIterator[tuple[FollowStore, list[str]]]:
     await client.close()
 
 
-async def fanout_finished(store: FollowStore, fid: str) -> dict:
+async def fanout_finished(store: FollowStore, fid: str) -> dict[str, Any]:
     return await eventually(
-        lambda: store.fanout(fid),
+        lambda: plan_of(store, fid),
         timeout=120,
         what="every chunk done",
-        until=lambda p: p and p.get("published") and len(p["done"]) == len(p["chunks"]),
+        until=lambda p: bool(p.get("published")) and len(p["done"]) == len(p["chunks"]),
     )
 
 
@@ -83,10 +84,10 @@ async def test_a_fanout_killed_midway_resumes_to_exactly_10000(ns, producer, see
         fid = str(fanout_id(work.event_id))
         await publish(producer, ns, [work], Topic.PROFILE_EVENTS)
         before = await eventually(
-            lambda: store.fanout(fid),
+            lambda: plan_of(store, fid),
             timeout=60,
             what="some chunks done",
-            until=lambda p: p and len(p.get("done") or []) >= 10,
+            until=lambda p: len(p.get("done") or []) >= 10,
         )
         service.kill()
         assert len(before["done"]) < len(before["chunks"]), "killed in the middle of the fan-out"

@@ -6,33 +6,34 @@ from __future__ import annotations
 import asyncio
 import random
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from contracts.topics import Topic, dlq_topic
 from service_runtime.service import Service
 from services.follow.app import build_service
-from services.follow.commands import FollowCommands
 from services.follow.sources import SourceEvents
-from services.follow.store import FollowStore
 from tests.conftest import Namespace, eventually
 from tests.integration.follow.conftest import (
+    author_doc,
     claim_approved,
     events,
     follow_cmd,
     follow_settings,
+    known,
     publish,
     registered,
+    store_of,
     unfollow_cmd,
 )
 
 
-def store_of(service: Service) -> FollowStore:
-    return service.http.state.follow_store
-
-
 async def edges_in_store(service: Service, author: str) -> int:
-    store = store_of(service)
-    doc = await store.author(author) or {}
-    return sum(1 for _, e in await store.all_edges(author, doc.get("pages") or []) if e.active)
+    return await store_of(service).edges.count_documents({"author_id": author, "active": True})
+
+
+async def parked_for(service: Service, author: str) -> list[dict[str, Any]]:
+    """The follows parked in the author's document, in the order they came."""
+    return list((await store_of(service).author(author) or {}).get("parked") or [])
 
 
 async def clock() -> datetime:
@@ -51,21 +52,16 @@ async def settled_count(ns: Namespace, service: Service, author: str, expected: 
         return max(counts, key=lambda e: e["data"]["revision"])["data"]["count"] if counts else None
 
     await eventually(last_count, until=lambda c: c == expected, timeout=60, what=f"count {expected}")
-    # The outbox is marked done right after the events are acknowledged.
-    store = store_of(service)
-
-    async def carried_out() -> dict | None:
-        doc = await store.author(author)
-        outbox = (doc or {}).get("pending")
-        return doc if doc and (outbox is None or await store.outboxes_done([outbox["id"]])) else None
-
-    doc = await eventually(carried_out, until=lambda d: d is not None, what="outbox carried out")
+    # The events leave the author's outbox right after the broker acknowledged them.
+    doc = await eventually(
+        lambda: author_doc(service, author), until=lambda d: bool(d) and not d.get("outbox"), what="outbox delivered"
+    )
     assert doc["follower_count"] == expected
 
 
 async def test_follow_twice_is_one_follow_and_unfollow_of_nothing_is_a_no_op(ns, producer, follow) -> None:
     await publish(producer, ns, [registered("a1")], Topic.PROFILE_EVENTS)
-    await eventually(lambda: store_of(follow).author("a1"), until=lambda d: d and d.get("known"))
+    await known(follow, "a1")
     await publish(
         producer,
         ns,
@@ -81,7 +77,7 @@ async def test_follow_twice_is_one_follow_and_unfollow_of_nothing_is_a_no_op(ns,
 
 async def test_counts_stay_exact_under_a_burst_redelivery_and_races(ns, producer, follow) -> None:
     await publish(producer, ns, [registered("a1")], Topic.PROFILE_EVENTS)
-    await eventually(lambda: store_of(follow).author("a1"), until=lambda d: d and d.get("known"))
+    await known(follow, "a1")
     rng = random.Random(7)
     users = [f"u{i}" for i in range(300)]
     base = datetime.now(UTC)
@@ -112,7 +108,7 @@ async def test_counts_stay_exact_under_a_burst_redelivery_and_races(ns, producer
 async def test_a_redelivered_batch_changes_nothing(ns, producer, follow) -> None:
     """The same command records again (same event ids, as after a crash before commit)."""
     await publish(producer, ns, [registered("a1")], Topic.PROFILE_EVENTS)
-    await eventually(lambda: store_of(follow).author("a1"), until=lambda d: d and d.get("known"))
+    await known(follow, "a1")
     batch = [follow_cmd(f"u{i}", "a1") for i in range(20)] + [unfollow_cmd("u3", "a1")]
     await publish(producer, ns, batch, Topic.WEBAPP_FOLLOWS)
     await settled_count(ns, follow, "a1", 19)
@@ -136,7 +132,7 @@ async def test_following_an_unknown_author_is_rejected_after_the_wait(ns, produc
             ("u1", "unknown_author"),
             ("u2", "unknown_author"),
         }
-        assert await store_of(service).parked_for("ghost") == []
+        assert await parked_for(service, "ghost") == []
         # The author arriving later changes nothing for the rejected follows.
         await publish(producer, ns, [registered("ghost")], Topic.PROFILE_EVENTS)
         await publish(producer, ns, [follow_cmd("u3", "ghost")], Topic.WEBAPP_FOLLOWS)
@@ -163,83 +159,44 @@ async def test_a_follow_is_not_rejected_while_the_authors_registration_is_still_
         await publish(producer, ns, [registered("lagged")], Topic.PROFILE_EVENTS)
         await publish(producer, ns, [follow_cmd("u1", "lagged")], Topic.WEBAPP_FOLLOWS)
         first = await eventually(
-            lambda: store_of(service).parked_for("lagged"), until=lambda p: len(p) == 1, what="first follow parked"
+            lambda: parked_for(service, "lagged"), until=lambda p: len(p) == 1, what="first follow parked"
         )
         await eventually(
-            clock, until=lambda now: now > first[0]["expires_at"], what="the wait of the first follow over on the clock"
+            clock, until=lambda now: now > first[0]["wait_until"], what="the wait of the first follow over on the clock"
         )
         # A second command of the author: its batch decides on the first follow, whose
         # wait is over on the clock (a wall-clock rule rejects it here).
         second = follow_cmd("u2", "lagged")
         await publish(producer, ns, [second], Topic.WEBAPP_FOLLOWS)
         await eventually(
-            lambda: store_of(service).parked_for("lagged"),
-            until=lambda p: str(second.event_id) in {d["_id"] for d in p},
+            lambda: parked_for(service, "lagged"),
+            until=lambda p: str(second.event_id) in {d["follow_id"] for d in p},
             what="second follow parked",
         )
         gate.set()
         await settled_count(ns, service, "lagged", 2)
         assert await events(ns, Topic.FOLLOWS_EVENTS, "FollowRejected") == []
-        assert await store_of(service).parked_for("lagged") == []
+        assert await parked_for(service, "lagged") == []
 
 
 async def test_a_parked_follow_and_its_unfollow_applied_together_store_the_count(ns, producer, follow) -> None:
     """Applied in one batch they net to no change, and the count is still stored (0), as
     when they are applied one batch each: a rebuild may batch them differently from live."""
     await publish(producer, ns, [follow_cmd("u1", "pair"), unfollow_cmd("u1", "pair")], Topic.WEBAPP_FOLLOWS)
-    await eventually(lambda: store_of(follow).parked_for("pair"), until=lambda p: len(p) == 2, what="both parked")
+    parked = await eventually(
+        lambda: parked_for(follow, "pair"), until=lambda p: bool(p and p[0].get("unfollow")), what="both parked"
+    )
+    assert len(parked) == 1, "the unfollow waits with its follow"
     await publish(producer, ns, [registered("pair")], Topic.PROFILE_EVENTS)
     doc = await eventually(
-        lambda: store_of(follow).author("pair"),
-        until=lambda d: d and not d.get("parked_ids") and "follower_count" in d,
+        lambda: author_doc(follow, "pair"),
+        until=lambda d: bool(d.get("known")) and not d.get("parked") and "follower_count" in d,
         what="applied, count stored",
     )
     assert doc["follower_count"] == 0 and await edges_in_store(follow, "pair") == 0
-
-
-async def test_a_rebuild_keeps_no_count_revision_where_live_published_no_count(ns, producer, follow) -> None:
-    """Live applied a parked follow and its unfollow together (no count change, no
-    revision); a rebuild that applied them one batch each counted two changes. Its
-    revisions are taken from what live published: none, so none; the others adopt theirs."""
-    await publish(producer, ns, [registered("counted")], Topic.PROFILE_EVENTS)
-    await publish(producer, ns, [follow_cmd("u1", "counted")], Topic.WEBAPP_FOLLOWS)
-    await settled_count(ns, follow, "counted", 1)
-    store = store_of(follow)
-    await store.set_authors_fields(
-        {"netted": {"known": True, "follower_count": 0, "count_revision": 2}, "counted": {"count_revision": 5}}
-    )
-    commands = FollowCommands(store, follow.publisher, follow_settings(ns))
-    await commands.adopt_published_revisions()
-    assert "count_revision" not in (await store.author("netted") or {})
-    assert (await store.author("counted") or {})["count_revision"] == 1
-
-
-async def test_a_command_parked_by_a_batch_that_died_before_its_commit_leaves_no_parked_document(
-    ns, producer, follow
-) -> None:
-    """The batch parked the follow (its author unknown) and died before its commit point;
-    by the redelivery the author is known, so the follow is applied directly, and the
-    parked document nobody lists must go with it."""
-    store = store_of(follow)
-    await publish(producer, ns, [registered("known-now")], Topic.PROFILE_EVENTS)
-    await eventually(lambda: store.author("known-now"), until=lambda d: d and d.get("known"), what="author known")
-    command = follow_cmd("u1", "known-now")
-    await store.park(
-        [
-            {
-                "_id": str(command.event_id),
-                "author_id": "known-now",
-                "partition": 0,
-                "offset": 0,
-                "envelope": command.model_dump_json(),
-                "parked_at": await clock(),
-                "expires_at": await clock() + timedelta(seconds=60),
-            }
-        ]
-    )
-    await publish(producer, ns, [command], Topic.WEBAPP_FOLLOWS)
-    await settled_count(ns, follow, "known-now", 1)
-    await eventually(lambda: store.parked_for("known-now"), until=lambda p: p == [], what="parked document dropped")
+    assert "count_revision" not in doc, "no count change was published"
+    assert [e["data"]["user_id"] for e in await events(ns, Topic.FOLLOWS_EVENTS, "AuthorUnfollowed")] == ["u1"]
+    assert await events(ns, Topic.FOLLOWS_EVENTS, "FollowerCountChanged") == []
 
 
 async def test_parked_follows_apply_in_order_when_the_author_arrives(ns, producer, follow) -> None:
@@ -249,7 +206,8 @@ async def test_parked_follows_apply_in_order_when_the_author_arrives(ns, produce
         [follow_cmd("u1", "late"), follow_cmd("u2", "late"), unfollow_cmd("u1", "late"), follow_cmd("u3", "late")],
         Topic.WEBAPP_FOLLOWS,
     )
-    await eventually(lambda: store_of(follow).parked_for("late"), until=lambda p: len(p) == 4, what="parked")
+    # Three parked follows, u1's with its unfollow.
+    await eventually(lambda: parked_for(follow, "late"), until=lambda p: len(p) == 3, what="parked")
     await publish(producer, ns, [registered("late")], Topic.PROFILE_EVENTS)
     await settled_count(ns, follow, "late", 2)
     followed = [e["data"]["user_id"] for e in await events(ns, Topic.FOLLOWS_EVENTS, "AuthorFollowed")]
@@ -262,7 +220,7 @@ async def test_the_owner_cannot_follow_their_own_record(ns, producer, follow) ->
     await publish(producer, ns, [registered("a1")], Topic.PROFILE_EVENTS)
     await publish(producer, ns, [claim_approved("a1", owner="quoc")], Topic.CLAIMS_EVENTS)
     await eventually(
-        lambda: store_of(follow).author("a1"), until=lambda d: d and d.get("known") and d.get("owner_user_id") == "quoc"
+        lambda: author_doc(follow, "a1"), until=lambda d: bool(d.get("known")) and d.get("owner_user_id") == "quoc"
     )
     await publish(producer, ns, [follow_cmd("quoc", "a1"), follow_cmd("fan", "a1")], Topic.WEBAPP_FOLLOWS)
     await settled_count(ns, follow, "a1", 1)
@@ -287,50 +245,9 @@ async def test_malformed_commands_are_dead_lettered_and_the_stream_goes_on(ns, p
 async def test_two_authors_are_independent_in_one_batch(ns, producer, follow) -> None:
     await publish(producer, ns, [registered("a1"), registered("a2")], Topic.PROFILE_EVENTS)
     await eventually(
-        lambda: store_of(follow).authors_by_id(["a1", "a2"]),
-        until=lambda d: all(x.get("known") for x in d.values()) and len(d) == 2,
+        lambda: store_of(follow).author_facts(["a1", "a2"]), until=lambda d: all(f.known for f in d.values())
     )
     cmds = [follow_cmd(f"u{i}", "a1" if i % 2 else "a2") for i in range(40)]
     await asyncio.gather(publish(producer, ns, cmds, Topic.WEBAPP_FOLLOWS))
     await settled_count(ns, follow, "a1", 20)
     await settled_count(ns, follow, "a2", 20)
-
-
-async def test_a_batch_committed_but_not_carried_out_is_healed_by_the_next_one(ns, producer) -> None:
-    """The process died after the author document's commit (count + outbox) and before
-    edges and events: the next batch of that author carries the outbox out first."""
-    from contracts.envelope import deterministic_event_id
-    from contracts.events.follows import AuthorFollowed
-    from services.follow.commands import encode_outgoing
-    from services.follow.rules import Edge
-    from services.follow.store import edge_doc
-
-    service = build_service(follow_settings(ns))
-    async with service.running():
-        await publish(producer, ns, [registered("a1")], Topic.PROFILE_EVENTS)
-        await eventually(lambda: store_of(service).author("a1"), until=lambda d: d and d.get("known"))
-        cause = follow_cmd("u2", "a1")
-        lost = service.publisher.outgoing(
-            AuthorFollowed(author_id="a1", user_id="u2", count=1),
-            cause=cause,
-            event_id=deterministic_event_id(cause.event_id, "AuthorFollowed"),
-        )
-        await store_of(service).set_author_fields(
-            "a1",
-            {
-                "follower_count": 1,
-                "count_revision": 1,
-                "pages": store_of(service).pages_with([], ["u2"]),
-                "pending": {
-                    "id": "crashed",
-                    "edges": [{"u": "u2", **edge_doc(Edge(True, cause.occurred_at))}],
-                    "events": [encode_outgoing(lost)],
-                    "parked_done": [],
-                },
-            },
-        )
-        await publish(producer, ns, [follow_cmd("u3", "a1"), follow_cmd("u2", "a1")], Topic.WEBAPP_FOLLOWS)
-        await settled_count(ns, service, "a1", 2)
-        assert await edges_in_store(service, "a1") == 2
-        followed = await events(ns, Topic.FOLLOWS_EVENTS, "AuthorFollowed")
-        assert sorted(e["data"]["user_id"] for e in followed) == ["u2", "u3"], "u2 once, from the healed outbox"

@@ -10,8 +10,17 @@ import pytest
 from contracts.topics import Topic
 from service_runtime.auth import mint_token
 from tests.conftest import eventually
-from tests.integration.follow.conftest import events, follow_cmd, later, publish, registered, work_added
-from tests.integration.follow.test_follows import settled_count, store_of
+from tests.integration.follow.conftest import (
+    events,
+    follow_cmd,
+    known,
+    later,
+    publish,
+    registered,
+    store_of,
+    work_added,
+)
+from tests.integration.follow.test_follows import settled_count
 
 
 @pytest.fixture
@@ -27,7 +36,7 @@ def bearer(follow, user: str) -> dict[str, str]:
 
 async def test_follow_and_unfollow_over_http_publish_commands_for_the_token_user(ns, producer, follow, http) -> None:
     await publish(producer, ns, [registered("a1")], Topic.PROFILE_EVENTS)
-    await eventually(lambda: store_of(follow).author("a1"), until=lambda d: d and d.get("known"))
+    await known(follow, "a1")
     r = await http.post("/follows", json={"author_id": "a1"}, headers=bearer(follow, "alice"))
     assert r.status_code == 202 and r.json()["command"] == "FollowRequested"
     await settled_count(ns, follow, "a1", 1)
@@ -54,7 +63,7 @@ async def test_bad_requests_are_refused_clearly(follow, http) -> None:
 
 async def test_followers_are_paged_by_cursor(ns, producer, follow, http) -> None:
     await publish(producer, ns, [registered("a1")], Topic.PROFILE_EVENTS)
-    await eventually(lambda: store_of(follow).author("a1"), until=lambda d: d and d.get("known"))
+    await known(follow, "a1")
     await publish(producer, ns, [follow_cmd(f"u{i:02d}", "a1") for i in range(25)], Topic.WEBAPP_FOLLOWS)
     await settled_count(ns, follow, "a1", 25)
     seen, cursor = [], None
@@ -71,7 +80,7 @@ async def test_followers_are_paged_by_cursor(ns, producer, follow, http) -> None
 
 async def test_notifications_are_only_for_the_user_themself(ns, producer, follow, http) -> None:
     await publish(producer, ns, [registered("a1")], Topic.PROFILE_EVENTS)
-    await eventually(lambda: store_of(follow).author("a1"), until=lambda d: d and d.get("known"))
+    await known(follow, "a1")
     await publish(producer, ns, [follow_cmd("alice", "a1"), follow_cmd("bob", "a1")], Topic.WEBAPP_FOLLOWS)
     await settled_count(ns, follow, "a1", 2)
     await publish(

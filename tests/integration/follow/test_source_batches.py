@@ -6,13 +6,18 @@ again, whole or after a crash between writing a plan and publishing its chunks."
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Mapping
+from typing import Any
 
 from contracts.envelope import Envelope
 from contracts.events.notifications import fanout_id, notification_id
 from contracts.events.profile import AuthorUpdated, WorkAdded, WorkSummary
 from contracts.registry import decode
 from contracts.topics import Topic
+from service_runtime import outbox
 from service_runtime.delivery import Incoming
+from service_runtime.outbox import Outbox
+from service_runtime.publishing import Outgoing
 from services.follow.fanout import FanoutPlanner
 from services.follow.sources import SourceEvents
 from tests.conftest import eventually
@@ -22,19 +27,21 @@ from tests.integration.follow.conftest import (
     events,
     follow_cmd,
     later,
+    plan_of,
     publish,
     registered,
+    store_of,
     trust_changed,
     wrap,
 )
-from tests.integration.follow.test_follows import settled_count, store_of
+from tests.integration.follow.test_follows import settled_count
 
 AUTHORS = [f"b{i}" for i in range(12)]
 # Every third author has followers (different sets, some shared); the rest have none.
 FOLLOWERS = {a: [f"{a}-fan{j}" for j in range(3 + i)] + ["everyone"] for i, a in enumerate(AUTHORS) if i % 3 == 0}
 
 
-def as_batch(envelopes: list[Envelope], topic_of: dict[str, str]) -> list[Incoming]:
+def as_batch(envelopes: list[Envelope], topic_of: Mapping[str, str]) -> list[Incoming[Any]]:
     """The records a consumer would hand over: decoded the way the runtime decodes them."""
     out = []
     for offset, e in enumerate(envelopes):
@@ -49,9 +56,7 @@ async def test_a_batch_for_many_authors_notifies_exactly_the_followers_once_even
 ) -> None:
     store = store_of(follow)
     await publish(producer, ns, [registered(a, name=f"Old {a}") for a in AUTHORS], Topic.PROFILE_EVENTS)
-    await eventually(
-        lambda: store.authors_by_id(AUTHORS), until=lambda d: all((d.get(a) or {}).get("known") for a in AUTHORS)
-    )
+    await eventually(lambda: store.author_facts(AUTHORS), until=lambda d: all(f.known for f in d.values()))
     await publish(
         producer, ns, [follow_cmd(u, a) for a, users in FOLLOWERS.items() for u in users], Topic.WEBAPP_FOLLOWS
     )
@@ -86,7 +91,7 @@ async def test_a_batch_for_many_authors_notifies_exactly_the_followers_once_even
         "ClaimApproved": Topic.CLAIMS_EVENTS,
     }
     batch = as_batch(envelopes, topic_of)
-    sources = SourceEvents(store, FanoutPlanner(store, follow.publisher, follow.settings))
+    sources = SourceEvents(store, FanoutPlanner(store, follow.publisher, follow.outbox, follow.settings))
 
     await sources.handle(batch)
     expected = {
@@ -104,12 +109,20 @@ async def test_a_batch_for_many_authors_notifies_exactly_the_followers_once_even
     await eventually(inbox, until=lambda d: len(d) == len(expected), timeout=60, what="every notification")
 
     # The same batch again (a redelivery), then once more after a crash that left one plan
-    # written but not published: nothing new in the inbox, no notification id twice.
+    # written but not published (its chunk requests still in its outbox): nothing new in
+    # the inbox, no notification id twice.
     await sources.handle(batch)
     crashed = str(fanout_id(per_author["b0"][2].event_id))
-    await store.fanouts_published.delete_one({"_id": crashed})
-    await sources.handle(batch)
-    plan = await eventually(lambda: store.fanout(crashed), until=lambda p: p and p.get("published"))
+    requests = [
+        Outgoing(str(Topic.FOLLOW_FANOUT), c["data"]["chunk_key"], Envelope.model_validate(c))
+        for c in await events(ns, Topic.FOLLOW_FANOUT)
+        if c["data"]["fanout_id"] == crashed
+    ]
+    await store.fanouts.update_one({"_id": crashed}, outbox.push({}, requests))
+    # The process that comes back remembers nothing of what it published before.
+    restarted = Outbox(follow.publisher, clear_after_s=follow.settings.outbox_clear_after_s)
+    await SourceEvents(store, FanoutPlanner(store, follow.publisher, restarted, follow.settings)).handle(batch)
+    plan = await eventually(lambda: plan_of(store, crashed), until=lambda p: bool(p.get("published")))
     assert len(plan["done"]) == len(plan["chunks"])
 
     docs = await inbox()
@@ -134,7 +147,7 @@ async def test_a_batch_for_many_authors_notifies_exactly_the_followers_once_even
     assert len(plans) == 3 * len(AUTHORS)
     for p in plans.values():
         assert p["published"] and (p["followers"] > 0) == (p["author_id"] in FOLLOWERS)
-    authors = await store.authors_by_id(AUTHORS)
+    authors = {d["_id"]: d async for d in store.authors.find({"_id": {"$in": AUTHORS}})}
     assert {a: (d["display_name"], d["owner_user_id"]) for a, d in authors.items()} == {
         a: (f"New {a}", f"owner-{a}") for a in AUTHORS
     }
@@ -151,4 +164,5 @@ async def _plans(store, per_author) -> dict[str, dict]:
         for e in steps[:4]
         if e.event_type != "AuthorUpdated"
     ]
-    return await store.fanouts_by_id(ids)
+    plans = {p["_id"]: p async for p in store.fanouts.find({"_id": {"$in": ids}})}
+    return {i: {**p, "published": not p.get("outbox")} for i, p in plans.items()}

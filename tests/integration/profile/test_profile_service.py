@@ -18,7 +18,6 @@ from contracts.events.publications import AuthorImported, Work, WorkIngested
 from contracts.events.trust import TrustScoreChanged
 from contracts.registry import decode
 from contracts.topics import Topic, dlq_topic
-from service_runtime import compact
 from service_runtime.auth import IMPORTER, mint_token
 from service_runtime.delivery import Incoming
 from service_runtime.kafka import ensure_topics
@@ -227,7 +226,8 @@ async def test_the_page_first_works_follow_new_works_corrections_and_a_dropped_a
         first, listed, *_ = await eventually(lambda: shown("ada"), until=lambda s: s[0][0][0] == "w3")
         assert first == listed == [("w3", "Title 3, corrected"), ("w2", "Title 2"), ("w1", "Title 1")]
         stored = await ProfileStore(service.db).page_source("ada")
-        assert stored["page_limit"] == 3, "the page was served from the author document"
+        assert stored is not None and stored["first_page"]["limit"] == 3, "the page was served from the author"
+        assert [w["title"] for w in stored["first_page"]["works"]] == [t for _, t in first], "plain subdocuments"
 
 
 def bad_inputs() -> list[tuple[str, bytes]]:
@@ -307,17 +307,31 @@ async def test_standing_from_other_services_including_out_of_order_and_stale(
     assert body["trust_snapshot"]["verification_level"] == "L2" and body["direct_collaboration_unlocked"] is True
 
 
+def incoming(env: Envelope, offset: int = 0) -> Incoming[Any]:
+    envelope, payload = decode(Topic.PUBLICATIONS_INGESTED, env.to_bytes())
+    return Incoming(envelope, payload, Topic.PUBLICATIONS_INGESTED, 0, offset)
+
+
+def handler_of(service: Service) -> IngestPublications:
+    settings = service.settings
+    assert isinstance(settings, ProfileSettings)
+    store = ProfileStore(service.db, settings.written_cache_size)
+    return IngestPublications(store, service.publisher, service.outbox, settings)
+
+
 async def crash_between_write_and_publish(settings: ProfileSettings, env: Envelope) -> None:
     """The crash: the handler writes state and outbox for ``env``, then the process dies
     before publishing."""
     service = build_service(settings)
-    handler = IngestPublications(ProfileStore(service.db), service.publisher, service.settings)
     await service.broker.start()
     try:
-        _, payload = decode(Topic.PUBLICATIONS_INGESTED, env.to_bytes())
-        await handler._apply([(env, payload)])
+        await handler_of(service).write([incoming(env)])
     finally:
         await service.broker.stop()
+
+
+async def pending_outboxes(service: Service) -> int:
+    return await service.db["authors"].count_documents({"outbox.0": {"$exists": True}})
 
 
 async def test_events_written_but_not_published_before_a_crash_are_published_on_redelivery(ns: Namespace) -> None:
@@ -332,8 +346,8 @@ async def test_events_written_but_not_published_before_a_crash_are_published_on_
         await send(p, ns, env)  # the redelivered input
         await p.stop()
         events = await eventually(lambda: profile_events(ns), until=lambda e: len({x["event_id"] for x in e}) >= 4)
-        # No outbox token is left pending: every outbox written is published.
-        assert await eventually(lambda: restarted.db["outboxes"].count_documents({}), until=lambda n: n == 0) == 0
+        # Nothing is left in an outbox: every event written is published.
+        assert await eventually(lambda: pending_outboxes(restarted), until=lambda n: n == 0) == 0
     # The startup sweep and the redelivered input may both publish the outbox: a duplicate
     # carries the same event id, so consumers see each event once.
     distinct = {e["event_id"]: (e["data"]["author_id"], e["event_type"]) for e in events}
@@ -347,9 +361,8 @@ async def test_events_written_but_not_published_before_a_crash_are_published_on_
 
 async def test_an_outbox_whose_input_never_comes_again_is_published_by_the_sweep_once(ns: Namespace) -> None:
     # The crash between write and publish, and the input is never redelivered (e.g. it
-    # was dead-lettered): the sweep publishes what the outbox holds. Once published, the
-    # outbox left in the author document is stale: the author's next change publishes
-    # only its own event.
+    # was dead-lettered): the runtime's sweeper publishes what the outbox holds and pulls
+    # it: the author's next change publishes only its own event.
     settings = ns.settings("profile", cls=ProfileSettings, outbox_grace_s=0)
     env = ingested(work("w-lost", "ada", "bob"))
     await crash_between_write_and_publish(settings, env)
@@ -357,13 +370,13 @@ async def test_an_outbox_whose_input_never_comes_again_is_published_by_the_sweep
     restarted = build_service(settings)
     async with restarted.running():
         swept = await eventually(lambda: profile_events(ns), until=lambda e: len(e) >= 4, what="outbox swept")
-        assert await eventually(lambda: restarted.db["outboxes"].count_documents({}), until=lambda n: n == 0) == 0
+        assert await eventually(lambda: pending_outboxes(restarted), until=lambda n: n == 0) == 0
         p = AIOKafkaProducer(bootstrap_servers=ns.infra["kafka"])
         await p.start()
         await send(p, ns, ingested(work("w-next", "ada")))
         await p.stop()
         events = await eventually(lambda: profile_events(ns), until=lambda e: len(e) >= 5, what="next event")
-        assert await eventually(lambda: restarted.db["outboxes"].count_documents({}), until=lambda n: n == 0) == 0
+        assert await eventually(lambda: pending_outboxes(restarted), until=lambda n: n == 0) == 0
     assert sorted((e["data"]["author_id"], e["event_type"]) for e in swept) == [
         ("ada", "AuthorRegistered"),
         ("ada", "WorkAdded"),
@@ -399,27 +412,59 @@ async def test_http_import_requires_the_importer_role_and_publishes_the_work(
     assert (await http.get("/authors", params={"q": ""})).status_code == 422
 
 
-async def test_a_replica_sees_what_another_wrote_since_its_own_write(ns: Namespace) -> None:
-    """Each process keeps the authors it wrote decoded (``WrittenAuthors``); an author
-    another replica changed since is read from the store, not taken from memory."""
+async def test_events_left_in_an_outbox_go_out_before_the_next_change_of_the_author(ns: Namespace) -> None:
+    """A crash left ada's and bob's first events in their outboxes; the input is not
+    redelivered, and ada changes again before the sweeper's grace is over: her pending
+    events are published first, then the new one, in revision order. bob's wait for the
+    sweeper, in his document."""
+    settings = ns.settings("profile", cls=ProfileSettings, outbox_grace_s=600)
+    await crash_between_write_and_publish(settings, ingested(work("w-crash", "ada", "bob")))
+    restarted = build_service(settings)
+    async with restarted.running():
+        p = AIOKafkaProducer(bootstrap_servers=ns.infra["kafka"])
+        await p.start()
+        await send(p, ns, ingested(work("w-next", "ada")))
+        await p.stop()
+        events = await eventually(lambda: profile_events(ns), until=lambda e: len(e) >= 3, what="ada's events")
+        bob = await restarted.db["authors"].find_one({"_id": "bob"})
+    assert [(e["data"]["author_id"], e["event_type"], e["data"]["author"]["revision"]) for e in events] == [
+        ("ada", "AuthorRegistered", 1),
+        ("ada", "WorkAdded", 2),
+        ("ada", "WorkAdded", 3),
+    ]
+    assert bob is not None
+    assert [o["envelope"]["event_type"] for o in bob["outbox"]] == ["AuthorRegistered", "WorkAdded"]
+    assert bob["outbox"][1]["envelope"]["data"]["work"]["work_id"] == "w-crash", "a readable subdocument"
+
+
+async def test_two_replicas_writing_the_same_authors_in_turn_build_on_each_others_writes(ns: Namespace) -> None:
+    """Each process keeps the entries and first page of the authors it wrote
+    (``WrittenAuthors``); an author another replica changed since is read whole from the
+    store, not taken from memory."""
     settings = ns.settings("profile", cls=ProfileSettings)
     a, b = build_service(settings), build_service(settings)
-    replicas = [
-        IngestPublications(ProfileStore(s.db, written_cache_entries=1000), s.publisher, settings) for s in (a, b)
-    ]
+    replicas = [handler_of(a), handler_of(b)]
     await ensure_topics(ns.infra["kafka"], prefix=ns.topic_prefix)
     await a.broker.start()
     await b.broker.start()
     try:
         for n, replica in enumerate([0, 1, 0, 0, 1]):
-            env = ingested(work(f"w-{n}", "ada", "bob", year=2010 + n))
-            _, payload = decode(Topic.PUBLICATIONS_INGESTED, env.to_bytes())
-            await replicas[replica]([Incoming(env, payload, Topic.PUBLICATIONS_INGESTED, 0, n)])
-        doc = await ProfileStore(a.db).author("ada")
-        assert sorted(e["id"] for e in doc["works"]) == [f"w-{n}" for n in range(5)]
+            await replicas[replica]([incoming(ingested(work(f"w-{n}", "ada", "bob", year=2010 + n)), n)])
+        doc = await a.db["authors"].find_one({"_id": "ada"})
+        assert doc is not None
+        assert sorted(e["work_id"] for e in doc["works"]) == [f"w-{n}" for n in range(5)]
         assert doc["state"]["works_count"] == 5 and doc["state"]["close_collaborators"][0]["shared_works"] == 5
-        page = await ProfileStore(a.db).page_source("ada")
-        assert [w["work_id"] for w in compact.unpack(page["page_works"])] == [f"w-{n}" for n in range(4, -1, -1)]
+        assert doc["revision"] == doc["state"]["revision"] == 6
+        # Published, so removed a moment later (or rewritten away by the next write).
+        await eventually(lambda: pending_outboxes(a), until=lambda n: n == 0, what="outboxes emptied")
+        assert [w["work_id"] for w in doc["first_page"]["works"]] == [f"w-{n}" for n in range(4, -1, -1)]
+        # The other replica may publish again what one published and has not removed from the
+        # outbox yet (the same event ids): consumers see each event once, in revision order.
+        firsts: dict[str, int] = {}
+        for e in await profile_events(ns):
+            if e["data"]["author_id"] == "ada":
+                firsts.setdefault(e["event_id"], e["data"]["author"]["revision"])
+        assert list(firsts.values()) == [1, 2, 3, 4, 5, 6]
     finally:
         await a.broker.stop()
         await b.broker.stop()

@@ -1,56 +1,240 @@
-"""The follow service's pure rules: edges and counts, who a source event notifies, chunking."""
+"""The follow service's pure rules: deciding commands, folding the decisions back, who a
+source event notifies, chunking."""
 
 from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime, timedelta
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from contracts.events.follows import (
+    AuthorFollowed,
+    AuthorUnfollowed,
+    FollowerCountChanged,
+    FollowPending,
+    FollowRejected,
+)
 from contracts.events.notifications import fanout_id, notification_id
 from services.follow.rules import (
     NO_EDGE,
+    Cause,
     Command,
+    Decision,
     Edge,
-    apply_commands,
+    EdgeFold,
+    FollowFold,
+    FollowState,
     band_went_up,
     cut_chunks,
-    field_key,
-    from_field_key,
+    decide,
     in_range,
-    page_of,
     recipients,
     unknown_author_expired,
 )
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
+WAIT = T0 + timedelta(hours=1)
 
 
 def at(minutes: int) -> datetime:
     return T0 + timedelta(minutes=minutes)
 
 
-def test_following_twice_is_one_follow_and_unfollowing_nothing_is_a_no_op() -> None:
-    out = apply_commands(
-        [Command("follow", "u1", at(1)), Command("follow", "u1", at(2)), Command("unfollow", "u2", at(3))], {}, 0, None
+def cmd(kind: str, user: str, minute: int) -> Command:
+    return Command("follow" if kind == "follow" else "unfollow", user, at(minute), Cause(uuid.uuid4(), "c"))
+
+
+def run(
+    commands: list[Command],
+    state: FollowState | None = None,
+    edges: dict[str, Edge] | None = None,
+    read_until: datetime | None = None,
+) -> Decision:
+    return decide(
+        "a1",
+        state or FollowState(known=True),
+        commands,
+        edges or {},
+        wait_until=WAIT,
+        sources_read_until=read_until,
     )
-    assert [o.result for o in out.outcomes] == ["followed", "no_change", "no_change"]
-    assert out.count == 1 and out.changed == {"u1": Edge(True, at(1), None)}
+
+
+def kinds(d: Decision) -> list[str]:
+    return [e.payload.event_type for e in d.emits]
+
+
+def test_following_twice_is_one_follow_and_unfollowing_nothing_is_a_no_op() -> None:
+    d = run([cmd("follow", "u1", 1), cmd("follow", "u1", 2), cmd("unfollow", "u2", 3)])
+    assert kinds(d) == ["AuthorFollowed", "FollowerCountChanged"]
+    assert d.state.count == 1 and d.edges == {"u1": Edge(True, at(1), None)}
 
 
 def test_a_follow_racing_an_unfollow_ends_in_the_order_given() -> None:
-    cmds = [Command("follow", "u1", at(1)), Command("unfollow", "u1", at(2)), Command("follow", "u1", at(3))]
-    out = apply_commands(cmds, {}, 5, None)
-    assert [o.count for o in out.outcomes] == [6, 5, 6]
-    assert out.changed["u1"] == Edge(True, at(3), None)
+    d = run(
+        [cmd("follow", "u1", 1), cmd("unfollow", "u1", 2), cmd("follow", "u1", 3)],
+        FollowState(known=True, count=5, revision=9),
+    )
+    counts = [(e.payload.event_type, getattr(e.payload, "count", None)) for e in d.emits]
+    assert counts == [
+        ("AuthorFollowed", 6),
+        ("AuthorUnfollowed", 5),
+        ("AuthorFollowed", 6),
+        ("FollowerCountChanged", 6),
+    ]
+    assert d.edges["u1"] == Edge(True, at(3), None)
+    assert [getattr(e.payload, "revision", None) for e in d.emits] == [10, 11, 12, 12]
 
 
 def test_the_owner_cannot_follow_their_own_record() -> None:
-    out = apply_commands([Command("follow", "owner", at(1))], {}, 0, "owner")
-    assert out.outcomes[0].result == "rejected_self_follow" and out.count == 0 and not out.changed
+    d = run([cmd("follow", "owner", 1)], FollowState(known=True, owner_user_id="owner"))
+    assert kinds(d) == ["FollowRejected"] and d.state.count == 0 and not d.edges
+    assert d.emits[0].payload == FollowRejected(author_id="a1", user_id="owner", reason="self_follow")
 
 
 def test_unfollow_keeps_the_edge_marked_with_its_time() -> None:
-    out = apply_commands([Command("unfollow", "u1", at(5))], {"u1": Edge(True, at(1))}, 1, None)
-    assert out.count == 0 and out.changed["u1"] == Edge(False, at(1), at(5))
+    d = run([cmd("unfollow", "u1", 5)], FollowState(known=True, count=1, revision=1), {"u1": Edge(True, at(1))})
+    assert d.state.count == 0 and d.edges["u1"] == Edge(False, at(1), at(5))
+
+
+def test_a_batch_that_nets_to_no_change_publishes_no_count() -> None:
+    d = run([cmd("follow", "u1", 1), cmd("unfollow", "u1", 2)], FollowState(known=True, count=3, revision=4))
+    assert kinds(d) == ["AuthorFollowed", "AuthorUnfollowed"] and d.state.count == 3 and d.state.revision == 6
+
+
+# --- unknown authors --------------------------------------------------------------
+
+
+def test_follows_of_an_unknown_author_wait_and_an_unfollow_joins_its_follow() -> None:
+    commands = [
+        cmd("follow", "u1", 1),
+        cmd("follow", "u2", 2),
+        cmd("unfollow", "u1", 3),
+        cmd("follow", "u3", 4),
+        cmd("follow", "u2", 5),  # already waiting: one follow
+        cmd("unfollow", "u9", 6),  # nothing to unfollow
+    ]
+    d = run(commands, FollowState(known=False))
+    assert kinds(d) == ["FollowPending"] * 4 and d.state.count == 0 and not d.edges
+    assert [(p.user_id, p.unfollow is not None) for p in d.state.parked] == [("u1", True), ("u2", False), ("u3", False)]
+    joined = d.emits[2].payload
+    assert isinstance(joined, FollowPending) and joined.unfollow_id == commands[2].cause.id
+    assert joined.follow_id == commands[0].cause.id and d.emits[2].cause == commands[2].cause
+
+    # The author becomes known: the parked follows go first, in order, then new commands.
+    after = run([cmd("follow", "u4", 7)], FollowState(known=True, parked=d.state.parked))
+    users = [(e.payload.event_type, getattr(e.payload, "user_id", None)) for e in after.emits]
+    assert users == [
+        ("AuthorFollowed", "u1"),
+        ("AuthorUnfollowed", "u1"),
+        ("AuthorFollowed", "u2"),
+        ("AuthorFollowed", "u3"),
+        ("AuthorFollowed", "u4"),
+        ("FollowerCountChanged", None),
+    ]
+    assert after.state.parked == () and after.parked_changed and after.state.count == 3
+    # Each outcome answers the command it came from.
+    assert after.emits[0].cause == commands[0].cause and after.emits[1].cause == commands[2].cause
+
+
+def test_a_parked_follow_whose_wait_is_over_is_rejected_with_its_unfollow() -> None:
+    parked = run([cmd("follow", "u1", 1), cmd("unfollow", "u1", 2)], FollowState(known=False)).state
+    assert run([], parked, read_until=WAIT - timedelta(seconds=1)).emits == []  # read, but not that far
+    d = run([], parked, read_until=WAIT)
+    assert kinds(d) == ["FollowRejected"] and d.state.parked == ()
+    assert d.emits[0].payload == FollowRejected(author_id="a1", user_id="u1", reason="unknown_author")
+
+
+def test_a_parked_follow_of_an_unknown_author_expires_only_once_its_events_were_read_past_the_wait() -> None:
+    expires = T0 + timedelta(seconds=60)
+    assert not unknown_author_expired(expires, None)  # nothing known about the reading yet
+    assert not unknown_author_expired(expires, expires - timedelta(seconds=1))  # lagging: maybe registered
+    assert unknown_author_expired(expires, expires)
+
+
+# --- the decisions folded back (what a rebuild does) ------------------------------------
+
+
+def fold(decisions: list[Decision], start: FollowState) -> tuple[FollowFold, EdgeFold]:
+    """Fold the events of ``decisions`` the way a rebuild reads them from follows.events."""
+    follow = FollowFold(count=None, revision=None, count_revision=None, parked=list(start.parked))
+    edges = EdgeFold()
+    for d in decisions:
+        for e in d.emits:
+            p = e.payload
+            if isinstance(p, AuthorFollowed):
+                follow.followed(p, e.cause.id)
+                edges.followed(p, T0)
+            elif isinstance(p, AuthorUnfollowed):
+                follow.unfollowed(p)
+                edges.unfollowed(p, T0)
+            elif isinstance(p, FollowerCountChanged):
+                follow.count_changed(p)
+            elif isinstance(p, FollowRejected):
+                follow.rejected(e.cause.id)
+            elif isinstance(p, FollowPending):
+                follow.pending(p, e.cause.correlation_id)
+    return follow, edges
+
+
+steps = st.lists(
+    st.tuples(
+        st.sampled_from(["follow", "unfollow", "register", "expire", "cut"]),
+        st.sampled_from(["u1", "u2", "u3", "owner"]),
+    ),
+    max_size=40,
+)
+
+
+@given(steps)
+@settings(max_examples=300, deadline=None)
+def test_folding_the_events_of_any_run_of_decisions_gives_the_state_decided(script: list[tuple[str, str]]) -> None:
+    """Whatever the commands, the batches they came in, when the author became known and
+    when a wait ran out: the events alone give back the count, the revision, the parked
+    follows and every edge the decisions left."""
+    state = FollowState(known=False, owner_user_id="owner")
+    edges: dict[str, Edge] = {}
+    decisions: list[Decision] = []
+    batch: list[Command] = []
+    read_until: datetime | None = None
+    minute = 0
+
+    def flush() -> None:
+        nonlocal state, batch
+        d = decide("a1", state, batch, edges, wait_until=at(minute + 1000), sources_read_until=read_until)
+        edges.update(d.edges)
+        decisions.append(d)
+        state, batch = d.state, []
+
+    for step, user in script:
+        minute += 1
+        if step in ("follow", "unfollow"):
+            batch.append(cmd(step, user, minute))
+        elif step == "register":
+            flush()
+            state = FollowState(
+                known=True, owner_user_id="owner", count=state.count, revision=state.revision, parked=state.parked
+            )
+        elif step == "expire":
+            read_until = at(minute + 10_000)
+            flush()
+        else:
+            flush()
+    flush()
+
+    follow, edge_fold = fold(decisions, FollowState())
+    assert (follow.count or 0) == state.count
+    assert (follow.revision or 0) == state.revision
+    assert tuple(follow.parked) == state.parked
+    folded = {user: Edge(c.active, c.followed_at, c.unfollowed_at) for (_, user), c in edge_fold.changes.items()}
+    assert folded == edges
+    assert all(c.revision is not None for c in edge_fold.changes.values())
+    assert state.count == sum(e.active for e in edges.values())
+
+
+# --- fan-out ----------------------------------------------------------------------
 
 
 def test_recipients_are_who_followed_at_the_moment_of_the_event() -> None:
@@ -67,9 +251,9 @@ def test_recipients_are_who_followed_at_the_moment_of_the_event() -> None:
 def test_chunks_are_consecutive_user_id_ranges_covering_everyone_once() -> None:
     users = sorted(f"u{i:03d}" for i in range(23))
     chunks = cut_chunks(users, 10)
-    assert [len(m) for _, m in chunks] == [10, 10, 3]
+    assert [c.followers for c in chunks] == [10, 10, 3]
     for user in users:
-        assert sum(in_range(user, r.after_user_id, r.upto_user_id) for r, _ in chunks) == 1
+        assert sum(in_range(user, c.after_user_id, c.upto_user_id) for c in chunks) == 1
     assert cut_chunks(users, 10) == chunks  # a re-plan gives the same chunks
     assert cut_chunks([], 10) == []
 
@@ -84,20 +268,3 @@ def test_ids_are_deterministic() -> None:
     source = uuid.uuid4()
     assert notification_id(source, "u1") == notification_id(source, "u1") != notification_id(source, "u2")
     assert fanout_id(source) == fanout_id(source) != fanout_id(uuid.uuid4())
-
-
-def test_pages_are_stable_and_field_keys_round_trip() -> None:
-    assert page_of("user.7", 256) == page_of("user.7", 256) < 256
-    for identifier in ("openalex:A5017898742", "a.b.c", "50%.x"):
-        key = field_key(identifier)
-        assert "." not in key and from_field_key(key) == identifier
-
-
-# --- unknown authors --------------------------------------------------------------
-
-
-def test_a_parked_follow_of_an_unknown_author_expires_only_once_its_events_were_read_past_the_wait() -> None:
-    expires = T0 + timedelta(seconds=60)
-    assert not unknown_author_expired(expires, None)  # nothing known about the reading yet
-    assert not unknown_author_expired(expires, expires - timedelta(seconds=1))  # lagging: maybe registered
-    assert unknown_author_expired(expires, expires)

@@ -8,21 +8,20 @@ from typing import Any
 import pytest
 
 from contracts import Envelope
+from contracts.envelope import EventModel
+from contracts.events.claims import AuthorClaimState, ClaimApproved
+from contracts.events.follows import AuthorFollowed, FollowerCountChanged
+from contracts.events.profile import WorkUpdated
 from contracts.events.publications import AuthorImported, Work, WorkIngested
+from contracts.events.trust import TrustScoreChanged
 from contracts.registry import decode
+from service_runtime.delivery import Incoming
 from services.profile.derive import fold_name, name_keys
-from services.profile.ingest import AuthorRecord, plan_batch
-from services.profile.page import (
-    BadCursor,
-    author_page,
-    author_page_json,
-    first_page,
-    pack_works,
-    page_slice,
-    unpack_works,
-)
+from services.profile.ingest import AuthorRecord, BatchPlan, FirstPage, StoredWork, plan_batch
+from services.profile.page import BadCursor, author_page, cut_first_page, page_slice
 from services.profile.seed import DEMO_ORCID, SEED_AUTHOR_ID, seed_envelopes
-from services.profile.standing import merge, newest
+from services.profile.standing import PARTS, newest
+from services.profile.store import author_fields, record_of
 
 
 def work(work_id: str, *authors: str, year: int = 2021, **extra: Any) -> Work:
@@ -36,16 +35,31 @@ def work(work_id: str, *authors: str, year: int = 2021, **extra: Any) -> Work:
     )
 
 
-def ingested(w: Work) -> tuple[Envelope, WorkIngested]:
-    payload = WorkIngested(author_id=w.authors[0].author_id, work=w, source="test")
-    return Envelope.wrap(payload, producer="test"), payload
+def incoming(payload: EventModel, topic: str = "publications.ingested") -> Incoming[Any]:
+    return Incoming(Envelope.wrap(payload, producer="test"), payload, topic, 0, 0)
 
 
-def replan(batch: list, plan) -> Any:
+def ingested(w: Work) -> Incoming[Any]:
+    return incoming(WorkIngested(author_id=w.authors[0].author_id, work=w, source="test"))
+
+
+def decoded(env: Envelope) -> Incoming[Any]:
+    envelope, payload = decode("publications.ingested", env.to_bytes())
+    return Incoming(envelope, payload, "publications.ingested", 0, 0)
+
+
+def state(plan: BatchPlan, author_id: str) -> dict[str, Any]:
+    found = plan.authors[author_id].state
+    assert found is not None
+    return found.model_dump(mode="json")
+
+
+def replan(batch: list[Incoming[Any]], plan: BatchPlan) -> BatchPlan:
     """Plan again over the state the previous plan left (as if it had been stored)."""
     for record in plan.authors.values():
-        record.changed = False
-    return plan_batch(batch, plan.authors, {w: d for w, d in plan.works.items()}, min_shared_works=2)
+        record.changed, record.events = False, []
+    stored = {w: StoredWork(w, n.fingerprint, n.author_ids) for w, n in plan.works.items()}
+    return plan_batch(batch, plan.authors, stored, min_shared_works=2)
 
 
 def test_names_fold_case_and_accents_and_every_word_start_is_searchable() -> None:
@@ -60,12 +74,12 @@ def test_a_batch_registers_authors_adds_works_and_derives_state() -> None:
         ingested(work("w3", "a", "c", topics=["Vision"])),
     ]
     plan = plan_batch(batch, {}, {}, min_shared_works=2)
-    a = plan.authors["a"].state
+    a = state(plan, "a")
     assert a["works_count"] == 3 and a["works_by_year"] == {"2021": 2, "2020": 1}
     assert a["topics"] == [{"name": "NLP", "count": 2}, {"name": "Vision", "count": 2}]
     assert a["close_collaborators"] == [{"author_id": "b", "display_name": "B", "shared_works": 2}]
     assert a["record_verification_level"] == "L1"  # a work with an arXiv id
-    assert plan.authors["c"].state["record_verification_level"] == "L0"
+    assert state(plan, "c")["record_verification_level"] == "L0"
     kinds = [
         (e.payload.author_id, e.payload.event_type, e.payload.author.revision)
         for e in plan.events
@@ -81,19 +95,21 @@ def test_the_same_work_again_changes_nothing_and_a_correction_updates_every_auth
     again = replan([ingested(original)], plan)
     assert again.events == [] and again.changed_authors == [] and again.works == {}
     corrected = replan([ingested(original.model_copy(update={"title": "Fixed"}))], plan)
-    assert [(e.payload.author_id, e.payload.event_type, e.payload.work.title) for e in corrected.events] == [
+    updates = [e.payload for e in corrected.events]
+    assert [(p.author_id, p.event_type, p.work.title) for p in updates if isinstance(p, WorkUpdated)] == [
         ("a", "WorkUpdated", "Fixed"),
         ("b", "WorkUpdated", "Fixed"),
     ]
+    assert len(updates) == 2
 
 
 def test_an_author_dropped_from_a_corrected_author_list_loses_the_work() -> None:
     plan = plan_batch([ingested(work("w1", "a", "b"))], {}, {}, min_shared_works=2)
-    stored = {"w1": {"_id": "w1", "fingerprint": "old", "author_ids": ["a", "b"]}}
+    stored = {"w1": StoredWork("w1", "old", ("a", "b"))}
     for record in plan.authors.values():
-        record.changed = False
+        record.changed, record.events = False, []
     fixed = plan_batch([ingested(work("w1", "a"))], plan.authors, stored, min_shared_works=2)
-    assert fixed.authors["b"].state["works_count"] == 0
+    assert state(fixed, "b")["works_count"] == 0
     assert [(e.payload.author_id, e.payload.event_type) for e in fixed.events] == [
         ("a", "WorkUpdated"),
         ("b", "AuthorUpdated"),
@@ -104,13 +120,13 @@ def test_author_imported_sets_identity_and_publishes_only_real_changes() -> None
     imported = AuthorImported(
         author_id="a", display_name="Ada", description="d", orcid="0000-0002-1825-0097", source="t"
     )
-    env = Envelope.wrap(imported, producer="t")
-    plan = plan_batch([(env, imported)], {}, {}, min_shared_works=2)
-    assert plan.authors["a"].state["record_verification_level"] == "L1"  # an ORCID iD on record
-    again = replan([(env, imported)], plan)
+    item = incoming(imported)
+    plan = plan_batch([item], {}, {}, min_shared_works=2)
+    assert state(plan, "a")["record_verification_level"] == "L1"  # an ORCID iD on record
+    again = replan([item], plan)
     assert again.events == []
     renamed = imported.model_copy(update={"display_name": "Ada L."})
-    changed = replan([(Envelope.wrap(renamed, producer="t"), renamed)], plan)
+    changed = replan([incoming(renamed)], plan)
     assert [e.payload.event_type for e in changed.events] == ["AuthorUpdated"]
 
 
@@ -123,69 +139,84 @@ def test_event_ids_are_derived_from_the_cause() -> None:
 
 def test_stored_author_documents_round_trip() -> None:
     plan = plan_batch([ingested(work("w1", "a", "b"))], {}, {}, min_shared_works=2)
-    doc = plan.authors["a"].to_doc("token")
-    back = AuthorRecord.from_doc(doc)
-    assert back.entries == plan.authors["a"].entries and back.revision == 2 and back.outbox_token == "token"
+    record = plan.authors["a"]
+    record.first_page = FirstPage(20, [work("w1", "a", "b").model_dump(mode="json")], None)
+    doc = {"_id": "a", **author_fields(record, published=True)}
+    assert doc["state"] == state(plan, "a") and doc["revision"] == 2 and doc["display_name"] == "A"
+    assert doc["works"][0]["co_authors"] == [{"author_id": "b", "display_name": "B"}]
+    back = record_of(doc)
+    assert back.entries == record.entries and back.revision == 2 and back.first_page == record.first_page
+    assert back.identity == record.identity and back.pending == []
 
 
-def test_standing_keeps_the_newest_revision_and_ignores_stale_events() -> None:
-    updates = newest(
-        [
-            ("a", "trust", {"score": 30, "band": "Emerging", "revision": 2}),
-            ("a", "trust", {"score": 10, "band": "Emerging", "revision": 1}),
+def test_standing_keeps_the_newest_revision_of_each_part_and_ignores_other_events() -> None:
+    trust = dict(author_id="a", band="Emerging", verification_level="L1", components=[], reason="r", formula_version=1)
+    claim = AuthorClaimState(claimed=True, owner_user_id="u", claim_id="c", verification_level="L2", revision=4)
+    parts = newest(
+        PARTS(incoming(p, topic))
+        for p, topic in [
+            (TrustScoreChanged(score=30, revision=2, **trust), "trust.events"),
+            (TrustScoreChanged(score=10, revision=1, **trust), "trust.events"),
+            (FollowerCountChanged(author_id="a", count=3, revision=7), "follows.events"),
+            (ClaimApproved(claim_id="c", author_id="a", user_id="u", author_claim=claim, verification_level="L2"), "x"),
         ]
     )
-    doc = merge("a", None, updates["a"])
-    assert doc["trust"]["score"] == 30 and doc["version"] == 1
-    assert merge("a", doc, {"trust": {"score": 99, "band": "Trusted", "revision": 2}}) is None
+    assert {p.name: (p.revision, p.value.get("score", p.value.get("count"))) for p in parts} == {
+        "trust": (2, 30),
+        "followers": (7, 3),
+        "claim": (4, None),
+    }
+    assert AuthorFollowed not in PARTS.types, "the count comes with FollowerCountChanged"
 
 
 def test_page_shows_null_score_before_trust_and_claim_level_while_claimed() -> None:
     plan = plan_batch([ingested(work("w1", "a", external_ids={"doi": "10.1000/x"}))], {}, {}, min_shared_works=2)
-    record = plan.authors["a"]
-    doc = {"_id": "a", "works": record.entries, "state": record.state}  # as ProfileStore.author reads it
-    page = author_page(doc, None)
+    page = author_page(state(plan, "a"), None, [], None).model_dump(mode="json")
     assert page["trust_snapshot"] == {"score": None, "band": None, "verification_level": "L1", "claimed": False}
     claimed = {"claim": {"claimed": True, "verification_level": "L3", "revision": 5}}
-    page = author_page(doc, claimed)
+    page = author_page(state(plan, "a"), claimed, [], None).model_dump(mode="json")
     assert page["trust_snapshot"]["verification_level"] == "L3" and page["direct_collaboration_unlocked"]
 
 
-def test_first_page_is_cut_newest_first_names_missing_works_and_round_trips_into_the_page() -> None:
-    entries = [{"id": f"w{i}", "y": 2000 + i} for i in range(5)]
-    known = {f"w{i}": {"work_id": f"w{i}", "title": f"Tïtle {i}"} for i in (4, 3)}
-    works, cursor, missing = first_page(entries, 3, known)
-    assert works is None and missing == ["w2"], "a work neither the batch nor the old page holds is asked for"
-    known["w2"] = {"work_id": "w2", "title": "Title 2"}
-    works, cursor, missing = first_page(entries, 3, known)
-    assert [w["work_id"] for w in works] == ["w4", "w3", "w2"] and not missing
-    assert cursor == page_slice(entries, None, 3)[1] is not None
+def entry(work_id: str, year: int) -> dict[str, Any]:
+    return {"work_id": work_id, "year": year}
+
+
+def test_first_page_is_cut_newest_first_names_missing_works_and_goes_into_the_page() -> None:
+    entries = [entry(f"w{i}", 2000 + i) for i in range(5)]
+    known = {f"w{i}": work(f"w{i}", "a", year=2000 + i).model_dump(mode="json") for i in (4, 3)}
+    assert cut_first_page(entries, 3, known) == ["w2"], "a work neither the batch nor the old page holds is asked for"
+    known["w2"] = work("w2", "a", year=2002).model_dump(mode="json")
+    first = cut_first_page(entries, 3, known)
+    assert isinstance(first, FirstPage)
+    assert [w["work_id"] for w in first.works] == ["w4", "w3", "w2"] and first.limit == 3
+    assert first.next_cursor == page_slice(entries, None, 3)[1] is not None
     plan = plan_batch([ingested(work("w1", "a"))], {}, {}, min_shared_works=2)
-    page = author_page({"_id": "a", "state": plan.authors["a"].state}, None)
-    body = json.loads(author_page_json(page, unpack_works(pack_works(works)), cursor))
-    assert body == {**page, "works": {"items": works, "next_cursor": cursor}}
+    body = json.loads(author_page(state(plan, "a"), None, first.works, first.next_cursor).model_dump_json())
+    assert body["works"] == {"items": first.works, "next_cursor": first.next_cursor}
+    assert body["counts"] == {"works": 1, "followers": 0, "topics": 0, "close_collaborators": 0}
 
 
 def test_cursor_paging_is_stable_when_works_are_added() -> None:
-    entries = [{"id": f"w{i}", "y": 2000 + i % 3} for i in range(10)]
+    entries = [entry(f"w{i}", 2000 + i % 3) for i in range(10)]
     first, cursor = page_slice(entries, None, 4)
-    entries.append({"id": "w-new", "y": 2002})  # a newer work arrives between page loads
-    seen = [e["id"] for e in first]
+    entries.append(entry("w-new", 2002))  # a newer work arrives between page loads
+    seen = [e["work_id"] for e in first]
     while cursor:
         page, cursor = page_slice(entries, cursor, 4)
-        seen += [e["id"] for e in page]
+        seen += [e["work_id"] for e in page]
     assert sorted(seen) == sorted(f"w{i}" for i in range(10))
     with pytest.raises(BadCursor):
         page_slice(entries, "not-a-cursor", 4)
 
 
 def test_seed_fixture_gives_the_seed_page_counts() -> None:
-    batch = [decode("publications.ingested", e.to_bytes()) for e in seed_envelopes()]
+    batch = [decoded(e) for e in seed_envelopes()]
     plan = plan_batch(batch, {}, {}, min_shared_works=5)
-    state = plan.authors[SEED_AUTHOR_ID].state
-    assert state["works_count"] == 28 and len(state["topics"]) == 9
-    assert len(state["close_collaborators"]) == 4 and state["record_verification_level"] == "L1"
-    assert state["affiliation"] is None and state["orcid"] is None and state["open_to_collaborate"]
+    seed = state(plan, SEED_AUTHOR_ID)
+    assert seed["works_count"] == 28 and len(seed["topics"]) == 9
+    assert len(seed["close_collaborators"]) == 4 and seed["record_verification_level"] == "L1"
+    assert seed["affiliation"] is None and seed["orcid"] is None and seed["open_to_collaborate"]
     assert "seed:ben-caine" not in plan.authors and "seed:benjamin-caine" in plan.authors
 
 
@@ -193,16 +224,15 @@ def test_the_seed_gives_the_same_records_in_any_order_of_its_works() -> None:
     """Partitions are consumed in no fixed order (and a rebuild reads them in another one):
     the author records must not depend on it. Ben Caine is "Benjamin Caine" on one work
     and "Ben Caine" on another; the fuller spelling wins either way."""
-    batch = [decode("publications.ingested", e.to_bytes()) for e in seed_envelopes()]
+    batch = [decoded(e) for e in seed_envelopes()]
     forward = plan_batch(batch, {}, {}, min_shared_works=5).authors
     backward = plan_batch(list(reversed(batch)), {}, {}, min_shared_works=5).authors
     assert forward["seed:benjamin-caine"].identity["display_name"] == "Benjamin Caine"
 
     def stored(record: AuthorRecord) -> dict[str, Any]:  # less the count of changes it took
-        doc = record.to_doc("t")
-        state = json.loads(doc.pop("state_json"))
-        state.pop("revision")
-        return doc | {"revision": None, "state": state}
+        doc = author_fields(record, published=True)
+        doc["state"].pop("revision")
+        return doc | {"revision": None}
 
     assert {a: stored(r) for a, r in forward.items()} == {a: stored(r) for a, r in backward.items()}
 

@@ -4,26 +4,28 @@ must say what a recount of the final entries says, whatever the order of the wor
 from __future__ import annotations
 
 import random
+from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from services.profile.derive import derive_state
 from services.profile.ingest import AuthorRecord
+from services.profile.store import WrittenAuthors, record_of
 
 IDENTITY = {"author_id": "a", "display_name": "Quoc V. Le", "orcid": None}
 CO_AUTHORS = ["b", "c", "d"]
 SPELLINGS = {"b": ["Ben Caine", "Benjamin Caine"], "c": ["Yonghui Wu"], "d": ["I. Sutskever", "Ilya Sutskever"]}
 
 
-def entry(work: int, year: int, topics: list[str], co: list[tuple[str, int]], external: bool) -> dict:
+def entry(work: int, year: int, topics: list[str], co: list[tuple[str, int]], external: bool) -> dict[str, Any]:
     return {
-        "id": f"w{work}",
-        "y": year,
-        "h": f"h{work}-{year}",
-        "x": external,
-        "t": topics,
-        "co": [{"id": c, "n": SPELLINGS[c][s % len(SPELLINGS[c])]} for c, s in co],
+        "work_id": f"w{work}",
+        "year": year,
+        "fingerprint": f"h{work}-{year}",
+        "has_external_id": external,
+        "topics": topics,
+        "co_authors": [{"author_id": c, "display_name": SPELLINGS[c][s % len(SPELLINGS[c])]} for c, s in co],
     }
 
 
@@ -39,19 +41,19 @@ entries_st = st.builds(
 
 @settings(max_examples=200, deadline=None)
 @given(st.lists(st.tuples(st.sampled_from(["put", "drop"]), entries_st), max_size=30))
-def test_changed_entry_by_entry_it_equals_a_recount(changes: list[tuple[str, dict]]) -> None:
+def test_changed_entry_by_entry_it_equals_a_recount(changes: list[tuple[str, dict[str, Any]]]) -> None:
     record = AuthorRecord(author_id="a", identity=dict(IDENTITY), entries=[])
     record.derive_state(2)  # the tally exists from here on and is kept up to date
     for op, e in changes:
-        position = record.position(e["id"])
+        position = record.position(e["work_id"])
         if op == "drop":
-            record.drop_entry(e["id"])
+            record.drop_entry(e["work_id"])
         elif position is None:
             record.add_entry(e)
         else:
             record.replace_entry(position, e)
         assert record.derive_state(2) == derive_state(record.identity, record.entries, record.revision, 2)
-    assert sorted(e["id"] for e in record.entries) == sorted({e["id"] for e in record.entries})
+    assert sorted(e["work_id"] for e in record.entries) == sorted({e["work_id"] for e in record.entries})
 
 
 def test_the_state_does_not_depend_on_the_order_of_the_works() -> None:
@@ -71,18 +73,20 @@ def test_the_state_does_not_depend_on_the_order_of_the_works() -> None:
 
 
 def test_a_record_taken_from_the_written_one_is_a_copy() -> None:
-    """The planner changes the record it is given; the written one stays as written (a
-    batch that fails after planning must find it unchanged)."""
+    """The planner changes the record it is given; the one kept as written stays as written
+    (a batch that fails after planning must find it unchanged)."""
     written = AuthorRecord(
         author_id="a", identity=dict(IDENTITY), entries=[entry(1, 2020, ["ML"], [("b", 0)], True)], revision=3
     )
     before = written.derive_state(1)
-    doc = written.to_doc("token")
-    taken = AuthorRecord.from_doc(doc, written)
+    kept = WrittenAuthors(100)
+    kept.keep([written])
+    held = kept.get("a")
+    assert held is not None and held.revision == 3
+    taken = record_of({"_id": "a", "display_name": "Quoc V. Le", "revision": 3, "outbox": []}, held)
     taken.add_entry(entry(2, 2021, ["Speech"], [("b", 1)], False))
     taken.revision += 1
     assert taken.derive_state(1)["works_count"] == 2
     assert len(written.entries) == 1 and written.derive_state(1) == before
-    # Another revision in the store than the one written: decoded from the document.
-    doc["revision"] = 4
-    assert AuthorRecord.from_doc(doc, written).tally is None
+    kept.keep([AuthorRecord(author_id="big", identity={}, entries=[entry(i, 2020, [], [], False) for i in range(101)])])
+    assert "big" not in kept and "a" in kept, "an author larger than the whole cache is not kept"

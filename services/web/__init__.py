@@ -1,0 +1,1 @@
+"""The web app: profile pages over the services' HTTP APIs (services/web/README.md)."""
