@@ -96,6 +96,7 @@ class Recomputer:
         self.clock = clock
         self.lease_retry_s = lease_retry_s
         self.failure_pause_s = 0.5  # a failed pass's authors are due again this much later
+        self.stop_grace_s = 5.0  # how long passes under way may take to finish at stop
         self.started = clock()
         self.recomputations = 0  # scores stored by this process
         self.published = 0  # events this process published (its own, and pending ones it found)
@@ -306,6 +307,11 @@ class Recomputer:
                     task.add_done_callback(running.discard)
                 await self._sleep(poll_s, slot_free=len(running) < passes)
         finally:
-            for task in running:
-                task.cancel()
-            await asyncio.gather(*running, return_exceptions=True)
+            # Stopping: the passes under way finish (their events published, their leases
+            # given back) unless they take too long; cut off, a pass leaves its leases to
+            # expire and its stored events to the next pass or the outbox's sweeper.
+            if running:
+                _, late = await asyncio.wait(running, timeout=self.stop_grace_s)
+                for task in late:
+                    task.cancel()
+                await asyncio.gather(*running, return_exceptions=True)

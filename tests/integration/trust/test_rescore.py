@@ -68,6 +68,7 @@ async def scored_authors(ns: Namespace, producer: AIOKafkaProducer, n: int) -> t
         )
         await eventually(lambda: trust_events(ns), until=lambda e: len(e) >= n, what="first scores")
         await eventually(service.trust_store.count_dirty, until=lambda c: c == 0)
+        await eventually(service.trust_store.with_pending_events, until=lambda p: p == [])
     return build_service(settings), ids  # a fresh process on the same store and topics
 
 
