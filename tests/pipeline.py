@@ -108,7 +108,7 @@ class Pipeline:
             claims = client[self.settings["claims"].database_name]
             return {
                 "trust_dirty": await trust.trust_authors.count_documents({"dirty": True}),
-                "trust_outbox": await trust.trust_authors.count_documents({"outbox_pending": True}),
+                "trust_outbox": await trust.trust_authors.count_documents({"outbox.0": {"$exists": True}}),
                 "follow_parked": await follow.authors.count_documents({"parked.0": {"$exists": True}}),
                 "claims_pending_author": await claims.claims.count_documents({"status": "pending_author"}),
             }

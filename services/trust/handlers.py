@@ -1,9 +1,10 @@
 """The consumer of profile.events, claims.events and follows.events: signals in bulk.
 
 Per batch: one read of the authors concerned, the pure reducer over their events in
-partition order, one bulk write of the signals that changed, each marking its author
-dirty (due after the coalescing window), then the due authors handed to the recompute
-loop of this process (``on_due``), which scores them later.
+partition order, one bulk write of the signals that changed (each source's state guarded
+by its revision in the filter, so a concurrent writer holding a newer one wins), each
+marking its author dirty (due after the coalescing window), then the due authors handed
+to the recompute loop of this process (``on_due``), which scores them later.
 
 When is an author due: ``window`` after its last signal change, and at the latest
 ``max_delay`` after its first unscored one, so that a steady trickle of events cannot
@@ -13,10 +14,13 @@ author's partitions (its key's partition number in each input topic) still has r
 in the log behind the batch (a backlog: the consumer is catching up), more of the burst
 may be in them, so the author is held back until a later batch finds all of them read
 to their end (then due ``window`` later), or until their records show that
-``max_delay`` has passed in the events' own time since the author's first unscored event
-(a trickle, read late). Measured in the consumer's time instead, a burst of 500 events
-read slowly (a loaded machine, a consumer catching up) was split into two
-recomputations whenever reading it took longer than the window or the cap.
+``burst_span`` has passed in the events' own time since the author's first unscored
+event (a trickle, read late). Measured in the consumer's time instead, a burst of 500
+events read slowly (a loaded machine, a consumer catching up) was split into two
+recomputations whenever reading it took longer than the window or the cap. And
+``burst_span`` is not ``max_delay``: the cap bounds the latency of a live trickle, a
+backlog is not read live, and a burst whose events were written over more than the cap
+(an importer slowed down) is still one burst.
 (All input topics have the same partition count and key, so an author's events are in
 the same partition number of each.)
 """
@@ -27,13 +31,12 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pymongo import UpdateOne
-
+from contracts.events.trust import TrustScoreChanged
 from service_runtime.delivery import Incoming
 from service_runtime.logging import get_logger
 from services.trust import signals
-from services.trust.recompute import history_entry, score_of
-from services.trust.store import TrustStore
+from services.trust.recompute import score_of
+from services.trust.store import Held, Score, SignalWrite, TrustStore, history_document
 
 log = get_logger(__name__)
 HOLD_BACK_LIMIT = timedelta(seconds=60)
@@ -46,6 +49,7 @@ class SignalHandler:
         *,
         window_ms: int,
         max_delay_ms: int,
+        burst_span_ms: int,
         on_due: Callable[[dict[str, datetime]], None] = lambda due: None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
@@ -53,8 +57,8 @@ class SignalHandler:
         self.on_due = on_due
         self.window = timedelta(milliseconds=window_ms)
         self.max_delay = timedelta(milliseconds=max_delay_ms)
+        self.burst_span = timedelta(milliseconds=burst_span_ms)
         self.clock = clock
-        self.ignored = 0  # events carrying no newer signal (stale, duplicate, no signal at all)
         # Authors held back until the consumer reads their partitions to the end:
         # partition number -> author -> event time of the author's first unscored event.
         self._held_back: dict[int, dict[str, datetime]] = {}
@@ -79,14 +83,11 @@ class SignalHandler:
             for a in authors
         }
 
-    async def __call__(self, batch: Sequence[Incoming]) -> None:
+    async def __call__(self, batch: Sequence[Incoming[Any]]) -> None:
         observations: dict[str, list[signals.Observation]] = {}
-        events: dict[str, list[Incoming]] = {}
+        events: dict[str, list[Incoming[Any]]] = {}
         for item in batch:
-            obs = signals.observe(item.payload)
-            if isinstance(obs, signals.Ignored):
-                self.ignored += 1
-                continue
+            obs = signals.observe(item)
             if obs.anomalies:
                 log.warning(
                     "impossible_signal_values_dropped",
@@ -100,25 +101,34 @@ class SignalHandler:
         if not observations:
             self.on_due(self._release(batch, {}, {}, self.clock()))
             return
-        async with self.store.write_lock:
-            held = await self.store.load(list(observations))
-            now = self.clock()
-            updates, due, hold = [], {}, {}
-            for author_id, author_obs in observations.items():
-                update, due_at, wait_for = self._update(
-                    author_id, held.get(author_id, {}), author_obs, events[author_id], now
-                )
-                if update is not None:
-                    updates.append(update)
-                if wait_for is not None:
-                    hold[author_id] = wait_for
-                elif due_at is not None:
-                    due[author_id] = due_at
-            await self.store.save_signals(updates)
+        held = await self.store.load(list(observations))
+        now = self.clock()
+        writes, due, hold = [], {}, {}
+        holding = {a for authors in self._held_back.values() for a in authors}
+        for author_id, author_obs in observations.items():
+            before = held.get(author_id)
+            write, wait_for = self._update(author_id, before, author_obs, events[author_id], now)
+            if write is None:
+                # Nothing newer: a redelivery. If what it wrote is still unscored and this
+                # process does not hold the author back, it is scheduled again (the first
+                # delivery may have stored it and died, or been cut off, before scheduling).
+                if before is not None and before.due_at is not None and author_id not in holding:
+                    due[author_id] = before.due_at
+                continue
+            writes.append(write)
+            if wait_for is not None:
+                hold[author_id] = wait_for
+            else:
+                due[author_id] = write.due_at
+        await self.store.save_signals(writes)
         self.on_due(self._release(batch, due, hold, now))
 
     def _release(
-        self, batch: Sequence[Incoming], due: dict[str, datetime], hold: dict[str, tuple[int, datetime]], now: datetime
+        self,
+        batch: Sequence[Incoming[Any]],
+        due: dict[str, datetime],
+        hold: dict[str, tuple[int, datetime]],
+        now: datetime,
     ) -> dict[str, datetime]:
         """The authors due after this batch: those it made due, plus those held back on a
         partition number now read to its end in every input topic, or read past their cap."""
@@ -142,7 +152,7 @@ class SignalHandler:
                 release = (
                     {}
                     if read_up_to is None
-                    else {a: now for a, burst_from in authors.items() if read_up_to - burst_from >= self.max_delay}
+                    else {a: now for a, burst_from in authors.items() if read_up_to - burst_from >= self.burst_span}
                 )
             for author_id in release:
                 del authors[author_id]
@@ -154,58 +164,63 @@ class SignalHandler:
     def _update(
         self,
         author_id: str,
-        doc: dict[str, Any],
+        held: Held | None,
         author_obs: list[signals.Observation],
-        items: list[Incoming],
+        items: list[Incoming[Any]],
         now: datetime,
-    ) -> tuple[UpdateOne | None, datetime | None, tuple[int, datetime] | None]:
-        """The author's update (None if no signal changed), when it is due (None if not
-        dirty) and, if it is held back, the partition it waits for and its burst's start."""
-        projection = {k: doc[k] for k in signals.SOURCES if k in doc}
-        after = projection
+    ) -> tuple[SignalWrite | None, tuple[int, datetime] | None]:
+        """The author's write (None if no signal is newer than the held one) and, if it is
+        held back, the partition it waits for and its burst's start."""
+        before = held.signals if held is not None else {}
+        after = before
         for obs in author_obs:
             after = signals.apply(after, obs)
-        changed = {k: after[k] for k in signals.SOURCES if k in after and after[k] is not projection.get(k)}
+        changed = {k: after[k] for k in signals.SOURCES if k in after and after[k] is not before.get(k)}
         if not changed:
-            return None, None, None
-        marks: dict[str, Any] = {}
+            return None, None
         wait_for = None
-        # Only an author the profile registered is scored; other signals wait for it.
-        if "profile" in after:
-            dirty_since = doc.get("dirty_since") or now
-            burst_from = doc.get("burst_from") or min(i.envelope.occurred_at for i in items)
-            partition = items[-1].partition
-            behind = any(p == partition for _, p in items[-1].backlog)
-            if behind and max(i.envelope.occurred_at for i in items) - burst_from < self.max_delay:
-                wait_for = (partition, burst_from)
-                # Stored for a process that did not consume it (this one died): the sweep.
-                due_at = now + self.max_delay
-            else:
-                due_at = min(now + self.window, dirty_since + self.max_delay)
-            marks.update(dirty=True, dirty_since=dirty_since, burst_from=burst_from, due_at=due_at)
-        return self.store.signal_update(author_id, after, marks), marks.get("due_at"), wait_for
+        dirty_since = (held and held.dirty_since) or now
+        burst_from = (held and held.burst_from) or min(i.envelope.occurred_at for i in items)
+        partition = items[-1].partition
+        behind = any(p == partition for _, p in items[-1].backlog)
+        if behind and max(i.envelope.occurred_at for i in items) - burst_from < self.burst_span:
+            wait_for = (partition, burst_from)
+            # Stored for a process that did not consume it (this one died): the sweep.
+            due_at = now + self.burst_span
+        else:
+            due_at = min(now + self.window, dirty_since + self.max_delay)
+        # Every change marks the author dirty, registered or not: a pass scores it, or
+        # (no profile yet) only clears the mark. So a signal written while a pass scores
+        # the author is never left unscored, whoever wrote it.
+        write = SignalWrite(author_id, changed, held is not None, dirty_since, burst_from, due_at)
+        return write, wait_for
 
 
-class PublishedScores:
-    """Rebuild only: trust.events -> the scores and history the live service published.
-
-    A rebuild does not recompute: coalescing depends on timing, so scores computed again
-    could differ from the ones the log holds. It takes each author's latest published
-    score and every history entry from the service's own output instead."""
+class ScoreHistory:
+    """trust.events -> ``trust_history``, live and in a rebuild alike: each entry is made of
+    its event alone, recorded once the event is in the log (see the README: History)."""
 
     def __init__(self, store: TrustStore) -> None:
         self.store = store
 
-    async def __call__(self, batch: Sequence[Incoming]) -> None:
-        published = [i.envelope for i in batch if i.event_type == "TrustScoreChanged"]
-        if not published:
-            return
-        await self.store.record_history([history_entry(e) for e in published])
-        latest: dict[str, dict[str, Any]] = {}
-        for envelope in published:
-            score = score_of(envelope)
-            held = latest.get(envelope.data["author_id"])
-            if held is None or score["revision"] > held["revision"]:
-                latest[envelope.data["author_id"]] = score
-        async with self.store.write_lock:
-            await self.store.adopt_scores(latest)
+    async def __call__(self, batch: Sequence[Incoming[TrustScoreChanged]]) -> None:
+        await self.store.record_history([history_document(i.envelope, i.payload) for i in batch])
+
+
+class PublishedScores:
+    """Rebuild only: trust.events -> each author's latest published score.
+
+    A rebuild does not recompute: coalescing depends on timing, so scores computed again
+    could differ from the ones the log holds. It takes each author's latest published
+    score from the service's own output instead."""
+
+    def __init__(self, store: TrustStore) -> None:
+        self.store = store
+
+    async def __call__(self, batch: Sequence[Incoming[TrustScoreChanged]]) -> None:
+        latest: dict[str, Score] = {}
+        for item in batch:
+            held = latest.get(item.payload.author_id)
+            if held is None or item.payload.revision > held["revision"]:
+                latest[item.payload.author_id] = score_of(item.payload)
+        await self.store.adopt_scores(latest)

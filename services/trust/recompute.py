@@ -1,34 +1,39 @@
 """Recomputing scores of due authors in bulk, and publishing changes through the outbox.
 
-One pass: lease the due authors (an inserted lease document each, so two replicas never
-hold one author), compute each score from its stored signals, store the score and, when
-score or band changed, the TrustScoreChanged in the author's own document (the outbox)
-in the same single-document update, conditional on the signals read being still the
-latest; then publish, and record the history, which is the acknowledgement: an outbox
-whose event has no history entry is not published yet. A crash anywhere in between
-leaves the outbox unacknowledged and the next pass (or the next process) publishes the
-very same event: its id is derived from (author, formula version, revision).
+One pass: lease the due authors (an inserted lease document each: two passes never hold
+one author), compute each score from its stored signals, and store it, with the
+TrustScoreChanged pushed onto the author's outbox when score or band moved, in one
+single-document update whose filter holds the ``seq`` and score revision read (no signal
+and no other score arrived meanwhile). Then, still under the leases, ``Outbox.deliver``:
+publish (the author's older pending events first) and pull what was published, at once
+(``remove_now``); then the leases go back, so two passes never publish the same event.
+
+A crash anywhere leaves the event in the author's outbox: the next pass over the author
+publishes it before anything newer, and the runtime's sweeper publishes what nobody
+touches again, under the same event id, derived from (author, formula version, revision).
+The history entry is not written here: ``handlers.ScoreHistory`` records it from
+trust.events, so it exists exactly when the event does, live and in a rebuild alike.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+import contextlib
+import dataclasses
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from contracts.envelope import Envelope, deterministic_event_id
+from contracts.envelope import deterministic_event_id
 from contracts.events.trust import ScoreComponent, ScoreInputs, TrustScoreChanged
-from contracts.topics import Topic
 from service_runtime.logging import get_logger
-from service_runtime.publishing import EventPublisher, Outgoing
-from service_runtime.retry import TRANSIENT_ERRORS
+from service_runtime.outbox import Outbox
+from service_runtime.retry import is_transient
 from services.trust import scoring, signals
-from services.trust.store import TrustStore, encode, history_key
+from services.trust.store import Author, Score, ScoreWrite, TrustStore
 
 log = get_logger(__name__)
 Clock = Callable[[], datetime]
-ACKNOWLEDGED_CACHE = 500_000
 
 
 def _now() -> datetime:
@@ -54,152 +59,151 @@ def describe_change(
     return "; ".join(parts)[:500] or "recomputed"
 
 
+def score_of(event: TrustScoreChanged) -> Score:
+    """The score an author holds after this TrustScoreChanged (what a pass stores with it)."""
+    return {
+        "score": event.score,
+        "band": event.band,
+        "verification_level": event.verification_level,
+        "components": [c.model_dump() for c in event.components],
+        "formula_version": event.formula_version,
+        "revision": event.revision,
+        "inputs": None if event.inputs is None else event.inputs.model_dump(),
+    }
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PassResult:
+    stored: int  # scores stored (changed or not)
+    skipped: list[str]  # authors another pass held
+
+
 class Recomputer:
     def __init__(
         self,
         store: TrustStore,
-        publisher: EventPublisher,
+        outbox: Outbox,
         *,
         lease_s: float = 30.0,
         formula: scoring.Formula = scoring.CURRENT,
         clock: Clock = _now,
+        lease_retry_s: float = 0.2,
     ) -> None:
         self.store = store
-        self.publisher = publisher
+        self.outbox = outbox
         self.lease_s = lease_s
         self.formula = formula
         self.clock = clock
-        self.recomputations = 0  # authors scored by this process
-        self.published = 0  # TrustScoreChanged acknowledged by the broker
+        self.lease_retry_s = lease_retry_s
+        self.failure_pause_s = 0.5  # a failed pass's authors are due again this much later
+        self.stop_grace_s = 5.0  # how long passes under way may take to finish at stop
+        self.started = clock()
+        self.recomputations = 0  # scores stored by this process
+        self.published = 0  # events this process published (its own, and pending ones it found)
         self._due: dict[str, datetime] = {}  # author -> when to recompute it (see ``schedule``)
-        # History keys of outboxes known to be acknowledged (history recorded): a pass does
-        # not look them up again before replacing them. Only a cache, bounded.
-        self._acknowledged: set[str] = set()
+        self._wakeup = asyncio.Event()
+        self._running = 0  # passes of the loop under way
         # Authors this process's consumer holds back on purpose (see handlers): not orphans.
         self.held_back: Callable[[], set[str]] = set
 
     def schedule(self, due: dict[str, datetime]) -> None:
         """Authors whose signals this process just stored, and when each is due. The
         consumer calls this after each batch, so the loop finds due authors without
-        reading the store; ``sweep`` reads the store for the rest (a restart, a replica
-        that died)."""
-        self._due.update(due)
+        reading the store (and wakes when the first is due); ``sweep`` reads the store
+        for the rest (a restart, a replica that died)."""
+        if due:
+            self._due.update(due)
+            self._wakeup.set()
 
     def idle(self) -> bool:
-        """Nothing scheduled in this process (and nothing its consumer holds back)."""
-        return not self._due and not self.held_back()
+        """Nothing scheduled or being scored in this process (and nothing its consumer
+        holds back)."""
+        return not self._due and not self._running and not self.held_back()
 
-    async def recompute(self, author_ids: list[str], *, only_dirty: bool = False) -> int:
-        """Score these authors (those another replica holds are skipped; with
-        ``only_dirty``, those already scored from their current signals too) and publish
-        their changes; returns how many scores were stored. Everything, publishing
-        included, happens under the authors' leases: an outbox is published by the
-        replica that holds its author, never by two at once."""
+    async def recompute(self, author_ids: Sequence[str], *, only_dirty: bool = False) -> int:
+        """Score these authors (those another pass holds are skipped; with ``only_dirty``,
+        those already scored from their current signals too) and publish their changes;
+        returns how many scores were stored."""
+        return (await self._pass(author_ids, only_dirty=only_dirty)).stored
+
+    async def _pass(self, author_ids: Sequence[str], *, only_dirty: bool) -> PassResult:
         if not author_ids:
-            return 0
+            return PassResult(0, [])
+        now = self.clock()
+        token, authors = await self.store.claim(author_ids, now, self.lease_s)
+        held = {a.author_id for a in authors}
         stored = 0
-        async with self.store.write_lock:  # see TrustStore.write_lock
-            token, docs = await self.store.claim(author_ids, self.clock(), self.lease_s)
-        held = [d["_id"] for d in docs]
         try:
-            # An outbox a pass left unpublished (it died) goes out before a newer one replaces it.
-            unpublished = await self.store.unpublished(docs, self._acknowledged)
-            await self._publish([Envelope.model_validate_json(d["outbox"]) for d in unpublished])
-            todo = [d for d in docs if d.get("dirty") or not only_dirty]
-            if todo:
-                results = [self._score(doc) for doc in todo]
-                async with self.store.write_lock:
-                    saved = set(
-                        await self.store.save_scores(
-                            [
-                                (doc, score, envelope and envelope.model_dump(mode="json"))
-                                for doc, score, envelope in results
-                            ],
-                            self.clock(),
-                        )
-                    )
-                stored = len(saved)
-                self.recomputations += stored
-                await self._publish([envelope for doc, _, envelope in results if envelope and doc["_id"] in saved])
+            writes = [self._write(a) for a in authors if a.dirty or not only_dirty]
+            # The store keeps milliseconds: the score's time as a reader will see it.
+            scored_at = now.replace(microsecond=now.microsecond // 1000 * 1000)
+            stored = await self.store.save_scores(writes, scored_at)
+            self.recomputations += stored
+            if stored == len(writes):
+                new = {w.author.author_id: w.event for w in writes if w.event is not None}
+                deliveries = {
+                    a.author_id: [*a.pending, *([new[a.author_id]] if a.author_id in new else [])] for a in authors
+                }
+            else:
+                # Some author's signals moved meanwhile: publish what the outboxes hold now.
+                deliveries = await self.store.pending(list(held))
+            # Removed before the leases go back (not a moment later, off the path): so no other
+            # pass reads these entries as pending and publishes them again, and the removal
+            # does not race the next writes of the same authors (the store answers such
+            # races with "deadlock detected"). Counted after the await: passes run at once,
+            # and ``x += await f()`` reads x first.
+            published = await self.outbox.deliver(
+                self.store.authors, {a: events for a, events in deliveries.items() if events}, remove_now=True
+            )
+            self.published += published
         finally:
-            await self.store.release(token, held)
-        return stored
+            await self.store.release(token, list(held))
+        return PassResult(stored, [a for a in author_ids if a not in held])
 
-    def _score(self, doc: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], Envelope | None]:
-        inputs = signals.score_inputs(doc, self.formula)
-        assert inputs is not None, "only authors with a profile are marked dirty"
+    def _write(self, author: Author) -> ScoreWrite:
+        """The score write of a leased author: its new score, and the TrustScoreChanged
+        if score or band moved (the revision after the held one)."""
+        inputs = signals.score_inputs(author.signals, self.formula)
+        if inputs is None:  # not registered by profile: nothing to score, the dirty mark goes
+            return ScoreWrite(author, None, None)
         result = scoring.compute(inputs, self.formula)
-        snapshot = {
-            "works_count": inputs.works_count,
-            "recent_works": inputs.recent_works,
-            "topics": inputs.topics,
-            "close_collaborators": inputs.close_collaborators,
-            "verification_level": inputs.verification_level,
-            "claimed": inputs.claimed,
-            "followers": inputs.followers,
-        }
-        held = doc.get("score")
+        snapshot = {f.name: getattr(inputs, f.name) for f in dataclasses.fields(inputs)}
+        components = [
+            {"name": c.name, "signal": c.signal, "weight": c.weight, "cap": c.cap, "points": c.points}
+            for c in result.components
+        ]
+        held = author.score
         revision = held["revision"] if held else 0
-        changed = held is None or held["score"] != result.score or held["band"] != result.band
-        outbox = None
-        if changed:
+        event = None
+        if held is None or held["score"] != result.score or held["band"] != result.band:
             revision += 1
-            event = TrustScoreChanged(
-                author_id=doc["_id"],
+            payload = TrustScoreChanged(
+                author_id=author.author_id,
                 score=result.score,
                 band=result.band,
                 verification_level=result.verification_level,
-                components=[
-                    ScoreComponent(name=c.name, signal=c.signal, weight=c.weight, cap=c.cap, points=c.points)
-                    for c in result.components
-                ],
+                components=[ScoreComponent(**c) for c in components],
                 previous_score=held["score"] if held else None,
                 previous_band=held["band"] if held else None,
                 reason=describe_change(
-                    held and held.get("signals"), snapshot, held and held.get("formula_version"), result.formula_version
+                    held and held["inputs"], snapshot, held and held["formula_version"], result.formula_version
                 ),
                 formula_version=result.formula_version,
                 revision=revision,
                 inputs=ScoreInputs(**snapshot),
             )
-            event_id = deterministic_event_id(doc["_id"], "TrustScoreChanged", result.formula_version, revision)
-            outbox = Envelope.wrap(event, producer=self.publisher.producer_name, event_id=event_id)
-        score = {
+            event_id = deterministic_event_id(author.author_id, "TrustScoreChanged", result.formula_version, revision)
+            event = self.outbox.publisher.outgoing(payload, event_id=event_id)
+        score: Score = {
             "score": result.score,
             "band": result.band,
             "verification_level": result.verification_level,
-            "components": [_component(c) for c in result.components],
+            "components": components,
             "formula_version": result.formula_version,
             "revision": revision,
-            "signals": snapshot,
+            "inputs": snapshot,
         }
-        return doc, score, outbox
-
-    async def flush_outboxes(self) -> int:
-        """Publish outboxes left unacknowledged by a pass that died before the broker
-        acknowledged them (the broker, then the history), under lease. Reads the whole
-        collection (see ``TrustStore.sweep_scan``)."""
-        return await self._flush((await self.store.sweep_scan(self._acknowledged))[1])
-
-    async def _flush(self, ids: list[str]) -> int:
-        published = self.published
-        for start in range(0, len(ids), 1000):
-            await self.recompute(ids[start : start + 1000], only_dirty=True)
-        return self.published - published
-
-    async def _publish(self, envelopes: list[Envelope]) -> int:
-        """To the broker, then the history entries, which acknowledge the outboxes."""
-        if not envelopes:
-            return 0
-        await self.publisher.publish(
-            [Outgoing(str(Topic.TRUST_EVENTS), env.data["author_id"], env) for env in envelopes]
-        )
-        await self.store.record_history([history_entry(env) for env in envelopes])
-        if len(self._acknowledged) > ACKNOWLEDGED_CACHE:
-            self._acknowledged.clear()
-        self._acknowledged.update(history_key(env.data["author_id"], env.data["revision"]) for env in envelopes)
-        self.published += len(envelopes)
-        return len(envelopes)
+        return ScoreWrite(author, score, event)
 
     async def settle_rebuilt(self, batch: int = 500) -> None:
         """Rebuild only (a drain hook). The scores came from trust.events; rescore every
@@ -207,105 +211,107 @@ class Recomputer:
         the published ones (a breakdown the live service computed without publishing).
         An author whose score would change stays dirty: deciding and publishing that
         change is the live service's job."""
-        far = self.clock() + timedelta(days=365)
-        dirty = await self.store.due_ids(far, 1_000_000)
+        dirty = list(await self.store.due(self.clock() + timedelta(days=365), 10_000_000))
         for start in range(0, len(dirty), batch):
-            async with self.store.write_lock:
-                token, docs = await self.store.claim(dirty[start : start + batch], self.clock(), self.lease_s)
+            token, authors = await self.store.claim(dirty[start : start + batch], self.clock(), self.lease_s)
             try:
-                unchanged = [r for r in (self._score(doc) for doc in docs) if r[2] is None]
-                async with self.store.write_lock:
-                    await self.store.save_scores(unchanged, self.clock())
+                unchanged = [w for w in (self._write(a) for a in authors) if w.event is None]
+                await self.store.save_scores(unchanged, self.clock())
             finally:
-                await self.store.release(token, [d["_id"] for d in docs])
+                await self.store.release(token, [a.author_id for a in authors])
 
-    async def sweep(self, overdue_s: float) -> None:
-        """What the consumer did not schedule in this process: outboxes left unpublished,
-        and authors due for more than ``overdue_s`` (marked dirty before a restart, or by a
-        replica that died). Reads the whole collection once, so it runs seldom."""
-        dirty, unpublished = await self.store.sweep_scan(self._acknowledged)
-        await self._flush(unpublished)
+    async def sweep(self, due_before: datetime) -> None:
+        """Authors dirty and due before ``due_before`` that this process did not schedule
+        (marked before a restart, or by a replica that died): an index read of those only.
+        (Events left in outboxes are the runtime sweeper's.)"""
         now = self.clock()
         held_back = self.held_back()
-        overdue = now - timedelta(seconds=overdue_s)
-        for author_id, due_at in dirty.items():
-            if due_at <= overdue and author_id not in held_back:
+        for author_id in await self.store.due(due_before, 100_000):
+            if author_id not in held_back:
                 self._due.setdefault(author_id, now)
 
-    async def run_due_once(self, batch: int) -> int:
+    def _take_due(self, batch: int) -> list[tuple[datetime, str]]:
+        """Up to ``batch`` scheduled authors due now, the most overdue first (no longer scheduled)."""
         now = self.clock()
         due = sorted((at, a) for a, at in self._due.items() if at <= now)[:batch]
-        ids = [a for _, a in due]
-        for a in ids:
+        for _, a in due:
             del self._due[a]
+        return due
+
+    async def _run(self, due: list[tuple[datetime, str]]) -> None:
+        """One pass over these due authors. Those another pass held (a replica, the rescore
+        command) that may have read older signals are looked at again shortly; if the pass
+        fails, all of them are due again a little later."""
+        self._running += 1
         try:
-            await self.recompute(ids, only_dirty=True)
-        except BaseException:
-            for at, a in due:
-                self._due.setdefault(a, at)
-            raise
-        return len(ids)
-
-    async def loop(self, *, batch: int, poll_s: float, sweep_s: float) -> None:
-        """The service's background task: recompute due authors until cancelled."""
-        next_sweep, overdue_s = 0.0, 0.0  # the first sweep (at start) takes every dirty author
-        loop = asyncio.get_running_loop()
-        while True:
-            try:
-                if loop.time() >= next_sweep:
-                    await self.sweep(overdue_s)
-                    next_sweep, overdue_s = loop.time() + sweep_s, sweep_s
-                done = await self.run_due_once(batch)
-            except TRANSIENT_ERRORS as exc:
+            result = await self._pass([a for _, a in due], only_dirty=True)
+        except Exception as exc:  # an outage, or a bug: scoring must not stop for good
+            later = self.clock() + timedelta(seconds=self.failure_pause_s)
+            for _, a in due:
+                self._due.setdefault(a, later)
+            if is_transient(exc):
                 log.warning("recompute_transient_failure", error=repr(exc))
-                done = 0
-            except Exception as exc:  # a bug must not stop scoring for good: log, retry later
+            else:
                 log.exception("recompute_failed", error=repr(exc))
-                done = 0
-            if done < batch:
-                await asyncio.sleep(poll_s)
+        else:
+            retry = self.clock() + timedelta(seconds=self.lease_retry_s)
+            for a in result.skipped:
+                self._due.setdefault(a, retry)
+        finally:
+            self._running -= 1
+            self._wakeup.set()
 
+    async def run_due_once(self, batch: int) -> int:
+        """One pass over up to ``batch`` due authors; returns how many were taken."""
+        due = self._take_due(batch)
+        if due:
+            await self._run(due)
+        return len(due)
 
-def _component(c: scoring.Component) -> dict[str, Any]:
-    return {"name": c.name, "signal": c.signal, "weight": c.weight, "cap": c.cap, "points": c.points}
+    async def _sleep(self, longest_s: float, *, slot_free: bool) -> None:
+        """Until something is scheduled, a pass ends, the first scheduled author is due (if
+        a pass could start), or ``longest_s`` passed."""
+        self._wakeup.clear()
+        first = min(self._due.values(), default=None) if slot_free else None
+        wait = longest_s if first is None else min(longest_s, (first - self.clock()).total_seconds())
+        if wait > 0:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), wait)
 
-
-def history_entry(envelope: Envelope) -> dict[str, Any]:
-    """The history document of a published TrustScoreChanged: made of the event alone, so
-    that a rebuild from trust.events writes the very same document. What is only read back
-    whole is one JSON string (``entry``; see ``store``): cheap to insert and to look up."""
-    data = envelope.data
-    entry = {
-        "score": data["score"],
-        "band": data["band"],
-        "verification_level": data["verification_level"],
-        "previous_score": data["previous_score"],
-        "previous_band": data["previous_band"],
-        "reason": data["reason"],
-        "components": data["components"],
-        "formula_version": data["formula_version"],
-        "signals": data.get("inputs"),
-    }
-    return {
-        "_id": history_key(data["author_id"], data["revision"]),
-        "event_id": str(envelope.event_id),
-        "author_id": data["author_id"],
-        "revision": data["revision"],
-        "entry": encode(entry),
-        "changed_at": envelope.occurred_at,
-    }
-
-
-def score_of(envelope: Envelope) -> dict[str, Any]:
-    """The ``score`` an author document holds after this TrustScoreChanged (what ``_score``
-    stores live, less the moment it was computed)."""
-    data = envelope.data
-    return {
-        "score": data["score"],
-        "band": data["band"],
-        "verification_level": data["verification_level"],
-        "components": data["components"],
-        "formula_version": data["formula_version"],
-        "revision": data["revision"],
-        "signals": data.get("inputs"),
-    }
+    async def loop(self, *, batch: int, passes: int, poll_s: float, sweep_s: float) -> None:
+        """The service's background task: recompute due authors until cancelled, in up to
+        ``passes`` passes of up to ``batch`` authors at once, each started as soon as
+        authors are due and a pass is free (while one waits for the store or the broker,
+        another works; each leases its own authors)."""
+        # The first sweep (at start) takes every author due before this process began: the
+        # ones its own consumer marks from then on, it schedules itself (a sweep counting
+        # from its own moment could take one of them in the middle of its burst). Later
+        # sweeps take those overdue by a whole period.
+        due_before = self.started
+        next_sweep = 0.0
+        loop = asyncio.get_running_loop()
+        running: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                if loop.time() >= next_sweep:
+                    try:
+                        await self.sweep(due_before)
+                        next_sweep = loop.time() + sweep_s
+                        due_before = self.clock()
+                    except Exception as exc:
+                        log.warning("recompute_sweep_failed", error=repr(exc))
+                        next_sweep = loop.time() + poll_s
+                while len(running) < passes and (due := self._take_due(batch)):
+                    task = asyncio.create_task(self._run(due))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                await self._sleep(poll_s, slot_free=len(running) < passes)
+        finally:
+            # Stopping: the passes under way finish (their events published, their leases
+            # given back) unless they take too long; cut off, a pass leaves its leases to
+            # expire and its stored events to the next pass or the outbox's sweeper.
+            if running:
+                _, late = await asyncio.wait(running, timeout=self.stop_grace_s)
+                for task in late:
+                    task.cancel()
+                await asyncio.gather(*running, return_exceptions=True)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel
 
 from contracts.events.common import ID_PATTERN
-from services.trust.store import TrustStore
+from services.trust.store import Author, TrustStore
 
 router = APIRouter(prefix="/trust", tags=["trust"])
 AuthorId = Annotated[str, Path(pattern=ID_PATTERN, description="the author record's id")]
@@ -16,7 +17,8 @@ AuthorId = Annotated[str, Path(pattern=ID_PATTERN, description="the author recor
 
 # async: FastAPI runs a plain ``def`` dependency in a worker thread (see profile's routes).
 async def get_store(request: Request) -> TrustStore:
-    return request.app.state.trust_store
+    store: TrustStore = request.app.state.trust_store
+    return store
 
 
 Store = Annotated[TrustStore, Depends(get_store)]
@@ -55,8 +57,9 @@ class HistoryEntry(BaseModel):
     reason: str
     formula_version: int
     components: list[Component]
-    signals: dict[str, Any]  # the inputs the score was computed from
-    changed_at: Any
+    # The inputs the score was computed from (null for a change published without them).
+    signals: dict[str, Any] | None
+    changed_at: datetime
     event_id: str
 
 
@@ -65,17 +68,17 @@ class HistoryPage(BaseModel):
     next_cursor: int | None  # pass as ?cursor= for the next (older) page; null at the end
 
 
-async def _known_author(store: TrustStore, author_id: str) -> dict[str, Any]:
-    doc = await store.author(author_id)
-    if doc is None or "profile" not in doc:
+async def _known_author(store: TrustStore, author_id: str) -> Author:
+    author = await store.author(author_id)
+    if author is None or not author.registered:
         raise HTTPException(404, f"unknown author {author_id!r}")
-    return doc
+    return author
 
 
 @router.get("/{author_id}", response_model=TrustView, summary="Trust score, band, level and breakdown")
 async def get_trust(author_id: AuthorId, store: Store) -> TrustView:
-    doc = await _known_author(store, author_id)
-    score = doc.get("score")
+    author = await _known_author(store, author_id)
+    score = author.score
     if score is None:
         return TrustView(author_id=author_id, status="pending", recomputing=True)
     return TrustView(
@@ -84,11 +87,11 @@ async def get_trust(author_id: AuthorId, store: Store) -> TrustView:
         score=score["score"],
         band=score["band"],
         verification_level=score["verification_level"],
-        claimed=score["signals"]["claimed"],
-        components=score["components"],
+        claimed=(score["inputs"] or {}).get("claimed"),
+        components=[Component(**c) for c in score["components"]],
         formula_version=score["formula_version"],
         revision=score["revision"],
-        recomputing=bool(doc.get("dirty")),
+        recomputing=author.dirty,
     )
 
 
@@ -99,8 +102,23 @@ async def get_history(
     cursor: Annotated[int | None, Query(ge=1, description="next_cursor of the previous page")] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> HistoryPage:
-    doc = await _known_author(store, author_id)
-    newest = doc["score"]["revision"] if doc.get("score") else 0
-    docs = await store.history_page(author_id, newest, cursor, limit + 1)
-    items = [HistoryEntry(**{k: v for k, v in d.items() if k != "author_id"}) for d in docs[:limit]]
-    return HistoryPage(items=items, next_cursor=items[-1].revision if len(docs) > limit else None)
+    await _known_author(store, author_id)
+    entries = await store.history_page(author_id, cursor, limit + 1)
+    items = [
+        HistoryEntry(
+            revision=e["revision"],
+            score=e["score"],
+            band=e["band"],
+            previous_score=e["previous_score"],
+            previous_band=e["previous_band"],
+            verification_level=e["verification_level"],
+            reason=e["reason"],
+            formula_version=e["formula_version"],
+            components=[Component(**c) for c in e["components"]],
+            signals=e["inputs"],
+            changed_at=e["changed_at"],
+            event_id=e["event_id"],
+        )
+        for e in entries[:limit]
+    ]
+    return HistoryPage(items=items, next_cursor=items[-1].revision if len(entries) > limit else None)

@@ -21,11 +21,8 @@ from dataclasses import dataclass, field
 from decimal import ROUND_HALF_UP, Decimal
 from fractions import Fraction
 from types import MappingProxyType
-from typing import Literal
 
-Level = Literal["L0", "L1", "L2", "L3"]
-LEVELS: tuple[Level, ...] = ("L0", "L1", "L2", "L3")
-Band = Literal["Emerging", "Established", "Trusted", "Distinguished"]
+from contracts.events.common import TRUST_BANDS, VERIFICATION_LEVELS, TrustBand, VerificationLevel, level_rank
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +33,7 @@ class Signals:
     recent_works: int = 0  # works in or after the formula's recent_since_year (<= works_count)
     topics: int = 0
     close_collaborators: int = 0
-    verification_level: Level = "L0"
+    verification_level: VerificationLevel = "L0"
     claimed: bool = False
     followers: int = 0
 
@@ -44,7 +41,7 @@ class Signals:
         for name in ("works_count", "recent_works", "topics", "close_collaborators", "followers"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} cannot be negative")
-        if self.verification_level not in LEVELS:
+        if self.verification_level not in VERIFICATION_LEVELS:
             raise ValueError(f"unknown verification level {self.verification_level!r}")
 
 
@@ -60,8 +57,8 @@ class Component:
 @dataclass(frozen=True, slots=True)
 class TrustScore:
     score: int
-    band: Band
-    verification_level: Level
+    band: TrustBand
+    verification_level: VerificationLevel
     components: tuple[Component, ...]
     formula_version: int
 
@@ -78,10 +75,8 @@ class Formula:
     followers: tuple[int, int]  # log10(1 + followers) / log10(1 + cap)
     claimed: int
     verification: int  # L0 0, L1 1/3, L2 2/3, L3 all of it
-    # lowest score of each band, ascending
-    bands: tuple[tuple[int, Band], ...] = field(
-        default=((0, "Emerging"), (40, "Established"), (65, "Trusted"), (85, "Distinguished"))
-    )
+    # lowest score of each band, in the bands' order (contracts' ``TRUST_BANDS``)
+    bands: tuple[tuple[int, TrustBand], ...] = field(default=tuple(zip((0, 40, 65, 85), TRUST_BANDS, strict=True)))
 
     def __post_init__(self) -> None:
         total = (
@@ -122,8 +117,8 @@ def _log(signal: int, weight: int, cap: int) -> Fraction:
     return Fraction(Decimal(repr(weight * ratio)).quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
 
 
-def band_for(score: int, formula: Formula = CURRENT) -> Band:
-    band: Band = formula.bands[0][1]
+def band_for(score: int, formula: Formula = CURRENT) -> TrustBand:
+    band: TrustBand = formula.bands[0][1]
     for lowest, name in formula.bands:
         if score >= lowest:
             band = name
@@ -131,7 +126,7 @@ def band_for(score: int, formula: Formula = CURRENT) -> Band:
 
 
 def compute(signals: Signals, formula: Formula = CURRENT) -> TrustScore:
-    level_rank = LEVELS.index(signals.verification_level)
+    level = level_rank(signals.verification_level)
     parts: list[tuple[str, float, int, int, Fraction]] = [
         ("works", signals.works_count, *formula.works, _linear(signals.works_count, *formula.works)),
         (
@@ -147,7 +142,13 @@ def compute(signals: Signals, formula: Formula = CURRENT) -> TrustScore:
             *formula.close_collaborators,
             _linear(signals.close_collaborators, *formula.close_collaborators),
         ),
-        ("verification_level", level_rank, formula.verification, 3, _linear(level_rank, formula.verification, 3)),
+        (
+            "verification_level",
+            level,
+            formula.verification,
+            len(VERIFICATION_LEVELS) - 1,
+            _linear(level, formula.verification, len(VERIFICATION_LEVELS) - 1),
+        ),
         ("claimed", int(signals.claimed), formula.claimed, 1, Fraction(formula.claimed * int(signals.claimed))),
         ("followers", signals.followers, *formula.followers, _log(signals.followers, *formula.followers)),
     ]

@@ -2,9 +2,22 @@
 
 Pure (no broker, no store). Each source (profile, claims, follows) carries its own
 per-author revision and the full state, so the reducer keeps, per author and source,
-the state with the highest revision and ignores older or equal ones. That makes it
-idempotent (a redelivered event changes nothing) and independent of arrival order across
-sources (the final projection depends only on the set of events seen).
+the state with the highest revision and ignores older or equal ones (``is_newer``, the
+contracts' rule). That makes it idempotent (a redelivered event changes nothing) and
+independent of arrival order across sources (the final projection depends only on the
+set of events seen).
+
+A projection is a plain dict: source -> that source's state with its ``revision``::
+
+    {"profile": {"revision": 3, "works_count": 28, "works_by_year": {"2020": 16, ...},
+                 "topics": 9, "close_collaborators": 4, "record_level": "L1"},
+     "claim": {"revision": 2, "claimed": True, "level": "L2"},
+     "followers": {"revision": 7, "count": 17}}
+
+Which events carry a signal is said once, by payload type (``OBSERVE``): the consumer
+takes only those types. ``AuthorFollowed``/``AuthorUnfollowed`` are not among them: their
+count has no revision, so it could not be ordered against the others, and
+``FollowerCountChanged`` (which follow publishes on every count change) carries it.
 """
 
 from __future__ import annotations
@@ -12,11 +25,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from contracts.envelope import EventModel
-from contracts.events import claims, follows, profile
-from services.trust.scoring import LEVELS, Formula, Signals
+from contracts.events.claims import CLAIM_STATE_EVENTS, AuthorClaimState
+from contracts.events.common import VerificationLevel, is_newer, level_rank
+from contracts.events.follows import FollowerCountChanged
+from contracts.events.profile import AuthorRegistered, AuthorState, AuthorUpdated, WorkAdded, WorkUpdated
+from service_runtime.delivery import Incoming
+from service_runtime.dispatch import Dispatch
+from services.trust.scoring import Formula, Signals
 
 SOURCES = ("profile", "claim", "followers")
+Projection = dict[str, dict[str, Any]]
 _YEAR_MIN, _YEAR_MAX = 1600, 9999
 
 
@@ -31,35 +49,7 @@ class Observation:
     anomalies: tuple[str, ...] = ()  # impossible values dropped while cleaning
 
 
-@dataclass(frozen=True, slots=True)
-class Ignored:
-    author_id: str
-    reason: str
-
-
-def observe(payload: EventModel) -> Observation | Ignored:
-    """The signal an input event carries, or why it carries none."""
-    if isinstance(payload, (profile.AuthorRegistered, profile.AuthorUpdated, profile.WorkAdded, profile.WorkUpdated)):
-        return _profile_observation(payload.author)
-    if isinstance(payload, (claims.VerificationLevelChanged, claims._ClaimEvent)):
-        c = payload.author_claim
-        return Observation(
-            payload.author_id,
-            "claim",
-            c.revision,
-            {"claimed": c.claimed, "level": c.verification_level if c.claimed else None},
-        )
-    if isinstance(payload, follows.FollowerCountChanged):
-        return Observation(payload.author_id, "followers", payload.revision, {"count": payload.count})
-    author_id = str(getattr(payload, "author_id", ""))
-    if isinstance(payload, (follows.AuthorFollowed, follows.AuthorUnfollowed)):
-        # Their count has no revision, so it could not be ordered against the others:
-        # FollowerCountChanged (which follow publishes on every count change) carries it.
-        return Ignored(author_id, "follower count without revision: taken from FollowerCountChanged")
-    return Ignored(author_id, f"{payload.event_type} carries no trust signal")
-
-
-def _profile_observation(author: profile.AuthorState) -> Observation:
+def of_profile(author: AuthorState) -> Observation:
     anomalies: list[str] = []
     by_year: dict[str, int] = {}
     for year, count in author.works_by_year.items():
@@ -82,25 +72,48 @@ def _profile_observation(author: profile.AuthorState) -> Observation:
     return Observation(author.author_id, "profile", author.revision, state, tuple(anomalies))
 
 
-def apply(projection: dict[str, Any], obs: Observation) -> dict[str, Any]:
-    """The author's projection after ``obs`` (a new dict; unchanged if not newer)."""
+def of_claim(author_id: str, claim: AuthorClaimState) -> Observation:
+    level = claim.verification_level if claim.claimed else None
+    return Observation(author_id, "claim", claim.revision, {"claimed": claim.claimed, "level": level})
+
+
+def of_followers(payload: FollowerCountChanged) -> Observation:
+    return Observation(payload.author_id, "followers", payload.revision, {"count": payload.count})
+
+
+# The signal each input event carries, by payload type (``Service.consume(accepts=OBSERVE.types)``).
+OBSERVE: Dispatch[Observation] = (
+    Dispatch[Observation]()
+    .on(AuthorRegistered, AuthorUpdated, WorkAdded, WorkUpdated, handler=lambda p, _: of_profile(p.author))
+    .on(*CLAIM_STATE_EVENTS, handler=lambda p, _: of_claim(p.author_id, p.author_claim))
+    .on(FollowerCountChanged, handler=lambda p, _: of_followers(p))
+)
+
+
+def observe(item: Incoming[Any]) -> Observation:
+    """The signal an input event carries (only types in ``OBSERVE.types`` are handed over)."""
+    return OBSERVE(item)
+
+
+def apply(projection: Projection, obs: Observation) -> Projection:
+    """The author's projection after ``obs`` (a new dict; the same one if not newer)."""
     held = projection.get(obs.source)
-    if held is not None and held["revision"] >= obs.revision:
+    if not is_newer(obs.revision, None if held is None else held["revision"]):
         return projection
     return {**projection, obs.source: {"revision": obs.revision, **obs.state}}
 
 
-def effective_level(projection: dict[str, Any]) -> str:
+def effective_level(projection: Projection) -> VerificationLevel:
     """The claim's level when claimed, else the record's; never below the record's."""
-    record = (projection.get("profile") or {}).get("record_level", "L0")
+    record: VerificationLevel = (projection.get("profile") or {}).get("record_level", "L0")
     claim = projection.get("claim") or {}
-    level = claim.get("level") if claim.get("claimed") else None
-    if level in LEVELS and LEVELS.index(level) > LEVELS.index(record):
+    level: VerificationLevel | None = claim.get("level") if claim.get("claimed") else None
+    if level is not None and level_rank(level) > level_rank(record):
         return level
     return record
 
 
-def score_inputs(projection: dict[str, Any], formula: Formula) -> Signals | None:
+def score_inputs(projection: Projection, formula: Formula) -> Signals | None:
     """The formula's inputs, or None while the profile hasn't registered the author:
     trust never scores an author it has no record of (its other signals are kept)."""
     p = projection.get("profile")
@@ -113,7 +126,7 @@ def score_inputs(projection: dict[str, Any], formula: Formula) -> Signals | None
         recent_works=min(recent, p["works_count"]),
         topics=p["topics"],
         close_collaborators=p["close_collaborators"],
-        verification_level=effective_level(projection),  # type: ignore[arg-type]
+        verification_level=effective_level(projection),
         claimed=bool(claim.get("claimed")),
         followers=(projection.get("followers") or {}).get("count", 0),
     )

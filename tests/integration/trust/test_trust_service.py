@@ -4,15 +4,18 @@ published only on change, with history over HTTP, and bad input that never moves
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import httpx
+from aiokafka import AIOKafkaProducer
 
 from contracts.envelope import Envelope
 from contracts.events.follows import AuthorFollowed
 from contracts.topics import Topic, dlq_topic
 from service_runtime.topic_reader import read_topic
-from services.trust.app import build_service
+from services.trust.app import TrustService, build_service
 from services.trust.settings import TrustSettings
+from services.trust.store import Author
 from tests.conftest import Namespace, eventually
 from tests.integration.trust.helpers import (
     approved,
@@ -27,29 +30,36 @@ from tests.integration.trust.helpers import (
 )
 
 
-def trust(ns: Namespace, **overrides):
+def trust(ns: Namespace, **overrides: Any) -> TrustService:
     return build_service(ns.settings("trust", cls=TrustSettings, **overrides))
 
 
-def http(service) -> httpx.AsyncClient:
+def http(service: TrustService) -> httpx.AsyncClient:
     return httpx.AsyncClient(transport=httpx.ASGITransport(service.http), base_url="http://trust")
 
 
-async def events_for(ns: Namespace, author_id: str, n: int) -> list[dict]:
+async def events_for(ns: Namespace, author_id: str, n: int) -> list[dict[str, Any]]:
     return await eventually(lambda: _of(ns, author_id), until=lambda e: len(e) >= n, what=f"{n} TrustScoreChanged")
 
 
-async def settled(service, author_id: str) -> dict | None:
-    """The author's document, and whether its last score change is still unpublished."""
-    doc = await service.trust_store.author(author_id)
-    return doc and {**doc, "unpublished": bool(await service.trust_store.unpublished([doc]))}
+async def settled(service: TrustService, author_id: str) -> Author | None:
+    """The author once scored from its latest signals, its changes published and recorded
+    in its history (None until then)."""
+    store = service.trust_store
+    author = await store.author(author_id)
+    if author is None or author.score is None or author.dirty or author.pending:
+        return None
+    recorded = await store.history_page(author_id, None, 1)
+    return author if recorded and recorded[0]["revision"] == author.score["revision"] else None
 
 
-async def _of(ns: Namespace, author_id: str) -> list[dict]:
+async def _of(ns: Namespace, author_id: str) -> list[dict[str, Any]]:
     return [e for e in await trust_events(ns) if e["data"]["author_id"] == author_id]
 
 
-async def test_seed_profile_scores_21_then_claim_raises_it_with_history(ns: Namespace, producer) -> None:
+async def test_seed_profile_scores_21_then_claim_raises_it_with_history(
+    ns: Namespace, producer: AIOKafkaProducer
+) -> None:
     service = trust(ns)
     async with service.running(), http(service) as client:
         await send(producer, ns, registered("quoc"))
@@ -83,6 +93,7 @@ async def test_seed_profile_scores_21_then_claim_raises_it_with_history(ns: Name
         third = (await events_for(ns, "quoc", 3))[2]["data"]
         assert (third["score"], third["previous_score"]) == (39, 38)
         assert "recent works 12 -> 13" in third["reason"]
+        await eventually(lambda: settled(service, "quoc"), what="third change recorded")
 
         page1 = (await client.get("/trust/quoc/history", params={"limit": 2})).json()
         assert [i["score"] for i in page1["items"]] == [39, 38] and page1["next_cursor"] == 2
@@ -97,7 +108,7 @@ async def test_seed_profile_scores_21_then_claim_raises_it_with_history(ns: Name
         assert (await client.get("/trust/bad id!")).status_code == 422
 
 
-async def test_history_pages_newest_first_by_cursor_each_change_once(ns: Namespace, producer) -> None:
+async def test_history_pages_newest_first_by_cursor_each_change_once(ns: Namespace, producer: AIOKafkaProducer) -> None:
     # Seven changes: the first score, then two more 2024 preprints at a time (+1.2 points
     # each step, so every step moves the rounded score). Each is sent once the previous
     # one is published, so none is coalesced with the next.
@@ -109,11 +120,7 @@ async def test_history_pages_newest_first_by_cursor_each_change_once(ns: Namespa
             await send(producer, ns, work_added("pager", step + 1, extra_2024=2 * step))
             await events_for(ns, "pager", step + 1)
         events = await events_for(ns, "pager", 7)
-        await eventually(
-            lambda: settled(service, "pager"),
-            until=lambda d: not d["dirty"] and not d["unpublished"],
-            what="last change acknowledged",
-        )
+        await eventually(lambda: settled(service, "pager"), what="last change recorded")
 
         pages, cursor = [], None
         while True:
@@ -143,29 +150,35 @@ async def test_history_pages_newest_first_by_cursor_each_change_once(ns: Namespa
     assert above_all["items"] == items[:2] and above_all["next_cursor"] == 6
 
 
-async def test_a_change_not_yet_acknowledged_leaves_no_hole_in_the_first_page(ns: Namespace, producer) -> None:
-    # The author's newest revision is stored with its outbox, not yet in the history (the
-    # broker has not acknowledged it): the first page starts one revision lower, full.
+async def test_a_change_not_yet_recorded_leaves_no_hole_in_the_first_page(
+    ns: Namespace, producer: AIOKafkaProducer
+) -> None:
+    # The author's newest revision is stored with its outbox, not yet in the history (not
+    # published, or not read back from trust.events yet): the first page starts one
+    # revision lower, full.
     service = trust(ns)
-    async with service.running():
+    async with service.running(), http(service) as client:
         await send(producer, ns, registered("gap"))
         await events_for(ns, "gap", 1)
         for step in range(1, 4):
             await send(producer, ns, work_added("gap", step + 1, extra_2024=2 * step))
             await events_for(ns, "gap", step + 1)
-        await eventually(lambda: settled(service, "gap"), until=lambda d: not d["dirty"] and not d["unpublished"])
+        await eventually(lambda: settled(service, "gap"), what="fourth change recorded")
         store = service.trust_store
-        page = await store.history_page("gap", 5, None, 3)  # revision 5: computed, not published yet
-        assert [d["revision"] for d in page] == [4, 3, 2]
-        assert [d["revision"] for d in await store.history_page("gap", 5, 3, 3)] == [2, 1]
+        await store.history.delete_one({"revision": 4, "author_id": "gap"})  # as if not recorded yet
+        page = (await client.get("/trust/gap/history", params={"limit": 3})).json()
+        assert [i["revision"] for i in page["items"]] == [3, 2, 1] and page["next_cursor"] is None
+        assert [d["revision"] for d in await store.history_page("gap", 3, 3)] == [2, 1]
 
 
-async def test_a_burst_of_500_works_is_one_recomputation_and_one_event(ns: Namespace, producer) -> None:
+async def test_a_burst_of_500_works_is_one_recomputation_and_one_event(
+    ns: Namespace, producer: AIOKafkaProducer
+) -> None:
     await burst_of_500_works_is_one_recomputation(ns, producer, trust(ns))
 
 
 async def test_a_burst_already_in_the_log_is_one_recomputation_however_long_reading_it_takes(
-    ns: Namespace, producer
+    ns: Namespace, producer: AIOKafkaProducer
 ) -> None:
     # The burst is in the log before the consumer reads any of it, as when the service is
     # catching up (a restart, a loaded machine): reading 500 events then takes as long as
@@ -175,12 +188,14 @@ async def test_a_burst_already_in_the_log_is_one_recomputation_however_long_read
     async with first.running():
         await send(producer, ns, registered("burst"))
         await events_for(ns, "burst", 1)
-        await eventually(lambda: first.trust_store.author("burst"), until=lambda d: "score" in d and not d.get("dirty"))
+        await eventually(lambda: settled(first, "burst"), what="first score")
     await send(producer, ns, *[work_added("burst", r, extra_2024=r - 1) for r in range(2, 502)])
     await burst_of_500_works_is_one_recomputation(ns, producer, trust(ns), registered_already=True)
 
 
-async def burst_of_500_works_is_one_recomputation(ns: Namespace, producer, service, registered_already=False) -> None:
+async def burst_of_500_works_is_one_recomputation(
+    ns: Namespace, producer: AIOKafkaProducer, service: TrustService, registered_already: bool = False
+) -> None:
     async with service.running():
         if not registered_already:
             await send(producer, ns, registered("burst"))
@@ -192,13 +207,14 @@ async def burst_of_500_works_is_one_recomputation(ns: Namespace, producer, servi
         await events_for(ns, "burst", 2)
         await eventually(
             lambda: service.trust_store.author("burst"),
-            until=lambda d: d["profile"]["revision"] == 501 and not d.get("dirty"),
+            until=lambda a: a is not None and a.signals["profile"]["revision"] == 501 and not a.dirty,
         )
         assert service.recomputer.recomputations - before == 1
         # A follower count that does not move the score is recomputed but publishes nothing...
         await send(producer, ns, followers("burst", 0, 1))
         await eventually(
-            lambda: service.trust_store.author("burst"), until=lambda d: "followers" in d and not d.get("dirty")
+            lambda: service.trust_store.author("burst"),
+            until=lambda a: a is not None and "followers" in a.signals and not a.dirty,
         )
         assert service.recomputer.recomputations - before == 2
         # ...so the claim's event comes right after the burst's one.
@@ -211,7 +227,7 @@ async def burst_of_500_works_is_one_recomputation(ns: Namespace, producer, servi
     assert events[2]["data"]["previous_score"] == burst_event["score"]
 
 
-async def test_duplicates_and_stale_revisions_never_move_the_score(ns: Namespace, producer) -> None:
+async def test_duplicates_and_stale_revisions_never_move_the_score(ns: Namespace, producer: AIOKafkaProducer) -> None:
     service = trust(ns)
     async with service.running():
         newest = work_added("a1", 3, extra_2024=2)
@@ -219,18 +235,20 @@ async def test_duplicates_and_stale_revisions_never_move_the_score(ns: Namespace
         await send_envelopes(producer, ns, envs)  # the same two events again (redelivery)
         await send(producer, ns, work_added("a1", 2, extra_2024=1))  # an older state, late
         await send(producer, ns, followers("a1", 900, 5), followers("a1", 2, 4))  # count 2 is older
-        doc = await eventually(
+        author = await eventually(
             lambda: settled(service, "a1"),
-            until=lambda d: d and d.get("followers") and not d.get("dirty") and "score" in d and not d["unpublished"],
+            until=lambda a: a is not None and a.score is not None and (a.score["inputs"] or {}).get("followers") == 900,
         )
-    assert doc["profile"]["revision"] == 3 and doc["followers"] == {"revision": 5, "count": 900}
-    assert doc["score"]["signals"]["works_count"] == 30 and doc["score"]["signals"]["followers"] == 900
+    assert author is not None
+    assert author.signals["profile"]["revision"] == 3 and author.signals["followers"] == {"revision": 5, "count": 900}
+    assert author.score is not None and author.score["inputs"] is not None
+    assert author.score["inputs"]["works_count"] == 30 and author.score["inputs"]["followers"] == 900
     published = await _of(ns, "a1")
-    assert len({e["event_id"] for e in published}) == len(published) == doc["score"]["revision"]
+    assert len({e["event_id"] for e in published}) == len(published) == author.score["revision"]
 
 
 async def test_signals_before_the_profile_are_kept_and_the_author_is_scored_only_once_registered(
-    ns: Namespace, producer
+    ns: Namespace, producer: AIOKafkaProducer
 ) -> None:
     service = trust(ns)
     async with service.running(), http(service) as client:
@@ -241,7 +259,9 @@ async def test_signals_before_the_profile_are_kept_and_the_author_is_scored_only
             approved("early", level="L3"),
             AuthorFollowed(author_id="early", user_id="u9", count=26),
         )
-        await eventually(lambda: service.trust_store.author("early"), until=lambda d: d and "claim" in d)
+        await eventually(
+            lambda: service.trust_store.author("early"), until=lambda a: a is not None and "claim" in a.signals
+        )
         assert (await client.get("/trust/early")).status_code == 404  # no record of this author yet
         assert await _of(ns, "early") == []
         await send(producer, ns, registered("early"))
@@ -250,7 +270,9 @@ async def test_signals_before_the_profile_are_kept_and_the_author_is_scored_only
     assert {c["name"]: c["signal"] for c in event["data"]["components"]}["followers"] == 25
 
 
-async def test_impossible_values_are_dead_lettered_or_dropped_never_scored(ns: Namespace, producer) -> None:
+async def test_impossible_values_are_dead_lettered_or_dropped_never_scored(
+    ns: Namespace, producer: AIOKafkaProducer
+) -> None:
     service = trust(ns)
     async with service.running():
         bad = json.loads(Envelope.wrap(registered("bad"), producer="test").to_bytes())

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.trust.scoring import CURRENT, LEVELS, Formula, Signals, band_for, compute
+from contracts.events.common import VERIFICATION_LEVELS, VerificationLevel, level_rank
+from services.trust.scoring import CURRENT, Formula, Signals, band_for, compute
 
 # The seed page: 28 works (16 in 2020, 3 in 2021, 8 in 2022, 1 in 2023), 9 topics,
 # 4 close collaborators, L1, unclaimed, 0 followers.
@@ -27,7 +29,7 @@ signals_st = st.builds(
     recent_works=st.integers(0, 1000),
     topics=st.integers(0, 100),
     close_collaborators=st.integers(0, 100),
-    verification_level=st.sampled_from(LEVELS),
+    verification_level=st.sampled_from(VERIFICATION_LEVELS),
     claimed=st.booleans(),
     followers=st.integers(0, 10**7),
 )
@@ -91,8 +93,9 @@ def test_impossible_signals_are_refused() -> None:
 
     with pytest.raises(ValueError, match="negative"):
         Signals(works_count=-1)
+    unknown: Any = "L9"
     with pytest.raises(ValueError, match="unknown verification level"):
-        Signals(verification_level="L9")  # type: ignore[arg-type]
+        Signals(verification_level=unknown)
 
 
 def test_a_formula_whose_weights_do_not_add_up_to_100_is_refused() -> None:
@@ -132,9 +135,9 @@ def test_claiming_never_lowers_the_score(s: Signals) -> None:
     assert compute(dataclasses.replace(s, claimed=True)).score >= compute(dataclasses.replace(s, claimed=False)).score
 
 
-@given(signals_st, st.sampled_from(LEVELS))
-def test_a_higher_level_never_lowers_the_score(s: Signals, other: str) -> None:
-    low, high = sorted([s.verification_level, other], key=LEVELS.index)
+@given(signals_st, st.sampled_from(VERIFICATION_LEVELS))
+def test_a_higher_level_never_lowers_the_score(s: Signals, other: VerificationLevel) -> None:
+    low, high = sorted([s.verification_level, other], key=level_rank)
     assert (
         compute(dataclasses.replace(s, verification_level=high)).score
         >= compute(dataclasses.replace(s, verification_level=low)).score

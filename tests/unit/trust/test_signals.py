@@ -4,16 +4,25 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Sequence
+from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from contracts.envelope import Envelope
-from contracts.events.claims import AuthorClaimState, ClaimApproved, ClaimRevoked, VerificationLevelChanged
-from contracts.events.follows import AuthorFollowed, FollowerCountChanged
+from contracts.envelope import Envelope, EventModel
+from contracts.events.claims import (
+    CLAIM_STATE_EVENTS,
+    AuthorClaimState,
+    ClaimApproved,
+    ClaimRevoked,
+    VerificationLevelChanged,
+)
+from contracts.events.follows import AuthorFollowed, AuthorUnfollowed, FollowerCountChanged, FollowRejected
 from contracts.events.profile import AuthorRegistered, AuthorState, Collaborator, TopicCount, WorkAdded, WorkSummary
 from contracts.registry import DecodeError, decode
+from service_runtime.delivery import Incoming
 from services.trust import scoring, signals
 
 SEED_YEARS = {"2020": 16, "2021": 3, "2022": 8, "2023": 1}
@@ -53,16 +62,22 @@ def claim(revision: int, claimed: bool, level: str | None) -> ClaimApproved | Cl
     return ClaimRevoked(claim_id="k1", author_id="a1", user_id="u1", author_claim=state, reason="test")
 
 
-def fold(events) -> dict:
-    projection: dict = {}
+def incoming(payload: EventModel) -> Incoming[EventModel]:
+    return Incoming(Envelope.wrap(payload, producer="test"), payload, str(payload.topic), 0, 0)
+
+
+def observe(payload: EventModel) -> signals.Observation:
+    return signals.observe(incoming(payload))
+
+
+def fold(events: Sequence[EventModel]) -> signals.Projection:
+    projection: signals.Projection = {}
     for e in events:
-        obs = signals.observe(e)
-        if isinstance(obs, signals.Observation):
-            projection = signals.apply(projection, obs)
+        projection = signals.apply(projection, observe(e))
     return projection
 
 
-def score(projection: dict) -> int:
+def score(projection: signals.Projection) -> int:
     inputs = signals.score_inputs(projection, scoring.CURRENT)
     assert inputs is not None
     return scoring.compute(inputs).score
@@ -93,8 +108,13 @@ def test_older_or_equal_revisions_are_ignored() -> None:
 
 
 def test_follow_edges_without_revision_carry_no_signal() -> None:
-    obs = signals.observe(AuthorFollowed(author_id="a1", user_id="u1", count=40))
-    assert isinstance(obs, signals.Ignored) and "FollowerCountChanged" in obs.reason
+    # The consumer takes only the types that carry a signal: every claim state event,
+    # the profile's author events and FollowerCountChanged, not the follow edges.
+    taken: set[type[EventModel]] = set(signals.OBSERVE.types)
+    edges: set[type[EventModel]] = {AuthorFollowed, AuthorUnfollowed, FollowRejected}
+    assert edges.isdisjoint(taken)
+    assert {*CLAIM_STATE_EVENTS, FollowerCountChanged, AuthorRegistered, WorkAdded} <= taken
+    assert observe(FollowerCountChanged(author_id="a1", count=40, revision=3)).state == {"count": 40}
 
 
 def test_an_author_without_a_profile_keeps_its_signals_but_is_not_scored() -> None:
@@ -108,22 +128,23 @@ def test_an_author_without_a_profile_keeps_its_signals_but_is_not_scored() -> No
             AuthorRegistered(author_id="a1", author=author_state(1)),
         ]
     )
-    assert signals.score_inputs(p, scoring.CURRENT).verification_level == "L3"
+    inputs = signals.score_inputs(p, scoring.CURRENT)
+    assert inputs is not None and inputs.verification_level == "L3"
 
 
 def test_impossible_works_by_year_entries_are_dropped_with_a_reason() -> None:
     state = author_state(1, {"2020": 16, "2023": -5, "soon": 3, "2022": 12}, works_count=28)
-    obs = signals.observe(AuthorRegistered(author_id="a1", author=state))
-    assert isinstance(obs, signals.Observation)
+    obs = observe(AuthorRegistered(author_id="a1", author=state))
     assert obs.state["works_by_year"] == {"2020": 16, "2022": 12}
     assert any("negative" in a for a in obs.anomalies) and any("not a year" in a for a in obs.anomalies)
 
 
 def test_recent_works_never_exceed_the_works_count() -> None:
     state = author_state(1, {"2023": 50}, works_count=10)
-    obs = signals.observe(AuthorRegistered(author_id="a1", author=state))
+    obs = observe(AuthorRegistered(author_id="a1", author=state))
     assert any("more than works_count" in a for a in obs.anomalies)
-    assert signals.score_inputs(signals.apply({}, obs), scoring.CURRENT).recent_works == 10
+    inputs = signals.score_inputs(signals.apply({}, obs), scoring.CURRENT)
+    assert inputs is not None and inputs.recent_works == 10
 
 
 @pytest.mark.parametrize(
@@ -133,7 +154,7 @@ def test_recent_works_never_exceed_the_works_count() -> None:
         ({"author": {"record_verification_level": "L9"}}, "record_verification_level"),
     ],
 )
-def test_the_contract_refuses_negative_counts_and_unknown_levels(patch: dict, error: str) -> None:
+def test_the_contract_refuses_negative_counts_and_unknown_levels(patch: dict[str, dict[str, Any]], error: str) -> None:
     env = Envelope.wrap(AuthorRegistered(author_id="a1", author=author_state(1)), producer="test")
     doc = json.loads(env.to_bytes())
     doc["data"]["author"].update(patch["author"])
@@ -152,9 +173,9 @@ def test_a_claims_level_must_be_known() -> None:
         decode("claims.events", json.dumps(doc).encode())
 
 
-def history_of_events(rng: random.Random) -> list:
+def history_of_events(rng: random.Random) -> list[EventModel]:
     """A plausible history: profile revisions, claim changes and follower counts, plus duplicates."""
-    events: list = [AuthorRegistered(author_id="a1", author=author_state(1))]
+    events: list[EventModel] = [AuthorRegistered(author_id="a1", author=author_state(1))]
     events += [work_added(r, extra_2024=r - 1) for r in range(2, rng.randint(2, 12))]
     events += [
         claim(1, True, "L2"),
@@ -173,7 +194,9 @@ def history_of_events(rng: random.Random) -> list:
 
 
 @given(st.randoms(use_true_random=False), st.randoms(use_true_random=False))
-def test_the_score_is_the_same_whatever_the_order_of_the_events(history_rng, shuffle_rng) -> None:
+def test_the_score_is_the_same_whatever_the_order_of_the_events(
+    history_rng: random.Random, shuffle_rng: random.Random
+) -> None:
     events = history_of_events(history_rng)
     in_order = fold(events)
     shuffled = list(events)
