@@ -84,9 +84,11 @@ def parse_identifier(identifier: str) -> tuple[str, str]:
     raw = identifier.strip()
     if _BARE_ORCID.match(raw):
         try:
-            return "orcid", normalise_orcid(raw)
+            orcid = normalise_orcid(raw)
         except ValueError:
             raise ValueError(f"{identifier!r}: the ORCID iD's check digit is wrong (ISO 7064 mod 11-2)") from None
+        if orcid is not None:
+            return "orcid", orcid
     key = openalex_key(raw)
     if key and key.startswith("A"):
         return "openalex", key
@@ -149,11 +151,11 @@ async def _run(
     assert key is not None
     correlation = f"{SOURCE}-import:{key}"
 
-    state = checkpoint.load(key)
-    resumable = state is not None and not state.completed and not restart
+    saved = checkpoint.load(key)
+    resumable = saved is not None and not saved.completed and not restart
+    state = saved if saved is not None and resumable else AuthorProgress(per_page=settings.openalex_per_page)
+    # new, finished or restarted: from page 1
     resumed_from = state.next_page if resumable and state.next_page > 1 else None
-    if not resumable:  # new, finished or restarted: from page 1
-        state = AuthorProgress(per_page=settings.openalex_per_page)
     summary = ImportSummary(author_id=bzpeer_id(key), resumed_from_page=resumed_from)
 
     if not state.author_published:
