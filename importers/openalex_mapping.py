@@ -26,16 +26,18 @@ from contracts.events.publications import (
     Work,
     WorkAuthor,
     WorkIngested,
+    WorkInstitution,
     WorkType,
 )
 
 SOURCE = "openalex"
 MAX_TOPICS = 50
 MAX_AUTHORS = 5000
+MAX_INSTITUTIONS = 50  # per authorship
 NAME_MAX = 200
 VENUE_MAX = 300
 
-_OPENALEX_ID = re.compile(r"(?:https?://openalex\.org/|openalex:)?([WA]\d+)$", re.IGNORECASE)
+_OPENALEX_ID = re.compile(r"(?:https?://openalex\.org/|openalex:)?([WAI]\d+)$", re.IGNORECASE)
 _DOI_PREFIX = re.compile(r"^(?:https?://(?:dx\.)?doi\.org/|doi:)", re.IGNORECASE)
 _DOI = re.compile(r"^10\.\d{4,9}/\S+$")
 # New-style (2108.04680) and old-style (hep-th/9901001) arXiv ids, version dropped.
@@ -79,7 +81,8 @@ class MappedWork:
 
 
 def openalex_key(value: str | None) -> str | None:
-    """'https://openalex.org/W123' / 'openalex:W123' / 'W123' -> 'W123' (None if not an id)."""
+    """'https://openalex.org/W123' / 'openalex:W123' / 'W123' -> 'W123' (None if not a work,
+    author or institution id)."""
     if not value:
         return None
     m = _OPENALEX_ID.search(value.strip())
@@ -149,6 +152,20 @@ def _topics(work: Mapping[str, Any]) -> list[str]:
     return list(distinct)[:MAX_TOPICS]
 
 
+def _institutions(authorship: Mapping[str, Any]) -> list[WorkInstitution]:
+    """The institutions of an authorship that have an OpenAlex id and a name, once each."""
+    found: dict[str, WorkInstitution] = {}
+    for institution in authorship.get("institutions") or ():
+        if not isinstance(institution, dict):
+            continue
+        key = openalex_key(institution.get("id"))
+        name = (institution.get("display_name") or "").strip()
+        if key is None or not key.startswith("I") or not name or bzpeer_id(key) in found:
+            continue
+        found[bzpeer_id(key)] = WorkInstitution(institution_id=bzpeer_id(key), display_name=name[:VENUE_MAX])
+    return list(found.values())[:MAX_INSTITUTIONS]
+
+
 def _authors(work: Mapping[str, Any], notes: list[str]) -> list[WorkAuthor]:
     authors: dict[str, WorkAuthor] = {}
     for authorship in work.get("authorships") or ():
@@ -157,7 +174,7 @@ def _authors(work: Mapping[str, Any], notes: list[str]) -> list[WorkAuthor]:
         author = authorship.get("author") or {}
         key = openalex_key(author.get("id"))
         name = (author.get("display_name") or authorship.get("raw_author_name") or "").strip()
-        if key is None or not name:
+        if key is None or not key.startswith("A") or not name:
             notes.append(f"authorship without author id or name dropped: {author!r:.120}")
             continue
         if bzpeer_id(key) in authors:  # OpenAlex occasionally lists one author twice
@@ -167,7 +184,12 @@ def _authors(work: Mapping[str, Any], notes: list[str]) -> list[WorkAuthor]:
         except ValueError as exc:
             notes.append(f"invalid ORCID iD {author.get('orcid')!r} of {bzpeer_id(key)} dropped: {exc}")
             orcid = None
-        authors[bzpeer_id(key)] = WorkAuthor(author_id=bzpeer_id(key), display_name=name[:NAME_MAX], orcid=orcid)
+        authors[bzpeer_id(key)] = WorkAuthor(
+            author_id=bzpeer_id(key),
+            display_name=name[:NAME_MAX],
+            orcid=orcid,
+            institutions=_institutions(authorship),
+        )
         if len(authors) == MAX_AUTHORS:
             notes.append(f"author list cut at {MAX_AUTHORS}")
             break

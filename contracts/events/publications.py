@@ -28,10 +28,20 @@ ABSTRACT_MAX = 20_000
 MIN_YEAR = 1600  # older than the first scholarly journals (1665) is certainly wrong
 
 
+class WorkInstitution(Frozen):
+    """An institution an author gave on a work (an authorship's affiliation)."""
+
+    institution_id: Id  # e.g. "openalex:I161548249"
+    display_name: str = Field(min_length=1, max_length=300)
+
+
 class WorkAuthor(Frozen):
     author_id: Id
     display_name: str = Field(min_length=1, max_length=200)
     orcid: OrcidId | None = None
+    # Optional, added after the first works were published: left out of the JSON when
+    # empty, so a work without institutions serializes (and fingerprints) as before.
+    institutions: list[WorkInstitution] = Field(default=[], max_length=50, exclude_if=lambda v: not v)
 
 
 class ExternalIds(Frozen):

@@ -178,3 +178,22 @@ def test_the_recorded_single_work_response_maps_like_its_list_entry() -> None:
     single = json.loads((DATA / "work-W3188841554.json").read_text())
     assert map_work(single).event.work.external_ids.arxiv_id == "2108.04680"
     assert map_work(single).event.work.title == map_work(work("W3188841554")).event.work.title
+
+
+def test_each_author_carries_the_institutions_of_its_authorship() -> None:
+    authors = {a.author_id: a for a in map_work(work("W3188841554")).event.work.authors}
+    mearman = authors["openalex:A5017898742"]
+    assert [(i.institution_id, i.display_name) for i in mearman.institutions] == [
+        ("openalex:I161548249", "Bangor University")
+    ]
+
+
+def test_institutions_without_id_or_name_are_dropped_and_none_leaves_the_work_as_before() -> None:
+    raw = work("W3188841554")
+    raw["authorships"][0]["institutions"] = [
+        {"id": None, "display_name": "Nameless Lab"},
+        {"id": "https://openalex.org/I1", "display_name": " "},
+    ]
+    assert map_work(raw).event.work.authors[0].institutions == []
+    bare = map_work(work("W2978758657")).event.work
+    assert all("institutions" not in a for a in bare.model_dump(mode="json")["authors"])
