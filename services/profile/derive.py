@@ -20,7 +20,9 @@ from typing import Any
 from contracts.events.publications import Work
 
 # {"work_id", "year", "fingerprint", "has_external_id", "topics": [...],
-#  "co_authors": [{"author_id", "display_name"}, ...]}: stored as it is (a plain subdocument).
+#  "co_authors": [{"author_id", "display_name"}, ...],
+#  "institutions": [{"institution_id", "display_name"}, ...]}   # only when the authorship names some
+# stored as it is (a plain subdocument).
 WorkEntry = dict[str, Any]
 
 
@@ -55,7 +57,7 @@ def distinct_topics(topics: list[str]) -> list[str]:
 
 def work_entry(work: Work, author_id: str, fingerprint: str) -> WorkEntry:
     ids = work.external_ids
-    return {
+    entry: WorkEntry = {
         "work_id": work.work_id,
         "year": work.year,
         "fingerprint": fingerprint,
@@ -65,6 +67,12 @@ def work_entry(work: Work, author_id: str, fingerprint: str) -> WorkEntry:
             {"author_id": a.author_id, "display_name": a.display_name} for a in work.authors if a.author_id != author_id
         ],
     }
+    # The author's own institutions on this work; absent when there are none, so entries of
+    # works ingested before institutions existed stay equal (no spurious WorkUpdated).
+    own = [i for a in work.authors if a.author_id == author_id for i in a.institutions]
+    if own:
+        entry["institutions"] = [{"institution_id": i.institution_id, "display_name": i.display_name} for i in own]
+    return entry
 
 
 def work_summary(work: Work) -> dict[str, Any]:
@@ -108,10 +116,13 @@ class Tally:
         self.topics: Counter[str] = Counter()
         self.shared: Counter[str] = Counter()
         self.close: set[str] = set()
-        # Each co-author's fullest spelling (``fuller_name``): the same whatever the order
-        # the works came in. A removal may take the fullest one away: names are then
-        # recounted from ``entries`` (rare: a corrected or dropped work).
+        # Works per institution of the author's own authorships (the research graph's).
+        self.institutions: Counter[str] = Counter()
+        # Each co-author's and institution's fullest spelling (``fuller_name``): the same
+        # whatever the order the works came in. A removal may take the fullest one away:
+        # names are then recounted from ``entries`` (rare: a corrected or dropped work).
         self.names: dict[str, str] = {}
+        self.institution_names: dict[str, str] = {}
         self._entries = entries
         self._names_stale = False
         for entry in entries:
@@ -123,6 +134,7 @@ class Tally:
         other.min_shared, other.works, other.with_external_id = self.min_shared, self.works, self.with_external_id
         other.by_year, other.topics, other.shared = self.by_year.copy(), self.topics.copy(), self.shared.copy()
         other.close, other.names = set(self.close), dict(self.names)
+        other.institutions, other.institution_names = self.institutions.copy(), dict(self.institution_names)
         other._entries, other._names_stale = entries, self._names_stale
         return other
 
@@ -135,12 +147,16 @@ class Tally:
             held = self.names.get(co["author_id"])
             if held is None or fuller_name(co["display_name"], held):
                 self.names[co["author_id"]] = co["display_name"]
+        for inst in entry.get("institutions", ()):
+            held = self.institution_names.get(inst["institution_id"])
+            if held is None or fuller_name(inst["display_name"], held):
+                self.institution_names[inst["institution_id"]] = inst["display_name"]
 
     def remove(self, entry: WorkEntry, entries: list[WorkEntry]) -> None:
         """``entry`` left the author; ``entries`` are the ones that remain (for the names)."""
         self._count(entry, -1)
         self._entries = entries
-        self._names_stale = self._names_stale or bool(entry["co_authors"])
+        self._names_stale = self._names_stale or bool(entry["co_authors"] or entry.get("institutions"))
 
     def _count(self, entry: WorkEntry, sign: int) -> None:
         self.works += sign
@@ -155,14 +171,45 @@ class Tally:
                 self.close.add(co_id)
             else:
                 self.close.discard(co_id)
+        for inst in entry.get("institutions", ()):
+            self.institutions[inst["institution_id"]] += sign
 
-    def state(self, identity: dict[str, Any], revision: int) -> dict[str, Any]:
-        """The author's full current state (the fields of contracts' ``AuthorState``)."""
+    def _fresh_names(self) -> None:
         if self._names_stale:
-            self.names = {}
+            self.names, self.institution_names = {}, {}
             for entry in self._entries:
                 self._name(entry)
             self._names_stale = False
+
+    def graph(self) -> dict[str, Any]:
+        """The author's neighbourhood the research graph shows (stored with the author as
+        ``graph``): every co-author with the works shared (close ones marked), most first,
+        and every institution of the author's own authorships with its works."""
+        self._fresh_names()
+        names, shared, inst = self.names, self.shared, self.institutions
+        return {
+            "coauthors": [
+                {
+                    "author_id": co_id,
+                    "display_name": names[co_id],
+                    "shared_works": n,
+                    "close": co_id in self.close,
+                }
+                for co_id, n in sorted(shared.items(), key=lambda cn: (-cn[1], names.get(cn[0], ""), cn[0]))
+                if n > 0
+            ],
+            "institutions": [
+                {"institution_id": i, "display_name": self.institution_names[i], "works": n}
+                for i, n in sorted(
+                    inst.items(), key=lambda i_n: (-i_n[1], self.institution_names.get(i_n[0], ""), i_n[0])
+                )
+                if n > 0
+            ],
+        }
+
+    def state(self, identity: dict[str, Any], revision: int) -> dict[str, Any]:
+        """The author's full current state (the fields of contracts' ``AuthorState``)."""
+        self._fresh_names()
         names, shared = self.names, self.shared
         orcid = identity.get("orcid")
         return {

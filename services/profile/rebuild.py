@@ -8,7 +8,8 @@ no decision taken again.
   (``IngestedFacts``), set by the drain hook.
 * ``works``: the importers' fact, a fold of ``publications.ingested``: the last version
   of each work in partition order (``IngestedFacts``).
-* an author's work entries and first page are pure functions of the works it appears on:
+* an author's work entries, first page and research graph (co-authors, institutions) are
+  pure functions of the works it appears on:
   derived once every input is consumed (``derive_works_of_authors``, a drain hook), and
   checked against the state the author's last event published.
 * ``standing``: the same fold as live (``handlers.RecordStanding``).
@@ -25,7 +26,7 @@ from contracts.events.publications import AuthorImported, WorkIngested
 from service_runtime.delivery import Incoming
 from service_runtime.dispatch import Dispatch
 from service_runtime.logging import get_logger
-from services.profile.derive import WorkEntry, derive_state, newest_first, work_entry
+from services.profile.derive import Tally, WorkEntry, newest_first, work_entry
 from services.profile.ingest import IDENTITY_FIELDS, FirstPage, NewWork
 from services.profile.page import cut_first_page
 from services.profile.settings import ProfileSettings
@@ -131,15 +132,18 @@ async def derive_works_of_authors(store: ProfileStore, settings: ProfileSettings
         ids = [a for a, _ in authors]
         derived = works_of_authors(ids, await store.works_of(ids), settings.page_works)
         imported = await store.imported_in(ids)
+        graphs = {}
         for author_id, state in authors:
+            entries = derived[author_id][0]
+            tally = Tally(entries, settings.close_collaborator_min_shared_works)
+            graphs[author_id] = tally.graph()
             if state is None:
                 continue
             identity = {k: state.get(k) for k in IDENTITY_FIELDS} | {"author_id": author_id}
-            entries = derived[author_id][0]
-            recount = derive_state(identity, entries, state["revision"], settings.close_collaborator_min_shared_works)
+            recount = tally.state(identity, state["revision"])
             if ev.AuthorState.model_validate(recount).model_dump(mode="json") != state:
                 differing.append(author_id)
-        await store.set_works_of(derived, imported)
+        await store.set_works_of({a: (*derived[a], graphs[a]) for a in ids}, imported)
     await store.forget_imported()
     if differing:
         log.warning("rebuilt_works_differ_from_published_state", authors=len(differing), first=differing[:10])

@@ -13,6 +13,7 @@ from contracts.events.common import ID_PATTERN
 from contracts.events.publications import Work, WorkIngested
 from service_runtime.auth import IMPORTER, CurrentUser, require_role
 from service_runtime.publishing import EventPublisher
+from services.profile import graph
 from services.profile.derive import fold_name
 from services.profile.page import (
     AuthorFound,
@@ -130,3 +131,85 @@ async def import_work(
     out = publisher.outgoing(event, correlation_id=f"http-import:{user.user_id}")
     await publisher.publish([out])
     return {"event_id": str(out.envelope.event_id), "work_id": work.work_id, "author_id": event.author_id}
+
+
+# --- the research graph ------------------------------------------------------------------
+
+GRAPH_LIMIT = Query(ge=1, le=200, description="at most this many co-authors, works and institutions")
+NO_NODE: dict[int | str, dict[str, Any]] = {
+    404: {"description": "no such node"},
+    422: {"description": "malformed node id, cursor or limit"},
+}
+
+
+@router.get(
+    "/authors/{author_id}/graph",
+    summary="The research graph around the author",
+    response_model=graph.GraphSlice,
+    responses=NOT_FOUND,
+)
+async def get_author_graph(author_id: AuthorId, store: Store, limit: Annotated[int, GRAPH_LIMIT] = 40) -> Response:
+    doc = await store.graph_source(author_id)
+    if doc is None or "state" not in doc:
+        raise _not_found(author_id)
+    entries = doc.get("works") or []
+    titles = await store.work_titles(e["work_id"] for e in entries[:limit])
+    slice_ = graph.author_slice(author_id, doc["state"], doc.get("graph"), entries, limit, titles)
+    return Response(slice_.model_dump_json(), media_type="application/json")
+
+
+@router.get(
+    "/graph/nodes/{node_id:path}/neighbours",
+    summary="A node's neighbours in the research graph, by cursor",
+    response_model=graph.NeighbourPage,
+    responses=NO_NODE,
+)
+async def get_neighbours(
+    node_id: Annotated[
+        str, Path(max_length=300, description="a node id as the graph names it, e.g. author:seed:quoc-v-le")
+    ],
+    store: Store,
+    cursor: Annotated[str | None, Query(max_length=1200, description="next_cursor of the previous page")] = None,
+    limit: Annotated[int, Query(ge=1, le=200)] = 40,
+) -> Response:
+    try:  # an empty cursor is the first page, as no cursor
+        found = await _neighbours(store, node_id, cursor or None, limit)
+    except (graph.BadNode, graph.BadCursor) as exc:
+        raise HTTPException(HTTPStatus.UNPROCESSABLE_ENTITY, str(exc)) from None
+    if found is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, f"no graph node {node_id!r}")
+    return Response(found.model_dump_json(), media_type="application/json")
+
+
+async def _neighbours(store: ProfileStore, node: str, cursor: str | None, limit: int) -> graph.NeighbourPage | None:
+    kind, key = graph.parse_node(node)
+    if kind == "author":
+        doc = await store.graph_source(key)
+        if doc is None or "state" not in doc:
+            return None
+        sections = graph.author_neighbours(key, doc["state"], doc.get("graph"), doc.get("works") or [])
+        shown, next_cursor = graph.page_of(node, sections, cursor, limit)
+        shown = graph.with_titles(shown, await store.work_titles(graph.work_ids(shown)))
+        return graph.neighbour_page(graph.author_node(key, doc["state"]), shown, next_cursor)
+    if kind == "work":
+        work = await store.work_content(key)
+        if work is None:
+            return None
+        shown, next_cursor = graph.page_of(node, graph.work_neighbours(work), cursor, limit)
+        return graph.neighbour_page(graph.work_node(work), shown, next_cursor)
+    # A topic or an institution: its authors, by author id, from an index.
+    after = str(graph.decode_cursor(node, cursor)[1][0]) if cursor else None
+    label = key
+    if kind == "topic":
+        docs = await store.authors_with_topic(key, after, limit + 1)
+        shown = [graph.topic_author(key, d) for d in docs[:limit]]
+    else:
+        docs = await store.authors_at_institution(key, after, limit + 1)
+        named = [graph.institution_author(key, d) for d in docs[:limit]]
+        shown = [n for n, _ in named]
+        label = named[0][1] if named else key
+    if not docs and cursor is None:
+        return None
+    next_cursor = graph.encode_cursor(node, shown[-1]) if len(docs) > limit else None
+    me = graph.GraphNode(id=node, kind=kind, label=label, weight=sum(n.edge.weight for n in shown))
+    return graph.neighbour_page(me, shown, next_cursor)

@@ -11,6 +11,9 @@ Collections (plain documents, readable and queryable in a MongoDB shell):
        works: [{work_id, year, fingerprint, has_external_id, topics: [...],
                 co_authors: [{author_id, display_name}]}, ...],   # newest first
        first_page: {limit, works: [{...Work...}], next_cursor},  # the page's first works
+       graph: {coauthors: [{author_id, display_name, shared_works, close}],       # most shared first
+               institutions: [{institution_id, display_name, works}]},          # most works first
+                            # the research graph around the author, derived from the entries
        revision,            # = state.revision: one more with every published change
        outbox: [...]}       # service_runtime.outbox: events written, not yet published
 
@@ -82,6 +85,8 @@ def author_fields(record: AuthorRecord, *, published: bool) -> Document:
     fields: Document = {"imported": record.imported, "works": newest_first(record.entries)}
     if record.first_page is not None:
         fields["first_page"] = first_page_doc(record.first_page)
+    if record.tally is not None:  # every change of the entries derives a state, so a tally
+        fields["graph"] = record.tally.graph()
     if published and record.state is not None:
         fields |= state_fields(record.state)
     return fields
@@ -172,7 +177,12 @@ def work_doc(work: NewWork) -> Document:
 
 class ProfileStore(StoreAdapter):
     indexes: ClassVar[Mapping[str, Sequence[IndexModel]]] = {
-        "authors": [IndexModel([("name_keys", ASCENDING)], name="name_keys")],
+        "authors": [
+            IndexModel([("name_keys", ASCENDING)], name="name_keys"),
+            # The research graph's topic and institution nodes: their authors, by _id pages.
+            IndexModel([("state.topics.name", ASCENDING), ("_id", ASCENDING)], name="topics"),
+            IndexModel([("graph.institutions.institution_id", ASCENDING), ("_id", ASCENDING)], name="institutions"),
+        ],
         "works": [IndexModel([("author_ids", ASCENDING)], name="author_ids")],
     }
     outbox_collections = ("authors",)
@@ -202,15 +212,17 @@ class ProfileStore(StoreAdapter):
         ids = set(author_ids)
         held = [a for a in ids if a in self.written]
         records: dict[str, AuthorRecord] = {}
+        # ``graph`` is never read back: the planner derives it from the entries (``Tally``).
         if held:
-            async for doc in self.authors.find({"_id": {"$in": held}}, {"works": 0, "first_page": 0}):
+            async for doc in self.authors.find({"_id": {"$in": held}}, {"works": 0, "first_page": 0, "graph": 0}):
                 written = self.written.get(doc["_id"])
                 if written is not None and written.revision == doc.get("revision"):
                     records[doc["_id"]] = record_of(doc, written)
                 else:
                     self.written.drop(doc["_id"])
         if rest := list(ids - set(records)):
-            records |= {d["_id"]: record_of(d) async for d in self.authors.find({"_id": {"$in": rest}})}
+            cursor = self.authors.find({"_id": {"$in": rest}}, {"graph": 0})
+            records |= {d["_id"]: record_of(d) async for d in cursor}
         return records
 
     async def work_contents(self, work_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -320,6 +332,39 @@ class ProfileStore(StoreAdapter):
             async for d in cursor
         ]
 
+    # --- reads for the research graph ------------------------------------------------
+
+    async def graph_source(self, author_id: str) -> Document | None:
+        """What an author's neighbourhood is assembled from: its state, graph and entries."""
+        return await self.authors.find_one({"_id": author_id}, {"state": 1, "graph": 1, "works": 1})
+
+    async def work_titles(self, work_ids: Iterable[str]) -> dict[str, str]:
+        ids = list(set(work_ids))
+        if not ids:
+            return {}
+        return {d["_id"]: d["work"]["title"] async for d in self.works.find({"_id": {"$in": ids}}, {"work.title": 1})}
+
+    async def work_content(self, work_id: str) -> dict[str, Any] | None:
+        doc = await self.works.find_one({"_id": work_id}, {"work": 1})
+        return None if doc is None else doc["work"]
+
+    async def authors_with_topic(self, topic: str, after: str | None, limit: int) -> list[Document]:
+        """Authors with works on ``topic``, by ``_id`` after ``after`` (the topics index)."""
+        where: Document = {"state.topics.name": topic}
+        if after:
+            where["_id"] = {"$gt": after}
+        cursor = self.authors.find(where, {"state.display_name": 1, "state.topics": 1}).sort("_id", ASCENDING)
+        return [d async for d in cursor.limit(limit)]
+
+    async def authors_at_institution(self, institution_id: str, after: str | None, limit: int) -> list[Document]:
+        """Authors with works from ``institution_id``, by ``_id`` after ``after`` (the
+        institutions index)."""
+        where: Document = {"graph.institutions.institution_id": institution_id}
+        if after:
+            where["_id"] = {"$gt": after}
+        cursor = self.authors.find(where, {"state.display_name": 1, "graph.institutions": 1}).sort("_id", ASCENDING)
+        return [d async for d in cursor.limit(limit)]
+
     # --- rebuild (folds of the log) ---------------------------------------------------
 
     async def fold_states(self, states: Iterable[AuthorState]) -> None:
@@ -364,13 +409,22 @@ class ProfileStore(StoreAdapter):
         cursor = self.works.find({"author_ids": {"$in": list(author_ids)}}, {"work": 1, "fingerprint": 1})
         return [NewWork(Work.model_validate(d["work"]), d["fingerprint"]) async for d in cursor]
 
-    async def set_works_of(self, derived: Mapping[str, tuple[list[WorkEntry], FirstPage]], imported: set[str]) -> None:
+    async def set_works_of(
+        self, derived: Mapping[str, tuple[list[WorkEntry], FirstPage, Document]], imported: set[str]
+    ) -> None:
         ops = [
             UpdateOne(
                 {"_id": a},
-                {"$set": {"works": entries, "first_page": first_page_doc(page), "imported": a in imported}},
+                {
+                    "$set": {
+                        "works": entries,
+                        "first_page": first_page_doc(page),
+                        "graph": graph,
+                        "imported": a in imported,
+                    }
+                },
             )
-            for a, (entries, page) in derived.items()
+            for a, (entries, page, graph) in derived.items()
         ]
         if ops:
             await self.authors.bulk_write(ops, ordered=False)

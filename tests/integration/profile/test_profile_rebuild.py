@@ -38,14 +38,20 @@ def _env(payload: EventModel) -> Envelope:
     return Envelope.wrap(payload, producer="test")
 
 
-def _work(work_id: str, *authors: str, title: str = "A study", year: int = 2021) -> WorkIngested:
+BANGOR = {"institution_id": "openalex:I161548249", "display_name": "Bangor University"}
+
+
+def _work(
+    work_id: str, *authors: str, title: str = "A study", year: int = 2021, at: dict[str, list[Any]] | None = None
+) -> WorkIngested:
+    """``at``: the institutions of some authors' authorships."""
     work = Work(
         work_id=work_id,
         type="article",
         year=year,
         title=title,
         topics=["Speech"],
-        authors=[{"author_id": a, "display_name": a.title()} for a in authors],
+        authors=[{"author_id": a, "display_name": a.title(), "institutions": (at or {}).get(a, [])} for a in authors],
     )
     return WorkIngested(author_id=authors[0], work=work, source="test")
 
@@ -63,6 +69,8 @@ def inputs() -> list[Input]:
         _work("w-2", "bob", "cyd", year=2019),
         _work("w-1", "ada", "bob", SEED_AUTHOR_ID, title="Corrected title"),
         _work("w-3", "cyd", "ada", year=2023),
+        _work("w-4", "cyd", "ada", year=2024, at={"ada": [BANGOR], "cyd": [BANGOR]}),
+        _work("w-4", "cyd", "ada", year=2024, at={"ada": [BANGOR]}),  # cyd's institution corrected away
         _work("w-1", "ada", SEED_AUTHOR_ID, title="Corrected title"),  # bob dropped
         _work("w-1", "ada", SEED_AUTHOR_ID, title="Corrected title"),  # the same again
         AuthorImported(author_id="bob", display_name="Robert Bobson", description="imported", source="test"),
@@ -170,3 +178,17 @@ async def test_both_interleavings_rebuild_to_their_live_copies(ns: Namespace, ot
     assert [e["work_id"] for e in first["authors"]["bob"]["works"]] == ["w-2"], "dropped from w-1"
     assert first["works"]["w-1"]["work"]["title"] == "Corrected title"
     assert first["standing"][SEED_AUTHOR_ID]["trust"]["score"] == 21 and "ghost" in first["standing"]
+    # The research graph kept with each author is rebuilt too (compared above).
+    ada = first["authors"]["ada"]["graph"]
+    assert ada["institutions"] == [
+        {"institution_id": BANGOR["institution_id"], "display_name": BANGOR["display_name"], "works": 1}
+    ]
+    assert first["authors"]["cyd"]["graph"]["institutions"] == []
+    assert {c["author_id"]: c["shared_works"] for c in ada["coauthors"]} == {"cyd": 2, SEED_AUTHOR_ID: 1}
+    seed_graph = first["authors"][SEED_AUTHOR_ID]["graph"]
+    assert [c["display_name"] for c in seed_graph["coauthors"] if c["close"]] == [
+        "Mingxing Tan",
+        "Hanxiao Liu",
+        "Minh-Thang Luong",
+        "Zihang Dai",
+    ]
