@@ -237,12 +237,6 @@ async def test_claim_with_orcid_invite_and_inbox(web_system: WebSystem, people: 
     assert [p for p in follower.problems if "/invitations)" not in p] == [] and researcher.problems == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="waits for the research graph API of issue 16 (GET /authors/{id}/graph and "
-    "/graph/nodes/{id}/neighbours on the profile service); until it lands the page draws "
-    "the slice it holds and says the explorer is unavailable. Remove this mark when it lands.",
-)
 async def test_clicking_a_collaborator_expands_the_graph(
     web_system: WebSystem, people: People, screenshot: Shot
 ) -> None:

@@ -226,11 +226,12 @@
         close.textContent = " (close collaborator)";
         li.appendChild(close);
       }
-      if (explorer && !node.data("expanded")) {
+      if (explorer && (!node.data("expanded") || node.data("cursor"))) {
         const button = document.createElement("button");
         button.type = "button";
         button.className = "link";
-        button.textContent = "Expand";
+        // A node expanded already may have more neighbours: the next page of them.
+        button.textContent = node.data("expanded") ? "More" : "Expand";
         const hidden = document.createElement("span");
         hidden.className = "visually-hidden";
         hidden.textContent = " " + node.data("label");
@@ -305,9 +306,11 @@
         say("The graph explorer is not available yet: this slice shows the close collaborators and topics of the page.");
         return;
       }
-      if (node.data("expanded")) return;
+      const cursor = node.data("cursor");
+      if (node.data("expanded") && !cursor) return;
       say("Loading the neighbours of " + node.data("label") + "…");
-      const response = await fetch("/graph/neighbours?" + new URLSearchParams({ node: node.id() }), {
+      const query = cursor ? { node: node.id(), cursor: cursor } : { node: node.id() };
+      const response = await fetch("/graph/neighbours?" + new URLSearchParams(query), {
         headers: { Accept: "application/json" },
       });
       if (!response.ok) {
@@ -318,9 +321,11 @@
       const fresh = graphElements(slice).filter((el) => cy.getElementById(el.data.id).empty());
       cy.add(fresh);
       node.data("expanded", true);
+      node.data("cursor", slice.next_cursor || null);
       cy.layout(LAYOUT).run();
       const added = fresh.filter((el) => el.group === "nodes").length;
-      say("Expanded " + node.data("label") + ": " + added + " new node(s), " + cy.nodes().length + " in all.");
+      const more = slice.next_cursor ? " More of its neighbours: its “More” button." : "";
+      say("Expanded " + node.data("label") + ": " + added + " new node(s), " + cy.nodes().length + " in all." + more);
       body.dataset.expanded = String((Number(body.dataset.expanded) || 0) + 1);
       graphList(body, cy, explorer, expand);
     }

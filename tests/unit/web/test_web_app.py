@@ -16,6 +16,7 @@ import pytest
 from pydantic import ValidationError
 
 from service_runtime.auth import JwtVerifier
+from services.profile.graph import GraphSlice, NeighbourPage
 from services.web.app import build_app
 from services.web.live import LIVE_SECTIONS, Hub, page_changes
 from services.web.session import COOKIE, local_next
@@ -139,7 +140,7 @@ async def test_ready_needs_the_front_end_files(tmp_path: Any) -> None:
         assert (await c.get("/static/vendor/anything-else.js")).status_code == 404
 
 
-# --- the graph API (issue 16's contract; no service implements it yet) -----------------------
+# --- the graph API (the profile service's GraphSlice and NeighbourPage) -----------------------
 
 
 GRAPH = {
@@ -152,6 +153,9 @@ GRAPH = {
         {"source": "author:seed:quoc-v-le", "target": "author:seed:mingxing-tan", "kind": "coauthor", "weight": 7}
     ],
 }
+
+
+COUNTS = {"coauthors": 1, "works": 0, "topics": 0, "institutions": 0}
 
 
 def profile_with_graph(request: httpx.Request) -> httpx.Response:
@@ -195,8 +199,15 @@ async def test_graph_falls_back_to_the_page_without_the_graph_api() -> None:
         assert r.status_code == 503 and "not available yet" in r.json()["message"]
 
 
+def test_the_graph_the_tests_fake_is_what_the_profile_service_answers() -> None:
+    GraphSlice.model_validate({**GRAPH, "limit": 40, "counts": COUNTS})
+    neighbours = profile_with_graph(httpx.Request("GET", "http://p/graph/nodes/author:seed:mingxing-tan/neighbours"))
+    NeighbourPage.model_validate(neighbours.json())
+
+
 def test_fallback_graph_speaks_the_graph_api_contract() -> None:
     graph = fallback_graph(SEED_PAGE)
+    GraphSlice.model_validate({**graph, "limit": 40, "counts": COUNTS})
     ids = [n["id"] for n in graph["nodes"]]
     assert ids == [
         "author:seed:quoc-v-le",
