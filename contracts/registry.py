@@ -16,6 +16,8 @@ _MODELS: list[type[EventModel]] = [
     profile.AuthorUpdated,
     profile.WorkAdded,
     profile.WorkUpdated,
+    profile.ProfileEditRequested,
+    profile.ProfileEditRejected,
     claims.ClaimRequested,
     claims.ClaimEvidenceSubmitted,
     claims.ClaimWithdrawn,

@@ -25,6 +25,7 @@ class Topic(StrEnum):
     FOLLOW_FANOUT = "follow.fanout"
     WEBAPP_COLLAB = "webapp.collab"
     COLLAB_EVENTS = "collab.events"
+    WEBAPP_PROFILE = "webapp.profile"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +68,7 @@ _SPECS = [
     ),
     TopicSpec(Topic.WEBAPP_COLLAB, 6, _AUTHOR, "Invitations, answers and messages from the web app."),
     TopicSpec(Topic.COLLAB_EVENTS, 6, _AUTHOR, "Invitations to claimed researchers and their conversations."),
+    TopicSpec(Topic.WEBAPP_PROFILE, 6, _AUTHOR, "Owners' edits of their own record from the web app."),
 ]
 
 TOPICS: dict[str, TopicSpec] = {s.name: s for s in _SPECS}

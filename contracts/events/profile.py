@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from contracts.envelope import EventModel
 from contracts.events.common import Affiliation, Frozen, Id, OrcidId, VerificationLevel
@@ -23,6 +23,11 @@ class Collaborator(Frozen):
     shared_works: int = Field(ge=1)
 
 
+# The fields of a record its owner (the user who claimed it) sets themself.
+OwnerField = Literal["affiliation", "description", "open_to_collaborate"]
+DESCRIPTION_MAX = 2000
+
+
 class AuthorState(Frozen):
     """The author's full current state: consumers replace, never add."""
 
@@ -32,6 +37,8 @@ class AuthorState(Frozen):
     affiliation: Affiliation | None = None
     orcid: OrcidId | None = None
     open_to_collaborate: bool = False
+    # The fields the record's owner set: importers no longer change them.
+    set_by_owner: list[OwnerField] = []
     works_count: int = Field(ge=0)
     works_by_year: dict[str, int] = {}  # "2023" -> 5: what trust's recency signal needs
     topics: list[TopicCount] = []
@@ -75,3 +82,42 @@ class WorkAdded(_AuthorEvent):
 class WorkUpdated(_AuthorEvent):
     event_type: ClassVar[str] = "WorkUpdated"
     work: WorkSummary
+
+
+class ProfileEditRequested(EventModel):
+    """Command (``webapp.profile``): the record's owner sets some of its own fields. Only
+    the fields named in ``edited`` change; a null affiliation or description clears it."""
+
+    event_type: ClassVar[str] = "ProfileEditRequested"
+    topic: ClassVar[str] = Topic.WEBAPP_PROFILE
+
+    author_id: Id
+    user_id: Id  # who asks: applied only if this user owns the record when it is handled
+    edited: list[OwnerField] = Field(min_length=1, max_length=3)
+    affiliation: Affiliation | None = None
+    description: str | None = Field(default=None, max_length=DESCRIPTION_MAX)
+    open_to_collaborate: bool | None = None
+
+    @model_validator(mode="after")
+    def _edited_once_and_set(self) -> ProfileEditRequested:
+        if len(set(self.edited)) != len(self.edited):
+            raise ValueError("a field is named twice in edited")
+        if "open_to_collaborate" in self.edited and self.open_to_collaborate is None:
+            raise ValueError("open_to_collaborate is edited, so it must be true or false")
+        return self
+
+
+EditRefusal = Literal["not_owner", "unknown_author"]
+
+
+class ProfileEditRejected(EventModel):
+    """An owner's edit refused: the user does not own the record (now), or there is no such
+    record. Nothing changed."""
+
+    event_type: ClassVar[str] = "ProfileEditRejected"
+    topic: ClassVar[str] = Topic.PROFILE_EVENTS
+
+    author_id: Id
+    user_id: Id
+    reason: EditRefusal
+    detail: str = Field(max_length=500)
