@@ -5,7 +5,7 @@ from __future__ import annotations
 from contracts.events import profile as profile_events
 from contracts.topics import Topic
 from service_runtime.service import Service
-from services.profile.handlers import IngestPublications, RecordStanding
+from services.profile.handlers import ApplyOwnerEdits, IngestPublications, RecordStanding
 from services.profile.rebuild import IngestedFacts, PublishedStates, derive_works_of_authors
 from services.profile.routes import router
 from services.profile.settings import ProfileSettings
@@ -26,6 +26,9 @@ def build_service(settings: ProfileSettings | None = None) -> Service:
     # Live: works and author records are decided here and published on profile.events.
     ingest = IngestPublications(store, service.publisher, service.outbox, settings)
     service.consume(Topic.PUBLICATIONS_INGESTED, handler=ingest, group="ingest", accepts=ingest.accepts, runs="live")
+    # Live: the owners' edits, applied or refused (a rebuild reads their AuthorUpdated back).
+    edits = ApplyOwnerEdits(store, service.publisher, service.outbox, settings)
+    service.consume(Topic.WEBAPP_PROFILE, handler=edits, group="edits", accepts=edits.accepts, runs="live")
     # Live and in a rebuild: the other services' decisions, folded.
     standing = RecordStanding(store)
     service.consume(
@@ -51,6 +54,7 @@ def build_service(settings: ProfileSettings | None = None) -> Service:
         profile_events.AuthorUpdated,
         profile_events.WorkAdded,
         profile_events.WorkUpdated,
+        profile_events.ProfileEditRejected,
     ):
         service.produces(Topic.PROFILE_EVENTS, schema=model)
     service.http.state.profile_store = store

@@ -219,6 +219,7 @@ class Tally:
             "affiliation": identity.get("affiliation"),
             "orcid": orcid,
             "open_to_collaborate": bool(identity.get("open_to_collaborate", False)),
+            "set_by_owner": list(identity.get("set_by_owner") or ()),
             "works_count": self.works,
             "works_by_year": {y: n for y, n in sorted(self.by_year.items(), reverse=True) if n > 0},
             "topics": [

@@ -1,11 +1,16 @@
 """Live batch handlers: plan (pure), one guarded bulk write with the events in each author's
-outbox, publish through the runtime outbox; and the standing fold."""
+outbox, publish through the runtime outbox; the owners' edits, the same way; and the
+standing fold."""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
+from contracts.envelope import deterministic_event_id
+from contracts.events.profile import AuthorState, AuthorUpdated, ProfileEditRejected, ProfileEditRequested
+from service_runtime import outbox
 from service_runtime.delivery import Incoming
 from service_runtime.outbox import Outbox, retry_conflicts
 from service_runtime.publishing import EventPublisher, Outgoing
@@ -17,6 +22,7 @@ from services.profile.ingest import (
     plan_batch,
     works_named,
 )
+from services.profile.owner_edit import Refused, decide
 from services.profile.page import cut_first_page
 from services.profile.settings import ProfileSettings
 from services.profile.standing import PARTS, newest
@@ -101,3 +107,59 @@ class RecordStanding:
 
     async def __call__(self, batch: Sequence[Incoming[Any]]) -> None:
         await self.store.write_standing(newest(PARTS(item) for item in batch))
+
+
+class ApplyOwnerEdits:
+    """``webapp.profile`` -> the owners' edits of their own records: applied when the user
+    owns the record (the standing's claim), published as ``AuthorUpdated`` with the new
+    state on ``profile.events``; refused with ``ProfileEditRejected`` otherwise.
+
+    Applied with the same guarded author write and outbox as ingestion (the two consumers
+    may write one author at the same moment: the loser reads and decides again). A refusal
+    changes nothing, so it is published directly: a redelivered command decides it again
+    under the same event id."""
+
+    accepts = (ProfileEditRequested,)
+
+    def __init__(self, store: ProfileStore, publisher: EventPublisher, outbox: Outbox, settings: ProfileSettings):
+        self.store = store
+        self.publisher = publisher
+        self.outbox = outbox
+        self.settings = settings
+
+    async def __call__(self, batch: Sequence[Incoming[Any]]) -> None:
+        deliveries, refusals = await retry_conflicts(
+            lambda: self.write(batch), attempts=self.settings.write_conflict_attempts, what="profile edits"
+        )
+        await self.publisher.publish(refusals)
+        await self.outbox.deliver(self.store.authors, deliveries)
+
+    async def write(self, batch: Sequence[Incoming[ProfileEditRequested]]) -> tuple[Deliveries, list[Outgoing]]:
+        named = {item.payload.author_id for item in batch}
+        docs, claims = await asyncio.gather(self.store.edit_sources(named), self.store.claims_of(named))
+        states = {a: d["state"] for a, d in docs.items()}
+        edited: dict[str, tuple[int, AuthorState]] = {}
+        fresh: Deliveries = {}
+        refusals: list[Outgoing] = []
+        for item in batch:
+            edit, cause = item.payload, item.envelope
+            decided = decide(edit, states.get(edit.author_id), claims.get(edit.author_id))
+            if isinstance(decided, Refused):
+                refused = ProfileEditRejected(
+                    author_id=edit.author_id, user_id=edit.user_id, reason=decided.reason, detail=decided.detail
+                )
+                event_id = deterministic_event_id(cause.event_id, refused.event_type)
+                refusals.append(self.publisher.outgoing(refused, cause=cause, event_id=event_id))
+            elif decided is not None:
+                state = AuthorState.model_validate(decided)
+                states[edit.author_id] = state.model_dump(mode="json")
+                edited[edit.author_id] = (docs[edit.author_id]["revision"], state)
+                updated = AuthorUpdated(author_id=edit.author_id, author=state)
+                event_id = deterministic_event_id(cause.event_id, updated.event_type, edit.author_id)
+                fresh.setdefault(edit.author_id, []).append(
+                    self.publisher.outgoing(updated, cause=cause, event_id=event_id)
+                )
+        await self.store.write_edits(edited, fresh)
+        # What each author held first (the outbox skips what this process published), then the new.
+        deliveries = {a: outbox.pending(d) + fresh.get(a, []) for a, d in docs.items()}
+        return {a: events for a, events in deliveries.items() if events}, refusals

@@ -27,7 +27,10 @@ from service_runtime.dispatch import Dispatch
 from service_runtime.publishing import Outgoing
 from services.profile.derive import Tally, fuller_name, work_entry, work_fingerprint, work_summary
 
-IDENTITY_FIELDS = ("display_name", "description", "affiliation", "orcid", "open_to_collaborate")
+# What an importer says of an author; its owner may set some of them (``owner_edit``), which
+# importers then no longer change (``set_by_owner``, stored with them).
+IMPORTED_FIELDS = ("display_name", "description", "affiliation", "orcid", "open_to_collaborate")
+IDENTITY_FIELDS = (*IMPORTED_FIELDS, "set_by_owner")
 
 # What ``publications.ingested`` carries that this service takes.
 Ingested = WorkIngested | AuthorImported
@@ -173,19 +176,24 @@ class _Planner:
         record.events.append(PlannedEvent(payload, cause, event_id))
 
     def _register(self, author_id: str, identity: dict[str, Any], cause: Envelope) -> AuthorRecord:
-        record = AuthorRecord(author_id=author_id, identity={"author_id": author_id, **identity}, entries=[])
+        record = AuthorRecord(
+            author_id=author_id, identity={"author_id": author_id, "set_by_owner": [], **identity}, entries=[]
+        )
         self.authors[author_id] = record
         self._emit(record, "AuthorRegistered", cause)
         return record
 
     def author_imported(self, data: AuthorImported, item: Incoming[AuthorImported]) -> None:
         cause = item.envelope
-        identity = {k: getattr(data, k) for k in IDENTITY_FIELDS}
+        identity = {k: getattr(data, k) for k in IMPORTED_FIELDS}
         identity["affiliation"] = data.affiliation.model_dump(mode="json") if data.affiliation else None
         record = self.authors.get(data.author_id)
         if record is None:
             self._register(data.author_id, identity, cause).imported = True
             return
+        # What the owner set stays as the owner set it (a re-import must not undo it).
+        for owned in record.identity.get("set_by_owner") or ():
+            identity.pop(owned, None)
         if not record.imported:
             record.imported = True
             record.changed = True  # stored even when the identity is already the same

@@ -1,4 +1,5 @@
-"""HTTP for the web app: the profile page, works paging, name search, and the work import."""
+"""HTTP for the web app: the profile page, works paging, name search, the work import, the
+research graph and the owner's own edit."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from service_runtime.auth import IMPORTER, CurrentUser, require_role
 from service_runtime.publishing import EventPublisher
 from services.profile import graph
 from services.profile.derive import fold_name
+from services.profile.owner_edit import NOT_OWNER, ProfileEdit, may_edit
 from services.profile.page import (
     AuthorFound,
     AuthorPage,
@@ -213,3 +215,38 @@ async def _neighbours(store: ProfileStore, node: str, cursor: str | None, limit:
     next_cursor = graph.encode_cursor(node, shown[-1]) if len(docs) > limit else None
     me = graph.GraphNode(id=node, kind=kind, label=label, weight=sum(n.edge.weight for n in shown))
     return graph.neighbour_page(me, shown, next_cursor)
+
+
+# --- the owner's own edit ------------------------------------------------------------------
+
+EDIT_REFUSED: dict[int | str, dict[str, Any]] = {
+    **NOT_FOUND,
+    401: {"description": "no valid bearer token"},
+    403: {"description": "the user does not own this record (only the user who claimed it may edit it)"},
+}
+
+
+@router.patch(
+    "/authors/{author_id}",
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="The record's owner sets its affiliation, description, openness to collaborate",
+    responses=EDIT_REFUSED,
+)
+async def edit_author(
+    author_id: AuthorId,
+    edit: ProfileEdit,
+    user: CurrentUser,
+    store: Store,
+    publisher: Annotated[EventPublisher, Depends(get_publisher)],
+) -> dict[str, Any]:
+    """Publishes ``ProfileEditRequested`` on ``webapp.profile`` (keyed by the author); the
+    record changes when the profile consumer applies it, and the page shows it then."""
+    doc, standing = await asyncio.gather(store.page_source(author_id), store.standing_of(author_id))
+    if doc is None or "state" not in doc:
+        raise _not_found(author_id)
+    if not may_edit(user.user_id, (standing or {}).get("claim")):
+        raise HTTPException(status.HTTP_403_FORBIDDEN, NOT_OWNER)
+    command = edit.command(author_id, user.user_id)
+    out = publisher.outgoing(command, correlation_id=f"profile-edit:{user.user_id}")
+    await publisher.publish([out])
+    return {"event_id": str(out.envelope.event_id), "author_id": author_id, "edited": command.edited}

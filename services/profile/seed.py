@@ -5,8 +5,9 @@
 
 Loading twice changes nothing: every event has a fixed id and identical content, and the
 profile service ignores a work it already holds unchanged. A *demo copy* is the same
-researcher under another author id, marked as a copy in its name and description, with
-the ORCID documentation's fictional example iD (so an ORCID-matching claim can be shown),
+researcher under another author id, marked as a copy in its name and description, closed
+to collaboration until its owner opens it, with the ORCID documentation's fictional example
+iD (so an ORCID-matching claim can be shown),
 its own work ids and its own copies of the co-authors (``<copy id>.<co-author id>``), so
 that neither the seed record nor its real co-authors' records change when a demo runs.
 """
@@ -49,6 +50,8 @@ def _copy_for(env: Envelope, author_id: str, demo_copy: bool) -> Envelope:
             data["display_name"] += " (demo copy)"
             data["description"] = f"Demo copy of the seed record {SEED_AUTHOR_ID}. {data['description']}"
             data["orcid"] = DEMO_ORCID
+            # Closed until its owner opens it (PATCH /authors/{id}): the demo shows that step.
+            data["open_to_collaborate"] = False
     else:
         work = data["work"]
         work["work_id"] = f"{author_id}:{work['work_id']}"[:128]

@@ -146,6 +146,17 @@ class WrittenAuthors:
             self._held.move_to_end(author_id)
         return held
 
+    def moved(self, author_id: str, old: int, new: int) -> None:
+        """The author's identity changed from revision ``old`` to ``new``, not its entries:
+        what is held at ``old`` holds at ``new`` too (else it is dropped, for a whole read)."""
+        held = self._held.get(author_id)
+        if held is None:
+            return
+        if held.revision == old:
+            self._held[author_id] = Written(new, held.entries, held.tally, held.first_page)
+        else:
+            self.drop(author_id)
+
     def __contains__(self, author_id: str) -> bool:
         return author_id in self._held
 
@@ -281,6 +292,38 @@ class ProfileStore(StoreAdapter):
             # Inserted meanwhile by a redelivery of the same input: the same content.
             if not _duplicates_only(exc):
                 raise
+
+    # --- the owners' edits ------------------------------------------------------------
+
+    async def edit_sources(self, author_ids: Iterable[str]) -> dict[str, Document]:
+        """What an edit needs of each author: its state, revision and outbox."""
+        cursor = self.authors.find({"_id": {"$in": list(set(author_ids))}}, {"state": 1, "revision": 1, "outbox": 1})
+        return {d["_id"]: d async for d in cursor if "state" in d}
+
+    async def claims_of(self, author_ids: Iterable[str]) -> dict[str, Document]:
+        """Each author's claim part of its standing (owner, while claimed)."""
+        cursor = self.standing.find({"_id": {"$in": list(set(author_ids))}}, {"claim": 1})
+        return {d["_id"]: d["claim"] async for d in cursor if d.get("claim")}
+
+    async def write_edits(
+        self, edited: Mapping[str, tuple[int, AuthorState]], events: Mapping[str, Sequence[Outgoing]]
+    ) -> None:
+        """Each edited author's new state (identity, name keys, revision) with its events in
+        its outbox, guarded by the revision read (``WriteConflict`` if another writer moved it)."""
+        if not edited:
+            return
+        at = datetime.now(UTC)
+        ops = [
+            UpdateOne({"_id": a, "revision": read}, outbox.push({"$set": state_fields(state)}, events.get(a, ()), at))
+            for a, (read, state) in edited.items()
+        ]
+        matched = (await self.authors.bulk_write(ops, ordered=False)).matched_count
+        if matched != len(ops):
+            for a in edited:  # which one missed is unknown: each is read whole next time
+                self.written.drop(a)
+            raise WriteConflict(f"{len(ops) - matched} edited author(s) changed concurrently")
+        for a, (read, state) in edited.items():
+            self.written.moved(a, read, state.revision)
 
     # --- standing (claims, trust, followers) ------------------------------------------
 

@@ -240,6 +240,7 @@ def test_the_seed_gives_the_same_records_in_any_order_of_its_works() -> None:
 def test_a_demo_copy_has_its_own_ids_and_the_example_orcid() -> None:
     copy = seed_envelopes(author_id="demo:run-1", demo_copy=True)
     assert copy[0].data["display_name"] == "Quoc V. Le (demo copy)" and copy[0].data["orcid"] == DEMO_ORCID
+    assert copy[0].data["open_to_collaborate"] is False, "its owner opens it (the demo's step)"
     assert all(e.data["work"]["work_id"].startswith("demo:run-1:") for e in copy[1:])
     # Its co-authors are copies too: a demo never adds works to the real co-authors' records.
     co_authors = {a["author_id"] for e in copy[1:] for a in e.data["work"]["authors"]} - {"demo:run-1"}
