@@ -1,11 +1,12 @@
 """The seed story as the web app plays it: commands and works go through Kafka only
-(``webapp.follows``, ``webapp.claims``, ``publications.ingested``; the collaboration
-steps through the collab service's HTTP writes, which publish to ``webapp.collab``); what
-users see is read back over HTTP from the services, and a snapshot of the page is printed
-after each step.
+(``webapp.follows``, ``webapp.claims``, ``publications.ingested``; the owner's edit and the
+collaboration steps through the profile and collab services' HTTP writes, which publish to
+``webapp.profile`` and ``webapp.collab``); what users see is read back over HTTP from the
+services, and a snapshot of the page is printed after each step.
 
 Each run plays on a fresh demo copy of the seed record (its own author id, marked as a
-copy, with ORCID's fictional example iD so an ORCID-matching claim can be shown), so the
+copy, closed to collaboration until the researcher opens it, with ORCID's fictional
+example iD so an ORCID-matching claim can be shown), so the
 seed page itself stays as ``make up`` loaded it. ``make demo`` runs it against the running
 system; tests/e2e runs the very same story against the services in a test namespace.
 """
@@ -28,9 +29,6 @@ from services.profile.seed import DEMO_ORCID, load_seed
 
 T = TypeVar("T")
 TokenFactory = Callable[[str, list[str]], str]
-# How the researcher opens their claimed record to collaboration (the owner's own edit);
-# returns False when it cannot be done here.
-OpenRecord = Callable[["Story"], Awaitable[bool]]
 
 
 class StoryStepFailed(AssertionError):
@@ -103,7 +101,7 @@ class Story:
             lambda p: (
                 p["trust_snapshot"]["claimed"]
                 and p["trust_snapshot"]["verification_level"] == "L2"
-                and (_score(p) or 0) > _score(seed)
+                and (_score(p) or 0) > (_score(seed) or 0)
             ),
         )
         self._snap(f"3 {self.researcher} claims with matching ORCID", claimed)
@@ -113,7 +111,7 @@ class Story:
         )
         newer = await self._page_until(
             "new preprint counted and trust recomputed",
-            lambda p: p["counts"]["works"] == 29 and (_score(p) or 0) > _score(claimed),
+            lambda p: p["counts"]["works"] == 29 and (_score(p) or 0) > (_score(claimed) or 0),
         )
         # One notification per source event: the claim and the preprint (and a band-up, when
         # the claim and the new work lift the researcher past a band threshold).
@@ -146,25 +144,33 @@ class Story:
             lambda: self.claim(rival_claim, self.impostor),
             lambda c: c is not None and c["status"] == "rejected",
         )
+        assert rejected is not None
         final = await self._page_until("page unchanged", lambda p: p["trust_snapshot"]["claimed"])
         self._snap(f"5 {self.impostor} claims the same record", final, second_claim=f"rejected ({rejected['reason']})")
         return self.snapshots
 
-    async def collaborate(self, open_record: OpenRecord) -> list[Snapshot]:
-        """After ``play``: the record is open to collaboration (the seed record is; else the
-        researcher opens it with ``open_record``), a colleague invites the researcher, the
-        researcher accepts, and they exchange a message each."""
+    async def collaborate(self) -> list[Snapshot]:
+        """After ``play``: the researcher opens their record to collaboration (their own edit,
+        ``PATCH /authors/{id}``; a stranger's is refused), a colleague invites the researcher,
+        the researcher accepts, and they exchange a message each."""
         path = f"/authors/{self.author_id}/collaboration"
-        status = await self._found("the claim known to the collab service", path, None, lambda v: bool(v["claimed"]))
-        step = "6 the record is open to collaboration"
-        if not status["open_to_collaborate"]:
-            if not await open_record(self):
-                self.out("the owner's own edit is not available: the collaboration steps are skipped")
-                return self.snapshots
-            await self._found("record open to collaboration", path, None, lambda v: bool(v["accepts_invitations"]))
-            step = f"6 {self.researcher} opens the record to collaboration"
-        page = await self._page_until("page unchanged", lambda p: p["trust_snapshot"]["claimed"])
-        self._snap(step, page)
+        await self._found("the claim known to the collab service", path, None, lambda v: bool(v["claimed"]))
+        opened = {"open_to_collaborate": True}
+        stranger = await self.http["profile"].patch(
+            f"/authors/{self.author_id}", json=opened, headers=self._auth(self.impostor)
+        )
+        r = await self.http["profile"].patch(
+            f"/authors/{self.author_id}", json=opened, headers=self._auth(self.researcher)
+        )
+        r.raise_for_status()
+        page = await self._page_until("the page open to collaboration", lambda p: bool(p["open_to_collaborate"]))
+        await self._found("record open to collaboration", path, None, lambda v: bool(v["accepts_invitations"]))
+        self._snap(
+            f"6 {self.researcher} opens the record to collaboration",
+            page,
+            open_to_collaborate=page["open_to_collaborate"],
+            stranger_edit=stranger.status_code,
+        )
 
         r = await self.http["collab"].post(
             "/invitations",
@@ -279,7 +285,9 @@ class Story:
         return page if settled else None
 
     async def _page_until(self, what: str, ok: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-        return await self._until(what, self.settled_page, lambda p: p is not None and ok(p))
+        page = await self._until(what, self.settled_page, lambda p: p is not None and ok(p))
+        assert page is not None
+        return page
 
     async def _until(self, what: str, probe: Callable[[], Awaitable[T]], ok: Callable[[T], bool]) -> T:
         loop = asyncio.get_running_loop()
@@ -292,15 +300,6 @@ class Story:
                 seen = value if value is not None else getattr(self, "_last_seen", None)
                 raise StoryStepFailed(f"{what}: not seen within {self.timeout_s:.0f}s; last: {seen!r}"[:2000])
             await asyncio.sleep(0.1)
-
-
-async def open_by_owner_edit(story: Story) -> bool:
-    """The researcher's own edit of their claimed record on the profile service
-    (``PATCH /authors/{id}``, answered 202); False where the profile service has none."""
-    r = await story.http["profile"].patch(
-        f"/authors/{story.author_id}", json={"open_to_collaborate": True}, headers=story._auth(story.researcher)
-    )
-    return r.status_code == 202
 
 
 def _score(page: dict[str, Any]) -> int | None:

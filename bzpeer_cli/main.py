@@ -108,7 +108,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     """Play the seed story against the running system (make up first)."""
     import httpx
 
-    from bzpeer_cli.demo import Story, StoryStepFailed, open_by_owner_edit
+    from bzpeer_cli.demo import Story, StoryStepFailed
     from service_runtime.auth import mint_token
     from service_runtime.kafka import make_broker
     from service_runtime.publishing import EventPublisher
@@ -127,7 +127,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
                 timeout_s=args.timeout,
             )
             await story.play()
-            await story.collaborate(open_by_owner_edit)
+            await story.collaborate()
             return 0
         except (StoryStepFailed, httpx.HTTPError) as exc:
             print(f"demo stopped: {exc}", file=sys.stderr)

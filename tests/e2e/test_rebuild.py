@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from bzpeer_cli.services import SERVICE_NAMES, build
 from contracts.events.collab import InvitationRequested
+from contracts.events.profile import ProfileEditRequested
 from service_runtime.publishing import EventPublisher
 from service_runtime.replay import compare_databases, rebuild
 from services.profile.seed import load_seed
@@ -27,6 +28,22 @@ async def test_each_projection_rebuilt_from_the_log_equals_the_live_one(ns: Name
             invitation_id="inv-e2e", author_id=story.author_id, user_id=story.researcher, message="Shall we?"
         )
         await webapp.publish([webapp.outgoing(invitation)])
+        # The owner's own edit (applied) and a stranger's command (refused): the profile's
+        # rebuild reads the applied one back from profile.events.
+        stranger = ProfileEditRequested(
+            author_id=story.author_id, user_id=story.impostor, edited=["description"], description="Not mine."
+        )
+        await webapp.publish([webapp.outgoing(stranger)])
+        async with system.http("profile") as profile:
+            edit = {"open_to_collaborate": True, "affiliation": {"name": "Demo Lab", "domains": ["demo.example"]}}
+            r = await profile.patch(f"/authors/{story.author_id}", json=edit, headers=system.token(story.researcher))
+            assert r.status_code == 202, r.text
+            await eventually(
+                lambda: profile.get(f"/authors/{story.author_id}"),
+                until=lambda r: r.json()["affiliation"] is not None,
+                what="the owner's edit applied",
+                interval=0.5,
+            )
         async with system.http("collab") as collab:
             refused = await eventually(
                 lambda: collab.get("/invitations/inv-e2e", headers=system.token(story.researcher)),

@@ -3,14 +3,11 @@ store, driven only through Kafka as the web app and importers drive them, observ
 
 from __future__ import annotations
 
-import json
+import asyncio
 
 import pytest
 
-from bzpeer_cli.demo import open_by_owner_edit
-from contracts.topics import Topic
 from service_runtime.publishing import EventPublisher
-from service_runtime.topic_reader import read_topic
 from services.profile.seed import SEED_AUTHOR_ID, load_seed
 from tests.conftest import Namespace, eventually
 from tests.system import System
@@ -49,9 +46,10 @@ async def test_seed_page_then_follow_claim_new_work_and_rival_claim_then_collabo
         played = len(lines)
         # Exactly one notification per source event: nothing arrives twice later either.
         kinds = sorted(n["kind"] for n in await story.notifications())
-        # The record is open to collaboration (the seed record is), a colleague invites the
-        # researcher, the researcher accepts, and they exchange a message each.
-        await story.collaborate(open_by_owner_edit)
+        # The researcher opens the record to collaboration (a stranger may not), a colleague
+        # invites the researcher, the researcher accepts, and they exchange a message each.
+        opened = (await story.collaborate())[5]
+        assert opened.page["open_to_collaborate"] and opened.extra["stranger_edit"] == 403
         assert story.invitation_id is not None
         async with system.http("collab") as collab:
             for user in (story.researcher, story.colleague):
@@ -78,31 +76,20 @@ async def test_seed_page_then_follow_claim_new_work_and_rival_claim_then_collabo
 
     assert kinds.count("claim_approved") == 1 and kinds.count("new_work") == 1
     assert set(kinds) <= {"claim_approved", "new_work", "trust_band_up"} and len(kinds) == len(set(kinds))
-    # Both parties' notifications of the collaboration, once each. Asserted on
-    # notifications.events: the follow service's inbox takes only its own notifications
-    # so far (once it takes other services' too, its inboxes must hold exactly these).
-    notes = await eventually(
-        lambda: events(ns, Topic.NOTIFICATIONS_EVENTS),
-        until=lambda ns_: len({n["data"]["notification_id"] for n in collab_notes(ns_, story.author_id)}) >= 2,
-        what="both parties notified",
-    )
-    once = {n["data"]["notification_id"]: n["data"] for n in collab_notes(notes, story.author_id)}
-    assert sorted((n["user_id"], n["kind"]) for n in once.values()) == sorted(
-        [(story.researcher, "invitation_received"), (story.colleague, "invitation_answered")]
-    )
+    # Both inboxes hold exactly the collaboration's notifications: the researcher's the
+    # invitation, the colleague's the answer (the follower's are counted above).
+    expected = {story.researcher: ["invitation_received"], story.colleague: ["invitation_answered"]}
+    async with system.http("follow") as follow:
+
+        async def inboxes() -> dict[str, list[str]]:
+            found = {}
+            for user in expected:
+                r = await follow.get(f"/users/{user}/notifications", headers=system.token(user))
+                found[user] = [n["kind"] for n in r.json()["notifications"] if n["author_id"] == story.author_id]
+            return found
+
+        await eventually(inboxes, until=lambda held: held == expected, what="both inboxes notified")
+        await asyncio.sleep(2)  # a duplicate delivery would be in by now
+        assert await inboxes() == expected, "nothing arrived twice later"
     # The seed record itself is untouched by the demo copy's story.
     assert (await seed_page(system))["counts"] == {"works": 28, "followers": 0, "topics": 9, "close_collaborators": 4}
-
-
-async def events(ns: Namespace, topic: str) -> list[dict]:
-    return [json.loads(r.value) for r in await read_topic(ns.infra["kafka"], ns.topic(topic))]
-
-
-def collab_notes(notifications: list[dict], author_id: str) -> list[dict]:
-    return [
-        n
-        for n in notifications
-        if n["event_type"] == "NotificationCreated"
-        and n["data"]["author_id"] == author_id
-        and n["data"]["kind"].startswith("invitation_")
-    ]
