@@ -5,6 +5,7 @@ Collections (plain documents, readable and queryable in a MongoDB shell):
 * ``authors`` - one document per registered author::
 
       {_id, display_name, description, affiliation, orcid, open_to_collaborate,
+       set_by_owner: [...], # the fields the record's owner set: importers leave them
        imported,            # identity from an AuthorImported (else from works' author lists)
        name_keys: [...],    # word-start suffixes of the folded name, for search (indexed)
        state: {...},        # the derived state, contracts' AuthorState as last published
