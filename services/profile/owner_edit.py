@@ -48,6 +48,14 @@ class ProfileEdit(BaseModel):
         )
 
 
+class Editable(BaseModel):
+    """``GET /authors/{id}/editable``: whether the signed-in user may edit the record (the
+    web app shows the owner's form by it)."""
+
+    author_id: str
+    editable: bool
+
+
 def owner_of(claim: Mapping[str, Any] | None) -> str | None:
     """The user who owns the record while it is claimed (the standing's claim part)."""
     if claim and claim.get("claimed"):

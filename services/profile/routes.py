@@ -16,7 +16,7 @@ from service_runtime.auth import IMPORTER, CurrentUser, require_role
 from service_runtime.publishing import EventPublisher
 from services.profile import graph
 from services.profile.derive import fold_name
-from services.profile.owner_edit import NOT_OWNER, ProfileEdit, may_edit
+from services.profile.owner_edit import NOT_OWNER, Editable, ProfileEdit, may_edit
 from services.profile.page import (
     AuthorFound,
     AuthorPage,
@@ -250,3 +250,16 @@ async def edit_author(
     out = publisher.outgoing(command, correlation_id=f"profile-edit:{user.user_id}")
     await publisher.publish([out])
     return {"event_id": str(out.envelope.event_id), "author_id": author_id, "edited": command.edited}
+
+
+@router.get(
+    "/authors/{author_id}/editable",
+    summary="Whether the signed-in user owns the record (and may edit it)",
+    response_model=Editable,
+    responses={**NOT_FOUND, 401: {"description": "no valid bearer token"}},
+)
+async def get_editable(author_id: AuthorId, user: CurrentUser, store: Store) -> Editable:
+    doc, standing = await asyncio.gather(store.page_source(author_id), store.standing_of(author_id))
+    if doc is None or "state" not in doc:
+        raise _not_found(author_id)
+    return Editable(author_id=author_id, editable=may_edit(user.user_id, (standing or {}).get("claim")))

@@ -99,6 +99,11 @@ async def test_the_owner_edits_their_record_and_nobody_else_can(
     )
     assert before["open_to_collaborate"] is False and before["affiliation"] is None
 
+    # The web app asks whether to show the owner's form.
+    for user, editable in ((OWNER, True), ("mallory", False)):
+        r = await http.get(f"/authors/{AUTHOR}/editable", headers=as_user(profile, user))
+        assert r.json() == {"author_id": AUTHOR, "editable": editable}
+
     # At the door: no token, someone else, no such record, nothing to set.
     edit = {"open_to_collaborate": True}
     assert (await http.patch(f"/authors/{AUTHOR}", json=edit)).status_code == 401
