@@ -151,6 +151,14 @@ class Backends:
         body = {"notification_ids": notification_ids} if notification_ids else {}
         return await self.call("follow", "POST", f"/users/{_quote(user_id)}/notifications/read", token=token, json=body)
 
+    async def editable(self, token: str, author_id: str) -> bool:
+        """Whether the signed-in user owns the record (the profile service knows owners)."""
+        r = await self.call("profile", "GET", f"/authors/{_quote(author_id)}/editable", token=token)
+        return bool(r.ok and isinstance(r.body, dict) and r.body.get("editable"))
+
+    async def edit_profile(self, token: str, author_id: str, edit: dict[str, Any]) -> Reply:
+        return await self.call("profile", "PATCH", f"/authors/{_quote(author_id)}", token=token, json=edit)
+
     async def invite(self, token: str, author_id: str, message: str) -> Reply:
         return await self.call(
             "collab", "POST", "/invitations", token=token, json={"author_id": author_id, "message": message}

@@ -37,6 +37,7 @@ NOTICES = {
     "unfollow_sent": "Unfollow sent. The count moves as soon as it is recorded.",
     "claim_sent": "Claim sent. The decision shows here as soon as it is taken.",
     "invitation_sent": "Invitation sent.",
+    "profile_edit_sent": "Saved. The page shows it as soon as it is recorded.",
     "marked_read": "Marked as read. The inbox shows it in a moment.",
     "signed_out": "You are signed out.",
 }
@@ -167,6 +168,7 @@ async def author(
 ) -> HTMLResponse:
     rendered_at = time.time()  # before the reads: the live stream catches up from here
     view = await _view(request, author_id, user)
+    editable = await _editable(request, user, view)
     return render(
         request,
         "author.html",
@@ -178,7 +180,19 @@ async def author(
         claim_id=claim,
         notice=NOTICES.get(notice or ""),
         graph=fallback_graph(view.page),
+        editable=editable,
     )
+
+
+async def _editable(request: Request, user: SignedIn | None, view: AuthorView) -> bool:
+    """Whether to show the owner's own form: only to the user who owns the record."""
+    if user is None or not view.snapshot.claimed:
+        return False
+    _, backends, _ = _state(request)
+    try:
+        return await backends.editable(user.token, view.author_id)
+    except Unavailable:
+        return False
 
 
 @router.get("/authors/{author_id}/sections", summary="Sections of the profile page, rendered again")
@@ -364,6 +378,37 @@ async def invite(
         return unavailable_result(request, Unavailable("collab", "no invitations API"), COLLAB_UNAVAILABLE)
     invitation = reply.body.get("invitation_id") if reply.ok and isinstance(reply.body, dict) else None
     return action_result(request, reply, back=back, notice="invitation_sent", extra={"invitation_id": invitation})
+
+
+@router.post("/authors/{author_id}/profile", summary="The owner's own edit of their record")
+async def edit_profile(
+    request: Request,
+    author_id: AuthorPath,
+    user: User,
+    affiliation: Annotated[str, Form(max_length=300)] = "",
+    domains: Annotated[str, Form(max_length=1000)] = "",
+    description: Annotated[str, Form(max_length=2000)] = "",
+    open_to_collaborate: Annotated[str, Form(max_length=10)] = "",
+) -> Response:
+    back = f"/authors/{author_id}"
+    signed = need_user(request, user, back)
+    if isinstance(signed, Response):
+        return signed
+    _, backends, _ = _state(request)
+    # The form shows every field, so it sets every field: an empty one clears it.
+    names = [d.strip().lower() for d in domains.replace(",", " ").split() if d.strip()]
+    edit = {
+        "affiliation": {"name": affiliation.strip(), "domains": names} if affiliation.strip() else None,
+        "description": description.strip() or None,
+        "open_to_collaborate": bool(open_to_collaborate),
+    }
+    try:
+        reply = await backends.edit_profile(signed.token, author_id, edit)
+    except Unavailable as exc:
+        return unavailable_result(request, exc)
+    if reply.status == 422:
+        reply = Reply(422, {"detail": "Check the email domains (like example.org) and the lengths of the fields."})
+    return action_result(request, reply, back=back, notice="profile_edit_sent")
 
 
 # --- the signed-in user's own page --------------------------------------------------------

@@ -171,8 +171,9 @@ async def test_follow_moves_the_count_without_a_reload(web_system: WebSystem, pe
 
 async def test_claim_with_orcid_invite_and_inbox(web_system: WebSystem, people: People, screenshot: Shot) -> None:
     """A demo copy of the seed record (ORCID's example iD on record): a follower watches
-    it, the researcher signs in with that ORCID iD and claims it (L2, Claimed), the
-    follower's page unlocks direct collaboration live and the inbox tells of the claim."""
+    it, the researcher signs in with that ORCID iD and claims it (L2, Claimed), opens it to
+    collaboration with their own form, the follower's page unlocks direct collaboration
+    live and the inbox tells of the claim."""
     demo = f"demo:{uuid.uuid4().hex[:10]}"
     await web_system.publish_seed(demo, demo_copy=True)
     await web_system.wait_page(demo)
@@ -200,6 +201,22 @@ async def test_claim_with_orcid_invite_and_inbox(web_system: WebSystem, people: 
     await expect(snapshot.get_by_test_id("trust")).not_to_have_text(seed_trust, timeout=LIVE_TIMEOUT_MS)
     assert await same_document(page), "the page was reloaded"
     await screenshot(page, "claimed")
+
+    # Drawn again, the page shows its owner (and only its owner) their own form: they name
+    # their affiliation and open the record to collaboration; the header follows live.
+    await page.reload()
+    owner = page.locator('[data-section="owner"]')
+    header = page.locator('[data-section="header"]')
+    await expect(owner.get_by_role("heading", name="Your profile")).to_be_visible()
+    await expect(header.get_by_text("Open to collaborate", exact=True)).to_have_count(0)
+    await owner.get_by_label("Affiliation", exact=True).fill("Demo Lab")
+    await owner.get_by_label("Open to collaborate").check()
+    await live(page)
+    await owner.get_by_role("button", name="Save profile").click()
+    await expect(header.get_by_text("Demo Lab", exact=True)).to_be_visible(timeout=LIVE_TIMEOUT_MS)
+    await expect(header.get_by_text("Open to collaborate", exact=True)).to_be_visible(timeout=LIVE_TIMEOUT_MS)
+    await expect(watching.locator('[data-section="owner"]')).to_have_count(0)
+    await screenshot(page, "owner-edited")
 
     # The follower's open page unlocked direct collaboration by itself.
     collab = watching.locator('[data-section="collab"]')

@@ -301,3 +301,39 @@ async def test_changes_within_the_window_reach_the_page_as_one_event() -> None:
     assert await asyncio.wait_for(anext(stream), 2) == ": keepalive\n\n"
     await stream.aclose()
     assert hub.subscribers == 0
+
+
+# --- the owner's own edit -------------------------------------------------------------------
+
+
+async def test_the_owners_form_sets_every_field_it_shows_through_the_profile_service() -> None:
+    sent: list[dict[str, Any]] = []
+
+    def profile(request: httpx.Request) -> httpx.Response:
+        if request.method == "PATCH" and request.url.path == "/authors/seed:quoc-v-le":
+            sent.append(json.loads(request.content))
+            return httpx.Response(202, json={"event_id": "e", "author_id": "seed:quoc-v-le"})
+        return httpx.Response(403, json={"detail": "only the user who claimed this record may edit it"})
+
+    app = build_app(settings(), backend_transport=httpx.MockTransport(profile))
+    async with (
+        app.router.lifespan_context(app),
+        httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://web") as c,
+    ):
+        await c.post("/sign-in", data={"user_id": "quoc", "next": "/"})
+        form = {"affiliation": " Google ", "domains": "google.com, DeepMind.com", "description": " "}
+        ajax = {"Accept": "application/json"}
+        r = await c.post("/authors/seed:quoc-v-le/profile", data={**form, "open_to_collaborate": "yes"}, headers=ajax)
+        assert r.status_code == 202 and r.json()["status"] == "accepted"
+        r = await c.post("/authors/seed:quoc-v-le/profile", data={"affiliation": ""}, headers=ajax)
+        assert sent == [
+            {
+                "affiliation": {"name": "Google", "domains": ["google.com", "deepmind.com"]},
+                "description": None,
+                "open_to_collaborate": True,
+            },
+            {"affiliation": None, "description": None, "open_to_collaborate": False},
+        ]
+        # Anyone else is told why, and nothing is pretended.
+        r = await c.post("/authors/seed:other/profile", data=form, headers=ajax)
+        assert r.status_code == 403 and r.json()["message"] == "only the user who claimed this record may edit it"
