@@ -18,7 +18,7 @@ from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
-from service_runtime.store import insert_unique
+from service_runtime.store import insert_unique, upsert_where
 from tests.conftest import Namespace
 
 CLIENTS = 8
@@ -109,6 +109,29 @@ async def test_racing_inserts_of_one_id_have_exactly_one_winner(collections: lis
         results = Counter(await asyncio.gather(*(insert(c, i, f"k{n}") for i, c in enumerate(collections))))
         assert results == Counter(won=1, duplicate=CLIENTS - 1), (n, results)
     assert await collections[0].count_documents({}) == rounds
+
+
+async def test_racing_creations_of_one_document_keep_both_writes(collections: list[AsyncCollection]) -> None:
+    """Two writers that may create the same document at once (follow's commands and its
+    profile/claims fold, collab's owner and profile folds, profile's standing) both land,
+    through ``service_runtime.store.upsert_where``: it creates documents by insert. On this
+    store two upserts of one new ``_id`` can both insert, and one's fields are lost without
+    an error, so no such write is an upsert."""
+    ids = [f"a{i}" for i in range(200)]
+
+    async def write(col: AsyncCollection, field: str, author_id: str) -> list[int]:
+        guard = {"$or": [{f"{field}.revision": {"$lt": 1}}, {field: None}]}
+        return await upsert_where(col, [({"_id": author_id, **guard}, {"$set": {field: {"revision": 1}}})])
+
+    missed = await asyncio.gather(
+        *(write(collections[n % CLIENTS], field, a) for n, a in enumerate(ids) for field in ("owner", "profile"))
+    )
+    assert not any(missed)
+    docs = await collections[0].find({}).sort("_id", ASCENDING).to_list(None)
+    assert len(docs) == len(ids)
+    assert all(d.get("owner") == {"revision": 1} and d.get("profile") == {"revision": 1} for d in docs)
+    # A write whose guard does not match (a newer revision stands) is reported, not applied.
+    assert await write(collections[1], "owner", ids[0]) == [0]
 
 
 async def test_secondary_unique_index_has_exactly_one_winner(collections: list[AsyncCollection]) -> None:
