@@ -167,3 +167,44 @@ async def throughout(
         result = await probe()
         assert holds(result), f"{what} stopped holding: {result!r}"[:1500]
         await asyncio.sleep(interval)
+
+
+# A test that hangs must fail on its own instead of stalling the whole run: after
+# STALL_SECONDS the watchdog prints where every task of the test loop is waiting, then
+# cancels the test's own task, which fails it with that trace.
+STALL_SECONDS = float(os.environ.get("BZPEER_TEST_STALL_S", "300"))
+_test_loop: list[asyncio.AbstractEventLoop] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def _remember_test_loop() -> None:
+    _test_loop.append(asyncio.get_running_loop())
+
+
+def _cancel_stalled(loop: asyncio.AbstractEventLoop, test_name: str) -> None:
+    import sys
+
+    print(f"\n!!! {test_name} still running after {STALL_SECONDS:.0f}s; its tasks:", file=sys.stderr)
+    for task in asyncio.all_tasks(loop):
+        task.print_stack(limit=12, file=sys.stderr)
+    for task in asyncio.all_tasks(loop):
+        if getattr(task.get_coro(), "__name__", "") == test_name:
+            task.cancel(f"stalled for {STALL_SECONDS:.0f}s")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    import threading
+
+    name = getattr(item, "originalname", item.name)
+    timer = None
+    if _test_loop and asyncio.iscoroutinefunction(getattr(item, "function", None)):
+        loop = _test_loop[0]
+        timer = threading.Timer(STALL_SECONDS, lambda: loop.call_soon_threadsafe(_cancel_stalled, loop, name))
+        timer.daemon = True
+        timer.start()
+    try:
+        yield
+    finally:
+        if timer is not None:
+            timer.cancel()
