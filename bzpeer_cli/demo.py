@@ -103,7 +103,7 @@ class Story:
             lambda p: (
                 p["trust_snapshot"]["claimed"]
                 and p["trust_snapshot"]["verification_level"] == "L2"
-                and (_score(p) or 0) > _score(seed)
+                and (_score(p) or 0) > (_score(seed) or 0)
             ),
         )
         self._snap(f"3 {self.researcher} claims with matching ORCID", claimed)
@@ -113,7 +113,7 @@ class Story:
         )
         newer = await self._page_until(
             "new preprint counted and trust recomputed",
-            lambda p: p["counts"]["works"] == 29 and (_score(p) or 0) > _score(claimed),
+            lambda p: p["counts"]["works"] == 29 and (_score(p) or 0) > (_score(claimed) or 0),
         )
         # One notification per source event: the claim and the preprint (and a band-up, when
         # the claim and the new work lift the researcher past a band threshold).
@@ -146,6 +146,7 @@ class Story:
             lambda: self.claim(rival_claim, self.impostor),
             lambda c: c is not None and c["status"] == "rejected",
         )
+        assert rejected is not None
         final = await self._page_until("page unchanged", lambda p: p["trust_snapshot"]["claimed"])
         self._snap(f"5 {self.impostor} claims the same record", final, second_claim=f"rejected ({rejected['reason']})")
         return self.snapshots
@@ -279,7 +280,9 @@ class Story:
         return page if settled else None
 
     async def _page_until(self, what: str, ok: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
-        return await self._until(what, self.settled_page, lambda p: p is not None and ok(p))
+        page = await self._until(what, self.settled_page, lambda p: p is not None and ok(p))
+        assert page is not None
+        return page
 
     async def _until(self, what: str, probe: Callable[[], Awaitable[T]], ok: Callable[[T], bool]) -> T:
         loop = asyncio.get_running_loop()
