@@ -59,7 +59,7 @@ topics: venv infra-up
 	$(PY) -m bzpeer_cli.main topics
 
 test: venv browser-deps infra-up
-	$(PY) -m pytest
+	@$(PY) -m pytest || { test ! -s .local/logs/test-stall.txt || cat .local/logs/test-stall.txt; exit 1; }
 
 # Habits that keep the code readable: ruff (lint, format) and mypy (strict on contracts/
 # and service_runtime/, checked everywhere else, tests and benchmarks included);
