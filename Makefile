@@ -59,14 +59,15 @@ topics: venv infra-up
 	$(PY) -m bzpeer_cli.main topics
 
 test: venv browser-deps infra-up
-	$(PY) -m pytest
+	@$(PY) -m pytest || { test ! -s .local/logs/test-stall.txt || cat .local/logs/test-stall.txt; exit 1; }
 
 # Habits that keep the code readable: ruff (lint, format) and mypy (strict on contracts/
-# and service_runtime/, checked everywhere else); configured in pyproject.toml.
+# and service_runtime/, checked everywhere else, tests and benchmarks included);
+# configured in pyproject.toml.
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy contracts service_runtime services importers bzpeer_cli
+	$(VENV)/bin/mypy contracts service_runtime services importers bzpeer_cli tests bench
 
 test-unit: venv
 	$(PY) -m pytest tests/unit

@@ -60,6 +60,7 @@ from contracts.events.follows import FollowerCountChanged
 from contracts.events.profile import AuthorRegistered, AuthorState, TopicCount, WorkAdded, WorkSummary
 from contracts.topics import TOPICS, Topic
 from service_runtime.kafka import delete_topics, ensure_topics
+from service_runtime.store import Client
 from service_runtime.topic_reader import read_topic
 from services.trust import scoring, signals
 from services.trust.app import build_service
@@ -534,17 +535,17 @@ async def run_paced(settings: TrustSettings, prefix: str, authors: int, rate: fl
     ]
     changes = sum(map(len, revisions_seen.values()))
     print(f"  consistency: {'OK' if not wrong else wrong[:5]}; {changes} changes on trust.events")
-    inputs = {
+    sent_at = {
         json.loads(r.value)["data"]["author_id"]: r.timestamp
         for r in await read_topic(KAFKA, prefix + Topic.PROFILE_EVENTS)
         if r.key and r.key.startswith(b"probe-")
     }
-    outputs: dict[str, int] = {}
+    scored_at: dict[str, int] = {}
     for r in await read_topic(KAFKA, prefix + Topic.TRUST_EVENTS):
         a = json.loads(r.value)["data"]["author_id"]
         if a.startswith("probe-"):
-            outputs.setdefault(a, r.timestamp)
-    latencies = [float(outputs[a] - inputs[a]) for a in probes if a in outputs and a in inputs]
+            scored_at.setdefault(a, r.timestamp)
+    latencies = [float(scored_at[a] - sent_at[a]) for a in probes if a in scored_at and a in sent_at]
     print(
         f"paced {rate:.0f} events/s for {sent_s:.1f}s (window {settings.recompute_window_ms} ms, "
         f"cap {settings.recompute_max_delay_ms} ms): {len(latencies)}/{len(probes)} probes scored; "
@@ -582,7 +583,7 @@ async def main() -> None:
         consumer_group_prefix=f"bench{run_id}",
         log_level="WARNING",
     )
-    mongo = AsyncMongoClient(MONGODB_URI)
+    mongo: Client = AsyncMongoClient(MONGODB_URI)
     baseline_db = mongo[f"bench{run_id}_baseline"]
     await ensure_topics(KAFKA, prefix=prefix)
     admin = AIOKafkaAdminClient(bootstrap_servers=KAFKA)

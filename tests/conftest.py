@@ -5,10 +5,14 @@ prefix), its own databases and its own consumer groups, and removes them afterwa
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import os
 import socket
+import sys
+import threading
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import pytest
@@ -167,3 +171,60 @@ async def throughout(
         result = await probe()
         assert holds(result), f"{what} stopped holding: {result!r}"[:1500]
         await asyncio.sleep(interval)
+
+
+# A test that hangs must fail on its own instead of stalling the whole run: after
+# STALL_SECONDS the watchdog prints where every task of the test loop is waiting, then
+# cancels the test's own task, which fails it with that trace. If the loop itself is
+# blocked (a synchronous call that never returns), a minute later faulthandler prints
+# every thread's stack and ends the run.
+STALL_SECONDS = float(os.environ.get("BZPEER_TEST_STALL_S", "300"))
+_test_loop: list[asyncio.AbstractEventLoop] = []
+
+
+@pytest.fixture(scope="session", autouse=True)
+async def _remember_test_loop() -> None:
+    _test_loop.append(asyncio.get_running_loop())
+
+
+def _cancel_stalled(loop: asyncio.AbstractEventLoop, test_name: str) -> None:
+    print(f"\n!!! {test_name} still running after {STALL_SECONDS:.0f}s; its tasks:", file=sys.stderr)
+    for task in asyncio.all_tasks(loop):
+        task.print_stack(limit=12, file=sys.stderr)
+    for task in asyncio.all_tasks(loop):
+        if getattr(task.get_coro(), "__name__", "") == test_name:
+            task.cancel(f"stalled for {STALL_SECONDS:.0f}s")
+
+
+_stall_file: list[Any] = []
+
+
+def _stall_log() -> Any:
+    """Where faulthandler writes (pytest captures the standard streams; ``make test``
+    prints this file when the run fails)."""
+    if not _stall_file:
+        path = Path(__file__).resolve().parents[1] / ".local" / "logs" / "test-stall.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _stall_file.append(path.open("w"))
+    return _stall_file[0]
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Any:
+    if item.get_closest_marker("faults"):  # whole-system runs of many minutes, by design
+        yield
+        return
+    name = getattr(item, "originalname", item.name)
+    timer = None
+    if _test_loop and asyncio.iscoroutinefunction(getattr(item, "function", None)):
+        loop = _test_loop[0]
+        timer = threading.Timer(STALL_SECONDS, lambda: loop.call_soon_threadsafe(_cancel_stalled, loop, name))
+        timer.daemon = True
+        timer.start()
+    faulthandler.dump_traceback_later(STALL_SECONDS + 60, exit=True, file=_stall_log())
+    try:
+        yield
+    finally:
+        faulthandler.cancel_dump_traceback_later()
+        if timer is not None:
+            timer.cancel()

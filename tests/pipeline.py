@@ -41,10 +41,13 @@ class Pipeline:
         mongodb_uri: str | None = None,
         kafka: str | None = None,
         overrides: dict[str, dict[str, Any]] | None = None,
+        replicas: int = 1,
         **extra_env: Any,
     ) -> None:
         """``mongodb_uri``/``kafka``: what the service processes connect to (e.g. a proxy in
-        front of the store); checks always read the store directly (``ns.infra``)."""
+        front of the store); checks always read the store directly (``ns.infra``).
+        ``replicas``: processes per service, sharing its consumer groups and database
+        (``procs[name]`` is the first, ``replicas[name]`` all of them)."""
         self.ns = ns
         overrides = overrides or {}
         self.settings: dict[str, RuntimeSettings] = {}
@@ -55,7 +58,10 @@ class Pipeline:
             if kafka:
                 o.setdefault("kafka_bootstrap_servers", kafka)
             self.settings[n] = ns.settings(n, cls=settings_class(n), **o)
-        self.procs = {n: ServiceProcess(n, s, **extra_env) for n, s in self.settings.items()}
+        self.replicas = {
+            n: [ServiceProcess(n, s, **extra_env) for _ in range(replicas)] for n, s in self.settings.items()
+        }
+        self.procs = {n: ps[0] for n, ps in self.replicas.items()}
         self.inputs: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
 
     @property
@@ -64,11 +70,11 @@ class Pipeline:
 
     async def start(self) -> Pipeline:
         self.inputs = {n: await service_inputs(n, s) for n, s in self.settings.items()}
-        await asyncio.gather(*(p.start() for p in self.procs.values()))
+        await asyncio.gather(*(p.start() for ps in self.replicas.values() for p in ps))
         return self
 
     async def stop(self) -> None:
-        await asyncio.gather(*(p.stop() for p in self.procs.values()))
+        await asyncio.gather(*(p.stop() for ps in self.replicas.values() for p in ps))
 
     async def lag(self) -> dict[str, int]:
         """Records not yet committed, per consumer group."""
@@ -135,7 +141,7 @@ class Pipeline:
                 quiet = 0
             last_ends = ends
             if loop.time() - started > timeout:
-                dead = {n: p.alive for n, p in self.procs.items()}
+                dead = {n: [p.alive for p in ps] for n, ps in self.replicas.items()}
                 raise AssertionError(f"system not settled after {timeout}s: {last}; alive: {dead}")
             await asyncio.sleep(interval)
 

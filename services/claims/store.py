@@ -35,7 +35,7 @@ from service_runtime import outbox
 from service_runtime.outbox import WriteConflict
 from service_runtime.projection import Projection
 from service_runtime.publishing import Outgoing
-from service_runtime.store import Collection, Database, Document, StoreAdapter
+from service_runtime.store import DUPLICATE_KEY, Collection, Database, Document, StoreAdapter
 from services.claims.rules import (
     APPROVED_SLOT,
     HELD,
@@ -50,7 +50,6 @@ from services.claims.rules import (
     Slots,
 )
 
-DUPLICATE_KEY = 11000
 KINDS = (OPEN_SLOT, APPROVED_SLOT)
 Op = InsertOne[Document] | UpdateOne | DeleteOne
 

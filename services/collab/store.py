@@ -37,10 +37,9 @@ from service_runtime import outbox
 from service_runtime.outbox import WriteConflict
 from service_runtime.projection import Projection
 from service_runtime.publishing import Outgoing
-from service_runtime.store import Collection, Database, Document, StoreAdapter
+from service_runtime.store import DUPLICATE_KEY, Collection, Database, Document, StoreAdapter, upsert_where
 from services.collab.rules import ACTIVE, PENDING, AuthorFacts, Book, Invitation, Limits, Owner, Profile
 
-DUPLICATE_KEY = 11000
 STATE_FIELDS = tuple(f for f in InvitationState.model_fields if f != "invitation_id")
 # What the consumer reads of an invitation: everything but the thread (only ever appended).
 WITHOUT_THREAD = {"thread": 0}
@@ -282,22 +281,19 @@ class CollabStore(StoreAdapter):
         await _guarded(self.invitations, ops)
 
     async def fold_authors(self, owners: Mapping[str, Owner | None], profiles: Mapping[str, Profile | None]) -> None:
-        """Keep each record's newest owner and profile: an update that matches only while
-        the revision held is older; on a record that holds a newer one, the upsert collides
-        with the document and changes nothing."""
-        ops: list[Op] = []
+        """Keep each record's newest owner and profile: an update that applies only while
+        the revision held is older (two consumers write a record: ``upsert_where``)."""
+        writes: list[tuple[Document, Document]] = []
         for field_name, states in (("owner", owners), ("profile", profiles)):
             for author_id, state in sorted(states.items()):
-                if state is None:
-                    continue
-                ops.append(
-                    UpdateOne(
-                        {"_id": author_id, f"{field_name}.revision": {"$not": {"$gte": state.revision}}},
-                        {"$set": {field_name: _fact_doc(state)}},
-                        upsert=True,
+                if state is not None:
+                    writes.append(
+                        (
+                            {"_id": author_id, f"{field_name}.revision": {"$not": {"$gte": state.revision}}},
+                            {"$set": {field_name: _fact_doc(state)}},
+                        )
                     )
-                )
-        await _tolerating_duplicates(self.authors, ops)
+        await upsert_where(self.authors, writes)
 
     # --- a rebuild: folding collab.events -------------------------------------------------
 
@@ -395,23 +391,6 @@ async def _guarded(collection: Collection, ops: list[Op]) -> None:
         raise WriteConflict(f"{collection.name}: {len(errors)} documents written by another writer") from None
     if result.matched_count != updates:
         raise WriteConflict(f"{collection.name}: {updates - result.matched_count} documents changed meanwhile")
-
-
-async def _tolerating_duplicates(collection: Collection, ops: list[Op]) -> None:
-    """Conditional upserts whose collision with an existing document means "nothing to do".
-    An upsert can also collide with a document another write created a moment before (its
-    filter was tried while there was none): those are tried once more, against it."""
-    for _ in range(2):
-        if not ops:
-            return
-        try:
-            await collection.bulk_write(ops, ordered=False)
-            return
-        except BulkWriteError as exc:
-            errors = exc.details.get("writeErrors", [])
-            if any(e.get("code") != DUPLICATE_KEY for e in errors):
-                raise
-            ops = [ops[e["index"]] for e in errors]
 
 
 # --- documents <-> domain -------------------------------------------------------------------

@@ -43,7 +43,15 @@ from contracts.events.notifications import NotificationCreated
 from service_runtime import outbox
 from service_runtime.projection import Projection
 from service_runtime.publishing import Outgoing
-from service_runtime.store import Collection, Database, Document, StoreAdapter
+from service_runtime.store import (
+    Collection,
+    Database,
+    Document,
+    StoreAdapter,
+    duplicate_positions,
+    insert_missing,
+    upsert_where,
+)
 from services.follow.rules import (
     AuthorFacts,
     Cause,
@@ -57,7 +65,6 @@ from services.follow.rules import (
     Plan,
 )
 
-DUPLICATE_KEY = 11000
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _PROFILE_PROGRESS = "profile.events"
 
@@ -249,7 +256,7 @@ class FollowStore(StoreAdapter):
         """Write each author's decision in one update guarded by the version it was taken
         against (state, command position and the events it causes, in the outbox); returns
         the authors another writer changed meanwhile (nothing of theirs was written)."""
-        ops = []
+        writes: list[tuple[Document, Document]] = []
         now = datetime.now(UTC)
         for c in commits:
             fields: Document = {"version": c.record.version + 1}
@@ -262,8 +269,8 @@ class FollowStore(StoreAdapter):
             if c.parked_changed:
                 fields.update(_parked_fields(c.after.parked))
             guard = {"_id": c.record.author_id, "version": c.record.version or None}
-            ops.append(UpdateOne(guard, outbox.push({"$set": fields}, c.events, now), upsert=True))
-        failed = await _bulk_duplicates(self.authors, ops)
+            writes.append((guard, outbox.push({"$set": fields}, c.events, now)))
+        failed = await upsert_where(self.authors, writes)
         return {commits[i].record.author_id for i in failed}
 
     async def authors_with_parked(self) -> list[Document]:
@@ -288,25 +295,23 @@ class FollowStore(StoreAdapter):
     async def write_facts(self, named: Mapping[str, AuthorFacts], owned: Mapping[str, AuthorFacts]) -> None:
         """Set the names and owners that changed, each guarded by its revision (a write
         older than the stored one is passed over)."""
-        ops = [
-            UpdateOne(
+        writes = [
+            (
                 {"_id": a, **_older("profile_revision", f.profile_revision)},
                 {"$set": {"known": f.known, "display_name": f.display_name, "profile_revision": f.profile_revision}},
-                upsert=True,
             )
             for a, f in named.items()
             if f.profile_revision is not None
         ]
-        ops += [
-            UpdateOne(
+        writes += [
+            (
                 {"_id": a, **_older("claim_revision", f.claim_revision)},
                 {"$set": {"owner_user_id": f.owner_user_id, "claim_revision": f.claim_revision}},
-                upsert=True,
             )
             for a, f in owned.items()
             if f.claim_revision is not None
         ]
-        await _guarded_upserts(self.authors, ops)
+        await upsert_where(self.authors, writes)
 
     # --- authors: the follow state a rebuild folds --------------------------------------
 
@@ -325,7 +330,7 @@ class FollowStore(StoreAdapter):
         return out
 
     async def write_follow_folds(self, folds: Mapping[str, FollowFold]) -> None:
-        ops = []
+        writes: list[tuple[Document, Document]] = []
         for a, f in folds.items():
             fields: Document = {}
             if f.count is not None:
@@ -337,9 +342,8 @@ class FollowStore(StoreAdapter):
             if f.parked_changed:
                 fields.update(_parked_fields(f.parked))
             if fields:
-                ops.append(UpdateOne({"_id": a}, {"$set": fields}, upsert=True))
-        if ops:
-            await self.authors.bulk_write(ops, ordered=False)
+                writes.append(({"_id": a}, {"$set": fields}))
+        await upsert_where(self.authors, writes)
 
     # --- edges ----------------------------------------------------------------------
 
@@ -443,7 +447,7 @@ class FollowStore(StoreAdapter):
             }
             for p, events in plans
         ]
-        return {docs[i]["_id"] for i in await _insert_new(self.fanouts, docs)}
+        return {docs[i]["_id"] for i in await insert_missing(self.fanouts, docs)}
 
     async def plan_outboxes(self, fanout_ids: Iterable[str]) -> dict[str, list[Outgoing]]:
         """The plans that exist among these, with the chunk requests still to publish."""
@@ -490,12 +494,12 @@ class FollowStore(StoreAdapter):
             "notified_at": now,
             outbox.FIELD: [outbox.entry(o, now) for o in events],
         }
-        return not await _insert_new(self.chunks, [doc])
+        return not await insert_missing(self.chunks, [doc])
 
     # --- inbox ----------------------------------------------------------------------
 
     async def insert_notifications(self, notes: Iterable[NotificationCreated]) -> None:
-        await _insert_new(self.inbox, [inbox_doc(n) for n in notes])
+        await insert_missing(self.inbox, [inbox_doc(n) for n in notes])
 
     async def notifications(
         self, user_id: str, *, unread_only: bool, before: tuple[datetime, str] | None, limit: int
@@ -554,40 +558,12 @@ class FollowStore(StoreAdapter):
         )
 
 
-async def _bulk_duplicates(collection: Collection, ops: Sequence[UpdateOne]) -> list[int]:
-    """``bulk_write(ops)``; the positions of the ops that answered a duplicate key (a
-    guarded upsert whose document exists and fails its guard). Other errors propagate."""
-    if not ops:
-        return []
-    try:
-        await collection.bulk_write(list(ops), ordered=False)
-        return []
-    except BulkWriteError as exc:
-        errors = exc.details.get("writeErrors", [])
-        if any(e.get("code") != DUPLICATE_KEY for e in errors):
-            raise
-        return sorted(e["index"] for e in errors)
-
-
 async def _guarded_upserts(collection: Collection, ops: Sequence[UpdateOne]) -> None:
-    """Upserts guarded by a revision: one whose document exists and fails the guard (a
-    newer write stands) answers a duplicate key and is passed over. One that met no
-    document and lost the insert to another writer answers the same: it is sent once more,
-    now against that document."""
-    failed = await _bulk_duplicates(collection, ops)
-    if failed:
-        await _bulk_duplicates(collection, [ops[i] for i in failed])
-
-
-async def _insert_new(collection: Collection, docs: Sequence[Document]) -> list[int]:
-    """Insert the documents whose ``_id`` is new; the positions of those that existed."""
-    if not docs:
-        return []
-    try:
-        await collection.insert_many(list(docs), ordered=False)
-        return []
-    except BulkWriteError as exc:
-        errors = exc.details.get("writeErrors", [])
-        if any(e.get("code") != DUPLICATE_KEY for e in errors):
-            raise
-        return sorted(e["index"] for e in errors)
+    """Upserts guarded by a revision, of documents one writer creates (an author's edges
+    are written by its partition's consumer): one whose document exists and fails the
+    guard (a newer write stands) answers a duplicate key and is passed over."""
+    if ops:
+        try:
+            await collection.bulk_write(list(ops), ordered=False)
+        except BulkWriteError as exc:
+            duplicate_positions(exc)

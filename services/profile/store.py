@@ -50,18 +50,13 @@ from service_runtime import outbox
 from service_runtime.outbox import WriteConflict
 from service_runtime.projection import Projection
 from service_runtime.publishing import Outgoing
-from service_runtime.store import Collection, Database, Document, StoreAdapter
+from service_runtime.store import Collection, Database, Document, StoreAdapter, duplicate_positions, upsert_where
 from services.profile.derive import Tally, WorkEntry, name_keys, newest_first
 from services.profile.ingest import IDENTITY_FIELDS, AuthorRecord, FirstPage, NewWork, StoredWork
 from services.profile.standing import Part
 
-DUPLICATE_KEY = 11000
 # Rebuild only: the authors an AuthorImported described, until the drain hook (then dropped).
 IMPORTED = "rebuild_imported"
-
-
-def _duplicates_only(exc: BulkWriteError) -> bool:
-    return all(e.get("code") == DUPLICATE_KEY for e in exc.details.get("writeErrors", []))
 
 
 def first_page_doc(page: FirstPage) -> Document:
@@ -272,8 +267,7 @@ class ProfileStore(StoreAdapter):
         try:
             matched = (await self.authors.bulk_write(ops, ordered=False)).matched_count
         except BulkWriteError as exc:
-            if not _duplicates_only(exc):
-                raise
+            duplicate_positions(exc)
             raise WriteConflict("an author was registered concurrently") from None
         if matched != updates:
             raise WriteConflict(f"{updates - matched} author(s) changed concurrently")
@@ -291,8 +285,7 @@ class ProfileStore(StoreAdapter):
             await self.works.bulk_write(ops, ordered=False)
         except BulkWriteError as exc:
             # Inserted meanwhile by a redelivery of the same input: the same content.
-            if not _duplicates_only(exc):
-                raise
+            duplicate_positions(exc)
 
     # --- the owners' edits ------------------------------------------------------------
 
@@ -472,22 +465,3 @@ class ProfileStore(StoreAdapter):
         ]
         if ops:
             await self.authors.bulk_write(ops, ordered=False)
-
-
-async def upsert_where(
-    collection: Collection, writes: Sequence[tuple[Document, Document]], initial: Document | None = None
-) -> None:
-    """Conditional upserts: each update (its filter an ``_id`` and a guard) applies where the
-    guard matches, to the document created first if none has that ``_id`` (``initial``
-    fields). The documents are inserted, a duplicate meaning one exists, then updated
-    without upsert: on this store an upsert whose guard races another writer's insert of
-    the same ``_id`` can be lost without an error, an insert cannot."""
-    if not writes:
-        return
-    ids = list(dict.fromkeys(f["_id"] for f, _ in writes))
-    try:
-        await collection.bulk_write([InsertOne({"_id": i, **(initial or {})}) for i in ids], ordered=False)
-    except BulkWriteError as exc:
-        if not _duplicates_only(exc):
-            raise
-    await collection.bulk_write([UpdateOne(f, u) for f, u in writes], ordered=False)

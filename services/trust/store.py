@@ -53,14 +53,13 @@ from contracts.events.trust import TrustScoreChanged
 from service_runtime import outbox
 from service_runtime.projection import Projection
 from service_runtime.publishing import Outgoing
-from service_runtime.store import Database, Document, StoreAdapter
+from service_runtime.store import DUPLICATE_KEY, Database, Document, StoreAdapter
 from services.trust.scoring import CURRENT
 from services.trust.signals import Projection as Signals
 
 AUTHORS = "trust_authors"
 HISTORY = "trust_history"
 LEASES = "trust_leases"
-DUPLICATE_KEY = 11000
 MARKS = ("dirty_since", "burst_from", "due_at")
 
 # What a rebuild from the log must reproduce: each author's signals and published score,

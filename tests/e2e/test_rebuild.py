@@ -3,6 +3,8 @@ the live one after the seed story has run through the whole system."""
 
 from __future__ import annotations
 
+from functools import partial
+
 from bzpeer_cli.services import SERVICE_NAMES, build
 from contracts.events.collab import InvitationRequested
 from contracts.events.profile import ProfileEditRequested
@@ -57,7 +59,7 @@ async def test_each_projection_rebuilt_from_the_log_equals_the_live_one(ns: Name
         live = system.settings[name]
         rebuilt_db = live.database_name + "_rebuilt"
         ns.databases.append(rebuilt_db)
-        result = await rebuild(lambda s, name=name: build(name, s), live, database=rebuilt_db)
+        result = await rebuild(partial(build, name), live, database=rebuilt_db)
         assert result.projection.collections, f"{name} declares no projection"
         differences[name] = await compare_databases(
             live.mongodb_uri, live.database_name, rebuilt_db, result.projection, limit=8

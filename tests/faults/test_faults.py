@@ -12,6 +12,8 @@ from the topics (``tests/faults/checks.py``).
 * The store unreachable for 10 s mid-stream: the services reach FerretDB through a TCP
   proxy that the test cuts (every open connection dropped, new ones refused) and
   restores. Nothing is dead-lettered and no consumer group commits while it is cut.
+* Two processes of every service, and a SIGKILL of one replica mid-stream: the other
+  takes its partitions over (no restart).
 * A poison record on every input topic of every service: dead-lettered by each consumer
   group that reads it, with its reason and origin, and the stream goes on.
 
@@ -120,6 +122,28 @@ async def test_sigkill_mid_stream_and_restart(
 
     await run_with_fault(pipe, producer, stream, sigkill, restart)
     assert proc.starts == 2
+
+
+async def test_two_replicas_of_every_service_and_one_killed_mid_stream(
+    ns: Namespace, producer: AIOKafkaProducer, stream: MixedStream
+) -> None:
+    """The guarantees hold across processes: every service runs twice, sharing its
+    consumer groups and its database, and one follow replica (the service with the most
+    state shared between its partitions: counts, edges, fan-out chunks) is SIGKILLed once
+    it has committed part of the stream; its partitions go to the survivor."""
+    pipe = Pipeline(ns, replicas=2)
+    await pipe.start()
+    try:
+        victim = pipe.replicas["follow"][1]
+
+        async def sigkill_one_replica() -> None:
+            await first_half_consumed(pipe, "follow")
+            victim.kill()
+            assert not victim.alive
+
+        await run_with_fault(pipe, producer, stream, sigkill_one_replica)
+    finally:
+        await pipe.stop()
 
 
 def infra(command: str) -> None:

@@ -31,8 +31,8 @@ class EchoService:
     def __init__(
         self, ns: Namespace, *, mongodb_uri: str | None = None, fail_on: str | None = None, block_on: str | None = None
     ) -> None:
-        overrides = {"mongodb_uri": mongodb_uri} if mongodb_uri else {}
-        self.service = Service(ns.settings("echo", **overrides), title="echo", description="test service")
+        settings = ns.settings("echo", mongodb_uri=mongodb_uri) if mongodb_uri else ns.settings("echo")
+        self.service = Service(settings, title="echo", description="test service")
         self.fail_on, self.block_on = fail_on, block_on
         self.release = asyncio.Event()
         self.entered = asyncio.Event()

@@ -10,7 +10,6 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 from pymongo import AsyncMongoClient
-from pymongo.asynchronous.collection import AsyncCollection
 
 from contracts import Envelope, deterministic_event_id
 from contracts.events.profile import AuthorRegistered, AuthorState
@@ -19,6 +18,7 @@ from service_runtime import outbox
 from service_runtime.kafka import ensure_topics, make_broker
 from service_runtime.outbox import Outbox
 from service_runtime.publishing import EventPublisher, Outgoing
+from service_runtime.store import Client, Collection, Document
 from service_runtime.topic_reader import read_topic
 from tests.conftest import Namespace, eventually
 
@@ -33,11 +33,11 @@ def registered(publisher: EventPublisher, author_id: str, revision: int) -> Outg
 
 
 @pytest.fixture
-async def parts(ns: Namespace) -> AsyncIterator[tuple[AsyncCollection, EventPublisher, Outbox]]:
+async def parts(ns: Namespace) -> AsyncIterator[tuple[Collection, EventPublisher, Outbox]]:
     await ensure_topics(ns.infra["kafka"], prefix=ns.topic_prefix)
     broker = make_broker(ns.infra["kafka"], client_id="outbox-test")
     await broker.start()
-    client = AsyncMongoClient(ns.infra["mongodb"])
+    client: Client = AsyncMongoClient(ns.infra["mongodb"])
     name = f"t{ns.id}_outbox"
     ns.databases.append(name)
     publisher = EventPublisher(broker, "test", ns.topic_prefix)
@@ -48,19 +48,26 @@ async def parts(ns: Namespace) -> AsyncIterator[tuple[AsyncCollection, EventPubl
         await client.close()
 
 
+async def stored(docs: Collection, doc_id: str) -> Document:
+    """The document a test wrote before reading it back."""
+    document = await docs.find_one({"_id": doc_id})
+    assert document is not None, f"{doc_id} not stored"
+    return document
+
+
 async def published(ns: Namespace) -> list[tuple[str, int]]:
     records = await read_topic(ns.infra["kafka"], ns.topic(Topic.PROFILE_EVENTS))
     return [(r.key.decode(), json.loads(r.value)["data"]["author"]["revision"]) for r in records]
 
 
-async def test_write_deliver_clear(ns: Namespace, parts: tuple[AsyncCollection, EventPublisher, Outbox]) -> None:
+async def test_write_deliver_clear(ns: Namespace, parts: tuple[Collection, EventPublisher, Outbox]) -> None:
     docs, publisher, box = parts
     first = registered(publisher, "a1", 1)
     await docs.update_one({"_id": "a1"}, outbox.push({"$set": {"revision": 1}}, [first]), upsert=True)
-    stored = await docs.find_one({"_id": "a1"})
+    document = await stored(docs, "a1")
     # Plain and readable: the envelope is a subdocument, its data too.
-    assert stored["outbox"][0]["envelope"]["data"]["author"]["revision"] == 1
-    assert [o.envelope for o in outbox.pending(stored)] == [first.envelope]
+    assert document["outbox"][0]["envelope"]["data"]["author"]["revision"] == 1
+    assert [o.envelope for o in outbox.pending(document)] == [first.envelope]
     # Another write pushes meanwhile: delivering the first must not pull the second.
     second = registered(publisher, "a1", 2)
     await docs.update_one({"_id": "a1"}, outbox.push({"$set": {"revision": 2}}, [second]))
@@ -68,12 +75,12 @@ async def test_write_deliver_clear(ns: Namespace, parts: tuple[AsyncCollection, 
     left = outbox.pending(await docs.find_one({"_id": "a1"}))
     assert [o.envelope.event_id for o in left] == [second.envelope.event_id]
     await box.deliver(docs, {"a1": left})
-    assert (await docs.find_one({"_id": "a1"}))["outbox"] == []
+    assert (await stored(docs, "a1"))["outbox"] == []
     assert await published(ns) == [("a1", 1), ("a1", 2)]
 
 
 async def test_the_sweeper_publishes_what_a_dead_writer_left(
-    ns: Namespace, parts: tuple[AsyncCollection, EventPublisher, Outbox]
+    ns: Namespace, parts: tuple[Collection, EventPublisher, Outbox]
 ) -> None:
     docs, publisher, box = parts
     # Three writers wrote and died before publishing; one document was delivered.
@@ -92,7 +99,7 @@ async def test_the_sweeper_publishes_what_a_dead_writer_left(
 
 
 async def test_nothing_is_pulled_while_publishing_is_off(
-    ns: Namespace, parts: tuple[AsyncCollection, EventPublisher, Outbox]
+    ns: Namespace, parts: tuple[Collection, EventPublisher, Outbox]
 ) -> None:
     """A rebuild publishes nothing: what it would deliver stays in the outbox."""
     docs, publisher, box = parts
@@ -100,7 +107,7 @@ async def test_nothing_is_pulled_while_publishing_is_off(
     event = registered(publisher, "a1", 1)
     await docs.update_one({"_id": "a1"}, outbox.push({"$set": {"n": 1}}, [event]), upsert=True)
     await box.deliver(docs, {"a1": [event]})
-    assert len((await docs.find_one({"_id": "a1"}))["outbox"]) == 1
+    assert len((await stored(docs, "a1"))["outbox"]) == 1
 
 
 def test_entries_round_trip() -> None:
@@ -119,7 +126,7 @@ def test_entries_round_trip() -> None:
 
 
 async def test_removal_is_deferred_and_coalesced(
-    ns: Namespace, parts: tuple[AsyncCollection, EventPublisher, Outbox]
+    ns: Namespace, parts: tuple[Collection, EventPublisher, Outbox]
 ) -> None:
     """Published entries go within ``clear_after_s``, many documents in one write, also
     those delivered while a removal is under way."""
@@ -136,7 +143,7 @@ async def test_removal_is_deferred_and_coalesced(
 
 
 async def test_a_batch_that_read_entries_before_their_removal_does_not_send_them_again(
-    ns: Namespace, parts: tuple[AsyncCollection, EventPublisher, Outbox]
+    ns: Namespace, parts: tuple[Collection, EventPublisher, Outbox]
 ) -> None:
     docs, publisher, _ = parts
     box = Outbox(publisher, clear_after_s=0.05)
@@ -144,7 +151,7 @@ async def test_a_batch_that_read_entries_before_their_removal_does_not_send_them
     await docs.update_one({"_id": "a1"}, outbox.push({"$set": {"revision": 1}}, [event]), upsert=True)
     read_before = await docs.find_one({"_id": "a1"})  # another batch reads it now...
     await box.deliver(docs, {"a1": [event]})
-    await eventually(lambda: docs.find_one({"_id": "a1"}), until=lambda d: d["outbox"] == [], what="removed")
+    await eventually(lambda: stored(docs, "a1"), until=lambda d: d["outbox"] == [], what="removed")
     # ... and passes what it read as pending after the removal: not published twice.
     assert await box.deliver(docs, {"a1": outbox.pending(read_before)}) == 0
     assert await published(ns) == [("a1", 1)]

@@ -15,10 +15,9 @@ from typing import Any
 
 import pytest
 from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument, UpdateOne
-from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.errors import DuplicateKeyError
 
-from service_runtime.store import insert_unique
+from service_runtime.store import Client, Collection, Document, insert_unique, upsert_where
 from tests.conftest import Namespace
 
 CLIENTS = 8
@@ -26,11 +25,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture
-async def collections(ns: Namespace) -> AsyncIterator[list[AsyncCollection]]:
+async def collections(ns: Namespace) -> AsyncIterator[list[Collection]]:
     """The same collection through ``CLIENTS`` clients of their own."""
     name = f"t{ns.id}_store"
     ns.databases.append(name)
-    clients = [AsyncMongoClient(ns.infra["mongodb"], maxPoolSize=2) for _ in range(CLIENTS)]
+    clients: list[Client] = [AsyncMongoClient(ns.infra["mongodb"], maxPoolSize=2) for _ in range(CLIENTS)]
     try:
         yield [c[name]["docs"] for c in clients]
     finally:
@@ -38,37 +37,44 @@ async def collections(ns: Namespace) -> AsyncIterator[list[AsyncCollection]]:
             await c.close()
 
 
-async def test_inc_is_atomic_across_clients(collections: list[AsyncCollection]) -> None:
+async def stored(col: Collection, doc_id: str) -> Document:
+    """The document a test wrote before reading it back."""
+    document = await col.find_one({"_id": doc_id})
+    assert document is not None, f"{doc_id} not stored"
+    return document
+
+
+async def test_inc_is_atomic_across_clients(collections: list[Collection]) -> None:
     """Counters updated by ``$inc`` from several processes (follower counts, sequence
     numbers) add up: no increment is lost."""
     per_client = 250
     await collections[0].insert_one({"_id": "counter", "n": 0})
 
-    async def bump(col: AsyncCollection) -> None:
+    async def bump(col: Collection) -> None:
         for _ in range(per_client):
             await col.update_one({"_id": "counter"}, {"$inc": {"n": 1}})
 
     await asyncio.gather(*(bump(c) for c in collections))
-    assert (await collections[0].find_one({"_id": "counter"}))["n"] == CLIENTS * per_client
+    assert (await stored(collections[0], "counter"))["n"] == CLIENTS * per_client
 
 
-async def test_add_to_set_is_atomic_across_clients(collections: list[AsyncCollection]) -> None:
+async def test_add_to_set_is_atomic_across_clients(collections: list[Collection]) -> None:
     """``$addToSet`` from several processes keeps every member once."""
     per_client = 150
     await collections[0].insert_one({"_id": "set", "members": []})
 
-    async def add(col: AsyncCollection, client: int) -> None:
+    async def add(col: Collection, client: int) -> None:
         for i in range(per_client):
             # Each member twice: once by its own client, once by the next one.
             await col.update_one({"_id": "set"}, {"$addToSet": {"members": f"{client}-{i}"}})
             await col.update_one({"_id": "set"}, {"$addToSet": {"members": f"{(client + 1) % CLIENTS}-{i}"}})
 
     await asyncio.gather(*(add(c, n) for n, c in enumerate(collections)))
-    members = (await collections[0].find_one({"_id": "set"}))["members"]
+    members = (await stored(collections[0], "set"))["members"]
     assert len(members) == len(set(members)) == CLIENTS * per_client
 
 
-async def test_optimistic_guard_is_won_once_per_revision(collections: list[AsyncCollection]) -> None:
+async def test_optimistic_guard_is_won_once_per_revision(collections: list[Collection]) -> None:
     """``update_one({_id, revision: r}, {$set: {revision: r + 1}})``, raced by several
     clients, is won by exactly one of them for each r: the revision guards of profile,
     claims and follow (read, decide, write only if nobody wrote meanwhile)."""
@@ -76,9 +82,9 @@ async def test_optimistic_guard_is_won_once_per_revision(collections: list[Async
     await collections[0].insert_one({"_id": "doc", "revision": 0, "winner": None})
     wins: Counter[int] = Counter()
 
-    async def race(col: AsyncCollection, client: int) -> None:
+    async def race(col: Collection, client: int) -> None:
         while True:
-            doc = await col.find_one({"_id": "doc"})
+            doc = await stored(col, "doc")
             revision = doc["revision"]
             if revision >= rounds:
                 return
@@ -93,12 +99,12 @@ async def test_optimistic_guard_is_won_once_per_revision(collections: list[Async
     assert set(wins.values()) == {1}, f"revisions won more than once: {[r for r, n in wins.items() if n > 1]}"
 
 
-async def test_racing_inserts_of_one_id_have_exactly_one_winner(collections: list[AsyncCollection]) -> None:
+async def test_racing_inserts_of_one_id_have_exactly_one_winner(collections: list[Collection]) -> None:
     """Inserts racing on one ``_id`` (claims' slots, trust's leases, markers): one wins,
     every other gets the duplicate-key error, at once."""
     rounds = 30
 
-    async def insert(col: AsyncCollection, client: int, key: str) -> str:
+    async def insert(col: Collection, client: int, key: str) -> str:
         try:
             await col.insert_one({"_id": key, "by": client})
             return "won"
@@ -111,7 +117,30 @@ async def test_racing_inserts_of_one_id_have_exactly_one_winner(collections: lis
     assert await collections[0].count_documents({}) == rounds
 
 
-async def test_secondary_unique_index_has_exactly_one_winner(collections: list[AsyncCollection]) -> None:
+async def test_racing_creations_of_one_document_keep_both_writes(collections: list[Collection]) -> None:
+    """Two writers that may create the same document at once (follow's commands and its
+    profile/claims fold, collab's owner and profile folds, profile's standing) both land,
+    through ``service_runtime.store.upsert_where``: it creates documents by insert. On this
+    store two upserts of one new ``_id`` can both insert, and one's fields are lost without
+    an error, so no such write is an upsert."""
+    ids = [f"a{i}" for i in range(200)]
+
+    async def write(col: Collection, field: str, author_id: str) -> list[int]:
+        guard = {"$or": [{f"{field}.revision": {"$lt": 1}}, {field: None}]}
+        return await upsert_where(col, [({"_id": author_id, **guard}, {"$set": {field: {"revision": 1}}})])
+
+    missed = await asyncio.gather(
+        *(write(collections[n % CLIENTS], field, a) for n, a in enumerate(ids) for field in ("owner", "profile"))
+    )
+    assert not any(missed)
+    docs = await collections[0].find({}).sort("_id", ASCENDING).to_list(None)
+    assert len(docs) == len(ids)
+    assert all(d.get("owner") == {"revision": 1} and d.get("profile") == {"revision": 1} for d in docs)
+    # A write whose guard does not match (a newer revision stands) is reported, not applied.
+    assert await write(collections[1], "owner", ids[0]) == [0]
+
+
+async def test_secondary_unique_index_has_exactly_one_winner(collections: list[Collection]) -> None:
     """Racing inserts of one key on a secondary unique index: exactly one wins. DocumentDB
     makes such an index an exclusion constraint and answers some losers "deadlock
     detected" (code 16908292) instead of a duplicate key; ``service_runtime.store.insert_unique``
@@ -143,7 +172,7 @@ def _index_names(plan: Any) -> Iterator[str]:
             yield from _index_names(item)
 
 
-async def test_lookup_by_secondary_field_uses_its_index(collections: list[AsyncCollection]) -> None:
+async def test_lookup_by_secondary_field_uses_its_index(collections: list[Collection]) -> None:
     """A find on a field with a secondary index is served by that index (the store's own
     plan says so): projections may look documents up by fields other than ``_id``."""
     col = collections[0]
@@ -156,7 +185,7 @@ async def test_lookup_by_secondary_field_uses_its_index(collections: list[AsyncC
     assert len(await col.find({"author_id": "a42"}).to_list(None)) == 20
 
 
-async def test_bulk_update_of_500_statements(collections: list[AsyncCollection]) -> None:
+async def test_bulk_update_of_500_statements(collections: list[Collection]) -> None:
     """One bulk write of 500 updates matching existing documents completes (FerretDB 1
     stalled for good on ~100), and reports every match."""
     col = collections[0]
@@ -167,7 +196,7 @@ async def test_bulk_update_of_500_statements(collections: list[AsyncCollection])
     assert await col.count_documents({"n": 1, "tag": "x"}) == 500
     # And one find_one_and_update answers the document as it left the update.
     doc = await col.find_one_and_update({"_id": "d0"}, {"$inc": {"n": 1}}, return_document=ReturnDocument.AFTER)
-    assert doc["n"] == 2
+    assert doc is not None and doc["n"] == 2
 
 
 def test_no_code_path_starts_a_transaction() -> None:

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import pytest
 
-from contracts import Envelope
+from contracts import Envelope, EventModel
 from contracts.events.follows import FollowRequested, UnfollowRequested
 from contracts.events.publications import AuthorImported
 from service_runtime.delivery import Incoming
 from service_runtime.dispatch import Dispatch
 
+P = TypeVar("P", bound=EventModel)
 
-def incoming(payload: FollowRequested | UnfollowRequested | AuthorImported) -> Incoming[object]:
-    return Incoming(Envelope.wrap(payload, producer="test"), payload, str(payload.topic), 0, 0)  # type: ignore[arg-type]
+
+def incoming(payload: P) -> Incoming[P]:
+    return Incoming(Envelope.wrap(payload, producer="test"), payload, str(payload.topic), 0, 0)
 
 
 def test_each_type_goes_to_its_handler() -> None:

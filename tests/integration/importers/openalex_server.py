@@ -65,6 +65,7 @@ class OpenAlexStub:
     @property
     def base_url(self) -> str:
         host, port = self._server.server_address[:2]
+        assert isinstance(host, str)  # an AF_INET server's bound address names its host as text
         return f"http://{host}:{port}"
 
     def __enter__(self) -> OpenAlexStub:

@@ -194,7 +194,8 @@ async def test_a_malformed_page_fails_clearly_publishes_nothing_of_it_and_resume
         await run_import(ns, stub, tmp_path, openalex_per_page=5)
 
     assert len(works_of(await published(ns))) == 5  # page 1 only
-    assert JsonFileCheckpoint(tmp_path / "state.json").load(MEARMAN).next_page == 2
+    state = JsonFileCheckpoint(tmp_path / "state.json").load(MEARMAN)
+    assert state is not None and state.next_page == 2
 
     summary = await run_import(ns, stub, tmp_path, openalex_per_page=5)
     assert (summary.resumed_from_page, summary.published, summary.published_this_run) == (2, 9, 4)

@@ -90,6 +90,7 @@ async def test_the_seed_slice_then_a_new_work_moves_it_and_any_node_expands_page
         timeout=60,
         what="the seed's graph with its 28 works",
     )
+    assert seed is not None
     assert seed["nodes"][0] == {"id": SEED_NODE, "kind": "author", "label": "Quoc V. Le", "weight": 28, "close": False}
     close = [n for n in seed["nodes"] if n["kind"] == "author" and n["close"]]
     assert [n["label"] for n in close] == CLOSE
@@ -126,6 +127,7 @@ async def test_the_seed_slice_then_a_new_work_moves_it_and_any_node_expands_page
         until=lambda g: g is not None and g["counts"]["works"] == 29,
         what="the new work in the graph",
     )
+    assert moved is not None
     assert labels(moved, "work")[0] == "Graphs of collaboration"
     assert labels(moved, "institution") == ["Bangor University"]
     assert "Research networks" in labels(moved, "topic") and "Ada Graph" in labels(moved, "author")

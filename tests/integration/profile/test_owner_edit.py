@@ -97,6 +97,7 @@ async def test_the_owner_edits_their_record_and_nobody_else_can(
         until=lambda p: p is not None and p["counts"]["works"] == 1 and p["direct_collaboration_unlocked"],
         what="the claimed record",
     )
+    assert before is not None
     assert before["open_to_collaborate"] is False and before["affiliation"] is None
 
     # The web app asks whether to show the owner's form.
@@ -133,6 +134,7 @@ async def test_the_owner_edits_their_record_and_nobody_else_can(
     )
     assert r.status_code == 202 and r.json()["edited"] == ["affiliation", "description", "open_to_collaborate"]
     after = await eventually(lambda: page(http), until=lambda p: p is not None and p["open_to_collaborate"])
+    assert after is not None
     assert after["affiliation"] == affiliation and after["description"] == "In my own words."
     assert after["revision"] == before["revision"] + 1, "the stranger's command changed nothing"
     updates = [e for e in await profile_events(ns) if e["event_type"] == "AuthorUpdated"]
@@ -144,7 +146,7 @@ async def test_the_owner_edits_their_record_and_nobody_else_can(
     reimported = await eventually(
         lambda: page(http), until=lambda p: p is not None and p["display_name"] != "Ada Lovelace"
     )
-    assert reimported["display_name"] == "Augusta Ada King"
+    assert reimported is not None and reimported["display_name"] == "Augusta Ada King"
     assert reimported["description"] == "In my own words." and reimported["open_to_collaborate"] is True
 
     # Once the claim is revoked, the former owner is a stranger too.
@@ -153,4 +155,5 @@ async def test_the_owner_edits_their_record_and_nobody_else_can(
     await eventually(lambda: page(http), until=lambda p: p is not None and not p["direct_collaboration_unlocked"])
     r = await http.patch(f"/authors/{AUTHOR}", json={"open_to_collaborate": False}, headers=as_user(profile, OWNER))
     assert r.status_code == 403
-    assert (await page(http))["open_to_collaborate"] is True
+    unchanged = await page(http)
+    assert unchanged is not None and unchanged["open_to_collaborate"] is True

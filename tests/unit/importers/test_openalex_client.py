@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from typing import Any
 
 import httpx
 import pytest
@@ -24,8 +25,8 @@ from importers.settings import ImporterSettings
 PAGE = {"meta": {"count": 1}, "results": [{"id": "https://openalex.org/W1"}]}
 
 
-def settings(**overrides) -> ImporterSettings:
-    values = dict(openalex_max_attempts=3, openalex_backoff_initial_s=1.0, openalex_backoff_max_s=4.0)
+def settings(**overrides: Any) -> ImporterSettings:
+    values: dict[str, Any] = dict(openalex_max_attempts=3, openalex_backoff_initial_s=1.0, openalex_backoff_max_s=4.0)
     values.update(overrides)
     return ImporterSettings(**values)
 
@@ -134,5 +135,6 @@ def test_checkpoint_file_round_trip(tmp_path) -> None:
     assert cp.load("A1") == AuthorProgress(
         per_page=50, next_page=3, total=120, published=100, skipped={"no authors": 1}
     )
-    assert cp.load("A2").completed
+    done = cp.load("A2")
+    assert done is not None and done.completed
     assert [p.name for p in (tmp_path / "deep").iterdir()] == ["state.json"]  # no temp file left behind

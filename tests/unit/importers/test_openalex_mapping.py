@@ -45,6 +45,7 @@ def test_abstract_is_rebuilt_by_position_or_absent() -> None:
     assert rebuild_abstract({"world": [1], "hello": [0, 2]}) == "hello world hello"
     assert rebuild_abstract(None) is None and rebuild_abstract({}) is None
     abstract = map_work(work("W2250748100")).event.work.abstract
+    assert abstract is not None
     assert abstract.startswith("By collecting images of heritage assets from members of the public and processing them")
     assert map_work(work("W3200026003")).event.work.abstract is None  # recorded as null
 
@@ -151,6 +152,7 @@ def test_malformed_doi_is_dropped() -> None:
 
 def test_authors_map_with_affiliation_and_orcid() -> None:
     priem, _ = map_author(json.loads((DATA / "author-A5023888391.json").read_text()))
+    assert priem.affiliation is not None
     assert (priem.author_id, priem.display_name, priem.orcid, priem.affiliation.name) == (
         "openalex:A5023888391",
         "Jason Priem",
@@ -158,6 +160,7 @@ def test_authors_map_with_affiliation_and_orcid() -> None:
         "OpenAlex",
     )
     mearman, _ = map_author(json.loads((DATA / "author-A5017898742.json").read_text()))
+    assert mearman.affiliation is not None
     assert (mearman.orcid, mearman.affiliation.name) == (None, "Bangor University")
 
 

@@ -108,7 +108,8 @@ async def test_basic_paging_stops_at_ten_thousand_works_and_says_so() -> None:
     # Page 100 of 100 reaches work 10,000: OpenAlex serves no page 101 without cursor paging.
     assert (summary.published, summary.total, summary.pages_this_run, summary.truncated) == (100, 10_250, 100, True)
     assert "paging limit" in summary.line()
-    assert checkpoint.load("A5017898742").completed  # a re-run starts over instead of looping at the limit
+    state = checkpoint.load("A5017898742")
+    assert state is not None and state.completed  # a re-run starts over instead of looping at the limit
 
 
 async def test_a_checkpoint_is_resumed_unless_a_restart_is_asked_for() -> None:
