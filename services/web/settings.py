@@ -43,8 +43,10 @@ class WebSettings(RuntimeSettings):
     # between reading the services and subscribing, and clocks of several web processes.
     live_catch_up_margin_s: float = Field(default=5.0, ge=0)
 
-    # Nodes asked of the research graph API for the first slice and for each expansion.
-    graph_limit: int = Field(default=40, ge=1, le=500)
+    # Co-authors, works and institutions asked of the research graph API for the first
+    # slice (every topic comes too), and neighbours per expansion: 12 keeps the seed's
+    # first drawing (12 + 12 + 9 topics) large enough to read and click.
+    graph_limit: int = Field(default=12, ge=1, le=200)
 
     @property
     def dev_sign_in_enabled(self) -> bool:

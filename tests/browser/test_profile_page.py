@@ -264,6 +264,7 @@ async def test_clicking_a_collaborator_expands_the_graph(
     assert await body.get_attribute("data-graph") == "explorer", "the graph explorer API is not available"
 
     before = await page.evaluate("window.bzpeerGraph.nodes().length")
+    await live(page)  # the live notice above the page is in: nothing moves the drawing any more
     # A close collaborator's node, clicked where it is drawn on the canvas (in view).
     await page.locator('[data-section="graph"] [data-role="graph-canvas"]').scroll_into_view_if_needed()
     at = await page.evaluate(

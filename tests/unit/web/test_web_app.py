@@ -161,7 +161,7 @@ COUNTS = {"coauthors": 1, "works": 0, "topics": 0, "institutions": 0}
 def profile_with_graph(request: httpx.Request) -> httpx.Response:
     path = request.url.raw_path.decode()
     if path.startswith("/authors/seed:quoc-v-le/graph"):
-        assert request.url.params["limit"] == "40"
+        assert request.url.params["limit"] == "12"
         return httpx.Response(200, json=GRAPH)
     if path.startswith("/graph/nodes/author:seed:mingxing-tan/neighbours"):
         return httpx.Response(200, json={"node": GRAPH["nodes"][1], "nodes": [], "edges": [], "next_cursor": None})
