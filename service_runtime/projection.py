@@ -13,11 +13,7 @@ class Projection:
     Collections not named here (work queues, outbox markers) are not part of it."""
 
     collections: dict[str, frozenset[str]]
-    # Fields stored as JSON strings or packed JSON (``service_runtime.compact``: FerretDB
-    # reads flat strings much faster than nested documents), decoded before comparing so
-    # the ignored paths can reach inside them and a difference is shown readably.
-    json_fields: frozenset[str] = frozenset()
 
     @classmethod
-    def of(cls, json_fields: tuple[str, ...] = (), **collections: tuple[str, ...] | list[str]) -> Projection:
-        return cls({name: frozenset(fields) for name, fields in collections.items()}, frozenset(json_fields))
+    def of(cls, **collections: tuple[str, ...] | list[str]) -> Projection:
+        return cls({name: frozenset(fields) for name, fields in collections.items()})

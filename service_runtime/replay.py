@@ -23,7 +23,6 @@ from typing import Any
 
 from pymongo import AsyncMongoClient
 
-from service_runtime import compact
 from service_runtime.offsets import end_offsets, group_progress
 from service_runtime.projection import Projection
 from service_runtime.service import Service
@@ -121,16 +120,6 @@ async def published_revisions(
     return top
 
 
-def _decoded(doc: dict[str, Any], json_fields: frozenset[str]) -> dict[str, Any]:
-    return {k: _decoded_value(v) if k in json_fields else v for k, v in doc.items()}
-
-
-def _decoded_value(value: Any) -> Any:
-    if isinstance(value, str):
-        return json.loads(value)
-    return compact.unpack(value) if isinstance(value, bytes) else value
-
-
 def _short(value: Any, width: int = 120) -> str:
     text = repr(value)
     return text if len(text) <= width else text[: width - 3] + "..."
@@ -161,8 +150,8 @@ async def compare_databases(
     try:
         live, rebuilt = client[live_db], client[rebuilt_db]
         for name, ignore in sorted(projection.collections.items()):
-            a = {d["_id"]: _without(_decoded(d, projection.json_fields), ignore) async for d in live[name].find({})}
-            b = {d["_id"]: _without(_decoded(d, projection.json_fields), ignore) async for d in rebuilt[name].find({})}
+            a = {d["_id"]: _without(d, ignore) async for d in live[name].find({})}
+            b = {d["_id"]: _without(d, ignore) async for d in rebuilt[name].find({})}
             for key in sorted(set(a) | set(b), key=str):
                 if a.get(key) != b.get(key):
                     problems.append(f"{name}/{key}: {_difference(a.get(key), b.get(key))}")

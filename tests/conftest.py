@@ -188,9 +188,11 @@ async def _remember_test_loop() -> None:
 
 
 def _cancel_stalled(loop: asyncio.AbstractEventLoop, test_name: str) -> None:
-    print(f"\n!!! {test_name} still running after {STALL_SECONDS:.0f}s; its tasks:", file=sys.stderr)
-    for task in asyncio.all_tasks(loop):
-        task.print_stack(limit=12, file=sys.stderr)
+    for out in (sys.stderr, _stall_log()):
+        print(f"\n!!! {test_name} (setup, call or teardown) still running after {STALL_SECONDS:.0f}s:", file=out)
+        for task in asyncio.all_tasks(loop):
+            task.print_stack(limit=12, file=out)
+        out.flush()
     for task in asyncio.all_tasks(loop):
         if getattr(task.get_coro(), "__name__", "") == test_name:
             task.cancel(f"stalled for {STALL_SECONDS:.0f}s")
@@ -210,21 +212,23 @@ def _stall_log() -> Any:
 
 
 @pytest.hookimpl(hookwrapper=True)
-def pytest_runtest_call(item: pytest.Item) -> Any:
+def pytest_runtest_protocol(item: pytest.Item) -> Any:
+    """Setup, call and teardown of one test, watched."""
     if item.get_closest_marker("faults"):  # whole-system runs of many minutes, by design
         yield
         return
     name = getattr(item, "originalname", item.name)
-    timer = None
-    if _test_loop and asyncio.iscoroutinefunction(getattr(item, "function", None)):
-        loop = _test_loop[0]
-        timer = threading.Timer(STALL_SECONDS, lambda: loop.call_soon_threadsafe(_cancel_stalled, loop, name))
-        timer.daemon = True
-        timer.start()
+
+    def stalled() -> None:
+        if _test_loop:
+            _test_loop[0].call_soon_threadsafe(_cancel_stalled, _test_loop[0], name)
+
+    timer = threading.Timer(STALL_SECONDS, stalled)
+    timer.daemon = True
+    timer.start()
     faulthandler.dump_traceback_later(STALL_SECONDS + 60, exit=True, file=_stall_log())
     try:
         yield
     finally:
         faulthandler.cancel_dump_traceback_later()
-        if timer is not None:
-            timer.cancel()
+        timer.cancel()
