@@ -282,10 +282,11 @@ async def neighbours(
     reply = await backends.neighbours(node, cursor, settings.graph_limit)
     if reply.ok and isinstance(reply.body, dict) and "nodes" in reply.body:
         return JSONResponse(reply.body)
-    return JSONResponse(
-        {"status": "unavailable", "message": "The graph explorer is not available yet."},
-        status_code=503 if reply.status == 404 else reply.status,
-    )
+    # The node is not in the graph (404), or the cursor is not one of its pages (422).
+    message = "There is no such node in the research graph."
+    if reply.status != 404:
+        message = "That page of neighbours does not exist: expand the node again."
+    return JSONResponse({"status": "not_found", "message": message}, status_code=404 if reply.status == 404 else 400)
 
 
 @router.get("/authors/{author_id}/graph", response_class=HTMLResponse, summary="The full graph explorer")

@@ -196,7 +196,7 @@ async def test_graph_falls_back_to_the_page_without_the_graph_api() -> None:
         graph = (await c.get("/authors/seed:quoc-v-le/graph.json")).json()
         assert graph["explorer"] is False and graph["nodes"] == fallback_graph(SEED_PAGE)["nodes"]
         r = await c.get("/graph/neighbours", params={"node": "author:seed:mingxing-tan"})
-        assert r.status_code == 503 and "not available yet" in r.json()["message"]
+        assert r.status_code == 404 and "no such node" in r.json()["message"]
 
 
 def test_the_graph_the_tests_fake_is_what_the_profile_service_answers() -> None:
