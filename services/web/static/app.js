@@ -303,7 +303,7 @@
 
     async function expand(node) {
       if (!explorer) {
-        say("The graph explorer is not available yet: this slice shows the close collaborators and topics of the page.");
+        say("The graph explorer is not available right now: this slice shows the close collaborators and topics of the page.");
         return;
       }
       const cursor = node.data("cursor");
@@ -336,7 +336,7 @@
     say(
       explorer
         ? cy.nodes().length + " nodes. Click a node to bring in its neighbours."
-        : "The full graph explorer is not available yet: this slice shows the close collaborators and topics of the page.",
+        : "The full graph explorer is not available right now: this slice shows the close collaborators and topics of the page.",
     );
   }
 
