@@ -406,8 +406,19 @@ async def test_http_import_requires_the_importer_role_and_publishes_the_work(
         found = (await http.get("/authors", params={"q": q})).json()["items"]
         assert [a["author_id"] for a in found] == ["zoe"], q
     assert (await http.get("/authors", params={"q": "xyz"})).json()["items"] == []
-    assert (await http.get("/authors/nobody")).json()["detail"] == "no author record with id 'nobody'"
+    assert (await http.get("/authors", params={"q": "!!!"})).json()["items"] == [], "names no one: no match"
+    missing = await http.get("/authors/nobody")
+    assert missing.headers["content-type"] == "application/problem+json"
+    assert missing.json() == {
+        "type": "about:blank",
+        "title": "Not Found",
+        "status": 404,
+        "detail": "no author record with id 'nobody'",
+        "instance": "/authors/nobody",
+    }
     assert (await http.get("/authors/zoe/works", params={"cursor": "!!"})).status_code == 422
+    past_the_end = await http.get("/authors/zoe/works", params={"cursor": "1600:zzz"})
+    assert (past_the_end.status_code, past_the_end.json()["items"]) == (200, [])
     assert (await http.get("/authors/zoe/works", params={"limit": 0})).status_code == 422
     assert (await http.get("/authors", params={"q": ""})).status_code == 422
 
