@@ -121,7 +121,7 @@ async def served(infra: dict[str, str], kafka_ready: None) -> AsyncIterator[Serv
         await drop_namespace(ns)
 
 
-async def _schemathesis(url: str, token: str, ids: dict[str, str]) -> tuple[int, str]:
+async def _schemathesis(url: str, token: str, ids: dict[str, str], workdir: Path) -> tuple[int, str]:
     process = await asyncio.create_subprocess_exec(
         str(ST),
         "run",
@@ -134,8 +134,7 @@ async def _schemathesis(url: str, token: str, ids: dict[str, str]) -> tuple[int,
         str(MAX_EXAMPLES),
         "--seed",
         str(SEED),
-        # Nothing kept between runs (no example database, no crash cache in the work tree):
-        # every run is the same run.
+        # No example database: every run is the same run.
         "--generation-database",
         "none",
         # One worker: schemathesis' threads parse Python source at once, which CPython 3.11
@@ -145,7 +144,7 @@ async def _schemathesis(url: str, token: str, ids: dict[str, str]) -> tuple[int,
         "--request-timeout",
         "10",
         "--no-color",
-        cwd=REPO_ROOT,
+        cwd=workdir,  # where schemathesis keeps its crash cache: not the work tree
         env={
             **os.environ,
             "SCHEMATHESIS_HOOKS": "tests.conformance.hooks",
@@ -160,10 +159,10 @@ async def _schemathesis(url: str, token: str, ids: dict[str, str]) -> tuple[int,
 
 
 @pytest.mark.parametrize("service", SERVICE_NAMES)
-async def test_service_keeps_its_openapi_contract(served: Served, service: str) -> None:
+async def test_service_keeps_its_openapi_contract(served: Served, service: str, tmp_path: Path) -> None:
     async with httpx.AsyncClient(base_url=served.urls[service]) as http:
         assert (await http.get("/openapi.json")).status_code == 200
     started = time.monotonic()
-    code, report = await _schemathesis(served.urls[service], served.tokens[service], served.ids[service])
+    code, report = await _schemathesis(served.urls[service], served.tokens[service], served.ids[service], tmp_path)
     print(f"{service}: schemathesis ran {time.monotonic() - started:.0f} s\n{report}")
     assert code == 0, f"schemathesis found failures in the {service} service's API:\n{report}"
