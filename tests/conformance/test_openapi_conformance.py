@@ -26,6 +26,7 @@ from pathlib import Path
 import httpx
 import pytest
 import uvicorn
+from fastapi import FastAPI
 
 from bzpeer_cli.demo import open_by_owner_edit
 from bzpeer_cli.services import SERVICE_NAMES
@@ -49,9 +50,9 @@ class Served:
     ids: dict[str, dict[str, str]]
 
 
-async def _serve(app: object, port: int) -> tuple[uvicorn.Server, asyncio.Task[None]]:
+async def _serve(app: FastAPI, port: int) -> tuple[uvicorn.Server, asyncio.Task[None]]:
     # lifespan off: the services are already running (``System.running``).
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_config=None))  # type: ignore[arg-type]
+    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_config=None))
     task = asyncio.create_task(server.serve())
     while not server.started:
         assert not task.done(), "uvicorn did not start"
