@@ -2,13 +2,15 @@
 
 The token is verified with the configured key and algorithm only (``alg`` in the token's
 header is never trusted, so ``alg=none`` and algorithm confusion fail), and its issuer,
-audience and expiry are checked. The user id is the token's ``sub``; roles are in ``roles``;
+audience and expiry are checked. The user id is the token's ``sub`` (an id, as every event's user id: a token whose
+subject is none is invalid); roles are in ``roles``;
 ``orcid``, when present, is the ORCID iD the identity provider authenticated the user with
 (the web app vouches for it as claim evidence: ``Evidence.orcid_authenticated``).
 """
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -17,6 +19,7 @@ import jwt
 from fastapi import Depends, HTTPException, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
+from contracts.events.common import ID_PATTERN
 from service_runtime.settings import RuntimeSettings
 
 REVIEWER = "reviewer"
@@ -52,6 +55,8 @@ class JwtVerifier:
             options={"require": ["exp", "iat", "sub", "iss", "aud"]},
             leeway=5,
         )
+        if not re.fullmatch(ID_PATTERN, str(claims["sub"])):
+            raise jwt.InvalidTokenError("sub must be an id")
         roles = claims.get("roles", [])
         if not isinstance(roles, list) or not all(isinstance(r, str) for r in roles):
             raise jwt.InvalidTokenError("roles must be a list of strings")

@@ -16,6 +16,7 @@ from typing import Any, Literal
 import uvicorn
 from aiokafka import ConsumerRecord
 from fastapi import FastAPI, Response
+from fastapi.responses import PlainTextResponse
 from faststream import AckPolicy
 from faststream.kafka.annotations import KafkaMessage
 from faststream.specification import AsyncAPI
@@ -29,6 +30,7 @@ from service_runtime.kafka import ensure_topics, make_broker
 from service_runtime.logging import configure_logging, get_logger
 from service_runtime.metrics import Metrics
 from service_runtime.outbox import Outbox
+from service_runtime.problems import install as install_problems
 from service_runtime.projection import Projection
 from service_runtime.publishing import EventPublisher
 from service_runtime.settings import RuntimeSettings
@@ -45,6 +47,17 @@ async def _raw_records(msg: Any) -> None:
 
 
 Runs = Literal["always", "live", "rebuild"]
+
+
+class Health(BaseModel):
+    status: Literal["ok"] = "ok"
+    service: str
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "not ready"]
+    broker: bool
+    store: bool
 
 
 def _runs_now(runs: Runs, settings: RuntimeSettings) -> bool:
@@ -75,6 +88,7 @@ class Service:
         self.http = FastAPI(title=title, description=description, lifespan=self._lifespan)
         self.http.state.jwt_verifier = JwtVerifier(settings)
         self.http.state.service = self
+        install_problems(self.http)
         self._add_operational_routes()
 
     # --- wiring ---------------------------------------------------------------------
@@ -229,24 +243,28 @@ class Service:
         app = self.http
 
         @app.get("/health", tags=["operations"], summary="Liveness: the process is up")
-        async def health() -> dict[str, str]:
-            return {"status": "ok", "service": self.settings.service_name}
+        async def health() -> Health:
+            return Health(service=self.settings.service_name)
 
-        @app.get("/ready", tags=["operations"], summary="Readiness: broker and store reachable")
-        async def ready(response: Response) -> dict[str, Any]:
+        @app.get(
+            "/ready",
+            tags=["operations"],
+            summary="Readiness: broker and store reachable",
+            responses={503: {"model": Readiness, "description": "the broker or the store is unreachable"}},
+        )
+        async def ready(response: Response) -> Readiness:
             broker_ok = await self._broker_reachable()
             store_ok = await store_reachable(self.mongo)
             if not (broker_ok and store_ok):
                 response.status_code = 503
-            return {
-                "status": "ready" if broker_ok and store_ok else "not ready",
-                "broker": broker_ok,
-                "store": store_ok,
-            }
+            return Readiness(
+                status="ready" if broker_ok and store_ok else "not ready", broker=broker_ok, store=store_ok
+            )
 
-        @app.get("/metrics", tags=["operations"], summary="Prometheus metrics")
-        async def metrics() -> Response:
-            return Response(self.metrics.render(), media_type="text/plain; version=0.0.4")
+        # Prometheus' text format, documented as such (not the JSON FastAPI would assume).
+        @app.get("/metrics", tags=["operations"], summary="Prometheus metrics", response_class=PlainTextResponse)
+        async def metrics() -> PlainTextResponse:
+            return PlainTextResponse(self.metrics.render(), media_type="text/plain; version=0.0.4")
 
         @app.get("/asyncapi.json", tags=["operations"], summary="AsyncAPI document of the topics")
         async def asyncapi() -> Response:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import ClassVar, Literal
 
-from pydantic import EmailStr, Field, model_validator
+from pydantic import Field, StrictBool, model_validator
 
 from contracts.envelope import EventModel
 from contracts.events.common import Frozen, Id, OrcidId, VerificationLevel
@@ -27,13 +27,18 @@ RejectionReason = Literal[
 ]
 
 
+EMAIL_PATTERN = r"^[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}$"
+
+
 class Evidence(Frozen):
     """What the web app vouches for. Secrets never travel here: only verified facts."""
 
-    email: EmailStr | None = None
-    email_verified: bool = False  # the web app confirmed the user controls this address
+    # A plain ASCII address (what the web app verifies mail to): a pattern the JSON Schema
+    # states, where an e-mail validator would refuse addresses the schema's "email" allows.
+    email: str | None = Field(default=None, max_length=254, pattern=EMAIL_PATTERN)
+    email_verified: StrictBool = False  # the web app confirmed the user controls this address
     orcid: OrcidId | None = None
-    orcid_authenticated: bool = False  # the user signed in with this ORCID iD
+    orcid_authenticated: StrictBool = False  # the user signed in with this ORCID iD
     statement: str | None = Field(default=None, max_length=2000)
     links: list[str] = Field(default=[], max_length=10)
 

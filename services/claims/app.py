@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-from fastapi.exceptions import RequestValidationError
-
 from contracts.events import claims as events
 from contracts.topics import Topic
 from service_runtime.service import Service
 from services.claims.processing import INPUTS, ClaimsProcessor
 from services.claims.rebuild import ClaimsRebuild
-from services.claims.routes import build_router, validation_error_without_input
+from services.claims.routes import build_router
 from services.claims.settings import ClaimsSettings
 from services.claims.store import ClaimsStore
 
@@ -54,7 +52,6 @@ def build_service(settings: ClaimsSettings | None = None) -> Service:
         ),
     )
     service.http.include_router(build_router(store, service.publisher))
-    service.http.add_exception_handler(RequestValidationError, validation_error_without_input)
     service.http.state.claims_processor = processor
     return service
 

@@ -11,15 +11,15 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Path, Request, status
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, HTTPException, Path, status
+from pydantic import BaseModel, Field
 
 from contracts.events.claims import ClaimEvidenceSubmitted, ClaimRequested, ClaimReviewed, ClaimWithdrawn, Evidence
 from contracts.events.common import ID_PATTERN, Id
 from service_runtime.auth import REVIEWER, CurrentUser, Principal, require_role
+from service_runtime.problems import problem_responses
 from service_runtime.publishing import EventPublisher
+from service_runtime.requests import RequestBody
 from services.claims.rules import Claim
 from services.claims.store import ClaimsStore
 
@@ -29,22 +29,17 @@ _NOT_YOURS = HTTPException(
 )
 
 
-class _Body(BaseModel):
-    # Unknown fields are refused: a token or secret sent by mistake is a 422, never stored.
-    model_config = ConfigDict(extra="forbid")
-
-
-class ClaimRequestBody(_Body):
+class ClaimRequestBody(RequestBody):
     author_id: Id
     evidence: Evidence = Evidence()
     show_owner: bool = Field(default=False, description="name me on the record's public claim status")
 
 
-class EvidenceBody(_Body):
+class EvidenceBody(RequestBody):
     evidence: Evidence
 
 
-class ReviewBody(_Body):
+class ReviewBody(RequestBody):
     decision: Literal["approve", "reject", "revoke"]
     reason: str = Field(min_length=1, max_length=1000)
 
@@ -109,7 +104,11 @@ def build_router(store: ClaimsStore, publisher: EventPublisher) -> APIRouter:
         return Accepted(claim_id=claim_id, author_id=body.author_id)
 
     @router.post(
-        "/claims/{claim_id}/evidence", status_code=202, response_model=Accepted, summary="Add evidence to my claim"
+        "/claims/{claim_id}/evidence",
+        status_code=202,
+        response_model=Accepted,
+        summary="Add evidence to my claim",
+        responses=problem_responses(403),
     )
     async def submit_evidence(claim_id: PathId, body: EvidenceBody, user: CurrentUser) -> Accepted:
         claim = await visible_claim(claim_id, user, owner_only=True)
@@ -120,7 +119,13 @@ def build_router(store: ClaimsStore, publisher: EventPublisher) -> APIRouter:
         )
         return Accepted(claim_id=claim_id, author_id=claim.author_id)
 
-    @router.post("/claims/{claim_id}/withdraw", status_code=202, response_model=Accepted, summary="Withdraw my claim")
+    @router.post(
+        "/claims/{claim_id}/withdraw",
+        status_code=202,
+        response_model=Accepted,
+        summary="Withdraw my claim",
+        responses=problem_responses(403),
+    )
     async def withdraw(claim_id: PathId, user: CurrentUser) -> Accepted:
         claim = await visible_claim(claim_id, user, owner_only=True)
         await publish(ClaimWithdrawn(claim_id=claim_id, author_id=claim.author_id, user_id=user.user_id))
@@ -131,6 +136,7 @@ def build_router(store: ClaimsStore, publisher: EventPublisher) -> APIRouter:
         status_code=202,
         response_model=Accepted,
         summary="Approve, reject or revoke a claim (reviewers)",
+        responses=problem_responses(403, 404),
     )
     async def review(claim_id: PathId, body: ReviewBody, user: CurrentUser) -> Accepted:
         require_role(user, REVIEWER)
@@ -148,7 +154,12 @@ def build_router(store: ClaimsStore, publisher: EventPublisher) -> APIRouter:
         )
         return Accepted(claim_id=claim_id, author_id=claim.author_id)
 
-    @router.get("/claims/{claim_id}", response_model=ClaimView, summary="A claim (its claimant or a reviewer)")
+    @router.get(
+        "/claims/{claim_id}",
+        response_model=ClaimView,
+        summary="A claim (its claimant or a reviewer)",
+        responses=problem_responses(403, 404),
+    )
     async def get_claim(claim_id: PathId, user: CurrentUser) -> ClaimView:
         c = await visible_claim(claim_id, user)
         return ClaimView(
@@ -184,12 +195,3 @@ def build_router(store: ClaimsStore, publisher: EventPublisher) -> APIRouter:
         )
 
     return router
-
-
-async def validation_error_without_input(request: Request, exc: Exception) -> JSONResponse:
-    """422 saying what is wrong and where, without echoing the submitted values: a token or
-    secret sent by mistake must not come back in a response (or a proxy's log of it).
-    Registered for ``RequestValidationError`` only."""
-    assert isinstance(exc, RequestValidationError)
-    errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
-    return JSONResponse(status_code=422, content={"detail": errors})

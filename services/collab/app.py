@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from fastapi.exceptions import RequestValidationError
-
 from contracts.envelope import EventModel
 from contracts.events.collab import INVITATION_EVENTS, InvitationCommandRejected, InvitationState
 from contracts.events.notifications import NotificationCreated
@@ -11,7 +9,7 @@ from contracts.topics import Topic
 from service_runtime.service import Service
 from services.collab.processing import Decider, limits_of
 from services.collab.rebuild import DecisionsFold, FactsFold
-from services.collab.routes import build_router, validation_error_without_input
+from services.collab.routes import build_router
 from services.collab.settings import CollabSettings
 from services.collab.store import CollabStore
 
@@ -63,7 +61,6 @@ def build_service(settings: CollabSettings | None = None) -> Service:
     service.http.state.collab_store = store
     service.http.state.collab_decider = decider
     service.http.include_router(build_router(store, service.publisher, limits_of(settings), settings.list_limit))
-    service.http.add_exception_handler(RequestValidationError, validation_error_without_input)
     return service
 
 

@@ -2,23 +2,19 @@
 
 Writes answer what they can check on the projection at once, with the rules the consumer
 applies (``rules``): 401 without a valid token, 404 for an unknown invitation, 403 for a
-user who is not the party the command needs, 409 for a state that forbids it (the reason
-in ``detail.reason``), 422 for invalid input (a message over the limit). Otherwise 202:
+user who is not the party the command needs, 409 for a state that forbids it (the rule
+in the problem's ``reason``), 422 for invalid input (a message over the limit). Otherwise 202:
 the command is published, and the consumer decides authoritatively in partition order
 (a race these checks could not see ends in a refusal on ``collab.events``, and for a new
 invitation in its status and reason on ``GET /invitations/{id}``).
 """
 
-from __future__ import annotations
-
 import uuid
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from fastapi import APIRouter, HTTPException, Path, Request, status
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import APIRouter, Path, status
+from pydantic import BaseModel, Field
 
 from contracts.events.collab import (
     TEXT_MAX_CHARS,
@@ -32,7 +28,9 @@ from contracts.events.collab import (
 )
 from contracts.events.common import ID_PATTERN, Id
 from service_runtime.auth import CurrentUser
+from service_runtime.problems import ProblemError, problem_responses
 from service_runtime.publishing import EventPublisher
+from service_runtime.requests import RequestBody
 from services.collab.rules import (
     Limits,
     answer_refusal,
@@ -49,18 +47,16 @@ from services.collab.store import CollabStore
 PathId = Annotated[str, Path(pattern=ID_PATTERN, max_length=128)]
 
 
-class _Body(BaseModel):
-    # Unknown fields are refused: a token or secret sent by mistake is a 422, never stored.
-    model_config = ConfigDict(extra="forbid")
-
-
-class InvitationBody(_Body):
-    author_id: Id
-    message: str = Field(min_length=1, max_length=TEXT_MAX_CHARS, description="at most 2,000 characters by default")
-
-
-class MessageBody(_Body):
-    text: str = Field(min_length=1, max_length=TEXT_MAX_CHARS, description="at most 2,000 characters by default")
+def _text(limits: Limits) -> Any:
+    """A message's text. The schema states the configured limit; a longer text is still
+    read (up to the contract's) so that it is refused with its reason, message_too_long."""
+    limit = limits.max_message_chars
+    return Field(
+        min_length=1,
+        max_length=TEXT_MAX_CHARS,
+        json_schema_extra={"maxLength": limit},
+        description=f"at most {limit:,} characters",
+    )
 
 
 class Accepted(BaseModel):
@@ -85,7 +81,7 @@ class InvitationView(BaseModel):
     message_count: int
 
     @classmethod
-    def of(cls, state: InvitationState) -> InvitationView:
+    def of(cls, state: InvitationState) -> "InvitationView":
         return cls.model_validate(state.model_dump(exclude={"revision"}))
 
 
@@ -96,7 +92,7 @@ class MessageView(BaseModel):
     posted_at: datetime
 
     @classmethod
-    def of(cls, message: ThreadMessage) -> MessageView:
+    def of(cls, message: ThreadMessage) -> "MessageView":
         return cls.model_validate(message.model_dump())
 
 
@@ -118,12 +114,26 @@ class AuthorCollaboration(BaseModel):
     accepts_invitations: bool = Field(description="claimed and open to collaborate: the invite action is available")
 
 
-def refused(code: int, reason: str, message: str) -> HTTPException:
-    return HTTPException(code, {"reason": reason, "message": message})
+def refused(code: int, reason: str, message: str) -> ProblemError:
+    return ProblemError(code, message, reason=reason)
+
+
+# A command on an invitation: unknown (404), not the user's to give (403), or not in a
+# state that takes it (409).
+ANSWER_PROBLEMS = problem_responses(403, 404, 409)
 
 
 def build_router(store: CollabStore, publisher: EventPublisher, limits: Limits, list_limit: int) -> APIRouter:
     router = APIRouter(tags=["collab"])
+
+    # The bodies, with this service's limit in their schema (hence defined here, and no
+    # postponed annotations in this module: FastAPI resolves them in the module's globals).
+    class InvitationBody(RequestBody):
+        author_id: Id
+        message: str = _text(limits)
+
+    class MessageBody(RequestBody):
+        text: str = _text(limits)
 
     async def publish(command: Any) -> None:
         await publisher.publish([publisher.outgoing(command)])
@@ -148,7 +158,13 @@ def build_router(store: CollabStore, publisher: EventPublisher, limits: Limits, 
             code = 422
         raise refused(code, reason, refusal_detail(reason, limits, status=state.status))
 
-    @router.post("/invitations", status_code=202, response_model=Accepted, summary="Invite a researcher")
+    @router.post(
+        "/invitations",
+        status_code=202,
+        response_model=Accepted,
+        summary="Invite a researcher",
+        responses=problem_responses(409),
+    )
     async def invite(body: InvitationBody, user: CurrentUser) -> Accepted:
         check_length(body.message)
         author = await store.get_author(body.author_id)
@@ -184,13 +200,21 @@ def build_router(store: CollabStore, publisher: EventPublisher, limits: Limits, 
         return Accepted(invitation_id=invitation_id, author_id=state.author_id)
 
     @router.post(
-        "/invitations/{invitation_id}/accept", status_code=202, response_model=Accepted, summary="Accept (the owner)"
+        "/invitations/{invitation_id}/accept",
+        status_code=202,
+        response_model=Accepted,
+        summary="Accept (the owner)",
+        responses=ANSWER_PROBLEMS,
     )
     async def accept(invitation_id: PathId, user: CurrentUser) -> Accepted:
         return await answer(invitation_id, user.user_id, "accept")
 
     @router.post(
-        "/invitations/{invitation_id}/decline", status_code=202, response_model=Accepted, summary="Decline (the owner)"
+        "/invitations/{invitation_id}/decline",
+        status_code=202,
+        response_model=Accepted,
+        summary="Decline (the owner)",
+        responses=ANSWER_PROBLEMS,
     )
     async def decline(invitation_id: PathId, user: CurrentUser) -> Accepted:
         return await answer(invitation_id, user.user_id, "decline")
@@ -200,6 +224,7 @@ def build_router(store: CollabStore, publisher: EventPublisher, limits: Limits, 
         status_code=202,
         response_model=Accepted,
         summary="Withdraw an invitation not answered yet (the sender)",
+        responses=ANSWER_PROBLEMS,
     )
     async def withdraw(invitation_id: PathId, user: CurrentUser) -> Accepted:
         state = await known(invitation_id)
@@ -214,6 +239,7 @@ def build_router(store: CollabStore, publisher: EventPublisher, limits: Limits, 
         status_code=202,
         response_model=Accepted,
         summary="Post to the thread of an accepted invitation (its two parties)",
+        responses=ANSWER_PROBLEMS,
     )
     async def post_message(invitation_id: PathId, body: MessageBody, user: CurrentUser) -> Accepted:
         check_length(body.text)
@@ -235,6 +261,7 @@ def build_router(store: CollabStore, publisher: EventPublisher, limits: Limits, 
         "/invitations/{invitation_id}",
         response_model=ConversationView,
         summary="An invitation and its thread, newest message last (its parties only)",
+        responses=problem_responses(403, 404),
     )
     async def get_invitation(invitation_id: PathId, user: CurrentUser) -> ConversationView:
         found = await store.get_invitation(invitation_id)
@@ -262,21 +289,14 @@ def build_router(store: CollabStore, publisher: EventPublisher, limits: Limits, 
         "/users/{user_id}/invitations",
         response_model=UserInvitations,
         summary="The invitations a user received and sent (the user only)",
+        responses=problem_responses(403),
     )
     async def user_invitations(user_id: PathId, user: CurrentUser) -> UserInvitations:
         if user.user_id != user_id:
-            raise HTTPException(status.HTTP_403_FORBIDDEN, "only the user themself reads their invitations")
+            raise ProblemError(status.HTTP_403_FORBIDDEN, "only the user themself reads their invitations")
         received = [InvitationView.of(s) for s in await store.received(user_id, list_limit)]
         sent = [InvitationView.of(s) for s in await store.sent(user_id, list_limit)]
         both = sorted([*received, *sent], key=lambda i: (i.created_at, i.invitation_id), reverse=True)
         return UserInvitations(user_id=user_id, received=received, sent=sent, invitations=both[:list_limit])
 
     return router
-
-
-async def validation_error_without_input(request: Request, exc: Exception) -> JSONResponse:
-    """422 saying what is wrong and where, without echoing the submitted values (a message
-    or a token sent by mistake does not come back in a response, or a proxy's log of it)."""
-    assert isinstance(exc, RequestValidationError)
-    errors = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
-    return JSONResponse(status_code=422, content={"detail": errors})

@@ -3,12 +3,8 @@ and a user's own notifications."""
 
 from __future__ import annotations
 
-import base64
-import binascii
-import re
 import uuid
-from datetime import datetime
-from http import HTTPStatus
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Body, Depends, HTTPException, Path, Query, Request, status
@@ -18,7 +14,9 @@ from contracts.events.common import ID_PATTERN, Id
 from contracts.events.follows import FollowRequested, UnfollowRequested
 from contracts.events.notifications import NotificationsRead
 from service_runtime.auth import CurrentUser, Principal
+from service_runtime.problems import problem_responses
 from service_runtime.publishing import EventPublisher
+from service_runtime.requests import RequestBody
 from services.follow.settings import FollowSettings
 from services.follow.store import FollowStore
 
@@ -48,7 +46,7 @@ Publisher = Annotated[EventPublisher, Depends(get_publisher)]
 Settings = Annotated[FollowSettings, Depends(get_settings)]
 
 
-class FollowBody(BaseModel):
+class FollowBody(RequestBody):
     author_id: Id
 
 
@@ -96,16 +94,13 @@ class NotificationsPage(BaseModel):
     next_cursor: str | None
 
 
-class MarkRead(BaseModel):
-    # None: mark every notification of the user read.
-    notification_ids: list[uuid.UUID] | None = Field(default=None, max_length=1000)
+UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
 
 
-def _user_id_valid(user: Principal) -> str:
-    """The token's subject becomes the command's user id: it must be a valid id."""
-    if not re.fullmatch(ID_PATTERN, user.user_id):
-        raise HTTPException(HTTPStatus.UNPROCESSABLE_ENTITY, "the token's subject is not a valid user id")
-    return user.user_id
+class MarkRead(RequestBody):
+    # None: mark every notification of the user read. Ids by pattern, not as ``uuid.UUID``:
+    # a strict body takes no string for a UUID, and a lax one takes forms the schema refuses.
+    notification_ids: list[Annotated[str, Field(pattern=UUID_PATTERN)]] | None = Field(default=None, max_length=1000)
 
 
 @router.post(
@@ -116,7 +111,7 @@ def _user_id_valid(user: Principal) -> str:
     summary="Follow an author (the user comes from the token)",
 )
 async def follow(body: FollowBody, user: CurrentUser, publisher: Publisher) -> Accepted:
-    out = publisher.outgoing(FollowRequested(user_id=_user_id_valid(user), author_id=body.author_id))
+    out = publisher.outgoing(FollowRequested(user_id=user.user_id, author_id=body.author_id))
     await publisher.publish([out])
     return Accepted(command="FollowRequested", event_id=str(out.envelope.event_id))
 
@@ -129,7 +124,7 @@ async def follow(body: FollowBody, user: CurrentUser, publisher: Publisher) -> A
     summary="Unfollow an author (a no-op if not followed)",
 )
 async def unfollow(author_id: AuthorId, user: CurrentUser, publisher: Publisher) -> Accepted:
-    out = publisher.outgoing(UnfollowRequested(user_id=_user_id_valid(user), author_id=author_id))
+    out = publisher.outgoing(UnfollowRequested(user_id=user.user_id, author_id=author_id))
     await publisher.publish([out])
     return Accepted(command="UnfollowRequested", event_id=str(out.envelope.event_id))
 
@@ -139,6 +134,7 @@ async def unfollow(author_id: AuthorId, user: CurrentUser, publisher: Publisher)
     response_model=FollowersPage,
     tags=["follows"],
     summary="Followers of an author, by user id, paged",
+    responses=problem_responses(404),
 )
 async def followers(
     author_id: AuthorId,
@@ -174,16 +170,23 @@ def _only_self(user_id: str, user: Principal) -> None:
         raise HTTPException(status.HTTP_403_FORBIDDEN, "only the user themself can read or change their notifications")
 
 
+# A notifications cursor is a keyset: "<created_at in ms since the epoch>.<id>" of the last
+# notification shown. Any cursor of this shape is a place in the inbox (one past the end
+# gives an empty page), so no well-formed cursor is refused.
+NOTIFICATIONS_CURSOR = r"^[0-9]{1,14}\.[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
 def _encode_cursor(doc: dict[str, Any]) -> str:
-    return base64.urlsafe_b64encode(f"{doc['created_at'].isoformat()}|{doc['_id']}".encode()).decode()
+    created_at: datetime = doc["created_at"]
+    if created_at.tzinfo is None:
+        created_at = created_at.replace(tzinfo=UTC)
+    return f"{(created_at - _EPOCH) // timedelta(milliseconds=1)}.{doc['_id']}"
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
-    try:
-        created_at, nid = base64.urlsafe_b64decode(cursor.encode()).decode().split("|", 1)
-        return datetime.fromisoformat(created_at), nid
-    except (ValueError, binascii.Error, UnicodeDecodeError):
-        raise HTTPException(HTTPStatus.UNPROCESSABLE_ENTITY, "invalid cursor") from None
+    ms, notification_id = cursor.split(".", 1)
+    return _EPOCH + timedelta(milliseconds=int(ms)), notification_id
 
 
 @router.get(
@@ -191,13 +194,16 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     response_model=NotificationsPage,
     tags=["notifications"],
     summary="The user's own notifications, newest first",
+    responses=problem_responses(403),
 )
 async def notifications(
     user_id: UserId,
     user: CurrentUser,
     store: Store,
     settings: Settings,
-    cursor: Annotated[str | None, Query(max_length=300)] = None,
+    cursor: Annotated[
+        str | None, Query(pattern=NOTIFICATIONS_CURSOR, description="next_cursor of the previous page")
+    ] = None,
     unread: Annotated[bool, Query(description="only unread ones")] = False,
     limit: Annotated[int | None, Query(ge=1, le=1000)] = None,
 ) -> NotificationsPage:
@@ -231,6 +237,7 @@ async def notifications(
     response_model=Accepted,
     tags=["notifications"],
     summary="Mark the given notifications (or all) read",
+    responses=problem_responses(403),
 )
 async def mark_read(
     user_id: UserId,
@@ -241,8 +248,7 @@ async def mark_read(
     """Published on the user's partition of notifications.events (after every notification
     it can cover) and applied by the inbox consumer, so a rebuild of the inbox keeps it."""
     _only_self(user_id, user)
-    out = publisher.outgoing(
-        NotificationsRead(user_id=user_id, notification_ids=body.notification_ids if body else None)
-    )
+    ids = None if body is None or body.notification_ids is None else [uuid.UUID(i) for i in body.notification_ids]
+    out = publisher.outgoing(NotificationsRead(user_id=user_id, notification_ids=ids))
     await publisher.publish([out])
     return Accepted(command="NotificationsRead", event_id=str(out.envelope.event_id))

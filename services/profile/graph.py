@@ -94,13 +94,20 @@ def node_id(kind: NodeKind, key: str) -> str:
     return f"{kind}:{key}"
 
 
+# What ``parse_node`` takes, for the OpenAPI document: every id it matches is a node id.
+NODE_PATTERN = (
+    r"^(?:(?:author|work|institution):[A-Za-z0-9][A-Za-z0-9._:\-]{0,127}|topic:.*[^\s\x1c-\x1f\x85\ufeff].*)$"
+)
+NODE_MAX = len("topic:") + TOPIC_MAX
+
+
 def parse_node(node: str) -> tuple[NodeKind, str]:
     kind, sep, key = node.partition(":")
     for known in NODE_KINDS:
         if kind == known and sep:
             if known == "topic":
-                if 0 < len(key) <= TOPIC_MAX and key.strip() == key:
-                    return known, key
+                if len(key.strip()) > 0 and len(key) <= TOPIC_MAX:
+                    return known, key.strip()
             elif _ID.match(key):
                 return known, key
             break

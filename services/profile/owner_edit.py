@@ -16,22 +16,25 @@ from dataclasses import dataclass
 from typing import Any, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic.json_schema import SkipJsonSchema
 
 from contracts.events.common import Affiliation
 from contracts.events.profile import DESCRIPTION_MAX, EditRefusal, OwnerField, ProfileEditRequested
+from service_runtime.requests import RequestBody
 
 OWNER_FIELDS: tuple[OwnerField, ...] = get_args(OwnerField)
 
 
-class ProfileEdit(BaseModel):
+class ProfileEdit(RequestBody):
     """``PATCH /authors/{id}``: the fields given change, the others stay; a null
     affiliation or description clears it."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(json_schema_extra={"minProperties": 1})  # an edit names what it sets
 
     affiliation: Affiliation | None = Field(default=None, description="name and email domains; null clears it")
     description: str | None = Field(default=None, max_length=DESCRIPTION_MAX, description="null clears it")
-    open_to_collaborate: bool | None = Field(default=None, description="true or false (not null)")
+    # Not nullable in the schema (SkipJsonSchema): null is no answer to "open to collaborate?".
+    open_to_collaborate: bool | SkipJsonSchema[None] = Field(default=None, description="true or false")
 
     @model_validator(mode="after")
     def _something_to_set(self) -> ProfileEdit:

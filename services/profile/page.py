@@ -11,14 +11,12 @@ is always known (the claim-derived level while claimed, else the record's L0/L1)
 
 from __future__ import annotations
 
-import base64
-import binascii
-import json
+import re
 from typing import Any
 
 from pydantic import BaseModel, Field
 
-from contracts.events.common import Affiliation, TrustBand, VerificationLevel
+from contracts.events.common import ID_PATTERN, Affiliation, TrustBand, VerificationLevel
 from contracts.events.profile import Collaborator, TopicCount
 from contracts.events.publications import ExternalIds, WorkType
 from services.profile.derive import WorkEntry, newest_first, page_key
@@ -104,24 +102,26 @@ class AuthorSearch(BaseModel):
     items: list[AuthorFound]
 
 
-class BadCursor(ValueError):
-    pass
+# A works cursor is a keyset, in the open: "<year>:<work id>" of the last work shown. New
+# works never shift a later page, since the next page starts strictly after that key, and
+# any cursor of this shape is a place in the list (past the end: an empty page), so no
+# well-formed cursor is refused.
+CURSOR_PATTERN = r"^[0-9]{4}:" + ID_PATTERN.removeprefix("^")
 
 
 def encode_cursor(entry: WorkEntry) -> str:
-    """Opaque keyset cursor: the (year, work id) of the last work shown. New works never
-    shift a later page, since the next page starts strictly after that key."""
-    return base64.urlsafe_b64encode(json.dumps([entry["year"], entry["work_id"]]).encode()).decode().rstrip("=")
+    return f"{entry['year']:04d}:{entry['work_id']}"
+
+
+def is_cursor(cursor: str | None) -> bool:
+    """None (no more works) or a cursor of the current shape (pages cut before it was
+    introduced hold another one)."""
+    return cursor is None or re.fullmatch(CURSOR_PATTERN, cursor) is not None
 
 
 def decode_cursor(cursor: str) -> tuple[int, str]:
-    try:
-        year, work_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        if isinstance(year, int) and isinstance(work_id, str):
-            return year, work_id
-    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
-        pass
-    raise BadCursor("cursor is malformed: pass back the next_cursor of a previous page")
+    year, work_id = cursor.split(":", 1)
+    return int(year), work_id
 
 
 def page_slice(entries: list[WorkEntry], cursor: str | None, limit: int) -> tuple[list[WorkEntry], str | None]:

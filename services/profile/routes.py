@@ -4,26 +4,28 @@ research graph and the owner's own edit."""
 from __future__ import annotations
 
 import asyncio
-from http import HTTPStatus
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
 from fastapi.responses import Response
+from pydantic import BaseModel
 
 from contracts.events.common import ID_PATTERN
 from contracts.events.publications import Work, WorkIngested
 from service_runtime.auth import IMPORTER, CurrentUser, require_role
+from service_runtime.problems import problem_responses
 from service_runtime.publishing import EventPublisher
 from services.profile import graph
 from services.profile.derive import fold_name
 from services.profile.owner_edit import NOT_OWNER, Editable, ProfileEdit, may_edit
 from services.profile.page import (
+    CURSOR_PATTERN,
     AuthorFound,
     AuthorPage,
     AuthorSearch,
     AuthorWorksPage,
-    BadCursor,
     author_page,
+    is_cursor,
     page_slice,
 )
 from services.profile.store import ProfileStore
@@ -31,7 +33,11 @@ from services.profile.store import ProfileStore
 router = APIRouter(tags=["profile"])
 
 AuthorId = Annotated[str, Path(pattern=ID_PATTERN, description="the author record's id, e.g. seed:quoc-v-le")]
-NOT_FOUND: dict[int | str, dict[str, Any]] = {404: {"description": "no author record with this id"}}
+NOT_FOUND = problem_responses(404)
+WorksCursor = Annotated[
+    str | None,
+    Query(pattern=CURSOR_PATTERN, description="next_cursor of the previous page: <year>:<work id> of its last work"),
+]
 
 
 # Dependencies are ``async def``: FastAPI runs a plain ``def`` dependency in a worker
@@ -71,7 +77,7 @@ async def get_author(author_id: AuthorId, request: Request) -> Response:
     if doc is None or "state" not in doc:
         raise _not_found(author_id)
     first = doc.get("first_page")
-    if first is not None and first["limit"] == page_works:
+    if first is not None and first["limit"] == page_works and is_cursor(first["next_cursor"]):
         # The usual page: its first works were cut at ingestion.
         works, next_cursor = first["works"], first["next_cursor"]
     else:  # cut for another page size: from the entries and the works
@@ -90,16 +96,13 @@ async def get_author(author_id: AuthorId, request: Request) -> Response:
 async def get_author_works(
     author_id: AuthorId,
     store: Store,
-    cursor: Annotated[str | None, Query(max_length=400, description="next_cursor of the previous page")] = None,
+    cursor: WorksCursor = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> Response:
     entries = await store.entries_of(author_id)
     if entries is None:
         raise _not_found(author_id)
-    try:
-        shown, next_cursor = page_slice(entries, cursor, limit)
-    except BadCursor as exc:
-        raise HTTPException(HTTPStatus.UNPROCESSABLE_ENTITY, str(exc)) from None
+    shown, next_cursor = page_slice(entries, cursor, limit)
     found = await store.work_contents(e["work_id"] for e in shown)
     items = [found[e["work_id"]] for e in shown if e["work_id"] in found]
     return _json(AuthorWorksPage.model_validate({"author_id": author_id, "items": items, "next_cursor": next_cursor}))
@@ -115,33 +118,41 @@ async def search_authors(
     q: Annotated[str, Query(min_length=1, max_length=100, description="start of a name or of any of its words")],
     limit: Annotated[int, Query(ge=1, le=50)] = 20,
 ) -> Response:
+    # A query with no letter or digit names no one: an empty list, like any other miss.
     folded = fold_name(q)
-    if not folded:
-        raise HTTPException(HTTPStatus.UNPROCESSABLE_ENTITY, "q must contain a letter or digit")
-    found = [AuthorFound.model_validate(d) for d in await store.search(folded, limit)]
+    found = [AuthorFound.model_validate(d) for d in await store.search(folded, limit)] if folded else []
     return _json(AuthorSearch(query=q, items=found))
 
 
-@router.post("/works", status_code=status.HTTP_202_ACCEPTED, summary="Import a work (role: importer)")
+class ImportAccepted(BaseModel):
+    event_id: str
+    work_id: str
+    author_id: str
+
+
+@router.post(
+    "/works",
+    response_model=ImportAccepted,
+    status_code=status.HTTP_202_ACCEPTED,
+    summary="Import a work (role: importer)",
+    responses=problem_responses(403),
+)
 async def import_work(
     work: Work, user: CurrentUser, publisher: Annotated[EventPublisher, Depends(get_publisher)]
-) -> dict[str, Any]:
+) -> ImportAccepted:
     """Validates the work and publishes ``WorkIngested`` to ``publications.ingested`` (keyed
     by the first author); the record changes when the profile consumer handles it."""
     require_role(user, IMPORTER)
     event = WorkIngested(author_id=work.authors[0].author_id, work=work, source="http-import")
     out = publisher.outgoing(event, correlation_id=f"http-import:{user.user_id}")
     await publisher.publish([out])
-    return {"event_id": str(out.envelope.event_id), "work_id": work.work_id, "author_id": event.author_id}
+    return ImportAccepted(event_id=str(out.envelope.event_id), work_id=work.work_id, author_id=event.author_id)
 
 
 # --- the research graph ------------------------------------------------------------------
 
 GRAPH_LIMIT = Query(ge=1, le=200, description="at most this many co-authors, works and institutions")
-NO_NODE: dict[int | str, dict[str, Any]] = {
-    404: {"description": "no such node"},
-    422: {"description": "malformed node id, cursor or limit"},
-}
+NO_NODE = problem_responses(404)
 
 
 @router.get(
@@ -168,16 +179,28 @@ async def get_author_graph(author_id: AuthorId, store: Store, limit: Annotated[i
 )
 async def get_neighbours(
     node_id: Annotated[
-        str, Path(max_length=300, description="a node id as the graph names it, e.g. author:seed:quoc-v-le")
+        str,
+        Path(
+            max_length=graph.NODE_MAX,
+            pattern=graph.NODE_PATTERN,
+            description="a node id as the graph names it, e.g. author:seed:quoc-v-le",
+        ),
     ],
     store: Store,
-    cursor: Annotated[str | None, Query(max_length=1200, description="next_cursor of the previous page")] = None,
+    cursor: Annotated[
+        str | None,
+        Query(
+            max_length=1200,
+            description="next_cursor of the previous page; one this node did not give is past its end (no neighbours)",
+        ),
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=200)] = 40,
 ) -> Response:
     try:  # an empty cursor is the first page, as no cursor
         found = await _neighbours(store, node_id, cursor or None, limit)
-    except (graph.BadNode, graph.BadCursor) as exc:
-        raise HTTPException(HTTPStatus.UNPROCESSABLE_ENTITY, str(exc)) from None
+    except graph.BadCursor:
+        first = await _neighbours(store, node_id, None, 1)
+        found = first.model_copy(update={"nodes": [], "edges": [], "next_cursor": None}) if first else None
     if found is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, f"no graph node {node_id!r}")
     return Response(found.model_dump_json(), media_type="application/json")
@@ -219,15 +242,18 @@ async def _neighbours(store: ProfileStore, node: str, cursor: str | None, limit:
 
 # --- the owner's own edit ------------------------------------------------------------------
 
-EDIT_REFUSED: dict[int | str, dict[str, Any]] = {
-    **NOT_FOUND,
-    401: {"description": "no valid bearer token"},
-    403: {"description": "the user does not own this record (only the user who claimed it may edit it)"},
-}
+EDIT_REFUSED = problem_responses(403, 404)
+
+
+class EditAccepted(BaseModel):
+    event_id: str
+    author_id: str
+    edited: list[str]
 
 
 @router.patch(
     "/authors/{author_id}",
+    response_model=EditAccepted,
     status_code=status.HTTP_202_ACCEPTED,
     summary="The record's owner sets its affiliation, description, openness to collaborate",
     responses=EDIT_REFUSED,
@@ -238,7 +264,7 @@ async def edit_author(
     user: CurrentUser,
     store: Store,
     publisher: Annotated[EventPublisher, Depends(get_publisher)],
-) -> dict[str, Any]:
+) -> EditAccepted:
     """Publishes ``ProfileEditRequested`` on ``webapp.profile`` (keyed by the author); the
     record changes when the profile consumer applies it, and the page shows it then."""
     doc, standing = await asyncio.gather(store.page_source(author_id), store.standing_of(author_id))
@@ -249,14 +275,14 @@ async def edit_author(
     command = edit.command(author_id, user.user_id)
     out = publisher.outgoing(command, correlation_id=f"profile-edit:{user.user_id}")
     await publisher.publish([out])
-    return {"event_id": str(out.envelope.event_id), "author_id": author_id, "edited": command.edited}
+    return EditAccepted(event_id=str(out.envelope.event_id), author_id=author_id, edited=list(command.edited))
 
 
 @router.get(
     "/authors/{author_id}/editable",
     summary="Whether the signed-in user owns the record (and may edit it)",
     response_model=Editable,
-    responses={**NOT_FOUND, 401: {"description": "no valid bearer token"}},
+    responses=NOT_FOUND,
 )
 async def get_editable(author_id: AuthorId, user: CurrentUser, store: Store) -> Editable:
     doc, standing = await asyncio.gather(store.page_source(author_id), store.standing_of(author_id))

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request
 from pydantic import BaseModel
 
 from contracts.events.common import ID_PATTERN
+from service_runtime.problems import problem_responses
 from services.trust.store import Author, TrustStore
 
 router = APIRouter(prefix="/trust", tags=["trust"])
@@ -75,7 +76,12 @@ async def _known_author(store: TrustStore, author_id: str) -> Author:
     return author
 
 
-@router.get("/{author_id}", response_model=TrustView, summary="Trust score, band, level and breakdown")
+@router.get(
+    "/{author_id}",
+    response_model=TrustView,
+    summary="Trust score, band, level and breakdown",
+    responses=problem_responses(404),
+)
 async def get_trust(author_id: AuthorId, store: Store) -> TrustView:
     author = await _known_author(store, author_id)
     score = author.score
@@ -95,7 +101,12 @@ async def get_trust(author_id: AuthorId, store: Store) -> TrustView:
     )
 
 
-@router.get("/{author_id}/history", response_model=HistoryPage, summary="Score changes, newest first")
+@router.get(
+    "/{author_id}/history",
+    response_model=HistoryPage,
+    summary="Score changes, newest first",
+    responses=problem_responses(404),
+)
 async def get_history(
     author_id: AuthorId,
     store: Store,

@@ -85,8 +85,11 @@ def _work(**changes) -> dict:
     "changes,message",
     [
         ({"authors": []}, "at least 1"),
-        ({"year": -5}, "outside"),
-        ({"year": datetime.now(UTC).year + 2}, "outside"),
+        ({"year": 1599}, "greater than or equal to 1600"),
+        ({"year": 2101}, "less than or equal to 2100"),
+        ({"year": "2023"}, "must be an integer"),  # what JSON Schema calls no integer is refused
+        ({"year": 2023.5}, "valid integer"),
+        ({"title": " \t "}, "at least 1 character"),  # blank: stripped, then too short
         ({"title": "x" * 501}, "at most 500"),
         ({"work_id": "has space"}, "pattern"),
     ],
@@ -175,3 +178,13 @@ def test_incompatible_changes_are_caught(mutate, expected: str) -> None:
 )
 def test_compatible_changes_pass(mutate) -> None:
     assert incompatibilities(SCHEMA, _changed(mutate)) == []
+
+
+def test_a_work_year_is_an_integer_as_json_schema_means_it() -> None:
+    assert Work(**_work(year=2023.0)).year == 2023
+
+
+def test_a_work_takes_an_author_listed_twice_once_where_first_listed() -> None:
+    twice = [WorkAuthor(author_id="a1", display_name="A"), WorkAuthor(author_id="a1", display_name="A. Again")]
+    work = Work(**_work(authors=[*twice, WorkAuthor(author_id="b2", display_name="B")]))
+    assert [(a.author_id, a.display_name) for a in work.authors] == [("a1", "A"), ("b2", "B")]

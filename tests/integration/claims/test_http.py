@@ -100,7 +100,13 @@ async def test_authentication_authorisation_and_reads(ns: Namespace) -> None:
                 r = await client.get(path, headers=bob)
                 assert (r.status_code, r.json()) == (
                     403,
-                    {"detail": "not allowed: only the claimant or a reviewer may access this claim"},
+                    {
+                        "type": "about:blank",
+                        "title": "Forbidden",
+                        "status": 403,
+                        "detail": "not allowed: only the claimant or a reviewer may access this claim",
+                        "instance": path,
+                    },
                 )
                 r = await client.post(f"{path}/withdraw", headers=bob)
                 assert r.status_code == 403

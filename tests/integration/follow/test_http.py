@@ -55,7 +55,24 @@ async def test_bad_requests_are_refused_clearly(follow, http) -> None:
     bad_token = {"Authorization": "Bearer not-a-token"}
     assert (await http.post("/follows", json={"author_id": "a1"}, headers=bad_token)).status_code == 401
     r = await http.post("/follows", json={"author_id": "bad id!"}, headers=bearer(follow, "alice"))
-    assert r.status_code == 422
+    # Every error is an RFC 9457 problem; a 422 says what and where, never echoing the input.
+    assert (r.status_code, r.headers["content-type"]) == (422, "application/problem+json")
+    problem = r.json()
+    assert {k: problem[k] for k in ("type", "title", "status", "instance")} == {
+        "type": "about:blank",
+        "title": "Unprocessable Entity",
+        "status": 422,
+        "instance": "/follows",
+    }
+    assert [e["loc"] for e in problem["errors"]] == [["body", "author_id"]] and "bad id!" not in r.text
+    r = await http.post(
+        "/follows", content=b'{"author_id": ', headers={**bearer(follow, "alice"), "content-type": "application/json"}
+    )
+    assert (r.status_code, r.json()["detail"]) == (400, "the body is not valid JSON")
+    r = await http.post("/follows", json={"author_id": "a1", "user_id": "bob"}, headers=bearer(follow, "alice"))
+    assert r.status_code == 422, "unknown fields are refused"
+    r = await http.post("/follows", json={"author_id": "a1"}, headers=bearer(follow, "not an id"))
+    assert (r.status_code, r.json()["title"]) == (401, "Unauthorized"), "a token whose subject is no id is invalid"
     assert (await http.post("/follows", json={}, headers=bearer(follow, "alice"))).status_code == 422
     assert (await http.delete("/follows/bad%20id", headers=bearer(follow, "alice"))).status_code == 422
     assert (await http.get("/authors/nobody/followers")).status_code == 404
@@ -102,6 +119,14 @@ async def test_notifications_are_only_for_the_user_themself(ns, producer, follow
         await http.get("/users/alice/notifications", params={"limit": 1, "cursor": first["next_cursor"]}, headers=alice)
     ).json()
     assert "Paper one" in second["notifications"][0]["title"] and second["next_cursor"] is None
+    # The cursor is the (time, id) key of the last one shown: any such key is a place in the
+    # inbox (before the first notification: an empty page), anything else is refused.
+    created_ms, shown_id = first["next_cursor"].split(".")
+    assert shown_id == first["notifications"][0]["notification_id"] and int(created_ms) > 0
+    page = await http.get("/users/alice/notifications", params={"cursor": f"0.{shown_id}"}, headers=alice)
+    assert (page.status_code, page.json()["notifications"]) == (200, [])
+    page = await http.get("/users/alice/notifications", params={"cursor": "garbage"}, headers=alice)
+    assert page.status_code == 422
     newest = first["notifications"][0]["notification_id"]
     r = await http.post("/users/alice/notifications/read", json={"notification_ids": [newest]}, headers=alice)
     assert r.status_code == 202 and r.json()["command"] == "NotificationsRead"

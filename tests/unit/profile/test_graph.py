@@ -3,6 +3,7 @@ pages of neighbours and their cursors."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -139,10 +140,19 @@ def test_a_cursor_is_checked_before_it_is_used() -> None:
         graph.page_of("author:ada", sections, forged, 2)
 
 
-@pytest.mark.parametrize("node", ["", "author:", "person:ada", "author:bad id", "topic: padded", "Speech"])
+@pytest.mark.parametrize("node", ["", "author:", "person:ada", "author:bad id", "topic:  ", "Speech"])
 def test_a_node_id_names_its_kind(node: str) -> None:
     with pytest.raises(graph.BadNode):
         graph.parse_node(node)
+    assert not re.fullmatch(graph.NODE_PATTERN, node)  # refused by the route's own validation
+
+
+@pytest.mark.parametrize(
+    "node", ["author:seed:quoc-v-le", "work:W1", "institution:I1", "topic:Speech", "topic: padded"]
+)
+def test_every_node_id_the_openapi_pattern_allows_is_one(node: str) -> None:
+    assert re.fullmatch(graph.NODE_PATTERN, node)
+    assert graph.parse_node(node)[1] == node.partition(":")[2].strip()
 
 
 def test_a_work_neighbours_its_authors_topics_and_the_institutions_of_its_authorships() -> None:

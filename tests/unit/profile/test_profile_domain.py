@@ -5,8 +5,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import pytest
-
 from contracts import Envelope
 from contracts.envelope import EventModel
 from contracts.events.claims import AuthorClaimState, ClaimApproved
@@ -18,7 +16,7 @@ from contracts.registry import decode
 from service_runtime.delivery import Incoming
 from services.profile.derive import fold_name, name_keys
 from services.profile.ingest import AuthorRecord, BatchPlan, FirstPage, StoredWork, plan_batch
-from services.profile.page import BadCursor, author_page, cut_first_page, page_slice
+from services.profile.page import author_page, cut_first_page, is_cursor, page_slice
 from services.profile.seed import DEMO_ORCID, SEED_AUTHOR_ID, seed_envelopes
 from services.profile.standing import PARTS, newest
 from services.profile.store import author_fields, record_of
@@ -206,8 +204,16 @@ def test_cursor_paging_is_stable_when_works_are_added() -> None:
         page, cursor = page_slice(entries, cursor, 4)
         seen += [e["work_id"] for e in page]
     assert sorted(seen) == sorted(f"w{i}" for i in range(10))
-    with pytest.raises(BadCursor):
-        page_slice(entries, "not-a-cursor", 4)
+
+
+def test_a_works_cursor_is_the_key_of_the_last_work_shown_and_any_such_key_is_a_place() -> None:
+    entries = [entry(f"w{i}", 2000 + i) for i in range(5)]  # newest first: w4 (2004) .. w0
+    first, cursor = page_slice(entries, None, 2)
+    assert [e["work_id"] for e in first] == ["w4", "w3"] and cursor == "2003:w3"
+    assert [e["work_id"] for e in page_slice(entries, "2002:w", 10)[0]] == ["w2", "w1", "w0"]
+    assert page_slice(entries, "1600:zzz", 10) == ([], None)  # past the end: an empty page
+    assert is_cursor(cursor) and is_cursor(None)
+    assert not is_cursor("WzIwMDMsICJ3MyJd") and not is_cursor("2003:") and not is_cursor("203:w3")
 
 
 def test_seed_fixture_gives_the_seed_page_counts() -> None:
