@@ -43,8 +43,10 @@ up() {
 }
 
 down() {
-  local order=(web profile claims trust follow)
-  for s in "${order[@]}"; do
+  # Every service of SERVICES, the web app first (the reverse of the start order).
+  local i s
+  for ((i = ${#SERVICES[@]} - 1; i >= 0; i--)); do
+    s="${SERVICES[$i]}"
     [[ -f "$RUN/$s.pid" ]] || continue
     local pid; pid="$(cat "$RUN/$s.pid")"
     if kill -0 "$pid" 2>/dev/null; then
