@@ -24,7 +24,7 @@ from services.profile.page import (
     AuthorPage,
     AuthorSearch,
     AuthorWorksPage,
-    author_page,
+    author_page_json,
     is_cursor,
     page_slice,
 )
@@ -84,7 +84,8 @@ async def get_author(author_id: AuthorId, request: Request) -> Response:
         shown, next_cursor = page_slice(await store.entries_of(author_id) or [], None, page_works)
         found = await store.work_contents(e["work_id"] for e in shown)
         works = [found[e["work_id"]] for e in shown if e["work_id"] in found]
-    return _json(author_page(doc["state"], standing, works, next_cursor))
+    # The JSON of the response model, without building it: see page.author_page_json.
+    return Response(author_page_json(doc["state"], standing, works, next_cursor), media_type="application/json")
 
 
 @router.get(
