@@ -11,6 +11,9 @@ is always known (the claim-derived level while claimed, else the record's L0/L1)
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import re
 from typing import Any
 
@@ -118,6 +121,27 @@ def is_cursor(cursor: str | None) -> bool:
     """None (no more works) or a cursor of the current shape (pages cut before it was
     introduced hold another one)."""
     return cursor is None or re.fullmatch(CURSOR_PATTERN, cursor) is not None
+
+
+def stored_cursor(cursor: str | None) -> tuple[bool, str | None]:
+    """The cursor of a stored first page in the current shape, and whether it could be read.
+
+    Pages cut before "<year>:<work id>" hold the same key as base64url JSON ``[year, work
+    id]``; until each is cut again (with the author's next work) it is re-encoded here.
+    Sent back as it was, it would be refused; taken as unreadable, every such page was
+    assembled from the author's whole works list and the works collection: four reads
+    instead of two (measured on the seed record: 6.6 ms instead of 2)."""
+    if is_cursor(cursor):
+        return True, cursor
+    assert cursor is not None
+    try:
+        year, work_id = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+        return False, None
+    if not isinstance(year, int) or not isinstance(work_id, str):
+        return False, None
+    current = encode_cursor({"year": year, "work_id": work_id})
+    return is_cursor(current), current
 
 
 def decode_cursor(cursor: str) -> tuple[int, str]:

@@ -25,8 +25,8 @@ from services.profile.page import (
     AuthorSearch,
     AuthorWorksPage,
     author_page_json,
-    is_cursor,
     page_slice,
+    stored_cursor,
 )
 from services.profile.store import ProfileStore
 
@@ -77,9 +77,10 @@ async def get_author(author_id: AuthorId, request: Request) -> Response:
     if doc is None or "state" not in doc:
         raise _not_found(author_id)
     first = doc.get("first_page")
-    if first is not None and first["limit"] == page_works and is_cursor(first["next_cursor"]):
+    readable, next_cursor = stored_cursor(first["next_cursor"]) if first is not None else (False, None)
+    if readable and first is not None and first["limit"] == page_works:
         # The usual page: its first works were cut at ingestion.
-        works, next_cursor = first["works"], first["next_cursor"]
+        works = first["works"]
     else:  # cut for another page size: from the entries and the works
         shown, next_cursor = page_slice(await store.entries_of(author_id) or [], None, page_works)
         found = await store.work_contents(e["work_id"] for e in shown)

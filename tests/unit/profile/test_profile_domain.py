@@ -16,7 +16,14 @@ from contracts.registry import decode
 from service_runtime.delivery import Incoming
 from services.profile.derive import fold_name, name_keys
 from services.profile.ingest import AuthorRecord, BatchPlan, FirstPage, StoredWork, plan_batch
-from services.profile.page import author_page, author_page_json, cut_first_page, is_cursor, page_slice
+from services.profile.page import (
+    author_page,
+    author_page_json,
+    cut_first_page,
+    is_cursor,
+    page_slice,
+    stored_cursor,
+)
 from services.profile.seed import DEMO_ORCID, SEED_AUTHOR_ID, seed_envelopes
 from services.profile.standing import PARTS, newest
 from services.profile.store import author_fields, record_of
@@ -235,6 +242,16 @@ def test_served_page_is_the_response_models_json_byte_for_byte() -> None:
             assert author_page_json(seed, standing, shown, cursor) == expected
     seed["affiliation"] = None
     assert author_page_json(seed, None, works, None) == author_page(seed, None, works, None).model_dump_json().encode()
+
+
+def test_a_first_page_cut_before_the_open_cursor_keeps_its_place() -> None:
+    # What the base64url JSON cursor of [2020, "arxiv:1912.01106"] was stored as.
+    legacy = "WzIwMjAsICJhcnhpdjoxOTEyLjAxMTA2Il0"
+    assert stored_cursor(legacy) == (True, "2020:arxiv:1912.01106")
+    assert stored_cursor("2020:arxiv:1912.01106") == (True, "2020:arxiv:1912.01106")
+    assert stored_cursor(None) == (True, None)
+    assert stored_cursor("not a cursor")[0] is False
+    assert stored_cursor("WzEsIDJd")[0] is False, "[1, 2]: no work id"
 
 
 def test_cursor_paging_is_stable_when_works_are_added() -> None:
