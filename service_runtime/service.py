@@ -26,6 +26,7 @@ from contracts.envelope import EventModel
 from contracts.topics import TOPICS
 from service_runtime.auth import JwtVerifier
 from service_runtime.delivery import BatchDelivery, BatchHandler
+from service_runtime.heap import settle_heap
 from service_runtime.kafka import ensure_topics, make_broker
 from service_runtime.logging import configure_logging, get_logger
 from service_runtime.metrics import Metrics
@@ -204,6 +205,8 @@ class Service:
         await self.broker.start()
         for hook in self._startup:
             await hook()
+        # Everything built so far lives as long as the process: out of the collector's way.
+        settle_heap()
         log.info("service_started", database=self.settings.database_name, group=self.settings.consumer_group)
 
     async def stop(self) -> None:

@@ -24,9 +24,9 @@ from services.profile.page import (
     AuthorPage,
     AuthorSearch,
     AuthorWorksPage,
-    author_page,
-    is_cursor,
+    author_page_json,
     page_slice,
+    stored_cursor,
 )
 from services.profile.store import ProfileStore
 
@@ -77,14 +77,16 @@ async def get_author(author_id: AuthorId, request: Request) -> Response:
     if doc is None or "state" not in doc:
         raise _not_found(author_id)
     first = doc.get("first_page")
-    if first is not None and first["limit"] == page_works and is_cursor(first["next_cursor"]):
+    readable, next_cursor = stored_cursor(first["next_cursor"]) if first is not None else (False, None)
+    if readable and first is not None and first["limit"] == page_works:
         # The usual page: its first works were cut at ingestion.
-        works, next_cursor = first["works"], first["next_cursor"]
+        works = first["works"]
     else:  # cut for another page size: from the entries and the works
         shown, next_cursor = page_slice(await store.entries_of(author_id) or [], None, page_works)
         found = await store.work_contents(e["work_id"] for e in shown)
         works = [found[e["work_id"]] for e in shown if e["work_id"] in found]
-    return _json(author_page(doc["state"], standing, works, next_cursor))
+    # The JSON of the response model, without building it: see page.author_page_json.
+    return Response(author_page_json(doc["state"], standing, works, next_cursor), media_type="application/json")
 
 
 @router.get(

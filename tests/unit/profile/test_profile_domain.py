@@ -16,7 +16,14 @@ from contracts.registry import decode
 from service_runtime.delivery import Incoming
 from services.profile.derive import fold_name, name_keys
 from services.profile.ingest import AuthorRecord, BatchPlan, FirstPage, StoredWork, plan_batch
-from services.profile.page import author_page, cut_first_page, is_cursor, page_slice
+from services.profile.page import (
+    author_page,
+    author_page_json,
+    cut_first_page,
+    is_cursor,
+    page_slice,
+    stored_cursor,
+)
 from services.profile.seed import DEMO_ORCID, SEED_AUTHOR_ID, seed_envelopes
 from services.profile.standing import PARTS, newest
 from services.profile.store import author_fields, record_of
@@ -193,6 +200,58 @@ def test_first_page_is_cut_newest_first_names_missing_works_and_goes_into_the_pa
     body = json.loads(author_page(state(plan, "a"), None, first.works, first.next_cursor).model_dump_json())
     assert body["works"] == {"items": first.works, "next_cursor": first.next_cursor}
     assert body["counts"] == {"works": 1, "followers": 0, "topics": 0, "close_collaborators": 0}
+
+
+def test_served_page_is_the_response_models_json_byte_for_byte() -> None:
+    """The page is served without building ``AuthorPage``: its JSON must be the model's."""
+    plan = plan_batch(
+        [decoded(env) for env in seed_envelopes() if env.event_type == "WorkIngested"], {}, {}, min_shared_works=2
+    )
+    seed = state(plan, SEED_AUTHOR_ID)
+    seed["affiliation"] = {"name": "Example University", "domains": ["example.edu"]}
+    seed["description"], seed["orcid"], seed["open_to_collaborate"] = (
+        "Researcher. «Ünïcode» \u2028 \n",
+        DEMO_ORCID,
+        True,
+    )
+    works = [w.work.model_dump(mode="json") for w in plan.works.values()]
+    # Stored works may hold what the page leaves out (authorships' institutions) and lack
+    # what it fills in (the defaults of venue, abstract, ids and topics).
+    with_institutions = work("w-inst", SEED_AUTHOR_ID, "b").model_dump(mode="json")
+    with_institutions["authors"][0]["institutions"] = [{"institution_id": "x:i1", "display_name": "I"}]
+    bare = {
+        k: v
+        for k, v in work("w-bare", "b").model_dump(mode="json").items()
+        if k in ("work_id", "type", "year", "title", "authors")
+    }
+    some_ids = work("w-ids", "b", external_ids={"arxiv_id": "2101.00001"}).model_dump(mode="json")
+    some_ids["external_ids"] = {"arxiv_id": "2101.00001"}
+    standings: list[dict[str, Any] | None] = [
+        None,
+        {},
+        {"trust": {"score": 71, "band": "Trusted", "verification_level": "L2", "revision": 3}},
+        {
+            "claim": {"claimed": True, "verification_level": "L3", "revision": 5},
+            "followers": {"count": 12, "revision": 2},
+        },
+    ]
+    assert seed["topics"] and seed["close_collaborators"] and len(works) > 20
+    for standing in standings:
+        for shown, cursor in (([*works[:20], with_institutions, bare, some_ids], "2019:w1"), ([], None)):
+            expected = author_page(seed, standing, shown, cursor).model_dump_json().encode()
+            assert author_page_json(seed, standing, shown, cursor) == expected
+    seed["affiliation"] = None
+    assert author_page_json(seed, None, works, None) == author_page(seed, None, works, None).model_dump_json().encode()
+
+
+def test_a_first_page_cut_before_the_open_cursor_keeps_its_place() -> None:
+    # What the base64url JSON cursor of [2020, "arxiv:1912.01106"] was stored as.
+    legacy = "WzIwMjAsICJhcnhpdjoxOTEyLjAxMTA2Il0"
+    assert stored_cursor(legacy) == (True, "2020:arxiv:1912.01106")
+    assert stored_cursor("2020:arxiv:1912.01106") == (True, "2020:arxiv:1912.01106")
+    assert stored_cursor(None) == (True, None)
+    assert stored_cursor("not a cursor")[0] is False
+    assert stored_cursor("WzEsIDJd")[0] is False, "[1, 2]: no work id"
 
 
 def test_cursor_paging_is_stable_when_works_are_added() -> None:
