@@ -29,9 +29,10 @@ from service_runtime.retry import retry_transient
 from services.follow.rules import SharedEntry
 from services.follow.settings import FollowSettings
 
-# Records handed to the producer between two yields to the event loop: the commands,
-# source events and HTTP requests of the same process wait at most this long.
-_SLICE = 2_000
+# Records built and handed to the producer between two yields to the event loop (a few
+# ms of CPU): the commands, source events and HTTP requests of the same process wait for
+# the fan-out's CPU work at most this long at each of their own steps.
+SLICE = 250
 
 
 def shared_records(
@@ -98,18 +99,27 @@ class NotificationSender:
             await self._producer.stop()
             self._producer = None
 
-    async def send(self, records: Sequence[tuple[bytes, bytes]]) -> None:
-        """Send all, then wait for every acknowledgement; a transient failure sends all
-        again (the same ids: consumers dedupe)."""
-        if records:
-            await retry_transient(lambda: self._send_all(records), what="send a fan-out's notifications")
+    async def send_shared(
+        self, entry: SharedEntry, users: Sequence[str], *, cause: Envelope, occurred_at: datetime
+    ) -> int:
+        """Send each follower's notification of a shared entry, then wait for every
+        acknowledgement; a transient failure sends all again (the same ids: consumers
+        dedupe). Built and sent a slice at a time (see ``SLICE``)."""
+        if users:
+            await retry_transient(
+                lambda: self._send_all(entry, users, cause, occurred_at), what="send a fan-out's notifications"
+            )
+        return len(users)
 
-    async def _send_all(self, records: Sequence[tuple[bytes, bytes]]) -> None:
+    async def _send_all(self, entry: SharedEntry, users: Sequence[str], cause: Envelope, at: datetime) -> None:
         producer = self._producer
         assert producer is not None, "NotificationSender.start() first"
         futures: list[asyncio.Future[Any]] = []
-        for start in range(0, len(records), _SLICE):
-            for key, value in records[start : start + _SLICE]:
+        name = self.settings.service_name
+        for start in range(0, len(users), SLICE):
+            for key, value in shared_records(
+                entry, users[start : start + SLICE], producer=name, cause=cause, occurred_at=at
+            ):
                 futures.append(await producer.send(self.topic, value, key=key, headers=self.headers))
             await asyncio.sleep(0)
         await asyncio.gather(*futures)

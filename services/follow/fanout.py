@@ -36,8 +36,16 @@ from service_runtime.dispatch import Dispatch
 from service_runtime.logging import get_logger
 from service_runtime.outbox import Outbox
 from service_runtime.publishing import EventPublisher, Outgoing
-from services.follow.bulk import NotificationSender, shared_records
-from services.follow.rules import ChunkNotified, Plan, SharedEntry, cut_chunks, recipients, shares_entries
+from services.follow.bulk import NotificationSender
+from services.follow.rules import (
+    ChunkNotified,
+    Plan,
+    SharedEntry,
+    cut_chunks,
+    ranges_between,
+    recipients,
+    shares_entries,
+)
 from services.follow.settings import FollowSettings
 from services.follow.store import FollowStore
 
@@ -122,19 +130,28 @@ class FanoutPlanner:
     async def _new_plans(self, triggers: Sequence[FanoutTrigger]) -> list[tuple[Plan, list[Outgoing]]]:
         """Each trigger's followers at its moment, cut into chunks, and the chunk requests.
         An author without followers gets an empty plan (kept, so a replay finds the same,
-        empty, fan-out standing). A large fan-out's chunks write shared inbox entries."""
+        empty, fan-out standing). An author with more followers than
+        ``fanout_shared_above`` (the exact count, as planned: the plan keeps the choice) gets
+        shared entries, and chunks cut by the index alone: its chunks read who followed at
+        the moment, so the planner reads no edges of it."""
+        counts = await self.store.follower_counts(t.author_id for t in triggers)
+        large = {a for a, n in counts.items() if shares_entries(n, self.settings.fanout_shared_above)}
+        size = self.settings.fanout_shared_chunk_size
+        cuts = {a: await self.store.edge_cuts(a, size) for a in sorted(large)}
         moments: dict[str, set[datetime]] = {}
         for t in triggers:
-            moments.setdefault(t.author_id, set()).add(t.source.occurred_at)
+            if t.author_id not in large:
+                moments.setdefault(t.author_id, set()).add(t.source.occurred_at)
         read = await asyncio.gather(*(self._followers_at(a, sorted(m)) for a, m in moments.items()))
         followers_at = {(a, m): users for per_author in read for (a, m), users in per_author.items()}
         out = []
         for t in triggers:
             moment = t.source.occurred_at
-            followers = followers_at[(t.author_id, moment)]
-            shared = shares_entries(len(followers), self.settings.fanout_shared_above)
-            size = self.settings.fanout_shared_chunk_size if shared else self.settings.fanout_chunk_size
-            chunks = cut_chunks(followers, size)
+            shared = t.author_id in large
+            if shared:
+                chunks = ranges_between(cuts[t.author_id], size)
+            else:
+                chunks = cut_chunks(followers_at[(t.author_id, moment)], self.settings.fanout_chunk_size)
             plan = Plan(t.fanout_id, t.author_id, t.kind, t.title, t.source.event_id, moment, chunks, shared)
             requests = [
                 self.publisher.outgoing(
@@ -211,12 +228,14 @@ class ChunkWorker:
         notified = await self.store.chunks_notified(k for k, (p, _) in chunks.items() if not p.shared)
         published = await self.store.shared_published(k for k, (p, _) in chunks.items() if p.shared)
         slots = asyncio.Semaphore(self.settings.fanout_chunk_concurrency)
+        shared_slots = asyncio.Semaphore(self.settings.fanout_shared_concurrency)
 
         async def one(key: str) -> int:
             chunk, cause = chunks[key]
-            async with slots:
-                if chunk.shared:
+            if chunk.shared:
+                async with shared_slots:
                     return await self._notify_shared(chunk, cause, published.get(key))
+            async with slots:
                 return await self._notify(chunk, cause, notified.get(key))
 
         sent = await asyncio.gather(*(one(key) for key in chunks))
@@ -249,10 +268,9 @@ class ChunkWorker:
                 users = None  # another attempt decided it meanwhile: its decision stands
         if users is None:
             users, at = await self.store.shared_members(chunk.chunk_key)
-        records = shared_records(entry, users, producer=self.settings.service_name, cause=cause, occurred_at=at)
-        await self.sender.send(records)
+        sent = await self.sender.send_shared(entry, users, cause=cause, occurred_at=at)
         await self.store.shared_done(chunk.chunk_key)
-        return len(records)
+        return sent
 
     async def _notify(self, chunk: FanoutChunkRequested, cause: Envelope, pending: bool | None) -> int:
         """``pending``: None, the chunk is not notified yet; True, its document still holds

@@ -474,6 +474,19 @@ def cut_chunks(sorted_users: Sequence[str], size: int) -> list[ChunkRange]:
     return chunks
 
 
+def ranges_between(cuts: Sequence[str], edges_each: int) -> list[ChunkRange]:
+    """A large fan-out's chunks: the user-id ranges between consecutive cut points of the
+    author's edges (every ``edges_each``-th edge, and the last), read without reading the
+    edges themselves. A range holds up to ``edges_each`` edges; who of them followed at
+    the event's moment is read when its chunk runs."""
+    out = []
+    previous: str | None = None
+    for number, cut in enumerate(cuts):
+        out.append(ChunkRange(number, previous, cut, edges_each))
+        previous = cut
+    return out
+
+
 def in_range(user_id: str, after: str | None, upto: str) -> bool:
     return (after is None or user_id > after) and user_id <= upto
 

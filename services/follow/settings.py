@@ -33,6 +33,9 @@ class FollowSettings(RuntimeSettings):
     fanout_shared_above: int = Field(default=10_000, ge=0)
     # Followers per chunk of such a fan-out (one shared entry, one run of sends).
     fanout_shared_chunk_size: int = Field(default=10_000, ge=1, le=50_000)
+    # Shared chunks a replica notifies at once: their work is CPU (building and sending
+    # records), and every one running delays the other consumers' steps in the process.
+    fanout_shared_concurrency: int = Field(default=2, ge=1, le=16)
     # How long the fan-out's own producer waits to fill a batch of records.
     fanout_send_linger_ms: int = Field(default=20, ge=0, le=1000)
     # Page size of the HTTP lists.

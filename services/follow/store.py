@@ -297,6 +297,13 @@ class FollowStore(StoreAdapter):
         doc = await self.authors.find_one({"_id": author_id}, {"known": 1, "follower_count": 1})
         return int(doc.get("follower_count") or 0) if doc and doc.get("known") else None
 
+    async def follower_counts(self, author_ids: Iterable[str]) -> dict[str, int]:
+        """The exact follower counts of these authors (0 for one without a document)."""
+        ids = list(dict.fromkeys(author_ids))
+        docs = self.authors.find({"_id": {"$in": ids}}, {"follower_count": 1}) if ids else None
+        counts = {d["_id"]: int(d.get("follower_count") or 0) async for d in docs} if docs is not None else {}
+        return {a: counts.get(a, 0) for a in ids}
+
     async def author_records(self, author_ids: Iterable[str]) -> dict[str, AuthorRecord]:
         ids = list(dict.fromkeys(author_ids))
         docs = {d["_id"]: d async for d in self.authors.find({"_id": {"$in": ids}})} if ids else {}
@@ -441,15 +448,35 @@ class FollowStore(StoreAdapter):
         """Every edge of an author, streamed (a fan-out to a million followers must not hold
         a million documents), by user id; a paged scan may repeat one."""
         fields = {"_id": 0, "user_id": 1, "active": 1, "followed_at": 1, "unfollowed_at": 1}
-        async for d in self.edges.find({"author_id": author_id}, fields, batch_size=10_000).sort("user_id", ASCENDING):
+        async for d in self.edges.find({"author_id": author_id}, fields, batch_size=2000).sort("user_id", ASCENDING):
             yield d["user_id"], _edge(d)
+
+    async def edge_cuts(self, author_id: str, every: int) -> list[str]:
+        """Every ``every``-th user id among the author's edges, and the last: the cut points
+        of a large fan-out, each found by the index (a skip over it), none of the edges
+        decoded here (a million would take the planner tens of seconds)."""
+        cuts: list[str] = []
+        only_user = {"_id": 0, "user_id": 1}
+        while True:
+            query: Document = {"author_id": author_id}
+            if cuts:
+                query["user_id"] = {"$gt": cuts[-1]}
+            found = (
+                await self.edges.find(query, only_user).sort("user_id", ASCENDING).skip(every - 1).limit(1).to_list(1)
+            )
+            if found:
+                cuts.append(found[0]["user_id"])
+                continue
+            last = await self.edges.find(query, only_user).sort("user_id", DESCENDING).limit(1).to_list(1)
+            return cuts + [d["user_id"] for d in last]
 
     async def range_edges(self, author_id: str, after: str | None, upto: str) -> list[tuple[str, Edge]]:
         """The edges of an author in the user-id range (after, upto], by user id."""
         users: Document = {"$lte": upto}
         if after is not None:
             users["$gt"] = after
-        cursor = self.edges.find({"author_id": author_id, "user_id": users}).sort("user_id", ASCENDING)
+        # Streamed in batches: the decoding of a 10,000-edge chunk does not hold the process.
+        cursor = self.edges.find({"author_id": author_id, "user_id": users}, batch_size=2000).sort("user_id", ASCENDING)
         return [(d["user_id"], _edge(d)) async for d in cursor]
 
     async def followers(self, author_id: str, after: str | None, limit: int) -> list[tuple[str, datetime | None]]:
@@ -683,9 +710,12 @@ class FollowStore(StoreAdapter):
 
     # --- seeding (benchmarks and fan-out tests) -------------------------------------------
 
-    async def seed_followers(self, author_id: str, display_name: str, users: Sequence[str], at: datetime) -> None:
+    async def seed_followers(
+        self, author_id: str, display_name: str, users: Sequence[str], at: datetime, *, count: int | None = None
+    ) -> None:
         """Write an author and its followers straight into the projection, in bulk: for
-        benchmarks and fan-out tests that need 10^4-10^6 followers, not for the service."""
+        benchmarks and fan-out tests that need 10^4-10^6 followers, not for the service.
+        ``count``: the follower count, when the edges were seeded apart (``seed_edges``)."""
         await self.seed_edges(
             [
                 {
@@ -707,7 +737,7 @@ class FollowStore(StoreAdapter):
                     "known": True,
                     "display_name": display_name,
                     "profile_revision": 1,
-                    "follower_count": len(users),
+                    "follower_count": len(users) if count is None else count,
                     "revision": 1,
                     "count_revision": 1,
                     "edges_revision": 1,
