@@ -2,7 +2,11 @@
 fan-out, then a restart, ends with each of the 1,000,000 followers notified exactly once
 (in the store, over HTTP for a sample, and 1,000,000 distinct ids on notifications.events),
 and nobody who unfollowed before the work or followed after it. The same scenario runs at
-20,000 followers in the integration tests. Size: ``BZPEER_FANOUT_FOLLOWERS``."""
+20,000 followers in the integration tests. Size: ``BZPEER_FANOUT_FOLLOWERS``. Seeding a
+million edges and the checks take minutes: run it with ``BZPEER_TEST_STALL_S=1800``, e.g.
+
+    BZPEER_TEST_STALL_S=1800 .local/venv/bin/python -m pytest tests/faults/test_fanout_million.py -m faults
+"""
 
 from __future__ import annotations
 
