@@ -453,22 +453,26 @@ class FollowStore(StoreAdapter):
 
     async def edge_cuts(self, author_id: str, every: int) -> list[str]:
         """Every ``every``-th user id among the author's edges, and the last: the cut points
-        of a large fan-out, each found by the index (a skip over it), none of the edges
-        decoded here (a million would take the planner tens of seconds)."""
+        of a large fan-out, read by the (author_id, user_id) index with nothing but the user
+        id (a million in ~20 s here; skips over the index, one query per cut, took FerretDB
+        ~90 s: it walks the skipped documents). A document a paged scan repeats, or returns
+        out of order, never moves a cut back."""
         cuts: list[str] = []
+        seen = 0
+        last: str | None = None
         only_user = {"_id": 0, "user_id": 1}
-        while True:
-            query: Document = {"author_id": author_id}
-            if cuts:
-                query["user_id"] = {"$gt": cuts[-1]}
-            found = (
-                await self.edges.find(query, only_user).sort("user_id", ASCENDING).skip(every - 1).limit(1).to_list(1)
-            )
-            if found:
-                cuts.append(found[0]["user_id"])
+        cursor = self.edges.find({"author_id": author_id}, only_user, batch_size=10_000).sort("user_id", ASCENDING)
+        async for d in cursor:
+            user = d["user_id"]
+            if last is not None and user <= last:
                 continue
-            last = await self.edges.find(query, only_user).sort("user_id", DESCENDING).limit(1).to_list(1)
-            return cuts + [d["user_id"] for d in last]
+            last = user
+            seen += 1
+            if seen % every == 0:
+                cuts.append(user)
+        if last is not None and (not cuts or cuts[-1] != last):
+            cuts.append(last)
+        return cuts
 
     async def range_edges(self, author_id: str, after: str | None, upto: str) -> list[tuple[str, Edge]]:
         """The edges of an author in the user-id range (after, upto], by user id."""
