@@ -80,19 +80,30 @@ class NotificationSender:
             (PRODUCER_HEADER, settings.service_name.encode()),
         ]
         self._producer: AIOKafkaProducer | None = None
+        self._starting = asyncio.Lock()
 
     async def start(self) -> None:
-        self._producer = AIOKafkaProducer(
-            bootstrap_servers=self.settings.kafka_bootstrap_servers,
-            client_id=f"bzpeer-{self.settings.service_name}-fanout",
-            enable_idempotence=True,
-            acks="all",
-            linger_ms=self.settings.fanout_send_linger_ms,
-            max_batch_size=1024 * 1024,
-            max_request_size=4 * 1024 * 1024,
-            request_timeout_ms=30_000,
-        )
-        await self._producer.start()
+        await self._ready()
+
+    async def _ready(self) -> AIOKafkaProducer:
+        """The producer, started on first use: the service's consumers start before its
+        startup hooks, so a chunk redelivered right after a restart can come first (it
+        found no producer and was dead-lettered with its entry written, unpublished)."""
+        async with self._starting:
+            if self._producer is None:
+                producer = AIOKafkaProducer(
+                    bootstrap_servers=self.settings.kafka_bootstrap_servers,
+                    client_id=f"bzpeer-{self.settings.service_name}-fanout",
+                    enable_idempotence=True,
+                    acks="all",
+                    linger_ms=self.settings.fanout_send_linger_ms,
+                    max_batch_size=1024 * 1024,
+                    max_request_size=4 * 1024 * 1024,
+                    request_timeout_ms=30_000,
+                )
+                await producer.start()
+                self._producer = producer
+            return self._producer
 
     async def stop(self) -> None:
         if self._producer is not None:
@@ -112,8 +123,7 @@ class NotificationSender:
         return len(users)
 
     async def _send_all(self, entry: SharedEntry, users: Sequence[str], cause: Envelope, at: datetime) -> None:
-        producer = self._producer
-        assert producer is not None, "NotificationSender.start() first"
+        producer = await self._ready()
         futures: list[asyncio.Future[Any]] = []
         name = self.settings.service_name
         for start in range(0, len(users), SLICE):
