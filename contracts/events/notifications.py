@@ -39,6 +39,10 @@ class NotificationCreated(EventModel):
     source_event_id: uuid.UUID
     title: str = Field(max_length=600)
     created_at: datetime
+    # A large fan-out keeps one shared inbox entry per chunk of followers instead of one
+    # entry per follower: its id ("<fanout_id>:<n>"), so a rebuild puts the notification
+    # back into the same entry. None: the notification is an entry of the user's own.
+    shared_id: str | None = None
 
 
 class NotificationsRead(EventModel):
@@ -71,3 +75,5 @@ class FanoutChunkRequested(EventModel):
     after_user_id: str | None = None
     upto_user_id: str
     followed_before: datetime
+    # True: a large fan-out, the chunk writes one shared inbox entry for its followers.
+    shared: bool = False

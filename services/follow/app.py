@@ -24,6 +24,7 @@ from contracts.events.notifications import FanoutChunkRequested, NotificationCre
 from contracts.topics import Topic
 from service_runtime.delivery import BatchHandler, Incoming
 from service_runtime.service import Service
+from services.follow.bulk import NotificationSender
 from services.follow.commands import FollowCommands
 from services.follow.fanout import ChunkWorker, FanoutPlanner
 from services.follow.inbox import InboxEvents
@@ -62,18 +63,23 @@ def build_service(settings: FollowSettings | None = None) -> Service:
     # for each other (a huge fan-out cannot hold up other authors' follows or events).
     commands = FollowCommands(store, service.publisher, service.outbox, settings)
     service.consume(Topic.WEBAPP_FOLLOWS, handler=_bound(commands.handle), accepts=commands.accepts, runs="live")
-    planner = FanoutPlanner(store, service.publisher, service.outbox, settings)
+    sender = NotificationSender(settings)
+    if not settings.rebuilding:
+        service.on_startup(sender.start)
+        service.on_shutdown(sender.stop)
+    chunks = ChunkWorker(store, service.publisher, service.outbox, settings, sender)
+    planner = FanoutPlanner(store, service.publisher, service.outbox, settings, chunks.notify)
     sources = SourceEvents(store, planner)
     service.consume(
         *SOURCE_TOPICS, handler=_bound(sources.handle), group=SOURCES_GROUP, accepts=sources.accepts, runs="live"
     )
-    chunks = ChunkWorker(store, service.publisher, service.outbox, settings)
     service.consume(
         Topic.FOLLOW_FANOUT, handler=_bound(chunks.handle), group="fanout", accepts=chunks.accepts, runs="live"
     )
     healer = EdgeHealer(store)
     service.consume(Topic.FOLLOWS_EVENTS, handler=healer.handle, group="edges", accepts=healer.accepts, runs="live")
-    inbox = InboxEvents(store)
+    inbox = InboxEvents(store, hold_shared=settings.rebuilding)
+    service.on_drain(inbox.flush)
     service.consume(
         Topic.NOTIFICATIONS_EVENTS,
         handler=inbox.handle,

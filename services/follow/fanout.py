@@ -23,8 +23,9 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from contracts.envelope import Envelope, deterministic_event_id
@@ -35,11 +36,21 @@ from service_runtime.dispatch import Dispatch
 from service_runtime.logging import get_logger
 from service_runtime.outbox import Outbox
 from service_runtime.publishing import EventPublisher, Outgoing
-from services.follow.rules import ChunkNotified, Plan, cut_chunks, recipients
+from services.follow.bulk import NotificationSender
+from services.follow.rules import (
+    ChunkNotified,
+    Plan,
+    SharedEntry,
+    cut_chunks,
+    ranges_between,
+    recipients,
+    shares_entries,
+)
 from services.follow.settings import FollowSettings
 from services.follow.store import FollowStore
 
 log = get_logger(__name__)
+ChunkNotifier = Callable[[Sequence[tuple[FanoutChunkRequested, Envelope]]], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -57,11 +68,21 @@ class FanoutTrigger:
 
 
 class FanoutPlanner:
-    def __init__(self, store: FollowStore, publisher: EventPublisher, outbox: Outbox, settings: FollowSettings) -> None:
+    def __init__(
+        self,
+        store: FollowStore,
+        publisher: EventPublisher,
+        outbox: Outbox,
+        settings: FollowSettings,
+        notify_now: ChunkNotifier,
+    ) -> None:
         self.store = store
         self.publisher = publisher
         self.outbox = outbox
         self.settings = settings
+        # Small fan-outs are notified right here, not through follow.fanout: there they
+        # would queue behind a large fan-out's chunks (minutes for a million followers).
+        self.notify_now = notify_now
 
     async def plan(self, triggers: Sequence[FanoutTrigger]) -> int:
         """Plan (once) and publish the chunks of a batch's fan-outs; returns the chunks sent.
@@ -83,7 +104,18 @@ class FanoutPlanner:
         if stood:  # another attempt inserted them meanwhile: theirs stand
             standing.update(await self.store.plan_outboxes(stood))
         ours = {plan.fanout_id: events for plan, events in plans if plan.fanout_id not in stood}
-        sent = await self.outbox.deliver(self.store.fanouts, {**standing, **ours})
+        pending = {**standing, **ours}
+        inline = self.settings.fanout_inline_chunks
+        small = {fid: events for fid, events in pending.items() if 0 < len(events) <= inline}
+        if small:
+            await self.notify_now([(_request(e), first[fid].source) for fid, events in small.items() for e in events])
+            # Done: pulled without being published (if this process dies first, the chunk
+            # request is published by the redelivered source event or the sweeper, and its
+            # chunk, done already, is passed over).
+            await Outbox.clear(
+                self.store.fanouts, {fid: [str(e.envelope.event_id) for e in events] for fid, events in small.items()}
+            )
+        sent = await self.outbox.deliver(self.store.fanouts, {f: e for f, e in pending.items() if f not in small})
         log.info(
             "fanouts_planned",
             fanouts=len(first),
@@ -98,15 +130,29 @@ class FanoutPlanner:
     async def _new_plans(self, triggers: Sequence[FanoutTrigger]) -> list[tuple[Plan, list[Outgoing]]]:
         """Each trigger's followers at its moment, cut into chunks, and the chunk requests.
         An author without followers gets an empty plan (kept, so a replay finds the same,
-        empty, fan-out standing)."""
-        authors = sorted({t.author_id for t in triggers})
-        read = await asyncio.gather(*(self.store.author_edges(a) for a in authors))
-        edges = dict(zip(authors, read, strict=True))
+        empty, fan-out standing). An author with more followers than
+        ``fanout_shared_above`` (the exact count, as planned: the plan keeps the choice) gets
+        shared entries, and chunks cut by the index alone: its chunks read who followed at
+        the moment, so the planner reads no edges of it."""
+        counts = await self.store.follower_counts(t.author_id for t in triggers)
+        large = {a for a, n in counts.items() if shares_entries(n, self.settings.fanout_shared_above)}
+        size = self.settings.fanout_shared_chunk_size
+        cuts = {a: await self.store.edge_cuts(a, size) for a in sorted(large)}
+        moments: dict[str, set[datetime]] = {}
+        for t in triggers:
+            if t.author_id not in large:
+                moments.setdefault(t.author_id, set()).add(t.source.occurred_at)
+        read = await asyncio.gather(*(self._followers_at(a, sorted(m)) for a, m in moments.items()))
+        followers_at = {(a, m): users for per_author in read for (a, m), users in per_author.items()}
         out = []
         for t in triggers:
             moment = t.source.occurred_at
-            chunks = cut_chunks(recipients(edges[t.author_id], moment), self.settings.fanout_chunk_size)
-            plan = Plan(t.fanout_id, t.author_id, t.kind, t.title, t.source.event_id, moment, chunks)
+            shared = t.author_id in large
+            if shared:
+                chunks = ranges_between(cuts[t.author_id], size)
+            else:
+                chunks = cut_chunks(followers_at[(t.author_id, moment)], self.settings.fanout_chunk_size)
+            plan = Plan(t.fanout_id, t.author_id, t.kind, t.title, t.source.event_id, moment, chunks, shared)
             requests = [
                 self.publisher.outgoing(
                     FanoutChunkRequested(
@@ -119,6 +165,7 @@ class FanoutPlanner:
                         after_user_id=c.after_user_id,
                         upto_user_id=c.upto_user_id,
                         followed_before=moment,
+                        shared=shared,
                     ),
                     cause=t.source,
                     event_id=deterministic_event_id(t.fanout_id, "chunk", c.number),
@@ -127,6 +174,21 @@ class FanoutPlanner:
             ]
             out.append((plan, requests))
         return out
+
+    async def _followers_at(self, author_id: str, moments: Sequence[datetime]) -> dict[tuple[str, datetime], list[str]]:
+        """Who followed the author at each moment, sorted, each once: the edges are read
+        once, streamed, and only the user ids kept (a million edges as objects would take
+        hundreds of MB)."""
+        found: list[set[str]] = [set() for _ in moments]
+        async for user, edge in self.store.iter_author_edges(author_id):
+            for users, moment in zip(found, moments, strict=True):
+                if edge.followed_at_time(moment):
+                    users.add(user)
+        return {(author_id, m): sorted(users) for m, users in zip(moments, found, strict=True)}
+
+
+def _request(out: Outgoing) -> FanoutChunkRequested:
+    return FanoutChunkRequested.model_validate(out.envelope.data)
 
 
 def _chunk(p: FanoutChunkRequested, item: Incoming[FanoutChunkRequested]) -> tuple[FanoutChunkRequested, Envelope]:
@@ -139,33 +201,76 @@ READ_CHUNK = Dispatch[tuple[FanoutChunkRequested, Envelope]]().on(FanoutChunkReq
 class ChunkWorker:
     accepts = READ_CHUNK.types
 
-    def __init__(self, store: FollowStore, publisher: EventPublisher, outbox: Outbox, settings: FollowSettings) -> None:
+    def __init__(
+        self,
+        store: FollowStore,
+        publisher: EventPublisher,
+        outbox: Outbox,
+        settings: FollowSettings,
+        sender: NotificationSender,
+    ) -> None:
         self.store = store
         self.publisher = publisher
         self.outbox = outbox
         self.settings = settings
+        self.sender = sender
 
     async def handle(self, batch: Sequence[Incoming[Any]]) -> None:
-        """The batch's chunks, a few at a time (``fanout_chunk_concurrency``): one read of
-        where they stand, then per chunk one range read of its followers, one insert of
-        the chunk document, one bulk insert into the inbox, one publish, one pull."""
-        chunks = {p.chunk_key: (p, cause) for p, cause in map(READ_CHUNK, batch)}
+        await self.notify([READ_CHUNK(item) for item in batch])
+
+    async def notify(self, requests: Sequence[tuple[FanoutChunkRequested, Envelope]]) -> None:
+        """These chunks, a few at a time (``fanout_chunk_concurrency``): one read of where
+        they stand, then per chunk one range read of its followers, one insert of its
+        decision (the chunk document, or a large fan-out's shared entry), its inbox
+        entries, one publish, one mark that it is done."""
+        chunks = {p.chunk_key: (p, cause) for p, cause in requests}
         started = time.perf_counter()
-        notified = await self.store.chunks_notified(chunks)
+        notified = await self.store.chunks_notified(k for k, (p, _) in chunks.items() if not p.shared)
+        published = await self.store.shared_published(k for k, (p, _) in chunks.items() if p.shared)
         slots = asyncio.Semaphore(self.settings.fanout_chunk_concurrency)
+        shared_slots = asyncio.Semaphore(self.settings.fanout_shared_concurrency)
 
         async def one(key: str) -> int:
+            chunk, cause = chunks[key]
+            if chunk.shared:
+                async with shared_slots:
+                    return await self._notify_shared(chunk, cause, published.get(key))
             async with slots:
-                return await self._notify(*chunks[key], notified.get(key))
+                return await self._notify(chunk, cause, notified.get(key))
 
         sent = await asyncio.gather(*(one(key) for key in chunks))
         log.info(
             "fanout_chunks_done",
             chunks=len(chunks),
             notifications=sum(sent),
-            left_behind=sum(1 for pending in notified.values() if pending),
+            left_behind=sum(1 for pending in notified.values() if pending)
+            + sum(1 for done in published.values() if not done),
             total_s=round(time.perf_counter() - started, 3),
         )
+
+    async def _notify_shared(self, chunk: FanoutChunkRequested, cause: Envelope, published: bool | None) -> int:
+        """A large fan-out's chunk: its followers in one shared inbox entry, inserted once
+        (the commit point: a second attempt takes the standing one), then their
+        notifications sent, then the entry marked published. ``published``: None, no entry
+        yet; False, written and maybe not sent (a crash); True, done."""
+        if published:
+            return 0
+        entry = SharedEntry(
+            chunk.chunk_key, chunk.author_id, chunk.kind, chunk.title, chunk.source_event_id, chunk.followed_before
+        )
+        users: list[str] | None = None
+        now = datetime.now(UTC)
+        at = now.replace(microsecond=now.microsecond // 1000 * 1000)  # as the store keeps it
+        if published is None:
+            edges = await self.store.range_edges(chunk.author_id, chunk.after_user_id, chunk.upto_user_id)
+            users = recipients(edges, chunk.followed_before)
+            if not await self.store.insert_shared(entry, users, at):
+                users = None  # another attempt decided it meanwhile: its decision stands
+        if users is None:
+            users, at = await self.store.shared_members(chunk.chunk_key)
+        sent = await self.sender.send_shared(entry, users, cause=cause, occurred_at=at)
+        await self.store.shared_done(chunk.chunk_key)
+        return sent
 
     async def _notify(self, chunk: FanoutChunkRequested, cause: Envelope, pending: bool | None) -> int:
         """``pending``: None, the chunk is not notified yet; True, its document still holds

@@ -25,6 +25,19 @@ class FollowSettings(RuntimeSettings):
     # Chunks of one batch a replica notifies at once (their store writes and sends overlap;
     # each holds its notifications in memory until they are published).
     fanout_chunk_concurrency: int = Field(default=4, ge=1, le=64)
+    # Fan-outs of at most this many chunks are notified by the planner itself, not through
+    # follow.fanout, where they would queue behind a large fan-out's chunks (0: none).
+    fanout_inline_chunks: int = Field(default=1, ge=0, le=10)
+    # A fan-out to more followers than this keeps one shared inbox entry per chunk (a
+    # document listing its followers) instead of an entry per follower (docs/fanout.md).
+    fanout_shared_above: int = Field(default=10_000, ge=0)
+    # Followers per chunk of such a fan-out (one shared entry, one run of sends).
+    fanout_shared_chunk_size: int = Field(default=10_000, ge=1, le=50_000)
+    # Shared chunks a replica notifies at once: their work is CPU (building and sending
+    # records), and every one running delays the other consumers' steps in the process.
+    fanout_shared_concurrency: int = Field(default=2, ge=1, le=16)
+    # How long the fan-out's own producer waits to fill a batch of records.
+    fanout_send_linger_ms: int = Field(default=20, ge=0, le=1000)
     # Page size of the HTTP lists.
     page_limit: int = Field(default=100, ge=1, le=1000)
 

@@ -17,8 +17,15 @@ of their documents and the driver. Every document is plain fields and subdocumen
   keeps the edge, marked, so a fan-out knows who followed at the moment of its source
   event. Indexed by (author_id, user_id) (followers, fan-out ranges) and by (user_id,
   author_id) (the authors a user follows).
-* ``inbox``, one per notification (``_id`` = the deterministic notification id): user,
-  author, kind, title, source event, ``created_at``, ``read``.
+* ``inbox``, one per notification of a user's own (``_id`` = the deterministic
+  notification id): user, author, kind, title, source event, ``created_at``, ``read``; a
+  notification of a shared entry that its user marked read is copied here, read, with
+  ``shared_id`` naming the entry (the copy stands for it in that user's inbox).
+* ``shared_inbox``, one per chunk of a large fan-out (``_id`` = ``<fanout_id>:<n>``): the
+  notification (author, kind, title, source event, ``created_at``) and ``users``, the
+  followers whose inbox holds it, sorted; indexed by (users, created_at desc), so a
+  user's inbox reads its own entries and the shared entries it is in. ``published``
+  says its NotificationCreated events are out (the entry is the chunk's commit point).
 * ``fanouts``, one per fan-out plan (``_id`` = fanout id): the source event, the moment
   that decides who is notified, and the user-id ranges of its chunks; its ``outbox`` holds
   the chunk requests until they are published.
@@ -30,8 +37,9 @@ of their documents and the driver. Every document is plain fields and subdocumen
 
 from __future__ import annotations
 
+import asyncio
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -39,7 +47,7 @@ from typing import Any, ClassVar
 from pymongo import ASCENDING, DESCENDING, IndexModel, UpdateOne
 from pymongo.errors import BulkWriteError
 
-from contracts.events.notifications import NotificationCreated
+from contracts.events.notifications import NotificationCreated, notification_id
 from service_runtime import outbox
 from service_runtime.projection import Projection
 from service_runtime.publishing import Outgoing
@@ -60,9 +68,13 @@ from services.follow.rules import (
     EdgeChange,
     FollowFold,
     FollowState,
+    InboxItem,
     Parked,
     ParkedUnfollow,
     Plan,
+    SharedEntry,
+    before_cursor,
+    merge_newest_first,
 )
 
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -76,6 +88,7 @@ PROJECTION = Projection.of(
     authors=("version", "applied", "edges_revision", "outbox"),
     edges=(),
     inbox=(),
+    shared_inbox=("notified_at", "published"),
 )
 
 
@@ -125,6 +138,38 @@ def inbox_doc(note: NotificationCreated) -> Document:
         "created_at": note.created_at,
         "read": False,
     }
+
+
+def _shared_fields(entry: SharedEntry) -> Document:
+    return {
+        "_id": entry.shared_id,
+        "fanout_id": entry.fanout_id,
+        "author_id": entry.author_id,
+        "kind": entry.kind,
+        "source_event_id": str(entry.source_event_id),
+        "title": entry.title,
+        "created_at": entry.created_at,
+    }
+
+
+def _item(doc: Mapping[str, Any]) -> InboxItem:
+    return InboxItem(doc["_id"], doc["created_at"], bool(doc.get("read")), None)
+
+
+def _shared_item(doc: Mapping[str, Any], user_id: str) -> tuple[InboxItem, Document]:
+    """A user's notification in a shared entry, as an item and as an entry of their own."""
+    nid = str(notification_id(uuid.UUID(doc["source_event_id"]), user_id))
+    own: Document = {
+        "_id": nid,
+        "user_id": user_id,
+        "author_id": doc["author_id"],
+        "kind": doc["kind"],
+        "source_event_id": doc["source_event_id"],
+        "title": doc["title"],
+        "created_at": doc["created_at"],
+        "read": False,
+    }
+    return InboxItem(nid, doc["created_at"], False, doc["_id"]), own
 
 
 def _edge(doc: Mapping[str, Any]) -> Edge:
@@ -222,6 +267,10 @@ class FollowStore(StoreAdapter):
         "authors": [IndexModel([("parked_until", ASCENDING)], name="parked_until")],
         "inbox": [IndexModel([("user_id", ASCENDING), ("created_at", DESCENDING), ("_id", DESCENDING)], name="newest")],
         "fanout_chunks": [IndexModel([("fanout_id", ASCENDING)], name="of_fanout")],
+        "shared_inbox": [
+            IndexModel([("users", ASCENDING), ("created_at", DESCENDING)], name="member_newest"),
+            IndexModel([("fanout_id", ASCENDING)], name="of_fanout"),
+        ],
     }
     # A chunk's outbox is not swept: its events are published only by the chunk worker,
     # after the inbox documents they stand for (the chunk message comes again until then).
@@ -235,6 +284,7 @@ class FollowStore(StoreAdapter):
         self.inbox: Collection = db["inbox"]
         self.fanouts: Collection = db["fanouts"]
         self.chunks: Collection = db["fanout_chunks"]
+        self.shared: Collection = db["shared_inbox"]
         self.source_progress: Collection = db["source_progress"]
 
     # --- authors: follow state ------------------------------------------------------
@@ -246,6 +296,13 @@ class FollowStore(StoreAdapter):
         """The exact follower count of a known author; None: the author is not known."""
         doc = await self.authors.find_one({"_id": author_id}, {"known": 1, "follower_count": 1})
         return int(doc.get("follower_count") or 0) if doc and doc.get("known") else None
+
+    async def follower_counts(self, author_ids: Iterable[str]) -> dict[str, int]:
+        """The exact follower counts of these authors (0 for one without a document)."""
+        ids = list(dict.fromkeys(author_ids))
+        docs = self.authors.find({"_id": {"$in": ids}}, {"follower_count": 1}) if ids else None
+        counts = {d["_id"]: int(d.get("follower_count") or 0) async for d in docs} if docs is not None else {}
+        return {a: counts.get(a, 0) for a in ids}
 
     async def author_records(self, author_ids: Iterable[str]) -> dict[str, AuthorRecord]:
         ids = list(dict.fromkeys(author_ids))
@@ -387,12 +444,43 @@ class FollowStore(StoreAdapter):
         cursor = self.edges.find({"author_id": author_id}).sort("user_id", ASCENDING)
         return [(d["user_id"], _edge(d)) async for d in cursor]
 
+    async def iter_author_edges(self, author_id: str) -> AsyncIterator[tuple[str, Edge]]:
+        """Every edge of an author, streamed (a fan-out to a million followers must not hold
+        a million documents), by user id; a paged scan may repeat one."""
+        fields = {"_id": 0, "user_id": 1, "active": 1, "followed_at": 1, "unfollowed_at": 1}
+        async for d in self.edges.find({"author_id": author_id}, fields, batch_size=2000).sort("user_id", ASCENDING):
+            yield d["user_id"], _edge(d)
+
+    async def edge_cuts(self, author_id: str, every: int) -> list[str]:
+        """Every ``every``-th user id among the author's edges, and the last: the cut points
+        of a large fan-out, read by the (author_id, user_id) index with nothing but the user
+        id (a million in ~20 s here; skips over the index, one query per cut, took FerretDB
+        ~90 s: it walks the skipped documents). A document a paged scan repeats, or returns
+        out of order, never moves a cut back."""
+        cuts: list[str] = []
+        seen = 0
+        last: str | None = None
+        only_user = {"_id": 0, "user_id": 1}
+        cursor = self.edges.find({"author_id": author_id}, only_user, batch_size=10_000).sort("user_id", ASCENDING)
+        async for d in cursor:
+            user = d["user_id"]
+            if last is not None and user <= last:
+                continue
+            last = user
+            seen += 1
+            if seen % every == 0:
+                cuts.append(user)
+        if last is not None and (not cuts or cuts[-1] != last):
+            cuts.append(last)
+        return cuts
+
     async def range_edges(self, author_id: str, after: str | None, upto: str) -> list[tuple[str, Edge]]:
         """The edges of an author in the user-id range (after, upto], by user id."""
         users: Document = {"$lte": upto}
         if after is not None:
             users["$gt"] = after
-        cursor = self.edges.find({"author_id": author_id, "user_id": users}).sort("user_id", ASCENDING)
+        # Streamed in batches: the decoding of a 10,000-edge chunk does not hold the process.
+        cursor = self.edges.find({"author_id": author_id, "user_id": users}, batch_size=2000).sort("user_id", ASCENDING)
         return [(d["user_id"], _edge(d)) async for d in cursor]
 
     async def followers(self, author_id: str, after: str | None, limit: int) -> list[tuple[str, datetime | None]]:
@@ -433,6 +521,7 @@ class FollowStore(StoreAdapter):
                 "source_event_id": str(p.source_event_id),
                 "followed_before": p.followed_before,
                 "followers": p.followers,
+                "shared": p.shared,
                 "chunks": [
                     {
                         "number": c.number,
@@ -462,9 +551,14 @@ class FollowStore(StoreAdapter):
         plan = await self.fanouts.find_one({"_id": fanout_id})
         if plan is None:
             return None
-        done = self.chunks.find({"fanout_id": fanout_id, f"{outbox.FIELD}.0": {"$exists": False}}, {"number": 1})
+        if plan.get("shared"):
+            done = self.shared.find({"fanout_id": fanout_id, "published": True}, {"_id": 1})
+            numbers = {int(d["_id"].rsplit(":", 1)[1]) async for d in done}
+        else:
+            done = self.chunks.find({"fanout_id": fanout_id, f"{outbox.FIELD}.0": {"$exists": False}}, {"number": 1})
+            numbers = {c["number"] async for c in done}
         plan["published"] = not plan.get(outbox.FIELD)
-        plan["done"] = sorted([c["number"] async for c in done])
+        plan["done"] = sorted(numbers)
         return plan
 
     async def chunks_notified(self, chunk_keys: Iterable[str]) -> dict[str, bool]:
@@ -496,6 +590,49 @@ class FollowStore(StoreAdapter):
         }
         return not await insert_missing(self.chunks, [doc])
 
+    # --- shared inbox entries (large fan-outs) ------------------------------------------
+
+    async def insert_shared(self, entry: SharedEntry, users: Sequence[str], at: datetime) -> bool:
+        """Insert a chunk's shared entry with its followers (the set it notifies), unless
+        one stands; False if one stood already (another attempt's decision stands)."""
+        doc = {**_shared_fields(entry), "users": list(users), "notified_at": at, "published": False}
+        return not await insert_missing(self.shared, [doc])
+
+    async def shared_published(self, keys: Iterable[str]) -> dict[str, bool]:
+        """The shared entries that exist among these: key -> whether their notifications
+        are published (read without the member lists)."""
+        ids = list(dict.fromkeys(keys))
+        if not ids:
+            return {}
+        cursor = self.shared.find({"_id": {"$in": ids}}, {"published": 1})
+        return {d["_id"]: bool(d.get("published")) async for d in cursor}
+
+    async def shared_members(self, key: str) -> tuple[list[str], datetime]:
+        """A shared entry's followers and when it was written (the moment its events carry)."""
+        doc = await self.shared.find_one({"_id": key}, {"users": 1, "notified_at": 1})
+        assert doc is not None, f"shared entry {key} read before it was written"
+        return list(doc["users"]), doc["notified_at"]
+
+    async def shared_done(self, key: str) -> None:
+        await self.shared.update_one({"_id": key}, {"$set": {"published": True}})
+
+    async def add_shared_members(self, members: Mapping[str, tuple[SharedEntry, set[str]]]) -> None:
+        """A rebuild: put users back into the shared entries their notifications name. Only
+        the rebuild's one inbox consumer writes these, so a read, a merge and a plain upsert
+        are safe; the member lists stay sorted, as live."""
+        if not members:
+            return
+        held = {d["_id"]: d.get("users") or [] async for d in self.shared.find({"_id": {"$in": list(members)}})}
+        ops = [
+            UpdateOne(
+                {"_id": key},
+                {"$set": {**_shared_fields(entry), "users": sorted(set(held.get(key, ())) | users)}},
+                upsert=True,
+            )
+            for key, (entry, users) in sorted(members.items())
+        ]
+        await self.shared.bulk_write(ops, ordered=False)
+
     # --- inbox ----------------------------------------------------------------------
 
     async def insert_notifications(self, notes: Iterable[NotificationCreated]) -> None:
@@ -504,6 +641,8 @@ class FollowStore(StoreAdapter):
     async def notifications(
         self, user_id: str, *, unread_only: bool, before: tuple[datetime, str] | None, limit: int
     ) -> list[Document]:
+        """A page of the user's inbox, newest first: their own entries and the shared
+        entries they are in, merged (the same page for either kind of entry)."""
         query: Document = {"user_id": user_id}
         if unread_only:
             query["read"] = False
@@ -511,36 +650,90 @@ class FollowStore(StoreAdapter):
             created_at, nid = before
             query["$or"] = [{"created_at": {"$lt": created_at}}, {"created_at": created_at, "_id": {"$lt": nid}}]
         cursor = self.inbox.find(query).sort([("created_at", DESCENDING), ("_id", DESCENDING)]).limit(limit)
-        return await cursor.to_list(None)
+        own = {d["_id"]: d for d in await cursor.to_list(None)}
+        shared, materialized = await self._shared_page(user_id, before, limit)
+        page = merge_newest_first(
+            (_item(d) for d in own.values()), (i for i, _ in shared.values()), materialized=materialized, limit=limit
+        )
+        return [own[i.notification_id] if i.shared_id is None else shared[i.notification_id][1] for i in page]
+
+    async def _shared_page(
+        self, user_id: str, before: tuple[datetime, str] | None, limit: int
+    ) -> tuple[dict[str, tuple[InboxItem, Document]], set[str]]:
+        """Up to ``limit`` notifications of shared entries the user is in, older than the
+        cursor and not marked read (those are entries of the user's own), each as an item
+        and as the document an entry of the user's own would be; and the ids passed over."""
+        wanted = limit
+        while True:
+            docs = await self._shared_entries(user_id, before, wanted)
+            items = {}
+            for d in docs:
+                item, doc = _shared_item(d, user_id)
+                if before_cursor(item, before):
+                    items[item.notification_id] = (item, doc)
+            materialized = await self._own_among(list(items))
+            if len(items) - len(materialized) >= limit or len(docs) < wanted:
+                return items, materialized
+            wanted += len(materialized) or limit
+
+    async def _shared_entries(self, user_id: str, before: tuple[datetime, str] | None, limit: int) -> list[Document]:
+        """The newest ``limit`` shared entries of the user at or before the cursor's moment
+        (without their member lists), and every other one at the last moment taken: ties
+        are ordered by notification id, which only the user's id gives."""
+        query: Document = {"users": user_id}
+        if before is not None:
+            query["created_at"] = {"$lte": before[0]}
+        without_members = {"users": 0}
+        docs = await self.shared.find(query, without_members).sort("created_at", DESCENDING).limit(limit).to_list(None)
+        if len(docs) == limit:
+            tied = self.shared.find({"users": user_id, "created_at": docs[-1]["created_at"]}, without_members)
+            docs += [d async for d in tied]
+        return list({d["_id"]: d for d in docs}.values())
+
+    async def _own_among(self, notification_ids: list[str]) -> set[str]:
+        if not notification_ids:
+            return set()
+        return {d["_id"] async for d in self.inbox.find({"_id": {"$in": notification_ids}}, {"_id": 1})}
 
     async def mark_read(self, user_id: str, notification_ids: Sequence[str] | None) -> int:
+        """Mark the user's notifications read (all when ``notification_ids`` is None). One of
+        a shared entry gets an entry of the user's own, read, that stands for it."""
         query: Document = {"user_id": user_id, "read": False}
         if notification_ids is not None:
             query["_id"] = {"$in": list(notification_ids)}
         result = await self.inbox.update_many(query, {"$set": {"read": True}})
-        return result.modified_count
+        wanted = None if notification_ids is None else set(notification_ids)
+        copies = []
+        async for d in self.shared.find({"users": user_id}, {"users": 0}):
+            item, doc = _shared_item(d, user_id)
+            if wanted is None or item.notification_id in wanted:
+                copies.append({**doc, "read": True, "shared_id": d["_id"]})
+        if copies:
+            await insert_missing(self.inbox, copies)
+        return result.modified_count + len(copies)
 
     # --- seeding (benchmarks and fan-out tests) -------------------------------------------
 
-    async def seed_followers(self, author_id: str, display_name: str, users: Sequence[str], at: datetime) -> None:
+    async def seed_followers(
+        self, author_id: str, display_name: str, users: Sequence[str], at: datetime, *, count: int | None = None
+    ) -> None:
         """Write an author and its followers straight into the projection, in bulk: for
-        benchmarks and fan-out tests that need 10^4-10^6 followers, not for the service."""
-        for start in range(0, len(users), 10_000):
-            await self.edges.insert_many(
-                [
-                    {
-                        "_id": edge_id(author_id, u),
-                        "author_id": author_id,
-                        "user_id": u,
-                        "active": True,
-                        "followed_at": at,
-                        "unfollowed_at": None,
-                        "revision": 1,
-                    }
-                    for u in users[start : start + 10_000]
-                ],
-                ordered=False,
-            )
+        benchmarks and fan-out tests that need 10^4-10^6 followers, not for the service.
+        ``count``: the follower count, when the edges were seeded apart (``seed_edges``)."""
+        await self.seed_edges(
+            [
+                {
+                    "_id": edge_id(author_id, u),
+                    "author_id": author_id,
+                    "user_id": u,
+                    "active": True,
+                    "followed_at": at,
+                    "unfollowed_at": None,
+                    "revision": 1,
+                }
+                for u in users
+            ]
+        )
         await self.authors.update_one(
             {"_id": author_id},
             {
@@ -548,7 +741,7 @@ class FollowStore(StoreAdapter):
                     "known": True,
                     "display_name": display_name,
                     "profile_revision": 1,
-                    "follower_count": len(users),
+                    "follower_count": len(users) if count is None else count,
                     "revision": 1,
                     "count_revision": 1,
                     "edges_revision": 1,
@@ -556,6 +749,16 @@ class FollowStore(StoreAdapter):
             },
             upsert=True,
         )
+
+    async def seed_edges(self, edges: Sequence[Document], *, batch: int = 10_000, writers: int = 4) -> None:
+        """Edge documents inserted in bulk, a few batches at once (seeding only)."""
+        slots = asyncio.Semaphore(writers)
+
+        async def one(start: int) -> None:
+            async with slots:
+                await self.edges.insert_many(list(edges[start : start + batch]), ordered=False)
+
+        await asyncio.gather(*(one(start) for start in range(0, len(edges), batch)))
 
 
 async def _guarded_upserts(collection: Collection, ops: Sequence[UpdateOne]) -> None:

@@ -1,5 +1,6 @@
 """A 10,000-follower fan-out with the follow service running as real OS processes:
-exactly 10,000 notifications, shared by two replicas, and surviving a SIGKILL mid-way."""
+exactly 10,000 notifications, shared by two replicas, and surviving a SIGKILL mid-way; and
+a fan-out large enough to share inbox entries, killed mid-way on one of two replicas."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from service_runtime.topic_reader import read_topic
 from services.follow.store import FollowStore
 from tests.conftest import Namespace, eventually
 from tests.integration.follow.conftest import follow_settings, later, plan_of, publish, work_added
+from tests.integration.follow.crash import fanout_killed_midway
 from tests.service_process import ServiceProcess, wait_for_group
 
 FOLLOWERS = 10_000
@@ -98,3 +100,9 @@ async def test_a_fanout_killed_midway_resumes_to_exactly_10000(ns, producer, see
         await assert_exactly_once(ns, store, users, work.event_id)
     finally:
         await service.stop()
+
+
+async def test_a_shared_fanout_of_20000_killed_midway_on_one_of_two_replicas_notifies_each_follower_once(
+    ns, producer
+) -> None:
+    await fanout_killed_midway(ns, producer, 20_000, chunk=500, timeout_s=180)

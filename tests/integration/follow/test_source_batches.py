@@ -41,6 +41,10 @@ AUTHORS = [f"b{i}" for i in range(12)]
 FOLLOWERS = {a: [f"{a}-fan{j}" for j in range(3 + i)] + ["everyone"] for i, a in enumerate(AUTHORS) if i % 3 == 0}
 
 
+async def _never(chunks: object) -> None:
+    raise AssertionError("no fan-out is notified by the planner here")
+
+
 def as_batch(envelopes: list[Envelope], topic_of: Mapping[str, str]) -> list[Incoming[Any]]:
     """The records a consumer would hand over: decoded the way the runtime decodes them."""
     out = []
@@ -91,7 +95,9 @@ async def test_a_batch_for_many_authors_notifies_exactly_the_followers_once_even
         "ClaimApproved": Topic.CLAIMS_EVENTS,
     }
     batch = as_batch(envelopes, topic_of)
-    sources = SourceEvents(store, FanoutPlanner(store, follow.publisher, follow.outbox, follow.settings))
+    # Every plan through follow.fanout (none notified by the planner), as the crash below needs.
+    settings = follow.settings.model_copy(update={"fanout_inline_chunks": 0})
+    sources = SourceEvents(store, FanoutPlanner(store, follow.publisher, follow.outbox, settings, _never))
 
     await sources.handle(batch)
     expected = {
@@ -121,7 +127,7 @@ async def test_a_batch_for_many_authors_notifies_exactly_the_followers_once_even
     await store.fanouts.update_one({"_id": crashed}, outbox.push({}, requests))
     # The process that comes back remembers nothing of what it published before.
     restarted = Outbox(follow.publisher, clear_after_s=follow.settings.outbox_clear_after_s)
-    await SourceEvents(store, FanoutPlanner(store, follow.publisher, restarted, follow.settings)).handle(batch)
+    await SourceEvents(store, FanoutPlanner(store, follow.publisher, restarted, settings, _never)).handle(batch)
     plan = await eventually(lambda: plan_of(store, crashed), until=lambda p: bool(p.get("published")))
     assert len(plan["done"]) == len(plan["chunks"])
 

@@ -26,11 +26,16 @@ from services.follow.rules import (
     EdgeFold,
     FollowFold,
     FollowState,
+    InboxItem,
     band_went_up,
+    before_cursor,
     cut_chunks,
     decide,
     in_range,
+    merge_newest_first,
+    ranges_between,
     recipients,
+    shares_entries,
     unknown_author_expired,
 )
 
@@ -268,3 +273,48 @@ def test_ids_are_deterministic() -> None:
     source = uuid.uuid4()
     assert notification_id(source, "u1") == notification_id(source, "u1") != notification_id(source, "u2")
     assert fanout_id(source) == fanout_id(source) != fanout_id(uuid.uuid4())
+
+
+def test_only_a_fanout_past_the_threshold_shares_entries() -> None:
+    assert not shares_entries(10_000, 10_000)
+    assert shares_entries(10_001, 10_000)
+    assert shares_entries(1, 0)
+
+
+def item(minute: int, nid: str, shared: str | None = None, read: bool = False) -> InboxItem:
+    return InboxItem(nid, at(minute), read, shared)
+
+
+def test_an_inbox_page_merges_own_and_shared_entries_newest_first() -> None:
+    own = [item(5, "b"), item(3, "c")]
+    shared = [item(6, "x", "f:0"), item(5, "a", "g:0"), item(1, "y", "h:0")]
+    page = merge_newest_first(own, shared, materialized=set(), limit=4)
+    assert [i.notification_id for i in page] == ["x", "b", "a", "c"]  # ties by id, descending
+
+
+def test_a_shared_notification_marked_read_is_listed_once_as_the_users_own() -> None:
+    own = [item(4, "x", read=True)]  # the copy written when the user marked it read
+    shared = [item(4, "x", "f:0"), item(2, "y", "g:0")]
+    page = merge_newest_first(own, shared, materialized={"x"}, limit=10)
+    assert [(i.notification_id, i.read, i.shared_id) for i in page] == [("x", True, None), ("y", False, "g:0")]
+
+
+def test_the_cursor_takes_strictly_older_entries() -> None:
+    cursor = (at(5), "b")
+    assert before_cursor(item(5, "a"), cursor)
+    assert not before_cursor(item(5, "b"), cursor)
+    assert not before_cursor(item(6, "a"), cursor)
+    assert before_cursor(item(4, "z"), cursor)
+    assert before_cursor(item(9, "z"), None)
+
+
+def test_a_large_fanouts_ranges_run_between_its_cut_points() -> None:
+    ranges = ranges_between(["u3", "u6", "u8"], 3)
+    assert [(r.number, r.after_user_id, r.upto_user_id) for r in ranges] == [
+        (0, None, "u3"),
+        (1, "u3", "u6"),
+        (2, "u6", "u8"),
+    ]
+    users = [f"u{i}" for i in range(1, 9)]
+    assert all(sum(in_range(u, r.after_user_id, r.upto_user_id) for r in ranges) == 1 for u in users)
+    assert ranges_between([], 3) == []
