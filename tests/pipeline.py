@@ -20,7 +20,21 @@ from bzpeer_cli.services import SERVICE_NAMES, build, settings_class
 from contracts.topics import dlq_topic
 from service_runtime.offsets import end_offsets, group_progress
 from service_runtime.settings import RuntimeSettings
+from service_runtime.store import StoreAdapter
+from services.claims.store import ClaimsStore
+from services.collab.store import CollabStore
+from services.follow.store import FollowStore
+from services.profile.store import ProfileStore
+from services.trust.store import TrustStore
 from tests.service_process import ServiceProcess
+
+STORES: dict[str, type[StoreAdapter]] = {
+    "profile": ProfileStore,
+    "claims": ClaimsStore,
+    "trust": TrustStore,
+    "follow": FollowStore,
+    "collab": CollabStore,
+}
 
 
 async def service_inputs(name: str, settings: RuntimeSettings) -> list[tuple[str, tuple[str, ...]]]:
@@ -105,16 +119,25 @@ class Pipeline:
 
     async def pending_work(self) -> dict[str, int]:
         """Work a service still holds in its store with no input left to trigger it:
-        trust authors waiting for their recomputation, follow commands parked for an
-        author, claims waiting for their author."""
+        outboxes not yet published, trust authors waiting for their recomputation, follow
+        commands parked for an author, claims waiting for their author."""
         client: AsyncMongoClient = AsyncMongoClient(self.ns.infra["mongodb"])
         try:
             trust = client[self.settings["trust"].database_name]
             follow = client[self.settings["follow"].database_name]
             claims = client[self.settings["claims"].database_name]
+            # Events written with a change and not yet published (a batch retried after
+            # its write landed, a process that died): the outbox sweeper still has them.
+            unpublished = {
+                f"{name}_{collection}_outbox": await client[self.settings[name].database_name][
+                    collection
+                ].count_documents({"outbox.0": {"$exists": True}})
+                for name, store in STORES.items()
+                for collection in store.outbox_collections
+            }
             return {
+                **unpublished,
                 "trust_dirty": await trust.trust_authors.count_documents({"dirty": True}),
-                "trust_outbox": await trust.trust_authors.count_documents({"outbox.0": {"$exists": True}}),
                 "follow_parked": await follow.authors.count_documents({"parked.0": {"$exists": True}}),
                 "claims_pending_author": await claims.claims.count_documents({"status": "pending_author"}),
             }
