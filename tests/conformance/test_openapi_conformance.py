@@ -53,8 +53,10 @@ async def _serve(app: FastAPI, port: int) -> tuple[uvicorn.Server, asyncio.Task[
     # lifespan off: the services are already running (``System.running``).
     server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, lifespan="off", log_config=None))
     task = asyncio.create_task(server.serve())
+    deadline = asyncio.get_running_loop().time() + 30
     while not server.started:
         assert not task.done(), "uvicorn did not start"
+        assert asyncio.get_running_loop().time() < deadline, "uvicorn not started within 30 s"
         await asyncio.sleep(0.05)
     return server, task
 

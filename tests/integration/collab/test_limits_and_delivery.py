@@ -21,7 +21,7 @@ from service_runtime.service import Service
 from service_runtime.store import Document
 from services.collab.processing import Decider
 from services.collab.store import CollabStore
-from tests.conftest import Namespace, eventually
+from tests.conftest import Namespace, eventually, throughout
 from tests.integration.collab.helpers import (
     TOPIC_OF,
     answer,
@@ -177,8 +177,10 @@ async def test_a_redelivered_batch_changes_nothing_twice(ns: Namespace, decider:
     await d.handle(batch)
     await d.handle(batch[2:])
     assert await snapshot(service) == before
-    await asyncio.sleep(0.5)
-    assert await published(ns) == events  # one partition (one record): in order
+    # One partition (one record): in order, and nothing more arrives.
+    await throughout(
+        lambda: published(ns), holds=lambda now: now == events, seconds=0.5, interval=0.1, what="no event twice"
+    )
     for invitation_id, status in (("inv-1", "accepted"), ("inv-2", "pending")):
         await status_of(service, invitation_id, status)  # and the outbox emptied
     assert sorted(str(n) for n in await published(ns, Topic.NOTIFICATIONS_EVENTS)) == sorted(str(n) for n in notes)
