@@ -4,37 +4,19 @@ page by page."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import pytest
 from aiokafka import AIOKafkaProducer
 
 from contracts import Envelope
 from contracts.events.publications import Work, WorkIngested
 from contracts.topics import Topic
-from service_runtime.service import Service
-from services.profile.app import build_service
 from services.profile.seed import SEED_AUTHOR_ID, load_seed
-from services.profile.settings import ProfileSettings
 from tests.conftest import Namespace, eventually
 
 SEED_NODE = f"author:{SEED_AUTHOR_ID}"
 CLOSE = ["Mingxing Tan", "Hanxiao Liu", "Minh-Thang Luong", "Zihang Dai"]
-
-
-@pytest.fixture
-async def profile(ns: Namespace) -> AsyncIterator[Service]:
-    service = build_service(ns.settings("profile", cls=ProfileSettings))
-    async with service.running():
-        yield service
-
-
-@pytest.fixture
-async def http(profile: Service) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=profile.http), base_url="http://profile") as client:
-        yield client
 
 
 async def publish(ns: Namespace, work: dict[str, Any]) -> None:

@@ -6,11 +6,9 @@ stays as it was; a re-import leaves what the owner set."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import pytest
 from aiokafka import AIOKafkaProducer
 
 from contracts import Envelope
@@ -22,25 +20,10 @@ from contracts.topics import Topic
 from service_runtime.auth import mint_token
 from service_runtime.service import Service
 from service_runtime.topic_reader import read_topic
-from services.profile.app import build_service
-from services.profile.settings import ProfileSettings
 from tests.conftest import Namespace, eventually
 
 AUTHOR = "edit:ada"
 OWNER = "ada-user"
-
-
-@pytest.fixture
-async def profile(ns: Namespace) -> AsyncIterator[Service]:
-    service = build_service(ns.settings("profile", cls=ProfileSettings))
-    async with service.running():
-        yield service
-
-
-@pytest.fixture
-async def http(profile: Service) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=profile.http), base_url="http://profile") as client:
-        yield client
 
 
 async def publish(ns: Namespace, *payloads: EventModel) -> None:

@@ -4,11 +4,9 @@ bad input, standing from other services, crash healing, and the HTTP import."""
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator
 from typing import Any
 
 import httpx
-import pytest
 from aiokafka import AIOKafkaProducer
 
 from contracts import Envelope
@@ -29,19 +27,6 @@ from services.profile.seed import SEED_AUTHOR_ID, load_seed
 from services.profile.settings import ProfileSettings
 from services.profile.store import ProfileStore
 from tests.conftest import Namespace, eventually
-
-
-@pytest.fixture
-async def profile(ns: Namespace) -> AsyncIterator[Service]:
-    service = build_service(ns.settings("profile", cls=ProfileSettings))
-    async with service.running():
-        yield service
-
-
-@pytest.fixture
-async def http(profile: Service) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=profile.http), base_url="http://profile") as client:
-        yield client
 
 
 def work(work_id: str, *authors: str, title: str = "A study", year: int = 2021, **extra: Any) -> dict[str, Any]:
