@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -98,6 +99,7 @@ class FollowsRebuild:
     def __init__(self, store: FollowStore) -> None:
         self.store = store
         self._folds: dict[str, FollowFold] = {}
+        self._ended: dict[str, set[uuid.UUID]] = {}  # per author, across batches
         self._reading = (
             Dispatch[None]()
             .on(AuthorFollowed, handler=self._followed)
@@ -109,6 +111,8 @@ class FollowsRebuild:
 
     async def handle(self, batch: Sequence[Incoming[Any]]) -> None:
         self._folds = await self.store.follow_folds(i.payload.author_id for i in batch)
+        for author_id, fold in self._folds.items():
+            fold.ended = self._ended.setdefault(author_id, set())
         for item in batch:
             self._reading(item)
         # The authors first: the edges' writes record their revision in them.

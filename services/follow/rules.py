@@ -280,20 +280,30 @@ class EdgeChange:
 
 class EdgeFold:
     """Edges as ``AuthorFollowed``/``AuthorUnfollowed`` say, events taken in log order:
-    (author, user) -> the change to write. ``at`` is the time to use for an event of an
+    (author, user) -> the change to write. An event not newer than the change held for its
+    edge is passed over: at-least-once delivery can put a copy of an older event (an
+    outbox published again) after newer ones. ``at`` is the time to use for an event of an
     older producer that does not carry its moment (its envelope's)."""
 
     def __init__(self) -> None:
         self.changes: dict[tuple[str, str], EdgeChange] = {}
 
+    def _stale(self, key: tuple[str, str], revision: int | None) -> bool:
+        held = self.changes.get(key)
+        return revision is not None and held is not None and not is_newer(revision, held.revision)
+
     def followed(self, p: AuthorFollowed, at: datetime) -> None:
         key = (p.author_id, p.user_id)
+        if self._stale(key, p.revision):
+            return
         self.changes[key] = EdgeChange(
             True, p.followed_at or at, True, None, _newest(self.changes.get(key), p.revision)
         )
 
     def unfollowed(self, p: AuthorUnfollowed, at: datetime) -> None:
         key = (p.author_id, p.user_id)
+        if self._stale(key, p.revision):
+            return
         before = self.changes.get(key)
         self.changes[key] = EdgeChange(
             False,
@@ -329,6 +339,9 @@ class FollowFold:
     count_revision: int | None
     parked: list[Parked]
     parked_changed: bool = False
+    # The parked follows that ended: a copy of their FollowPending read later (an outbox
+    # published again) must not park them again. Kept by the rebuild across batches.
+    ended: set[uuid.UUID] = field(default_factory=set)
 
     def followed(self, p: AuthorFollowed, caused_by: uuid.UUID | None) -> None:
         self._edge_changed(p.count, p.revision)
@@ -346,6 +359,8 @@ class FollowFold:
 
     def pending(self, p: FollowPending, correlation_id: str) -> None:
         """A follow parked, or joined by an unfollow (the event of the same follow again)."""
+        if p.follow_id in self.ended:
+            return
         unfollow = (
             ParkedUnfollow(p.unfollow_requested_at, Cause(p.unfollow_id, correlation_id))
             if p.unfollow_id is not None and p.unfollow_requested_at is not None
@@ -368,9 +383,12 @@ class FollowFold:
 
     def _end(self, caused_by: uuid.UUID | None) -> None:
         """A parked follow ends with the AuthorFollowed or FollowRejected it caused."""
+        if caused_by is None:
+            return
         kept = [p for p in self.parked if p.cause.id != caused_by]
         if len(kept) != len(self.parked):
             self.parked, self.parked_changed = kept, True
+            self.ended.add(caused_by)
 
 
 # --- what other services' events say of an author -------------------------------------

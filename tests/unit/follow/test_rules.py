@@ -162,25 +162,28 @@ def test_a_parked_follow_of_an_unknown_author_expires_only_once_its_events_were_
 # --- the decisions folded back (what a rebuild does) ------------------------------------
 
 
-def fold(decisions: list[Decision], start: FollowState) -> tuple[FollowFold, EdgeFold]:
-    """Fold the events of ``decisions`` the way a rebuild reads them from follows.events."""
+def events_of(decisions: list[Decision]) -> list[tuple[object, Cause]]:
+    """The events of ``decisions`` in the order they were published."""
+    return [(e.payload, e.cause) for d in decisions for e in d.emits]
+
+
+def fold(events: list[tuple[object, Cause]], start: FollowState) -> tuple[FollowFold, EdgeFold]:
+    """Fold ``events`` the way a rebuild reads them from follows.events."""
     follow = FollowFold(count=None, revision=None, count_revision=None, parked=list(start.parked))
     edges = EdgeFold()
-    for d in decisions:
-        for e in d.emits:
-            p = e.payload
-            if isinstance(p, AuthorFollowed):
-                follow.followed(p, e.cause.id)
-                edges.followed(p, T0)
-            elif isinstance(p, AuthorUnfollowed):
-                follow.unfollowed(p)
-                edges.unfollowed(p, T0)
-            elif isinstance(p, FollowerCountChanged):
-                follow.count_changed(p)
-            elif isinstance(p, FollowRejected):
-                follow.rejected(e.cause.id)
-            elif isinstance(p, FollowPending):
-                follow.pending(p, e.cause.correlation_id)
+    for p, cause in events:
+        if isinstance(p, AuthorFollowed):
+            follow.followed(p, cause.id)
+            edges.followed(p, T0)
+        elif isinstance(p, AuthorUnfollowed):
+            follow.unfollowed(p)
+            edges.unfollowed(p, T0)
+        elif isinstance(p, FollowerCountChanged):
+            follow.count_changed(p)
+        elif isinstance(p, FollowRejected):
+            follow.rejected(cause.id)
+        elif isinstance(p, FollowPending):
+            follow.pending(p, cause.correlation_id)
     return follow, edges
 
 
@@ -193,12 +196,10 @@ steps = st.lists(
 )
 
 
-@given(steps)
-@settings(max_examples=300, deadline=None)
-def test_folding_the_events_of_any_run_of_decisions_gives_the_state_decided(script: list[tuple[str, str]]) -> None:
-    """Whatever the commands, the batches they came in, when the author became known and
-    when a wait ran out: the events alone give back the count, the revision, the parked
-    follows and every edge the decisions left."""
+def decide_script(script: list[tuple[str, str]]) -> tuple[list[Decision], FollowState, dict[str, Edge]]:
+    """Run the commands of ``script`` through ``decide`` in the batches it cuts, the author
+    becoming known and waits running out where it says: the decisions, the final state and
+    the edges they left."""
     state = FollowState(known=False, owner_user_id="owner")
     edges: dict[str, Edge] = {}
     decisions: list[Decision] = []
@@ -228,15 +229,56 @@ def test_folding_the_events_of_any_run_of_decisions_gives_the_state_decided(scri
         else:
             flush()
     flush()
+    return decisions, state, edges
 
-    follow, edge_fold = fold(decisions, FollowState())
+
+def assert_folds_to(events: list[tuple[object, Cause]], state: FollowState, edges: dict[str, Edge]) -> None:
+    follow, edge_fold = fold(events, FollowState())
     assert (follow.count or 0) == state.count
     assert (follow.revision or 0) == state.revision
     assert tuple(follow.parked) == state.parked
     folded = {user: Edge(c.active, c.followed_at, c.unfollowed_at) for (_, user), c in edge_fold.changes.items()}
     assert folded == edges
     assert all(c.revision is not None for c in edge_fold.changes.values())
+
+
+@given(steps)
+@settings(max_examples=300, deadline=None)
+def test_folding_the_events_of_any_run_of_decisions_gives_the_state_decided(script: list[tuple[str, str]]) -> None:
+    """Whatever the commands, the batches they came in, when the author became known and
+    when a wait ran out: the events alone give back the count, the revision, the parked
+    follows and every edge the decisions left."""
+    decisions, state, edges = decide_script(script)
+    assert_folds_to(events_of(decisions), state, edges)
     assert state.count == sum(e.active for e in edges.values())
+
+
+@given(steps, st.data())
+@settings(max_examples=300, deadline=None)
+def test_copies_of_older_events_read_after_newer_ones_change_nothing(
+    script: list[tuple[str, str]], data: st.DataObject
+) -> None:
+    """At-least-once: an outbox published again puts copies of its events after newer
+    ones (a follow read again after its unfollow, a parked follow's FollowPending after the
+    follow it became). The fold still gives the state decided."""
+    decisions, state, edges = decide_script(script)
+    events = events_of(decisions)
+    if events:
+        copies = data.draw(st.lists(st.integers(0, len(events) - 1), max_size=8), label="copied")
+        for i in copies:
+            later = data.draw(st.integers(i + 1, len(events)), label="read again at")
+            events.insert(later, events[i])
+    assert_folds_to(events, state, edges)
+
+
+def test_an_unfollow_survives_its_follow_published_again_after_it() -> None:
+    """The follow service's rebuild once came out with an edge active that live had
+    unfollowed: the AuthorFollowed was published a second time after the AuthorUnfollowed."""
+    decisions, state, edges = decide_script([("register", "u1"), ("follow", "u1"), ("cut", "u1"), ("unfollow", "u1")])
+    events = events_of(decisions)
+    followed = next(e for e in events if isinstance(e[0], AuthorFollowed))
+    assert_folds_to([*events, followed], state, edges)
+    assert edges["u1"].active is False
 
 
 # --- fan-out ----------------------------------------------------------------------
