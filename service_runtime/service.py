@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from datetime import timedelta
 from typing import Any, Literal
@@ -53,6 +54,9 @@ Runs = Literal["always", "live", "rebuild"]
 class Health(BaseModel):
     status: Literal["ok"] = "ok"
     service: str
+    # Which process answered: replicas share a name, and a supervisor that started one
+    # checks it reached that process and not another one on a reused port.
+    pid: int
 
 
 class Readiness(BaseModel):
@@ -247,7 +251,7 @@ class Service:
 
         @app.get("/health", tags=["operations"], summary="Liveness: the process is up")
         async def health() -> Health:
-            return Health(service=self.settings.service_name)
+            return Health(service=self.settings.service_name, pid=os.getpid())
 
         @app.get(
             "/ready",

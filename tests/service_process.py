@@ -56,6 +56,10 @@ def settings_env(settings: RuntimeSettings, **extra: Any) -> dict[str, str]:
     return env
 
 
+class ServiceExited(RuntimeError):
+    """The service's process ended before it was ready."""
+
+
 class ServiceProcess:
     def __init__(
         self, service: str, settings: RuntimeSettings, *, ready_timeout_s: float = 60.0, **extra_env: Any
@@ -80,6 +84,20 @@ class ServiceProcess:
         return self.process is not None and self.process.poll() is None
 
     async def start(self) -> ServiceProcess:
+        """Start the process and wait until it is ready. A port taken between choosing and
+        binding it (another test run on the machine) means another port and another try."""
+        for attempt in range(1, 6):
+            begins = len(self.log_text())
+            try:
+                await self._spawn()
+                return self
+            except ServiceExited:
+                if attempt == 5 or "address already in use" not in self.log_text()[begins:]:
+                    raise
+                self.port = free_port()
+        raise AssertionError("unreachable")
+
+    async def _spawn(self) -> None:
         env = {
             **os.environ,
             **settings_env(self.settings, **self.extra_env),
@@ -101,22 +119,25 @@ class ServiceProcess:
             )
         self.starts += 1
         await self.wait_ready()
-        return self
 
     async def wait_ready(self) -> None:
+        assert self.process is not None
+        pid = self.process.pid
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self.ready_timeout_s
         async with httpx.AsyncClient(timeout=2.0) as client:
             while True:
                 if not self.alive:
-                    raise RuntimeError(
+                    raise ServiceExited(
                         f"{self.service} exited with {self.process and self.process.returncode}; "
                         f"log:\n{self.log_text()[-3000:]}"
                     )
                 try:
-                    if (await client.get(f"{self.url}/ready")).status_code == 200:
+                    # Our process, not another one answering on this port.
+                    ours = (await client.get(f"{self.url}/health")).json().get("pid") == pid
+                    if ours and (await client.get(f"{self.url}/ready")).status_code == 200:
                         return
-                except httpx.HTTPError:
+                except (httpx.HTTPError, ValueError):
                     pass
                 if loop.time() > deadline:
                     raise TimeoutError(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from service_runtime.auth import JwtVerifier
 from service_runtime.logging import configure_logging, get_logger
+from service_runtime.service import Health
 from services.web.backends import Backends, Unavailable
 from services.web.live import ChangeFeed, Hub
 from services.web.routes import dev_identity, router, wants_json
@@ -121,8 +123,8 @@ def build_app(settings: WebSettings | None = None, *, backend_transport: Any = N
         return error_page(request, 503, f"The {exc.service} service is not answering right now. Try again in a moment.")
 
     @app.get("/health", tags=["operations"], summary="Liveness: the process is up")
-    async def health() -> dict[str, str]:
-        return {"status": "ok", "service": settings.service_name}
+    async def health() -> Health:
+        return Health(service=settings.service_name, pid=os.getpid())
 
     @app.get("/ready", tags=["operations"], summary="Readiness: live updates tailing, front-end files installed")
     async def ready(response: Response) -> dict[str, Any]:

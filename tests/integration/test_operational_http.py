@@ -3,6 +3,8 @@ real broker and store: liveness, readiness, Prometheus metrics, OpenAPI and Asyn
 
 from __future__ import annotations
 
+import os
+
 import httpx
 
 from tests.conftest import Namespace
@@ -16,7 +18,7 @@ async def test_health_ready_metrics_openapi_asyncapi(ns: Namespace) -> None:
         echo.service.running(),
         httpx.AsyncClient(transport=httpx.ASGITransport(echo.service.http), base_url="http://svc") as http,
     ):
-        assert (await http.get("/health")).json() == {"status": "ok", "service": "echo"}
+        assert (await http.get("/health")).json() == {"status": "ok", "service": "echo", "pid": os.getpid()}
         ready = await http.get("/ready")
         assert ready.status_code == 200 and ready.json() == {"status": "ready", "broker": True, "store": True}
         metrics = (await http.get("/metrics")).text
