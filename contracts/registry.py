@@ -40,6 +40,7 @@ _MODELS: list[type[EventModel]] = [
     follows.FollowPending,
     notifications.NotificationCreated,
     notifications.NotificationsRead,
+    notifications.FanoutCutRequested,
     notifications.FanoutChunkRequested,
     collab.InvitationRequested,
     collab.InvitationAnswerRequested,

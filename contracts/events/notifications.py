@@ -58,6 +58,23 @@ class NotificationsRead(EventModel):
     notification_ids: list[uuid.UUID] | None = Field(default=None, max_length=1000)
 
 
+class FanoutCutRequested(EventModel):
+    """A large fan-out whose followers are still to be cut into chunks: taken by any
+    replica of the follow service, away from the consumer of source events (cutting a
+    million followers reads a million index entries)."""
+
+    event_type: ClassVar[str] = "FanoutCutRequested"
+    topic: ClassVar[str] = Topic.FOLLOW_FANOUT
+    key_field: ClassVar[str] = "fanout_id"
+
+    fanout_id: uuid.UUID
+    author_id: Id
+    kind: NotificationKind
+    source_event_id: uuid.UUID
+    title: str = Field(max_length=600)
+    followed_before: datetime
+
+
 class FanoutChunkRequested(EventModel):
     """One chunk of followers to notify, taken by any replica of the follow service."""
 

@@ -26,7 +26,7 @@ from service_runtime.delivery import BatchHandler, Incoming
 from service_runtime.service import Service
 from services.follow.bulk import NotificationSender
 from services.follow.commands import FollowCommands
-from services.follow.fanout import ChunkWorker, FanoutPlanner
+from services.follow.fanout import ChunkCutter, ChunkWorker, FanoutPlanner
 from services.follow.inbox import InboxEvents
 from services.follow.ledger import EdgeHealer, FollowsRebuild
 from services.follow.routes import router
@@ -59,8 +59,9 @@ def build_service(settings: FollowSettings | None = None) -> Service:
     store = FollowStore(service.db)
     service.use_store(store)
 
-    # Live: four consumer groups, so commands, source events and fan-out chunks never wait
-    # for each other (a huge fan-out cannot hold up other authors' follows or events).
+    # Live: a consumer group per kind of work, so commands, source events, fan-out cuts and
+    # chunks never wait for each other (a huge fan-out cannot hold up other authors' follows
+    # or events).
     commands = FollowCommands(store, service.publisher, service.outbox, settings)
     service.consume(Topic.WEBAPP_FOLLOWS, handler=_bound(commands.handle), accepts=commands.accepts, runs="live")
     sender = NotificationSender(settings)
@@ -75,6 +76,10 @@ def build_service(settings: FollowSettings | None = None) -> Service:
     )
     service.consume(
         Topic.FOLLOW_FANOUT, handler=_bound(chunks.handle), group="fanout", accepts=chunks.accepts, runs="live"
+    )
+    cutter = ChunkCutter(store, service.publisher, service.outbox, settings)
+    service.consume(
+        Topic.FOLLOW_FANOUT, handler=_bound(cutter.handle), group="fanout-cuts", accepts=cutter.accepts, runs="live"
     )
     healer = EdgeHealer(store)
     service.consume(Topic.FOLLOWS_EVENTS, handler=healer.handle, group="edges", accepts=healer.accepts, runs="live")
@@ -125,7 +130,11 @@ def build_service(settings: FollowSettings | None = None) -> Service:
         description="Notifications of followers, and the read marks of their users: "
         "NotificationCreated, NotificationsRead",
     )
-    service.produces(Topic.FOLLOW_FANOUT, schema=FanoutChunkRequested)
+    service.produces(
+        Topic.FOLLOW_FANOUT,
+        schema=FanoutChunkRequested,
+        description="The follow service's own fan-out work: FanoutChunkRequested, FanoutCutRequested",
+    )
 
     service.http.state.follow_store = store
     service.http.include_router(router)

@@ -7,7 +7,9 @@ inserts the plan (``_id`` = fanout id derived from the source event id: a replay
 event finds the plan standing) with one ``FanoutChunkRequested`` per chunk in its outbox;
 then publishes them on ``follow.fanout`` (12 partitions, keyed by "<fanout_id>:<n>": any
 replica of the fan-out consumer group takes any chunk, and a huge fan-out never occupies
-the consumers of commands and source events) and pulls them from the outbox.
+the consumers of commands and source events) and pulls them from the outbox. A large
+author's plan is inserted uncut, with one ``FanoutCutRequested``: the ``ChunkCutter`` (a
+consumer group of its own on ``follow.fanout``) cuts it while the first chunks already run.
 
 A chunk reads its followers by an indexed range over the author's edges (user ids in
 (after, upto], followed at the source event's moment), and inserts its chunk document
@@ -21,6 +23,7 @@ its document still holds; one whose outbox is empty is done.
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Sequence
@@ -29,20 +32,26 @@ from datetime import UTC, datetime
 from typing import Any
 
 from contracts.envelope import Envelope, deterministic_event_id
-from contracts.events.notifications import FanoutChunkRequested, NotificationCreated, NotificationKind, fanout_id
+from contracts.events.notifications import (
+    FanoutChunkRequested,
+    FanoutCutRequested,
+    NotificationCreated,
+    NotificationKind,
+    fanout_id,
+)
 from contracts.events.notifications import notification_id as derive_notification_id
 from service_runtime.delivery import Incoming
 from service_runtime.dispatch import Dispatch
 from service_runtime.logging import get_logger
-from service_runtime.outbox import Outbox
+from service_runtime.outbox import Outbox, WriteConflict, retry_conflicts
 from service_runtime.publishing import EventPublisher, Outgoing
 from services.follow.bulk import NotificationSender
 from services.follow.rules import (
     ChunkNotified,
+    ChunkRange,
     Plan,
     SharedEntry,
     cut_chunks,
-    ranges_between,
     recipients,
     shares_entries,
 )
@@ -106,7 +115,11 @@ class FanoutPlanner:
         ours = {plan.fanout_id: events for plan, events in plans if plan.fanout_id not in stood}
         pending = {**standing, **ours}
         inline = self.settings.fanout_inline_chunks
-        small = {fid: events for fid, events in pending.items() if 0 < len(events) <= inline}
+        small = {
+            fid: events
+            for fid, events in pending.items()
+            if 0 < len(events) <= inline and all(_is_chunk(e) for e in events)
+        }
         if small:
             await self.notify_now([(_request(e), first[fid].source) for fid, events in small.items() for e in events])
             # Done: pulled without being published (if this process dies first, the chunk
@@ -131,13 +144,11 @@ class FanoutPlanner:
         """Each trigger's followers at its moment, cut into chunks, and the chunk requests.
         An author without followers gets an empty plan (kept, so a replay finds the same,
         empty, fan-out standing). An author with more followers than
-        ``fanout_shared_above`` (the exact count, as planned: the plan keeps the choice) gets
-        shared entries, and chunks cut by the index alone: its chunks read who followed at
-        the moment, so the planner reads no edges of it."""
+        ``fanout_shared_above`` (the exact count, as planned: the plan keeps the choice)
+        gets shared entries, and a plan still to be cut: its one ``FanoutCutRequested``
+        lets any replica cut it (``ChunkCutter``), so no edge of it is read here."""
         counts = await self.store.follower_counts(t.author_id for t in triggers)
         large = {a for a, n in counts.items() if shares_entries(n, self.settings.fanout_shared_above)}
-        size = self.settings.fanout_shared_chunk_size
-        cuts = {a: await self.store.edge_cuts(a, size) for a in sorted(large)}
         moments: dict[str, set[datetime]] = {}
         for t in triggers:
             if t.author_id not in large:
@@ -147,33 +158,36 @@ class FanoutPlanner:
         out = []
         for t in triggers:
             moment = t.source.occurred_at
-            shared = t.author_id in large
-            if shared:
-                chunks = ranges_between(cuts[t.author_id], size)
-            else:
-                chunks = cut_chunks(followers_at[(t.author_id, moment)], self.settings.fanout_chunk_size)
-            plan = Plan(t.fanout_id, t.author_id, t.kind, t.title, t.source.event_id, moment, chunks, shared)
-            requests = [
-                self.publisher.outgoing(
-                    FanoutChunkRequested(
-                        fanout_id=uuid.UUID(t.fanout_id),
-                        chunk_key=f"{t.fanout_id}:{c.number}",
-                        author_id=t.author_id,
-                        kind=t.kind,
-                        source_event_id=t.source.event_id,
-                        title=t.title,
-                        after_user_id=c.after_user_id,
-                        upto_user_id=c.upto_user_id,
-                        followed_before=moment,
-                        shared=shared,
-                    ),
-                    cause=t.source,
-                    event_id=deterministic_event_id(t.fanout_id, "chunk", c.number),
+            if t.author_id in large:
+                plan = Plan(
+                    t.fanout_id,
+                    t.author_id,
+                    t.kind,
+                    t.title,
+                    t.source.event_id,
+                    moment,
+                    [],
+                    True,
+                    cut=False,
+                    counted=counts[t.author_id],
                 )
-                for c in chunks
-            ]
-            out.append((plan, requests))
+                out.append((plan, [self._cut_request(plan, t.source)]))
+                continue
+            chunks = cut_chunks(followers_at[(t.author_id, moment)], self.settings.fanout_chunk_size)
+            plan = Plan(t.fanout_id, t.author_id, t.kind, t.title, t.source.event_id, moment, chunks)
+            out.append((plan, [chunk_request(self.publisher, plan, c, t.source) for c in chunks]))
         return out
+
+    def _cut_request(self, plan: Plan, cause: Envelope) -> Outgoing:
+        request = FanoutCutRequested(
+            fanout_id=uuid.UUID(plan.fanout_id),
+            author_id=plan.author_id,
+            kind=plan.kind,
+            source_event_id=plan.source_event_id,
+            title=plan.title,
+            followed_before=plan.followed_before,
+        )
+        return self.publisher.outgoing(request, cause=cause, event_id=deterministic_event_id(plan.fanout_id, "cut"))
 
     async def _followers_at(self, author_id: str, moments: Sequence[datetime]) -> dict[tuple[str, datetime], list[str]]:
         """Who followed the author at each moment, sorted, each once: the edges are read
@@ -187,8 +201,88 @@ class FanoutPlanner:
         return {(author_id, m): sorted(users) for m, users in zip(moments, found, strict=True)}
 
 
+def chunk_request(publisher: EventPublisher, plan: Plan, chunk: ChunkRange, cause: Envelope) -> Outgoing:
+    """The request of one chunk of a plan (its id derived from the plan and the number: a
+    chunk requested again is the same event)."""
+    request = FanoutChunkRequested(
+        fanout_id=uuid.UUID(plan.fanout_id),
+        chunk_key=f"{plan.fanout_id}:{chunk.number}",
+        author_id=plan.author_id,
+        kind=plan.kind,
+        source_event_id=plan.source_event_id,
+        title=plan.title,
+        after_user_id=chunk.after_user_id,
+        upto_user_id=chunk.upto_user_id,
+        followed_before=plan.followed_before,
+        shared=plan.shared,
+    )
+    return publisher.outgoing(
+        request, cause=cause, event_id=deterministic_event_id(plan.fanout_id, "chunk", chunk.number)
+    )
+
+
+def _is_chunk(out: Outgoing) -> bool:
+    return out.envelope.event_type == FanoutChunkRequested.event_type
+
+
 def _request(out: Outgoing) -> FanoutChunkRequested:
     return FanoutChunkRequested.model_validate(out.envelope.data)
+
+
+def _cut(p: FanoutCutRequested, item: Incoming[FanoutCutRequested]) -> tuple[FanoutCutRequested, Envelope]:
+    return p, item.envelope
+
+
+READ_CUT = Dispatch[tuple[FanoutCutRequested, Envelope]]().on(FanoutCutRequested, handler=_cut)
+
+
+class ChunkCutter:
+    """follow.fanout's ``FanoutCutRequested`` -> a large fan-out's chunks, cut as the
+    author's user ids are read by the index and each requested at once, so the first
+    chunks run while the rest are cut, and the consumer of source events never reads a
+    large author's edges. Each cut is recorded in the plan, with its request in the
+    plan's outbox, before that is published: a redelivered request (a crash, a rebalance)
+    carries on from the last cut recorded, and no range is cut twice or left out."""
+
+    accepts = READ_CUT.types
+
+    def __init__(self, store: FollowStore, publisher: EventPublisher, outbox: Outbox, settings: FollowSettings) -> None:
+        self.store = store
+        self.publisher = publisher
+        self.outbox = outbox
+        self.settings = settings
+
+    async def handle(self, batch: Sequence[Incoming[Any]]) -> None:
+        for p, cause in (READ_CUT(item) for item in batch):
+            attempt = functools.partial(self.cut, p, cause)
+            await retry_conflicts(attempt, attempts=self.settings.write_conflict_attempts, what="fan-out cut")
+
+    async def cut(self, p: FanoutCutRequested, cause: Envelope) -> None:
+        fid = str(p.fanout_id)
+        started = time.perf_counter()
+        standing = await self.store.plan_cuts(fid)
+        if standing is None:  # requests come from a plan's outbox: the plan was inserted first
+            log.error("fanout_cut_without_plan", fanout_id=fid)
+            return
+        done, chunks = standing
+        plan = Plan(fid, p.author_id, p.kind, p.title, p.source_event_id, p.followed_before, chunks, True)
+        size = self.settings.fanout_shared_chunk_size
+        number = len(chunks)
+        if not done:
+            after = chunks[-1].upto_user_id if chunks else None
+            async for upto, edges in self.store.iter_edge_cuts(p.author_id, size, after):
+                chunk = ChunkRange(number, after, upto, edges)
+                request = chunk_request(self.publisher, plan, chunk, cause)
+                if not await self.store.add_cut(fid, chunk, request):
+                    raise WriteConflict(f"fan-out {fid}: chunk {number} was cut by another attempt")
+                await self.outbox.deliver(self.store.fanouts, {fid: [request]})
+                after, number = upto, number + 1
+            if not await self.store.cuts_done(fid, number):
+                raise WriteConflict(f"fan-out {fid}: cut by another attempt")
+        # What an attempt that died recorded and did not publish.
+        left = await self.store.plan_outboxes([fid])
+        await self.outbox.deliver(self.store.fanouts, left)
+        log.info("fanout_cut", fanout_id=fid, chunks=number, cut_s=round(time.perf_counter() - started, 3))
 
 
 def _chunk(p: FanoutChunkRequested, item: Incoming[FanoutChunkRequested]) -> tuple[FanoutChunkRequested, Envelope]:

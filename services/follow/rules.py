@@ -457,10 +457,14 @@ class Plan:
     followed_before: datetime
     chunks: list[ChunkRange]
     shared: bool = False  # chunks write shared inbox entries (``shares_entries``)
+    # False: the chunks are cut later, away from the source events (``FanoutCutRequested``),
+    # and ``counted`` is the follower count the plan was made for.
+    cut: bool = True
+    counted: int = 0
 
     @property
     def followers(self) -> int:
-        return sum(c.followers for c in self.chunks)
+        return sum(c.followers for c in self.chunks) if self.cut else self.counted
 
 
 @dataclass(frozen=True, slots=True)
@@ -490,19 +494,6 @@ def cut_chunks(sorted_users: Sequence[str], size: int) -> list[ChunkRange]:
         chunks.append(ChunkRange(number, previous, members[-1], len(members)))
         previous = members[-1]
     return chunks
-
-
-def ranges_between(cuts: Sequence[str], edges_each: int) -> list[ChunkRange]:
-    """A large fan-out's chunks: the user-id ranges between consecutive cut points of the
-    author's edges (every ``edges_each``-th edge, and the last), read without reading the
-    edges themselves. A range holds up to ``edges_each`` edges; who of them followed at
-    the event's moment is read when its chunk runs."""
-    out = []
-    previous: str | None = None
-    for number, cut in enumerate(cuts):
-        out.append(ChunkRange(number, previous, cut, edges_each))
-        previous = cut
-    return out
 
 
 def in_range(user_id: str, after: str | None, upto: str) -> bool:

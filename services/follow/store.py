@@ -64,6 +64,7 @@ from services.follow.rules import (
     AuthorFacts,
     Cause,
     ChunkNotified,
+    ChunkRange,
     Edge,
     EdgeChange,
     FollowFold,
@@ -451,28 +452,32 @@ class FollowStore(StoreAdapter):
         async for d in self.edges.find({"author_id": author_id}, fields, batch_size=2000).sort("user_id", ASCENDING):
             yield d["user_id"], _edge(d)
 
-    async def edge_cuts(self, author_id: str, every: int) -> list[str]:
-        """Every ``every``-th user id among the author's edges, and the last: the cut points
-        of a large fan-out, read by the (author_id, user_id) index with nothing but the user
-        id (a million in ~20 s here; skips over the index, one query per cut, took FerretDB
+    async def iter_edge_cuts(
+        self, author_id: str, every: int, after: str | None = None
+    ) -> AsyncIterator[tuple[str, int]]:
+        """The cut points of a large fan-out past ``after``: every ``every``-th user id among
+        the author's edges, and the last, each with the number of edges since the previous
+        one. Read by the (author_id, user_id) index with nothing but the user id, streamed
+        (a million in ~20 s here; skips over the index, one query per cut, took FerretDB
         ~90 s: it walks the skipped documents). A document a paged scan repeats, or returns
         out of order, never moves a cut back."""
-        cuts: list[str] = []
         seen = 0
-        last: str | None = None
-        only_user = {"_id": 0, "user_id": 1}
-        cursor = self.edges.find({"author_id": author_id}, only_user, batch_size=10_000).sort("user_id", ASCENDING)
+        last = after
+        query: Document = {"author_id": author_id}
+        if after is not None:
+            query["user_id"] = {"$gt": after}
+        cursor = self.edges.find(query, {"_id": 0, "user_id": 1}, batch_size=10_000).sort("user_id", ASCENDING)
         async for d in cursor:
             user = d["user_id"]
             if last is not None and user <= last:
                 continue
             last = user
             seen += 1
-            if seen % every == 0:
-                cuts.append(user)
-        if last is not None and (not cuts or cuts[-1] != last):
-            cuts.append(last)
-        return cuts
+            if seen == every:
+                yield user, seen
+                seen = 0
+        if seen and last is not None:
+            yield last, seen
 
     async def range_edges(self, author_id: str, after: str | None, upto: str) -> list[tuple[str, Edge]]:
         """The edges of an author in the user-id range (after, upto], by user id."""
@@ -522,15 +527,9 @@ class FollowStore(StoreAdapter):
                 "followed_before": p.followed_before,
                 "followers": p.followers,
                 "shared": p.shared,
-                "chunks": [
-                    {
-                        "number": c.number,
-                        "after_user_id": c.after_user_id,
-                        "upto_user_id": c.upto_user_id,
-                        "followers": c.followers,
-                    }
-                    for c in p.chunks
-                ],
+                "chunks": [_chunk_doc(c) for c in p.chunks],
+                "chunks_cut": len(p.chunks),
+                "cut": p.cut,
                 "planned_at": now,
                 outbox.FIELD: [outbox.entry(o, now) for o in events],
             }
@@ -545,8 +544,29 @@ class FollowStore(StoreAdapter):
             return {}
         return {d["_id"]: outbox.pending(d) async for d in self.fanouts.find({"_id": {"$in": ids}}, {"outbox": 1})}
 
+    async def plan_cuts(self, fanout_id: str) -> tuple[bool, list[ChunkRange]] | None:
+        """A plan's chunks as cut so far, and whether the cutting is over (None: no plan)."""
+        doc = await self.fanouts.find_one({"_id": fanout_id}, {"chunks": 1, "cut": 1})
+        if doc is None:
+            return None
+        chunks = [ChunkRange(c["number"], c["after_user_id"], c["upto_user_id"], c["followers"]) for c in doc["chunks"]]
+        return doc.get("cut", True), chunks
+
+    async def add_cut(self, fanout_id: str, chunk: ChunkRange, request: Outgoing) -> bool:
+        """Record the plan's next chunk with its request in the outbox, if the plan holds
+        exactly the chunks before it and is still being cut; False if not (another attempt
+        recorded it: its cuts stand)."""
+        update = outbox.push({"$push": {"chunks": _chunk_doc(chunk)}, "$inc": {"chunks_cut": 1}}, [request])
+        guard = {"_id": fanout_id, "chunks_cut": chunk.number, "cut": False}
+        return (await self.fanouts.update_one(guard, update)).modified_count == 1
+
+    async def cuts_done(self, fanout_id: str, chunks: int) -> bool:
+        """The plan is cut: ``chunks`` chunks in all (False: it holds another number)."""
+        guard = {"_id": fanout_id, "chunks_cut": chunks}
+        return (await self.fanouts.update_one(guard, {"$set": {"cut": True}})).matched_count == 1
+
     async def fanout(self, fanout_id: str) -> Document | None:
-        """The plan (tests, benchmarks), with ``published`` (its chunk requests are out) and
+        """The plan (tests, benchmarks), with ``published`` (cut, its chunk requests out) and
         ``done``: the numbers of the chunks whose notifications are in the inbox and out."""
         plan = await self.fanouts.find_one({"_id": fanout_id})
         if plan is None:
@@ -557,7 +577,7 @@ class FollowStore(StoreAdapter):
         else:
             done = self.chunks.find({"fanout_id": fanout_id, f"{outbox.FIELD}.0": {"$exists": False}}, {"number": 1})
             numbers = {c["number"] async for c in done}
-        plan["published"] = not plan.get(outbox.FIELD)
+        plan["published"] = plan.get("cut", True) and not plan.get(outbox.FIELD)
         plan["done"] = sorted(numbers)
         return plan
 
@@ -770,3 +790,12 @@ async def _guarded_upserts(collection: Collection, ops: Sequence[UpdateOne]) -> 
             await collection.bulk_write(list(ops), ordered=False)
         except BulkWriteError as exc:
             duplicate_positions(exc)
+
+
+def _chunk_doc(c: ChunkRange) -> Document:
+    return {
+        "number": c.number,
+        "after_user_id": c.after_user_id,
+        "upto_user_id": c.upto_user_id,
+        "followers": c.followers,
+    }

@@ -33,7 +33,6 @@ from services.follow.rules import (
     decide,
     in_range,
     merge_newest_first,
-    ranges_between,
     recipients,
     shares_entries,
     unknown_author_expired,
@@ -348,15 +347,3 @@ def test_the_cursor_takes_strictly_older_entries() -> None:
     assert not before_cursor(item(6, "a"), cursor)
     assert before_cursor(item(4, "z"), cursor)
     assert before_cursor(item(9, "z"), None)
-
-
-def test_a_large_fanouts_ranges_run_between_its_cut_points() -> None:
-    ranges = ranges_between(["u3", "u6", "u8"], 3)
-    assert [(r.number, r.after_user_id, r.upto_user_id) for r in ranges] == [
-        (0, None, "u3"),
-        (1, "u3", "u6"),
-        (2, "u6", "u8"),
-    ]
-    users = [f"u{i}" for i in range(1, 9)]
-    assert all(sum(in_range(u, r.after_user_id, r.upto_user_id) for r in ranges) == 1 for u in users)
-    assert ranges_between([], 3) == []
