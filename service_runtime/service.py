@@ -155,7 +155,8 @@ class Service:
             ack_policy=AckPolicy.NACK_ON_ERROR,
             decoder=_raw_records,
             max_poll_interval_ms=600_000,
-            title=f"{self.settings.service_name}:{','.join(topics)}",
+            # One AsyncAPI operation per consumer group (two groups may read one topic).
+            title=f"{self.settings.service_name}{'.' + group if group else ''}:{','.join(topics)}",
         )(on_batch)
 
     def use_store(self, store: StoreAdapter) -> None:
