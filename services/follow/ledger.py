@@ -112,12 +112,17 @@ class FollowsRebuild:
     async def handle(self, batch: Sequence[Incoming[Any]]) -> None:
         self._folds = await self.store.follow_folds(i.payload.author_id for i in batch)
         for author_id, fold in self._folds.items():
-            fold.ended = self._ended.setdefault(author_id, set())
+            # A copy: a batch that fails to write is folded again from the stored state, and
+            # must not find the follows it ended in the failed attempt already ended.
+            fold.ended = set(self._ended.get(author_id, ()))
         for item in batch:
             self._reading(item)
         # The authors first: the edges' writes record their revision in them.
         await self.store.write_follow_folds(self._folds)
         await EdgeEvents().add(batch).write(self.store)
+        for author_id, fold in self._folds.items():
+            if fold.ended:
+                self._ended[author_id] = fold.ended
 
     def _followed(self, p: AuthorFollowed, item: Incoming[AuthorFollowed]) -> None:
         self._folds[p.author_id].followed(p, item.envelope.causation_id)
