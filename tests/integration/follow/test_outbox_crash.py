@@ -26,7 +26,7 @@ from service_runtime.service import Service
 from services.follow.app import build_service
 from services.follow.commands import FollowCommands
 from services.follow.store import FollowStore
-from tests.conftest import Namespace, eventually
+from tests.conftest import Namespace, eventually, throughout
 from tests.integration.follow.conftest import (
     author_doc,
     events,
@@ -110,8 +110,13 @@ async def test_a_decision_waits_for_edges_a_crash_left_behind(ns, producer) -> N
         swept = outbox.pending(await store.author("a1"))
         await store.authors.update_one({"_id": "a1"}, {"$set": {"outbox": []}})  # gone, unpublished for now
         await publish(producer, ns, [follow_cmd("u1", "a1")], Topic.WEBAPP_FOLLOWS)  # the same follow
-        await asyncio.sleep(1.0)
-        assert await edges_in_store(service, "a1") == 0, "nothing decided meanwhile"
+        await throughout(
+            lambda: edges_in_store(service, "a1"),
+            holds=lambda n: n == 0,
+            seconds=1.0,
+            interval=0.1,
+            what="nothing decided meanwhile",
+        )
         await service.publisher.publish(swept)  # the sweeper's publish, late
         await settled_count(ns, service, "a1", 1)
         followed = await events(ns, Topic.FOLLOWS_EVENTS, "AuthorFollowed")

@@ -27,7 +27,7 @@ from services.trust.handlers import SignalHandler
 from services.trust.recompute import Recomputer
 from services.trust.settings import TrustSettings
 from services.trust.store import Author, SignalWrite, TrustStore
-from tests.conftest import Namespace, eventually
+from tests.conftest import Namespace, eventually, throughout
 from tests.integration.trust.helpers import registered, send, work_added
 
 QUIET: dict[str, Any] = {"recompute_window_ms": 600_000, "recompute_max_delay_ms": 600_000}
@@ -76,7 +76,10 @@ async def test_the_sweeper_publishes_an_event_left_by_a_crash_once_with_its_id(
         store = service.trust_store
         events = await eventually(lambda: published(ns), until=lambda e: len(e) >= 1, what="the left event")
         await eventually(lambda: store.history_page("swept", None, 10), until=lambda h: len(h) == 1)
-        await asyncio.sleep(1)  # several more sweeps
+        # Several more sweeps: the left event is not published again.
+        await throughout(
+            lambda: published(ns), holds=lambda now: now == events, seconds=1.0, interval=0.2, what="one publish"
+        )
         author = await store.author("swept")
         history = await store.history_page("swept", None, 10)
         events = await published(ns)
@@ -97,8 +100,9 @@ async def test_the_next_pass_publishes_an_event_left_by_a_crash_before_its_own(
         await send(producer, ns, work_added("next", 2, extra_2024=1))
         events = await eventually(lambda: published(ns), until=lambda e: len(e) >= 2, what="both changes")
         await eventually(lambda: store.history_page("next", None, 10), until=lambda h: len(h) == 2)
-        await asyncio.sleep(0.5)
-        events = await published(ns)
+        await throughout(
+            lambda: published(ns), holds=lambda now: now == events, seconds=0.5, interval=0.1, what="no more events"
+        )
         author = await store.author("next")
     assert [e["event_id"] for e in events][:1] == [str(left.envelope.event_id)]
     assert [(e["data"]["revision"], e["data"]["previous_score"]) for e in events] == [(1, None), (2, 21)]
