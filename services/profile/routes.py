@@ -168,7 +168,7 @@ async def get_author_graph(author_id: AuthorId, store: Store, limit: Annotated[i
     if doc is None or "state" not in doc:
         raise _not_found(author_id)
     entries = doc.get("works") or []
-    titles = await store.work_titles(e["work_id"] for e in entries[:limit])
+    titles = await store.work_titles((e["work_id"] for e in entries[:limit]), doc)
     slice_ = graph.author_slice(author_id, doc["state"], doc.get("graph"), entries, limit, titles)
     return Response(slice_.model_dump_json(), media_type="application/json")
 
@@ -216,7 +216,7 @@ async def _neighbours(store: ProfileStore, node: str, cursor: str | None, limit:
             return None
         sections = graph.author_neighbours(key, doc["state"], doc.get("graph"), doc.get("works") or [])
         shown, next_cursor = graph.page_of(node, sections, cursor, limit)
-        shown = graph.with_titles(shown, await store.work_titles(graph.work_ids(shown)))
+        shown = graph.with_titles(shown, await store.work_titles(graph.work_ids(shown), doc))
         return graph.neighbour_page(graph.author_node(key, doc["state"]), shown, next_cursor)
     if kind == "work":
         work = await store.work_content(key)

@@ -372,14 +372,21 @@ class ProfileStore(StoreAdapter):
     # --- reads for the research graph ------------------------------------------------
 
     async def graph_source(self, author_id: str) -> Document | None:
-        """What an author's neighbourhood is assembled from: its state, graph and entries."""
-        return await self.authors.find_one({"_id": author_id}, {"state": 1, "graph": 1, "works": 1})
+        """What an author's neighbourhood is assembled from: its state, graph and entries
+        (and its first page, whose works carry their titles)."""
+        return await self.authors.find_one({"_id": author_id}, {"state": 1, "graph": 1, "works": 1, "first_page": 1})
 
-    async def work_titles(self, work_ids: Iterable[str]) -> dict[str, str]:
-        ids = list(set(work_ids))
-        if not ids:
-            return {}
-        return {d["_id"]: d["work"]["title"] async for d in self.works.find({"_id": {"$in": ids}}, {"work.title": 1})}
+    async def work_titles(self, work_ids: Iterable[str], source: Document | None = None) -> dict[str, str]:
+        """Titles from the source's first page, the rest from ``works``. The page is written
+        with the entries and the works just after, so a work a read finds in the entries
+        may not be in ``works`` yet: its title comes from the page, where the newest are."""
+        wanted = set(work_ids)
+        page = ((source or {}).get("first_page") or {}).get("works") or ()
+        titles = {w["work_id"]: w["title"] for w in page if w["work_id"] in wanted}
+        if ids := list(wanted - titles.keys()):
+            cursor = self.works.find({"_id": {"$in": ids}}, {"work.title": 1})
+            titles |= {d["_id"]: d["work"]["title"] async for d in cursor}
+        return titles
 
     async def work_content(self, work_id: str) -> dict[str, Any] | None:
         doc = await self.works.find_one({"_id": work_id}, {"work": 1})

@@ -7,13 +7,17 @@ from __future__ import annotations
 from typing import Any
 
 import httpx
+import pytest
 from aiokafka import AIOKafkaProducer
 
 from contracts import Envelope
 from contracts.events.publications import Work, WorkIngested
 from contracts.topics import Topic
+from service_runtime.service import Service
 from services.profile.seed import SEED_AUTHOR_ID, load_seed
 from tests.conftest import Namespace, eventually
+from tests.integration.profile.test_profile_service import handler_of, incoming, ingested
+from tests.integration.profile.test_profile_service import work as pw
 
 SEED_NODE = f"author:{SEED_AUTHOR_ID}"
 CLOSE = ["Mingxing Tan", "Hanxiao Liu", "Minh-Thang Luong", "Zihang Dai"]
@@ -168,3 +172,26 @@ async def test_unknown_nodes_and_forged_cursors_are_refused_clearly(ns: Namespac
         assert (r.json()["node"]["id"], r.json()["nodes"], r.json()["next_cursor"]) == (node, [], None)
     schema = (await http.get("/openapi.json")).json()
     assert {"GraphSlice", "NeighbourPage", "GraphNode", "GraphEdge"} <= set(schema["components"]["schemas"])
+
+
+async def test_a_work_read_between_its_authors_and_its_own_write_is_shown_by_its_title(
+    profile: Service, http: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The handler writes the authors, then the work: a graph read in between finds the work
+    in the author's entries and not yet in ``works``, and still shows its title."""
+    handler = handler_of(profile)
+
+    async def dies(*_: object, **__: object) -> None:
+        raise RuntimeError("the process dies before the work is written")
+
+    monkeypatch.setattr(handler.store, "write_works", dies)
+    with pytest.raises(RuntimeError):
+        await handler.write([incoming(ingested(pw("gap-w1", "gap-ada", "gap-bob", title="Between two writes")))])
+    assert await handler.store.work_content("gap-w1") is None
+
+    in_slice = await slice_of(http, "gap-ada")
+    assert in_slice is not None and labels(in_slice, "work") == ["Between two writes"]
+    r = await http.get("/graph/nodes/author:gap-bob/neighbours")
+    assert r.status_code == 200 and [n["label"] for n in r.json()["nodes"] if n["kind"] == "work"] == [
+        "Between two writes"
+    ]
