@@ -197,8 +197,10 @@ async def test_both_interleavings_rebuild_to_their_live_copies(ns: Namespace, ot
         assert decided["inv-9"][0] in ("closed", "rejected", "pending")
         limited = {i: d for i, d in decided.items() if i.startswith("inv-s3-")}
         pending = sorted(i for i, d in limited.items() if d[0] == "pending")
-        took = [d for d in limited.values() if d[0] in ("pending", "closed")]
-        assert len(took) <= 5 and ("rejected", "too_many_open_invitations") in limited.values()
+        # At most 5 open at once: an invitation closed (a3 passed on) frees its slot for another.
+        closed = [d for d in limited.values() if d[0] == "closed"]
+        over = [d for d in limited.values() if d == ("rejected", "too_many_open_invitations")]
+        assert len(pending) <= 5 and len(over) >= len(limited) - 5 - len(closed) > 0
         assert live["senders"]["s3"]["pending"] == pending
 
 
