@@ -99,7 +99,49 @@ async def assert_expected_state(pipe: Pipeline, stream: MixedStream) -> None:
             claim = (await http.get(f"{claims}/authors/{author}/claim")).json()
             if not claim.get("claimed") or claim.get("owner_user_id") != owner:
                 wrong.append(f"{author}: claim {claim} (expected owner {owner})")
+    if wrong:
+        miscounted = [w.split(":")[0] for w in wrong if ": followers " in w]
+        for author in miscounted[:3]:
+            try:
+                wrong.append(await _follow_trail(pipe, author))
+            except Exception as exc:  # the trail only explains; it must not hide the failure
+                wrong.append(f"  {author}: no trail ({exc!r})")
     assert not wrong, f"{len(wrong)} authors differ from what the stream implies:\n" + "\n".join(wrong[:30])
+
+
+async def _records_of(pipe: Pipeline, topic: Topic, author: str) -> list[tuple[Any, Any, Any]]:
+    """A topic's records about one author (poison records passed over): (record, envelope, data)."""
+    out = []
+    for r in await read_topic(pipe.kafka, pipe.ns.topic(topic)):
+        try:
+            env = json.loads(r.value)
+        except ValueError:
+            continue
+        if isinstance(env, dict) and isinstance(env.get("data"), dict) and env["data"].get("author_id") == author:
+            out.append((r, env, env["data"]))
+    return out
+
+
+async def _follow_trail(pipe: Pipeline, author: str) -> str:
+    """Where a follower count went wrong: the follow service's author document and edges,
+    its follows.events for the author and the profile's standing."""
+    client: AsyncMongoClient = AsyncMongoClient(pipe.ns.infra["mongodb"])
+    try:
+        follow = client[pipe.settings["follow"].database_name]
+        doc = await follow.authors.find_one({"_id": author}, {"outbox": 0})
+        edges = await follow.edges.find({"author_id": author}, {"_id": 0, "author_id": 0}).to_list(None)
+        standing = await client[pipe.settings["profile"].database_name].standing.find_one({"_id": author})
+    finally:
+        await client.close()
+    events = [
+        (r.offset, env["event_type"], d.get("user_id"), d.get("count"), d.get("revision"))
+        for r, env, d in await _records_of(pipe, Topic.FOLLOWS_EVENTS, author)
+    ]
+    commands = [
+        (r.offset, env["event_type"], d.get("user_id"))
+        for r, env, d in await _records_of(pipe, Topic.WEBAPP_FOLLOWS, author)
+    ]
+    return f"  {author}: commands={commands} follow author={doc} edges={edges} events={events} standing={standing}"
 
 
 async def _source_facts(pipe: Pipeline) -> dict[str, tuple[str, ...]]:
