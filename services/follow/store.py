@@ -45,7 +45,6 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from pymongo import ASCENDING, DESCENDING, IndexModel, UpdateOne
-from pymongo.errors import BulkWriteError
 
 from contracts.events.notifications import NotificationCreated, notification_id
 from service_runtime import outbox
@@ -56,7 +55,6 @@ from service_runtime.store import (
     Database,
     Document,
     StoreAdapter,
-    duplicate_positions,
     insert_missing,
     upsert_where,
 )
@@ -417,23 +415,35 @@ class FollowStore(StoreAdapter):
     async def write_edges(self, changes: Mapping[tuple[str, str], EdgeChange], revisions: Mapping[str, int]) -> None:
         """Write edges as their events say, each guarded by its revision (an edge already
         written at that revision or a newer one is left alone), then record per author the
-        revision up to which its edges are written."""
-        ops = []
+        revision up to which its edges are written.
+
+        Several writers can write one new edge at once (the consumer of its author's
+        partition, the healer, another replica delivering an outbox left behind), from
+        different runs of its events: each edge is inserted as its change says, and only
+        the edges that existed are updated, so a stale write never stands on a new edge."""
+        docs: list[Document] = []
         for (author_id, user_id), c in changes.items():
-            fields: Document = {
+            doc: Document = {
+                "_id": edge_id(author_id, user_id),
                 "author_id": author_id,
                 "user_id": user_id,
                 "active": c.active,
                 "unfollowed_at": c.unfollowed_at,
             }
             if c.sets_followed_at:
-                fields["followed_at"] = c.followed_at
-            guard: Document = {"_id": edge_id(author_id, user_id)}
+                doc["followed_at"] = c.followed_at
             if c.revision is not None:
-                fields["revision"] = c.revision
-                guard.update(_older("revision", c.revision))
-            ops.append(UpdateOne(guard, {"$set": fields}, upsert=True))
-        await _guarded_upserts(self.edges, ops)
+                doc["revision"] = c.revision
+            docs.append(doc)
+        existed = await insert_missing(self.edges, docs)
+        ops = []
+        for doc in (docs[i] for i in existed):
+            guard: Document = {"_id": doc["_id"]}
+            if "revision" in doc:
+                guard.update(_older("revision", doc["revision"]))
+            ops.append(UpdateOne(guard, {"$set": {k: v for k, v in doc.items() if k != "_id"}}))
+        if ops:
+            await self.edges.bulk_write(ops, ordered=False)
         if revisions:
             await self.authors.bulk_write(
                 [UpdateOne({"_id": a}, {"$max": {"edges_revision": r}}) for a, r in revisions.items()],
@@ -779,17 +789,6 @@ class FollowStore(StoreAdapter):
                 await self.edges.insert_many(list(edges[start : start + batch]), ordered=False)
 
         await asyncio.gather(*(one(start) for start in range(0, len(edges), batch)))
-
-
-async def _guarded_upserts(collection: Collection, ops: Sequence[UpdateOne]) -> None:
-    """Upserts guarded by a revision, of documents one writer creates (an author's edges
-    are written by its partition's consumer): one whose document exists and fails the
-    guard (a newer write stands) answers a duplicate key and is passed over."""
-    if ops:
-        try:
-            await collection.bulk_write(list(ops), ordered=False)
-        except BulkWriteError as exc:
-            duplicate_positions(exc)
 
 
 def _chunk_doc(c: ChunkRange) -> Document:
