@@ -147,25 +147,23 @@ class CollabStore(StoreAdapter):
         True if it holds one now (taken, or held already), False if every slot is held by
         another pending invitation.
 
-        First one conditional update for all of them: add the ids only while ``pending``
-        has room for every one (upserting the sender's document). When the filter does not
-        match, the upsert collides with the existing document (duplicate ``_id``): read it,
-        and take what room there is with an update guarded by the list as read (another
-        writer that changed it meanwhile makes it miss: read again). A full list is healed
-        of invitations no longer pending (a writer that stopped between an invitation's
-        answer and freeing its slot) before the rest are refused."""
+        First one conditional update of the sender's document for all of them: add the ids
+        only while ``pending`` has room for every one. When it does not match (no room, or
+        no document: creating it by upsert could race another writer's creation and lose
+        one's ids without an error), read it and take what room there is with an update
+        guarded by the list as read, or an insert (another writer that changed or created
+        it meanwhile makes it miss: read again). A full list is healed of invitations no
+        longer pending (a writer that stopped between an invitation's answer and freeing
+        its slot) before the rest are refused."""
         wanted = list(dict.fromkeys(invitation_ids))
         taken: dict[str, bool] = {}
         if 0 < len(wanted) <= limit:
-            try:
-                await self.senders.update_one(
-                    {"_id": sender, "pending": {"$nin": wanted}, f"pending.{limit - len(wanted)}": {"$exists": False}},
-                    {"$push": {"pending": {"$each": wanted, "$sort": 1}}},
-                    upsert=True,
-                )
+            added = await self.senders.update_one(
+                {"_id": sender, "pending": {"$nin": wanted}, f"pending.{limit - len(wanted)}": {"$exists": False}},
+                {"$push": {"pending": {"$each": wanted, "$sort": 1}}},
+            )
+            if added.matched_count:
                 return dict.fromkeys(wanted, True)
-            except DuplicateKeyError:
-                pass
         while wanted:
             doc = await self.senders.find_one({"_id": sender})
             held = list(doc.get("pending", [])) if doc else []

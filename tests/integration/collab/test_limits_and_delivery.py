@@ -115,6 +115,27 @@ async def test_slots_taken_by_concurrent_writers_of_separate_clients_never_excee
             await c.close()
 
 
+async def test_two_writers_creating_a_senders_slots_at_once_both_hold_theirs(ns: Namespace) -> None:
+    """The first invitations of a sender, taken at once by two replicas: the sender's
+    document is created once and holds both writers' invitations."""
+    database = f"t{ns.id}_collab_new_senders"
+    ns.databases.append(database)
+    clients: list[AsyncMongoClient[Document]] = [AsyncMongoClient(ns.infra["mongodb"]) for _ in range(2)]
+    try:
+        stores = [CollabStore(c[database]) for c in clients]
+        senders = [f"s-{n:03d}" for n in range(150)]
+        results = await asyncio.gather(
+            *(stores[w].take_slots(s, [f"{s}-{w}a", f"{s}-{w}b"], 5) for s in senders for w in (0, 1))
+        )
+        assert all(all(outcome.values()) for outcome in results)
+        held = await stores[0].held_slots(senders)
+        lost = [s for s in senders if held.get(s) != sorted(f"{s}-{w}{x}" for w in (0, 1) for x in "ab")]
+        assert lost == [], f"{len(lost)} of {len(senders)} senders lost a writer's slots: {held.get(lost[0])}"
+    finally:
+        for c in clients:
+            await c.close()
+
+
 # --- redelivery and crashes -----------------------------------------------------------------
 
 
