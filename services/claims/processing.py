@@ -144,8 +144,9 @@ class ClaimsProcessor:
                 {i.user_id for _, i in inputs if i.user_id},
                 self.limits,
                 clock=datetime.now(UTC),
+                causes=(str(envelope.event_id) for envelope, _ in inputs),
             )
-            loaded.book.heal_authors()
+            loaded.book.heal()
             await self._commit(loaded, [(e, envelope) for envelope, i in inputs for e in i.apply(loaded.book)])
 
         await retry_conflicts(attempt, attempts=self.settings.write_conflict_attempts, what="claims batch")
@@ -188,7 +189,7 @@ class ClaimsProcessor:
                 self.limits,
                 clock=now,
             )
-            loaded.book.heal_authors()
+            loaded.book.heal()
             emits: list[Caused] = []
             for claim in due:
                 emits += [(e, expiry_cause(claim.claim_id)) for e in loaded.book.expire(claim.claim_id, self.wait)]

@@ -331,6 +331,14 @@ class Book:
         author = self.authors.get(author_id)
         return author.identity.revision if author is not None and author.identity is not None else 0
 
+    def heal(self) -> None:
+        """What an earlier attempt that stopped part-way left, healed before deciding: the
+        records' claim states (``heal_authors``), and slots held by claims whose status no
+        longer holds them (it stopped after writing its claims, before freeing their
+        slots), so that they do not count against the users' new claims."""
+        self.heal_authors()
+        self.slots.reconcile(self.claims.values())
+
     def heal_authors(self) -> None:
         """An earlier attempt wrote a claim but stopped before its author record: the
         record's claim state the claim was written with (its ``author_claim``, also in the

@@ -104,14 +104,28 @@ class ClaimsStore(StoreAdapter):
         limits: Limits,
         *,
         clock: datetime,
+        causes: Iterable[str] = (),
     ) -> Loaded:
-        """What deciding for these inputs needs: the records, the claims named and every
-        open or approved claim of the records, and the slots of every user concerned."""
+        """What deciding for these inputs needs: the records, the claims named, every open
+        or approved claim of the records and every claim of theirs these inputs (``causes``:
+        their ids) changed already, the slots of every user concerned, and the claims
+        holding those slots.
+
+        The claims these inputs changed already, and the claims holding the slots: an
+        earlier attempt that stopped after writing its claims and before freeing their
+        slots left slots held by claims that no longer hold them (a claim rejected when
+        its author arrived); the book frees them (``Slots.reconcile``)."""
         authors = sorted(set(author_ids))
+        of_records: Document = {"author_id": {"$in": authors}, "status": {"$in": sorted(HELD)}}
+        if wanted_causes := sorted(set(causes)):
+            of_records = {
+                "author_id": {"$in": authors},
+                "$or": [{"status": {"$in": sorted(HELD)}}, {"applied": {"$in": wanted_causes}}],
+            }
         author_docs, named, held = await asyncio.gather(
             _by_ids(self.authors, authors),
             _by_ids(self.claims, claim_ids),
-            _find(self.claims, {"author_id": {"$in": authors}, "status": {"$in": sorted(HELD)}}, authors),
+            _find(self.claims, of_records, authors),
         )
         claim_docs = {d["_id"]: d for d in named + held}
         # A record whose write an earlier attempt did not finish may name a claim that is
@@ -120,7 +134,14 @@ class ClaimsStore(StoreAdapter):
         if stale:
             claim_docs |= {d["_id"]: d for d in await _by_ids(self.claims, stale)}
         user_docs = await _by_ids(self.users, {*user_ids, *(d["user_id"] for d in claim_docs.values())})
-        return _loaded(author_docs, list(claim_docs.values()), user_docs, limits, clock)
+        holding = {cid for d in user_docs for kind in KINDS for cid in d[kind]} - claim_docs.keys()
+        more = await _by_ids(self.claims, holding)
+        # Their records too: the book heals a record from its claims' states.
+        author_docs += await _by_ids(self.authors, {d["author_id"] for d in more} - set(authors))
+        loaded = _loaded(author_docs, [*claim_docs.values(), *more], user_docs, limits, clock)
+        for d in more:  # their outboxes are their own writers' (or the sweeper's) to publish
+            loaded.pending.pop(d["_id"], None)
+        return loaded
 
     async def load_records(
         self,
@@ -151,15 +172,15 @@ class ClaimsStore(StoreAdapter):
         book = loaded.book
         missing = set(outboxes) - book.dirty_claims
         assert not missing, f"events for claims not written: {sorted(missing)}"
-        taken, freed = self._slot_writes(loaded)
-        await _guarded(self.users, taken)
+        slot_writes = self._slot_writes(loaded)
+        await _guarded(self.users, slot_writes.taken)
         at = datetime.now(UTC)
         await _guarded(
             self.claims,
             [self._claim_write(loaded, cid, outboxes.get(cid, ()), at) for cid in sorted(book.dirty_claims)],
         )
         await _guarded(self.authors, [self._author_write(loaded, aid) for aid in sorted(book.dirty_authors)])
-        for ops in freed:
+        for ops in await slot_writes.freeing(self.users):
             if ops:
                 await self.users.bulk_write(ops, ordered=False)
 
@@ -188,9 +209,8 @@ class ClaimsStore(StoreAdapter):
         guard = {"identity.revision": identity} if identity is not None else {"identity": None}
         return UpdateOne({"_id": author_id, **guard, "claim.revision": claim}, {"$set": doc})
 
-    def _slot_writes(self, loaded: Loaded) -> tuple[list[Op], list[list[Op]]]:
-        """The guarded writes that take slots, and the writes that free the rest (then
-        delete the documents of users left holding none).
+    def _slot_writes(self, loaded: Loaded) -> SlotWrites:
+        """The guarded writes that take slots, and the writes that free the rest.
 
         A slot freed in this batch is handed over at once to a claim that takes it in the
         same batch (a claim closed, another opened) when the user has no other free slot;
@@ -201,7 +221,7 @@ class ClaimsStore(StoreAdapter):
         for ops, into in ((slots.acquired, acquired), (slots.released, released)):
             for kind, user, claim_id in ops:
                 into.setdefault(user, {k: [] for k in KINDS})[kind].append(claim_id)
-        taken: list[Op] = []
+        writes = SlotWrites()
         for user, new in sorted(acquired.items()):
             read = loaded.users.get(user)
             held = read or {k: [] for k in KINDS}
@@ -214,18 +234,28 @@ class ClaimsStore(StoreAdapter):
                     ids.remove(handed)
                 after[kind] = sorted(ids)
             if read is None:
-                taken.append(InsertOne({"_id": user, **after}))
+                writes.taken.append(InsertOne({"_id": user, **after}))
             else:
-                taken.append(UpdateOne({"_id": user, **read}, {"$set": after}))
-        freed: list[Op] = []
-        emptied: list[Op] = []
+                writes.taken.append(UpdateOne({"_id": user, **read}, {"$set": after}))
         for user, left in sorted(released.items()):
+            read = loaded.users.get(user)
+            pulls, deletes = writes.pulls, writes.deletes
+            if user not in acquired and read is not None and not slots.holding(user):
+                # Left holding nothing: one delete guarded by the slots as read, so no
+                # emptied document waits between two writes for a crash to keep it.
+                writes.dropped.append(DeleteOne({"_id": user, **read}))
+                pulls, deletes = writes.dropped_pulls, writes.dropped_deletes
             pull = {kind: {"$in": claim_ids} for kind, claim_ids in left.items() if claim_ids}
             if pull:
-                freed.append(UpdateOne({"_id": user}, {"$pull": pull}))
+                pulls.append(UpdateOne({"_id": user}, {"$pull": pull}))
             if not slots.holding(user):  # (unless another writer took one meanwhile)
-                emptied.append(DeleteOne({"_id": user, **{kind: {"$size": 0} for kind in KINDS}}))
-        return taken, [freed, emptied]
+                deletes.append(_delete_if_empty(user))
+        # A user read holding nothing: an earlier attempt freed the slots and stopped before
+        # deleting the document; the input comes again and names the user: it goes now.
+        for user, read in sorted(loaded.users.items()):
+            if user not in released and user not in acquired and not any(read.values()) and not slots.holding(user):
+                writes.deletes.append(_delete_if_empty(user))
+        return writes
 
     # --- the sweeper --------------------------------------------------------------------
 
@@ -245,6 +275,30 @@ class ClaimsStore(StoreAdapter):
     async def get_author(self, author_id: str) -> AuthorRecord | None:
         doc = await self.authors.find_one({"_id": author_id})
         return _author(doc) if doc else None
+
+
+def _delete_if_empty(user: str) -> DeleteOne:
+    return DeleteOne({"_id": user, **{kind: {"$size": 0} for kind in KINDS}})
+
+
+@dataclass
+class SlotWrites:
+    """A save's writes of the users' slots: ``taken`` before the claims, the rest after."""
+
+    taken: list[Op] = field(default_factory=list)
+    # Users left holding nothing, deleted as read; if another writer changed one meanwhile,
+    # those users are freed the long way too (``dropped_pulls``, ``dropped_deletes``).
+    dropped: list[Op] = field(default_factory=list)
+    dropped_pulls: list[Op] = field(default_factory=list)
+    dropped_deletes: list[Op] = field(default_factory=list)
+    pulls: list[Op] = field(default_factory=list)
+    deletes: list[Op] = field(default_factory=list)  # each once its document holds nothing
+
+    async def freeing(self, users: Collection) -> list[list[Op]]:
+        """Deletes the users left holding nothing; what remains to write, in order."""
+        if self.dropped and (await users.bulk_write(self.dropped, ordered=False)).deleted_count < len(self.dropped):
+            return [[*self.dropped_pulls, *self.pulls], [*self.dropped_deletes, *self.deletes]]
+        return [self.pulls, self.deletes]
 
 
 async def _find(collection: Collection, query: dict[str, Any], keys: Sequence[str]) -> list[Document]:

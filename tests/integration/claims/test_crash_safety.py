@@ -13,7 +13,7 @@ import pytest
 
 from contracts import Envelope
 from contracts.envelope import EventModel
-from contracts.events.claims import ClaimRequested, Evidence
+from contracts.events.claims import ClaimRequested, ClaimWithdrawn, Evidence
 from contracts.registry import decode
 from contracts.topics import Topic
 from service_runtime.delivery import Incoming
@@ -180,3 +180,102 @@ async def test_slots_taken_by_an_attempt_that_died_before_its_claims_are_kept_by
         events = await eventually(lambda: claim_events(ns), until=lambda ev: len(ev) == 2, what="two events")
     assert [e["event_type"] for e in events] == ["ClaimSubmitted", "ClaimNeedsReview"]
     assert of_type(events, "ClaimNeedsReview", "c1")[0]["data"]["claim"]["revision"] == 1
+
+
+async def test_a_user_whose_last_slot_is_freed_leaves_no_empty_document_whenever_the_process_dies(
+    ns: Namespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The user's only claim is withdrawn: the user's document goes in the same write that
+    frees the slot, so a process that dies right after it leaves none; and one left empty
+    by an earlier writer (it died between freeing and deleting) goes when the input comes
+    again. A rebuild, which folds claim statuses, has no document for such a user either."""
+    service = claims_service(ns)
+    processor = service.http.state.claims_processor
+    freeing = claims_store.SlotWrites.freeing
+
+    async def dies_after_the_first_write(self: claims_store.SlotWrites, users: Collection) -> list[list[Any]]:
+        await freeing(self, users)
+        raise Crash("died after the first write that frees slots")
+
+    async with service.running():
+        await processor.handle(batch(author_registered("a1")))
+        await processor.handle(batch(command(ClaimRequested(claim_id="c1", author_id="a1", user_id="u1"))))
+        assert (await stored(service.db.users, "u1"))["open"] == ["c1"]
+        withdraw = batch(command(ClaimWithdrawn(claim_id="c1", author_id="a1", user_id="u1")))
+        monkeypatch.setattr(claims_store.SlotWrites, "freeing", dies_after_the_first_write)
+        with pytest.raises(Crash):
+            await processor.handle(withdraw)
+        assert await service.db.users.find_one({"_id": "u1"}) is None
+        monkeypatch.undo()
+
+        await service.db.users.insert_one({"_id": "u1", "open": [], "approved": []})
+        await processor.handle(withdraw)
+        assert await service.db.users.find_one({"_id": "u1"}) is None
+        assert (await stored(service.db.claims, "c1"))["status"] == "withdrawn"
+        events = await eventually(lambda: claim_events(ns), until=lambda ev: len(ev) >= 3, what="three events")
+    assert [e["event_type"] for e in events] == ["ClaimSubmitted", "ClaimNeedsReview", "ClaimWithdrawn"]
+
+
+async def test_slots_of_claims_rejected_by_an_attempt_that_died_before_freeing_them_are_freed_by_the_next(
+    ns: Namespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two claims wait for their author; it arrives: one is approved, the other rejected,
+    and the process dies after writing them, before freeing the loser's slot. The
+    redelivered profile event names no claim and the loser is no longer open, yet the
+    next attempt finds the claims that event changed and frees the slot."""
+    service = claims_service(ns)
+    processor = service.http.state.claims_processor
+
+    async def dies_before_freeing(self: claims_store.SlotWrites, users: Collection) -> list[list[Any]]:
+        raise Crash("died after the claims, before freeing their slots")
+
+    async with service.running():
+        await processor.handle(
+            batch(
+                command(ClaimRequested(claim_id="c1", author_id="a1", user_id="u1", evidence=EMAIL_OK)),
+                command(ClaimRequested(claim_id="c2", author_id="a1", user_id="u2", evidence=EMAIL_OK)),
+            )
+        )
+        assert (await stored(service.db.users, "u2"))["open"] == ["c2"]
+        arrived = batch(author_registered("a1"))
+        monkeypatch.setattr(claims_store.SlotWrites, "freeing", dies_before_freeing)
+        with pytest.raises(Crash):
+            await processor.handle(arrived)
+        assert (await stored(service.db.claims, "c2"))["status"] == "rejected"
+        assert (await stored(service.db.users, "u2"))["open"] == ["c2"], "the crash left the slot held"
+        monkeypatch.undo()
+
+        await processor.handle(arrived)
+        assert await service.db.users.find_one({"_id": "u2"}) is None
+        assert await stored(service.db.users, "u1") == {"_id": "u1", "open": [], "approved": ["c1"]}
+        assert (await stored(service.db.claims, "c1"))["status"] == "approved"
+
+
+async def test_a_slot_left_held_by_a_closed_claim_does_not_count_against_the_users_next_claim(
+    ns: Namespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same crash, and no redelivery (the input was the sweeper's, or is gone): the
+    user's next claim finds the slot held by a claim that no longer holds it, frees it,
+    and is not refused for too many open claims."""
+    service = claims_service(ns, max_open_claims_per_user=1)
+    processor = service.http.state.claims_processor
+
+    async def dies_before_freeing(self: claims_store.SlotWrites, users: Collection) -> list[list[Any]]:
+        raise Crash("died after the claims, before freeing their slots")
+
+    async with service.running():
+        await processor.handle(
+            batch(
+                command(ClaimRequested(claim_id="c1", author_id="a1", user_id="u1", evidence=EMAIL_OK)),
+                command(ClaimRequested(claim_id="c2", author_id="a1", user_id="u2", evidence=EMAIL_OK)),
+            )
+        )
+        monkeypatch.setattr(claims_store.SlotWrites, "freeing", dies_before_freeing)
+        with pytest.raises(Crash):
+            await processor.handle(batch(author_registered("a1")))
+        monkeypatch.undo()
+        assert (await stored(service.db.users, "u2"))["open"] == ["c2"]
+
+        await processor.handle(batch(command(ClaimRequested(claim_id="c3", author_id="a2", user_id="u2"))))
+        assert (await stored(service.db.claims, "c3"))["status"] == "pending_author"
+        assert (await stored(service.db.users, "u2"))["open"] == ["c3"]

@@ -321,6 +321,16 @@ def test_slots_reconcile_frees_holds_a_status_no_longer_justifies() -> None:
     assert not b.slots.holds("approved", "u1", "c1") and b.slots.released == [("approved", "u1", "c1")]
 
 
+def test_heal_frees_a_hold_left_by_a_closed_claim_before_the_users_next_claim_is_decided() -> None:
+    b = book(Limits(max_open_claims_per_user=1, max_approved_claims_per_user=1), a1=STANFORD, a2=STANFORD)
+    req(b, "c1", user="u1")
+    review(b, "c1", "reject")
+    b.slots.holders[("open", "u1")] = ["c1"]  # an attempt stopped after the claim, before freeing its slot
+    b.heal()
+    req(b, "c2", author="a2", user="u1")
+    assert b.claims["c2"].status == "needs_review" and b.slots.holds("open", "u1", "c2")
+
+
 # --- what the events say of each step -------------------------------------------------
 
 
