@@ -51,14 +51,44 @@ async def assert_projections_rebuild(pipe: Pipeline) -> None:
         ]
 
     problems = [p for ps in await asyncio.gather(*(one(n) for n in pipe.settings)) for p in ps]
-    assert not problems, "projections differ from a rebuild from the topics:\n" + "\n".join(problems)[:6000]
+    for p in [p for p in problems if p.startswith("claims: users/")][:2]:
+        try:
+            problems.append(await _claims_trail(pipe, p.split("/", 1)[1].split(":", 1)[0]))
+        except Exception as exc:  # the trail only explains; it must not hide the failure
+            problems.append(f"  no trail ({exc!r})")
+    assert not problems, "projections differ from a rebuild from the topics:\n" + "\n".join(problems)[:8000]
+
+
+async def _claims_trail(pipe: Pipeline, user: str) -> str:
+    """A user's slots that differ: the user's claims as live holds them, and their events."""
+    client: AsyncMongoClient = AsyncMongoClient(pipe.ns.infra["mongodb"])
+    try:
+        db = client[pipe.settings["claims"].database_name]
+        claims = await db.claims.find({"user_id": user}, {"outbox": 0, "evidence": 0}).to_list(None)
+    finally:
+        await client.close()
+    ids = {c["_id"] for c in claims}
+    events = []
+    for r in await read_topic(pipe.kafka, pipe.ns.topic(Topic.CLAIMS_EVENTS)):
+        try:
+            env = json.loads(r.value)
+        except ValueError:
+            continue
+        if env["data"].get("claim_id") in ids:
+            state = env["data"].get("claim") or {}
+            events.append((r.partition, r.offset, env["event_type"], state.get("status"), state.get("revision")))
+    shown = [
+        (c["_id"], c["status"], c["revision"], [(h.get("event"), h.get("status")) for h in c.get("history", [])])
+        for c in claims
+    ]
+    return f"  {user}: claims={shown} events={events}"
 
 
 async def _fields_that_differ(uri: str, live_db: str, rebuilt_db: str, problem: str, ignore: frozenset[str]) -> str:
     """``compare_databases`` names a document and prints both whole; keep only the top-level
     fields that differ, so a failure says what a rebuild gets wrong."""
     collection, _, rest = problem.partition("/")
-    _id = rest.split(": live=", 1)[0]
+    _id = rest.split(": ", 1)[0]  # "<id>: live=... rebuilt=..." or "<id>: missing from ..."
     client: AsyncMongoClient = AsyncMongoClient(uri)
     try:
         a = await client[live_db][collection].find_one({"_id": _id}) or {}
@@ -66,7 +96,7 @@ async def _fields_that_differ(uri: str, live_db: str, rebuilt_db: str, problem: 
     finally:
         await client.close()
     if not a or not b:
-        return problem[:300]
+        return f"{problem[:200]} (live={a or None!r} rebuilt={b or None!r})"[:600]
     fields = sorted(k for k in set(a) | set(b) if k not in ignore and a.get(k) != b.get(k))
 
     def show(k: str) -> str:
