@@ -6,18 +6,58 @@ import asyncio
 from collections.abc import Iterable
 from dataclasses import replace
 
+import aiokafka
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError, NodeNotReadyError, RequestTimedOutError
+from aiokafka.errors import (
+    KafkaConnectionError,
+    KafkaError,
+    KafkaTimeoutError,
+    NodeNotReadyError,
+    OutOfOrderSequenceNumber,
+    RequestTimedOutError,
+    UnknownProducerId,
+)
 from faststream.kafka import KafkaBroker
 
 from contracts.topics import TOPICS, TopicSpec
+
+
+class ProducerRenewed(Exception):
+    """A send failed because the broker lost the idempotent producer's state; the producer
+    was replaced by a new one, and the send is to be tried again."""
+
 
 TRANSIENT_BROKER_ERRORS: tuple[type[BaseException], ...] = (
     KafkaConnectionError,
     KafkaTimeoutError,
     NodeNotReadyError,
     RequestTimedOutError,
+    ProducerRenewed,
 )
+
+# The broker no longer knows the producer's sequence (it restarted without the producer's
+# last batches): aiokafka's idempotent producer fails every send from then on, where the
+# Java client would take a new producer id. A new producer goes on.
+PRODUCER_STATE_LOST: tuple[type[BaseException], ...] = (OutOfOrderSequenceNumber, UnknownProducerId)
+_renewing = asyncio.Lock()
+
+
+async def renew_producer(broker: KafkaBroker, failed: object) -> None:
+    """Replace the broker's producer by a new one with the same settings, unless another
+    task did since ``failed`` (the producer a send failed on: ``current_producer``) failed."""
+    async with _renewing:
+        fast = broker.config.broker_config.producer
+        if current_producer(broker) is not failed:
+            return
+        await fast.disconnect()
+        producer = aiokafka.AIOKafkaProducer(**broker._connection_kwargs)
+        await fast.connect(producer, serializer=fast.serializer, codec=fast.codec)  # type: ignore[attr-defined]
+
+
+def current_producer(broker: KafkaBroker) -> object:
+    """The aiokafka producer the broker publishes with now (compared by identity)."""
+    return getattr(broker.config.broker_config.producer, "_producer", None)
+
 
 _TOPIC_ALREADY_EXISTS = 36
 

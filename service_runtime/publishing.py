@@ -4,13 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from faststream.kafka import KafkaBroker
 
 from contracts.envelope import Envelope, EventModel
+from service_runtime.kafka import PRODUCER_STATE_LOST, ProducerRenewed, current_producer, renew_producer
+from service_runtime.logging import get_logger
 from service_runtime.retry import retry_transient
+
+log = get_logger(__name__)
 
 _HEADERS = {"content-type": "application/json"}
 # Every envelope also names its type and its producer in headers, so a consumer that needs
@@ -51,7 +55,7 @@ class EventPublisher:
         """Send all, then wait for every acknowledgement (acks=all). Re-sends all on a
         transient failure: duplicates carry the same event ids and handlers are idempotent."""
         if messages and self.enabled:
-            await retry_transient(lambda: self._send_all(messages), what="publish")
+            await retry_transient(lambda: self._renewing(lambda: self._send_all(messages)), what="publish")
 
     async def publish_raw(self, topic: str, key: bytes | None, value: bytes) -> None:
         """Send bytes as they are to a logical topic (dead letters, tests of bad input)."""
@@ -61,7 +65,18 @@ class EventPublisher:
         async def send() -> None:
             await self.broker.publish(value, self.topic_prefix + topic, key=key, headers=_HEADERS)
 
-        await retry_transient(send, what=f"publish to {topic}")
+        await retry_transient(lambda: self._renewing(send), what=f"publish to {topic}")
+
+    async def _renewing(self, send: Callable[[], Awaitable[None]]) -> None:
+        """``send``; if the broker lost the producer's state, a new producer and
+        ``ProducerRenewed`` (transient: the caller sends again, the same event ids)."""
+        producer = current_producer(self.broker)
+        try:
+            await send()
+        except PRODUCER_STATE_LOST as exc:
+            log.warning("producer_renewed", error=repr(exc))
+            await renew_producer(self.broker, producer)
+            raise ProducerRenewed(repr(exc)) from exc
 
     async def _send_all(self, messages: Sequence[Outgoing]) -> None:
         futures = [

@@ -24,6 +24,7 @@ from aiokafka import AIOKafkaProducer
 from contracts.envelope import Envelope
 from contracts.events.notifications import NotificationCreated, notification_id
 from contracts.topics import Topic
+from service_runtime.kafka import PRODUCER_STATE_LOST, ProducerRenewed
 from service_runtime.publishing import EVENT_TYPE_HEADER, PRODUCER_HEADER
 from service_runtime.retry import retry_transient
 from services.follow.rules import SharedEntry
@@ -124,6 +125,20 @@ class NotificationSender:
 
     async def _send_all(self, entry: SharedEntry, users: Sequence[str], cause: Envelope, at: datetime) -> None:
         producer = await self._ready()
+        try:
+            await self._send_with(producer, entry, users, cause, at)
+        except PRODUCER_STATE_LOST as exc:
+            # The broker lost this producer's state (see service_runtime.kafka): a new one.
+            async with self._starting:
+                stale = self._producer
+                if stale is not None and stale is producer:
+                    self._producer = None
+                    await stale.stop()
+            raise ProducerRenewed(repr(exc)) from exc
+
+    async def _send_with(
+        self, producer: AIOKafkaProducer, entry: SharedEntry, users: Sequence[str], cause: Envelope, at: datetime
+    ) -> None:
         futures: list[asyncio.Future[Any]] = []
         name = self.settings.service_name
         for start in range(0, len(users), SLICE):

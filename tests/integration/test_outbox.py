@@ -9,13 +9,14 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from aiokafka.errors import OutOfOrderSequenceNumber
 from pymongo import AsyncMongoClient
 
 from contracts import Envelope, deterministic_event_id
 from contracts.events.profile import AuthorRegistered, AuthorState
 from contracts.topics import Topic
 from service_runtime import outbox
-from service_runtime.kafka import ensure_topics, make_broker
+from service_runtime.kafka import current_producer, ensure_topics, make_broker
 from service_runtime.outbox import Outbox
 from service_runtime.publishing import EventPublisher, Outgoing
 from service_runtime.store import Client, Collection, Document
@@ -155,3 +156,23 @@ async def test_a_batch_that_read_entries_before_their_removal_does_not_send_them
     # ... and passes what it read as pending after the removal: not published twice.
     assert await box.deliver(docs, {"a1": outbox.pending(read_before)}) == 0
     assert await published(ns) == [("a1", 1)]
+
+
+async def test_a_producer_whose_state_the_broker_lost_is_replaced_and_the_events_sent_again(
+    ns: Namespace, parts: tuple[Collection, EventPublisher, Outbox], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A broker that restarted without the producer's last batches answers every send of
+    that idempotent producer out of order, for good (aiokafka does not take a new producer
+    id): the publisher takes a new producer and sends again; nothing is lost or doubled."""
+    _, publisher, _ = parts
+    broken = current_producer(publisher.broker)
+    aiokafka_producer = broken.producer  # type: ignore[attr-defined]
+
+    async def out_of_order(*_: object, **__: object) -> None:
+        raise OutOfOrderSequenceNumber()
+
+    monkeypatch.setattr(aiokafka_producer, "send", out_of_order)
+    await publisher.publish([registered(publisher, "a1", 1), registered(publisher, "a2", 1)])
+    assert current_producer(publisher.broker) is not broken
+    await publisher.publish([registered(publisher, "a3", 1)])
+    assert sorted(await published(ns)) == [("a1", 1), ("a2", 1), ("a3", 1)]
