@@ -18,6 +18,7 @@ from contracts.registry import decode
 from contracts.topics import Topic
 from service_runtime.delivery import Incoming
 from service_runtime.outbox import Outbox
+from service_runtime.service import Service
 from service_runtime.store import Collection
 from services.claims import store as claims_store
 from tests.conftest import Namespace, eventually
@@ -216,36 +217,42 @@ async def test_a_user_whose_last_slot_is_freed_leaves_no_empty_document_whenever
     assert [e["event_type"] for e in events] == ["ClaimSubmitted", "ClaimNeedsReview", "ClaimWithdrawn"]
 
 
-async def test_slots_of_claims_rejected_by_an_attempt_that_died_before_freeing_them_are_freed_by_the_next(
-    ns: Namespace, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Two claims wait for their author; it arrives: one is approved, the other rejected,
-    and the process dies after writing them, before freeing the loser's slot. The
-    redelivered profile event names no claim and the loser is no longer open, yet the
-    next attempt finds the claims that event changed and frees the slot."""
-    service = claims_service(ns)
+async def rejected_then_died_before_freeing(service: Service, monkeypatch: pytest.MonkeyPatch) -> list[Incoming[Any]]:
+    """Two claims wait for their author (c1 by u1, c2 by u2); it arrives: c1 is approved,
+    c2 rejected, and the process dies after writing them, before freeing c2's slot.
+    Returns the author's arrival, the input that died."""
     processor = service.http.state.claims_processor
 
     async def dies_before_freeing(self: claims_store.SlotWrites, users: Collection) -> list[list[Any]]:
         raise Crash("died after the claims, before freeing their slots")
 
-    async with service.running():
-        await processor.handle(
-            batch(
-                command(ClaimRequested(claim_id="c1", author_id="a1", user_id="u1", evidence=EMAIL_OK)),
-                command(ClaimRequested(claim_id="c2", author_id="a1", user_id="u2", evidence=EMAIL_OK)),
-            )
+    await processor.handle(
+        batch(
+            command(ClaimRequested(claim_id="c1", author_id="a1", user_id="u1", evidence=EMAIL_OK)),
+            command(ClaimRequested(claim_id="c2", author_id="a1", user_id="u2", evidence=EMAIL_OK)),
         )
-        assert (await stored(service.db.users, "u2"))["open"] == ["c2"]
-        arrived = batch(author_registered("a1"))
-        monkeypatch.setattr(claims_store.SlotWrites, "freeing", dies_before_freeing)
-        with pytest.raises(Crash):
-            await processor.handle(arrived)
+    )
+    assert (await stored(service.db.users, "u2"))["open"] == ["c2"]
+    arrived = batch(author_registered("a1"))
+    monkeypatch.setattr(claims_store.SlotWrites, "freeing", dies_before_freeing)
+    with pytest.raises(Crash):
+        await processor.handle(arrived)
+    monkeypatch.undo()
+    return arrived
+
+
+async def test_slots_of_claims_rejected_by_an_attempt_that_died_before_freeing_them_are_freed_by_the_next(
+    ns: Namespace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The redelivered profile event names no claim and the loser is no longer open, yet
+    the next attempt finds the claims that event changed and frees the slot."""
+    service = claims_service(ns)
+    async with service.running():
+        arrived = await rejected_then_died_before_freeing(service, monkeypatch)
         assert (await stored(service.db.claims, "c2"))["status"] == "rejected"
         assert (await stored(service.db.users, "u2"))["open"] == ["c2"], "the crash left the slot held"
-        monkeypatch.undo()
 
-        await processor.handle(arrived)
+        await service.http.state.claims_processor.handle(arrived)
         assert await service.db.users.find_one({"_id": "u2"}) is None
         assert await stored(service.db.users, "u1") == {"_id": "u1", "open": [], "approved": ["c1"]}
         assert (await stored(service.db.claims, "c1"))["status"] == "approved"
@@ -259,21 +266,8 @@ async def test_a_slot_left_held_by_a_closed_claim_does_not_count_against_the_use
     and is not refused for too many open claims."""
     service = claims_service(ns, max_open_claims_per_user=1)
     processor = service.http.state.claims_processor
-
-    async def dies_before_freeing(self: claims_store.SlotWrites, users: Collection) -> list[list[Any]]:
-        raise Crash("died after the claims, before freeing their slots")
-
     async with service.running():
-        await processor.handle(
-            batch(
-                command(ClaimRequested(claim_id="c1", author_id="a1", user_id="u1", evidence=EMAIL_OK)),
-                command(ClaimRequested(claim_id="c2", author_id="a1", user_id="u2", evidence=EMAIL_OK)),
-            )
-        )
-        monkeypatch.setattr(claims_store.SlotWrites, "freeing", dies_before_freeing)
-        with pytest.raises(Crash):
-            await processor.handle(batch(author_registered("a1")))
-        monkeypatch.undo()
+        await rejected_then_died_before_freeing(service, monkeypatch)
         assert (await stored(service.db.users, "u2"))["open"] == ["c2"]
 
         await processor.handle(batch(command(ClaimRequested(claim_id="c3", author_id="a2", user_id="u2"))))
