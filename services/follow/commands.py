@@ -82,6 +82,49 @@ def _applied_before(record: AuthorRecord, q: Queued) -> bool:
     return record.applied is not None and record.applied[0] == q.partition and q.offset <= record.applied[1]
 
 
+def _log_unusual(
+    records: Mapping[str, AuthorRecord],
+    commands: Mapping[str, Sequence[Queued]],
+    queues: Mapping[str, Sequence[Queued]],
+) -> None:
+    """Commands passed over as applied already (a redelivery), unfollows of an unknown
+    author with no follow of theirs parked, and parked follows applied: all rare, and what
+    to look at first when a follower count is off by one."""
+    for author_id, record in records.items():
+        passed = [q.offset for q in commands[author_id] if q not in queues[author_id]]
+        if passed:
+            log.info(
+                "follow_commands_passed_over",
+                author_id=author_id,
+                offsets=passed,
+                applied=record.applied,
+                version=record.version,
+            )
+        if record.state.known:
+            if record.state.parked:
+                log.info(
+                    "parked_follows_applied",
+                    author_id=author_id,
+                    follows=[(p.user_id, p.unfollow is not None) for p in record.state.parked],
+                    version=record.version,
+                )
+            continue
+        parked = {p.user_id for p in record.state.parked}
+        for q in queues[author_id]:
+            if q.command.kind == "follow":
+                parked.add(q.command.user_id)
+            elif q.command.user_id not in parked:
+                log.info(
+                    "unfollow_with_nothing_parked",
+                    author_id=author_id,
+                    user_id=q.command.user_id,
+                    offset=q.offset,
+                    exists=record.exists,
+                    version=record.version,
+                    applied=record.applied,
+                )
+
+
 class FollowCommands:
     accepts = READ_COMMAND.types
 
@@ -125,6 +168,7 @@ class FollowCommands:
         sources_read_until = await self.store.sources_read_until()
         records = await self._current(list(commands))
         queues = {a: [q for q in commands[a] if not _applied_before(r, q)] for a, r in records.items()}
+        _log_unusual(records, commands, queues)
         users = {
             a: {q.command.user_id for q in queues[a]} | {p.user_id for p in r.state.parked}
             for a, r in records.items()
