@@ -24,6 +24,7 @@ from tests.integration.importers.openalex_server import (
     PRIEM_ORCID,
     Canned,
     OpenAlexStub,
+    Request,
     any_works_page,
     works_page,
 )
@@ -62,7 +63,6 @@ class Recorder:
 
     async def sleep(self, seconds: float) -> None:
         self.sleeps.append(seconds)
-        await asyncio.sleep(0)
 
 
 async def run_import(
@@ -210,8 +210,12 @@ async def test_an_interrupted_import_resumes_and_publishes_every_work_exactly_on
     released = stub.hang(works_page(2))
     recorder = Recorder()
     first = asyncio.create_task(run_import(ns, stub, tmp_path, recorder=recorder, openalex_per_page=5))
+
+    async def works_requests() -> list[Request]:
+        return stub.works_requests()
+
     await eventually(
-        lambda: asyncio.sleep(0, stub.works_requests()),
+        works_requests,
         until=lambda rs: len(rs) == 2,
         what="the importer asking for page 2",
     )
