@@ -91,7 +91,7 @@ def _log_unusual(
     author with no follow of theirs parked, and parked follows applied: all rare, and what
     to look at first when a follower count is off by one."""
     for author_id, record in records.items():
-        passed = [q.offset for q in commands[author_id] if q not in queues[author_id]]
+        passed = [q.offset for q in commands[author_id] if _applied_before(record, q)]
         if passed:
             log.info(
                 "follow_commands_passed_over",
