@@ -35,7 +35,7 @@ from service_runtime import outbox
 from service_runtime.outbox import WriteConflict
 from service_runtime.projection import Projection
 from service_runtime.publishing import Outgoing
-from service_runtime.store import DUPLICATE_KEY, Collection, Database, Document, StoreAdapter
+from service_runtime.store import DUPLICATE_KEY, Collection, Database, Document, StoreAdapter, find_all
 from services.claims.rules import (
     APPROVED_SLOT,
     HELD,
@@ -303,7 +303,7 @@ class SlotWrites:
 
 async def _find(collection: Collection, query: dict[str, Any], keys: Sequence[str]) -> list[Document]:
     """The documents a query over ``keys`` finds (none asked: no query)."""
-    return await collection.find(query).to_list(None) if keys else []
+    return await find_all(collection, query) if keys else []
 
 
 async def _by_ids(collection: Collection, ids: Iterable[str]) -> list[Document]:

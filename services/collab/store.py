@@ -37,7 +37,7 @@ from service_runtime import outbox
 from service_runtime.outbox import WriteConflict
 from service_runtime.projection import Projection
 from service_runtime.publishing import Outgoing
-from service_runtime.store import DUPLICATE_KEY, Collection, Database, Document, StoreAdapter, upsert_where
+from service_runtime.store import DUPLICATE_KEY, Collection, Database, Document, StoreAdapter, find_all, upsert_where
 from services.collab.rules import ACTIVE, PENDING, AuthorFacts, Book, Invitation, Limits, Owner, Profile
 
 STATE_FIELDS = tuple(f for f in InvitationState.model_fields if f != "invitation_id")
@@ -370,7 +370,7 @@ class CollabStore(StoreAdapter):
 async def _find(collection: Collection, query: dict[str, Any], fields: dict[str, Any] | None = None) -> list[Document]:
     if any(isinstance(v, dict) and v.get("$in") == [] for v in query.values()):
         return []
-    return await collection.find(query, fields).to_list(None)
+    return await find_all(collection, query, fields)
 
 
 async def _guarded(collection: Collection, ops: list[Op]) -> None:

@@ -55,7 +55,9 @@ from service_runtime.store import (
     Database,
     Document,
     StoreAdapter,
+    find_by_ids,
     insert_missing,
+    pages_by_key,
     upsert_where,
 )
 from services.follow.rules import (
@@ -299,13 +301,13 @@ class FollowStore(StoreAdapter):
     async def follower_counts(self, author_ids: Iterable[str]) -> dict[str, int]:
         """The exact follower counts of these authors (0 for one without a document)."""
         ids = list(dict.fromkeys(author_ids))
-        docs = self.authors.find({"_id": {"$in": ids}}, {"follower_count": 1}) if ids else None
-        counts = {d["_id"]: int(d.get("follower_count") or 0) async for d in docs} if docs is not None else {}
+        docs = await find_by_ids(self.authors, ids, {"follower_count": 1})
+        counts = {a: int(d.get("follower_count") or 0) for a, d in docs.items()}
         return {a: counts.get(a, 0) for a in ids}
 
     async def author_records(self, author_ids: Iterable[str]) -> dict[str, AuthorRecord]:
         ids = list(dict.fromkeys(author_ids))
-        docs = {d["_id"]: d async for d in self.authors.find({"_id": {"$in": ids}})} if ids else {}
+        docs = await find_by_ids(self.authors, ids)
         return {a: _record(a, docs.get(a)) for a in ids}
 
     async def commit(self, commits: Sequence[AuthorCommit]) -> set[str]:
@@ -338,14 +340,14 @@ class FollowStore(StoreAdapter):
         ids = list(dict.fromkeys(author_ids))
         if not ids:
             return {}
-        cursor = self.authors.find({"_id": {"$in": ids}}, {"edges_revision": 1})
-        return {d["_id"]: int(d.get("edges_revision") or 0) async for d in cursor}
+        docs = await find_by_ids(self.authors, ids, {"edges_revision": 1})
+        return {a: int(d.get("edges_revision") or 0) for a, d in docs.items()}
 
     # --- authors: identity and owner --------------------------------------------------
 
     async def author_facts(self, author_ids: Iterable[str]) -> dict[str, AuthorFacts]:
         ids = list(dict.fromkeys(author_ids))
-        docs = {d["_id"]: d async for d in self.authors.find({"_id": {"$in": ids}})} if ids else {}
+        docs = await find_by_ids(self.authors, ids)
         return {a: _facts(docs.get(a)) for a in ids}
 
     async def write_facts(self, named: Mapping[str, AuthorFacts], owned: Mapping[str, AuthorFacts]) -> None:
@@ -373,7 +375,7 @@ class FollowStore(StoreAdapter):
 
     async def follow_folds(self, author_ids: Iterable[str]) -> dict[str, FollowFold]:
         ids = list(dict.fromkeys(author_ids))
-        docs = {d["_id"]: d async for d in self.authors.find({"_id": {"$in": ids}})} if ids else {}
+        docs = await find_by_ids(self.authors, ids)
         out = {}
         for a in ids:
             doc = docs.get(a) or {}
@@ -407,9 +409,8 @@ class FollowStore(StoreAdapter):
         """The current edges of these users, per author (absent: never followed)."""
         ids = [edge_id(a, u) for a, us in users.items() for u in set(us)]
         out: dict[str, dict[str, Edge]] = {a: {} for a in users}
-        if ids:
-            async for d in self.edges.find({"_id": {"$in": ids}}):
-                out[d["author_id"]][d["user_id"]] = _edge(d)
+        for d in (await find_by_ids(self.edges, ids)).values():
+            out[d["author_id"]][d["user_id"]] = _edge(d)
         return out
 
     async def write_edges(self, changes: Mapping[tuple[str, str], EdgeChange], revisions: Mapping[str, int]) -> None:
@@ -457,10 +458,11 @@ class FollowStore(StoreAdapter):
 
     async def iter_author_edges(self, author_id: str) -> AsyncIterator[tuple[str, Edge]]:
         """Every edge of an author, streamed (a fan-out to a million followers must not hold
-        a million documents), by user id; a paged scan may repeat one."""
+        a million documents), by user id."""
         fields = {"_id": 0, "user_id": 1, "active": 1, "followed_at": 1, "unfollowed_at": 1}
-        async for d in self.edges.find({"author_id": author_id}, fields, batch_size=2000).sort("user_id", ASCENDING):
-            yield d["user_id"], _edge(d)
+        async for page in pages_by_key(self.edges, {"author_id": author_id}, fields, key="user_id", size=2000):
+            for d in page:
+                yield d["user_id"], _edge(d)
 
     async def iter_edge_cuts(
         self, author_id: str, every: int, after: str | None = None
@@ -469,23 +471,19 @@ class FollowStore(StoreAdapter):
         the author's edges, and the last, each with the number of edges since the previous
         one. Read by the (author_id, user_id) index with nothing but the user id, streamed
         (a million in ~20 s here; skips over the index, one query per cut, took FerretDB
-        ~90 s: it walks the skipped documents). A document a paged scan repeats, or returns
-        out of order, never moves a cut back."""
+        ~90 s: it walks the skipped documents)."""
         seen = 0
         last = after
         query: Document = {"author_id": author_id}
         if after is not None:
             query["user_id"] = {"$gt": after}
-        cursor = self.edges.find(query, {"_id": 0, "user_id": 1}, batch_size=10_000).sort("user_id", ASCENDING)
-        async for d in cursor:
-            user = d["user_id"]
-            if last is not None and user <= last:
-                continue
-            last = user
-            seen += 1
-            if seen == every:
-                yield user, seen
-                seen = 0
+        async for page in pages_by_key(self.edges, query, {"_id": 0, "user_id": 1}, key="user_id", size=10_000):
+            for d in page:
+                last = d["user_id"]
+                seen += 1
+                if seen == every:
+                    yield last, seen
+                    seen = 0
         if seen and last is not None:
             yield last, seen
 
@@ -494,15 +492,23 @@ class FollowStore(StoreAdapter):
         users: Document = {"$lte": upto}
         if after is not None:
             users["$gt"] = after
-        # Streamed in batches: the decoding of a 10,000-edge chunk does not hold the process.
-        cursor = self.edges.find({"author_id": author_id, "user_id": users}, batch_size=2000).sort("user_id", ASCENDING)
-        return [(d["user_id"], _edge(d)) async for d in cursor]
+        # Pages of 2,000: the decoding of a 10,000-edge chunk does not hold the process.
+        query = {"author_id": author_id, "user_id": users}
+        return [
+            (d["user_id"], _edge(d))
+            async for page in pages_by_key(self.edges, query, None, key="user_id", size=2000)
+            for d in page
+        ]
 
     async def followers(self, author_id: str, after: str | None, limit: int) -> list[tuple[str, datetime | None]]:
         query: Document = {"author_id": author_id, "active": True}
         if after is not None:
             query["user_id"] = {"$gt": after}
-        cursor = self.edges.find(query, {"user_id": 1, "followed_at": 1}).sort("user_id", ASCENDING).limit(limit)
+        cursor = (
+            self.edges.find(query, {"user_id": 1, "followed_at": 1}, batch_size=limit)
+            .sort("user_id", ASCENDING)
+            .limit(limit)
+        )
         return [(d["user_id"], d.get("followed_at")) async for d in cursor]
 
     async def following(self, user_id: str) -> list[tuple[str, datetime | None]]:
@@ -552,7 +558,7 @@ class FollowStore(StoreAdapter):
         ids = list(dict.fromkeys(fanout_ids))
         if not ids:
             return {}
-        return {d["_id"]: outbox.pending(d) async for d in self.fanouts.find({"_id": {"$in": ids}}, {"outbox": 1})}
+        return {a: outbox.pending(d) for a, d in (await find_by_ids(self.fanouts, ids, {"outbox": 1})).items()}
 
     async def plan_cuts(self, fanout_id: str) -> tuple[bool, list[ChunkRange]] | None:
         """A plan's chunks as cut so far, and whether the cutting is over (None: no plan)."""
@@ -597,8 +603,8 @@ class FollowStore(StoreAdapter):
         keys = list(dict.fromkeys(chunk_keys))
         if not keys:
             return {}
-        cursor = self.chunks.find({"_id": {"$in": keys}}, {outbox.FIELD: {"$slice": 1}})
-        return {d["_id"]: bool(d.get(outbox.FIELD)) async for d in cursor}
+        docs = await find_by_ids(self.chunks, keys, {outbox.FIELD: {"$slice": 1}})
+        return {k: bool(d.get(outbox.FIELD)) for k, d in docs.items()}
 
     async def chunk_outbox(self, chunk_key: str) -> list[Outgoing]:
         """The notifications a chunk still has to publish."""
@@ -634,8 +640,8 @@ class FollowStore(StoreAdapter):
         ids = list(dict.fromkeys(keys))
         if not ids:
             return {}
-        cursor = self.shared.find({"_id": {"$in": ids}}, {"published": 1})
-        return {d["_id"]: bool(d.get("published")) async for d in cursor}
+        docs = await find_by_ids(self.shared, ids, {"published": 1})
+        return {k: bool(d.get("published")) for k, d in docs.items()}
 
     async def shared_members(self, key: str) -> tuple[list[str], datetime]:
         """A shared entry's followers and when it was written (the moment its events carry)."""
@@ -652,7 +658,7 @@ class FollowStore(StoreAdapter):
         are safe; the member lists stay sorted, as live."""
         if not members:
             return
-        held = {d["_id"]: d.get("users") or [] async for d in self.shared.find({"_id": {"$in": list(members)}})}
+        held = {k: d.get("users") or [] for k, d in (await find_by_ids(self.shared, members, {"users": 1})).items()}
         ops = [
             UpdateOne(
                 {"_id": key},
@@ -679,7 +685,11 @@ class FollowStore(StoreAdapter):
         if before is not None:
             created_at, nid = before
             query["$or"] = [{"created_at": {"$lt": created_at}}, {"created_at": created_at, "_id": {"$lt": nid}}]
-        cursor = self.inbox.find(query).sort([("created_at", DESCENDING), ("_id", DESCENDING)]).limit(limit)
+        cursor = (
+            self.inbox.find(query, batch_size=limit)
+            .sort([("created_at", DESCENDING), ("_id", DESCENDING)])
+            .limit(limit)
+        )
         own = {d["_id"]: d for d in await cursor.to_list(None)}
         shared, materialized = await self._shared_page(user_id, before, limit)
         page = merge_newest_first(
@@ -714,7 +724,12 @@ class FollowStore(StoreAdapter):
         if before is not None:
             query["created_at"] = {"$lte": before[0]}
         without_members = {"users": 0}
-        docs = await self.shared.find(query, without_members).sort("created_at", DESCENDING).limit(limit).to_list(None)
+        docs = (
+            await self.shared.find(query, without_members, batch_size=limit)
+            .sort("created_at", DESCENDING)
+            .limit(limit)
+            .to_list(None)
+        )
         if len(docs) == limit:
             tied = self.shared.find({"users": user_id, "created_at": docs[-1]["created_at"]}, without_members)
             docs += [d async for d in tied]
@@ -723,7 +738,7 @@ class FollowStore(StoreAdapter):
     async def _own_among(self, notification_ids: list[str]) -> set[str]:
         if not notification_ids:
             return set()
-        return {d["_id"] async for d in self.inbox.find({"_id": {"$in": notification_ids}}, {"_id": 1})}
+        return set(await find_by_ids(self.inbox, notification_ids, {"_id": 1}))
 
     async def mark_read(self, user_id: str, notification_ids: Sequence[str] | None) -> int:
         """Mark the user's notifications read (all when ``notification_ids`` is None). One of

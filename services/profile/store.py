@@ -50,7 +50,15 @@ from service_runtime import outbox
 from service_runtime.outbox import WriteConflict
 from service_runtime.projection import Projection
 from service_runtime.publishing import Outgoing
-from service_runtime.store import Collection, Database, Document, StoreAdapter, duplicate_positions, upsert_where
+from service_runtime.store import (
+    Collection,
+    Database,
+    Document,
+    StoreAdapter,
+    duplicate_positions,
+    find_by_ids,
+    upsert_where,
+)
 from services.profile.derive import Tally, WorkEntry, name_keys, newest_first
 from services.profile.ingest import IDENTITY_FIELDS, AuthorRecord, FirstPage, NewWork, StoredWork
 from services.profile.standing import Part
@@ -209,8 +217,8 @@ class ProfileStore(StoreAdapter):
         ids = list(set(work_ids))
         if not ids:
             return {}
-        cursor = self.works.find({"_id": {"$in": ids}}, {"fingerprint": 1, "author_ids": 1})
-        return {d["_id"]: StoredWork(d["_id"], d["fingerprint"], tuple(d["author_ids"])) async for d in cursor}
+        docs = await find_by_ids(self.works, ids, {"fingerprint": 1, "author_ids": 1})
+        return {w: StoredWork(w, d["fingerprint"], tuple(d["author_ids"])) for w, d in docs.items()}
 
     async def load_authors(self, author_ids: Iterable[str]) -> dict[str, AuthorRecord]:
         """The authors by id, each with the events its outbox still holds. Those this
@@ -221,15 +229,14 @@ class ProfileStore(StoreAdapter):
         records: dict[str, AuthorRecord] = {}
         # ``graph`` is never read back: the planner derives it from the entries (``Tally``).
         if held:
-            async for doc in self.authors.find({"_id": {"$in": held}}, {"works": 0, "first_page": 0, "graph": 0}):
+            for doc in (await find_by_ids(self.authors, held, {"works": 0, "first_page": 0, "graph": 0})).values():
                 written = self.written.get(doc["_id"])
                 if written is not None and written.revision == doc.get("revision"):
                     records[doc["_id"]] = record_of(doc, written)
                 else:
                     self.written.drop(doc["_id"])
         if rest := list(ids - set(records)):
-            cursor = self.authors.find({"_id": {"$in": rest}}, {"graph": 0})
-            records |= {d["_id"]: record_of(d) async for d in cursor}
+            records |= {a: record_of(d) for a, d in (await find_by_ids(self.authors, rest, {"graph": 0})).items()}
         return records
 
     async def work_contents(self, work_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
@@ -237,7 +244,7 @@ class ProfileStore(StoreAdapter):
         ids = list(set(work_ids))
         if not ids:
             return {}
-        return {d["_id"]: d["work"] async for d in self.works.find({"_id": {"$in": ids}}, {"work": 1})}
+        return {w: d["work"] for w, d in (await find_by_ids(self.works, ids, {"work": 1})).items()}
 
     async def write_authors(
         self,
@@ -291,13 +298,13 @@ class ProfileStore(StoreAdapter):
 
     async def edit_sources(self, author_ids: Iterable[str]) -> dict[str, Document]:
         """What an edit needs of each author: its state, revision and outbox."""
-        cursor = self.authors.find({"_id": {"$in": list(set(author_ids))}}, {"state": 1, "revision": 1, "outbox": 1})
-        return {d["_id"]: d async for d in cursor if "state" in d}
+        docs = await find_by_ids(self.authors, author_ids, {"state": 1, "revision": 1, "outbox": 1})
+        return {a: d for a, d in docs.items() if "state" in d}
 
     async def claims_of(self, author_ids: Iterable[str]) -> dict[str, Document]:
         """Each author's claim part of its standing (owner, while claimed)."""
-        cursor = self.standing.find({"_id": {"$in": list(set(author_ids))}}, {"claim": 1})
-        return {d["_id"]: d["claim"] async for d in cursor if d.get("claim")}
+        docs = await find_by_ids(self.standing, author_ids, {"claim": 1})
+        return {a: d["claim"] for a, d in docs.items() if d.get("claim")}
 
     async def write_edits(
         self, edited: Mapping[str, tuple[int, AuthorState]], events: Mapping[str, Sequence[Outgoing]]
@@ -384,8 +391,9 @@ class ProfileStore(StoreAdapter):
         page = ((source or {}).get("first_page") or {}).get("works") or ()
         titles = {w["work_id"]: w["title"] for w in page if w["work_id"] in wanted}
         if ids := list(wanted - titles.keys()):
-            cursor = self.works.find({"_id": {"$in": ids}}, {"work.title": 1})
-            titles |= {d["_id"]: d["work"]["title"] async for d in cursor}
+            titles |= {
+                w: d["work"]["title"] for w, d in (await find_by_ids(self.works, ids, {"work.title": 1})).items()
+            }
         return titles
 
     async def work_content(self, work_id: str) -> dict[str, Any] | None:
@@ -432,7 +440,7 @@ class ProfileStore(StoreAdapter):
         await upsert_where(self.db[IMPORTED], [({"_id": a}, {"$set": {"imported": True}}) for a in set(author_ids)])
 
     async def imported_in(self, author_ids: Sequence[str]) -> set[str]:
-        return {d["_id"] async for d in self.db[IMPORTED].find({"_id": {"$in": list(author_ids)}}, {"_id": 1})}
+        return set(await find_by_ids(self.db[IMPORTED], author_ids, {"_id": 1}))
 
     async def forget_imported(self) -> None:
         await self.db[IMPORTED].drop()

@@ -53,7 +53,7 @@ from contracts.events.trust import TrustScoreChanged
 from service_runtime import outbox
 from service_runtime.projection import Projection
 from service_runtime.publishing import Outgoing
-from service_runtime.store import DUPLICATE_KEY, Database, Document, StoreAdapter
+from service_runtime.store import DUPLICATE_KEY, Database, Document, StoreAdapter, find_by_ids
 from services.trust.scoring import CURRENT
 from services.trust.signals import Projection as Signals
 
@@ -286,7 +286,7 @@ class TrustStore(StoreAdapter):
         mine = [a for a in author_ids if a not in taken]
         if not mine:
             return token, []
-        return token, [_author(d) for d in await self.authors.find({"_id": {"$in": mine}}).to_list(None)]
+        return token, [_author(d) for d in (await find_by_ids(self.authors, mine)).values()]
 
     async def _lease(self, author_ids: list[str], token: str, until: datetime) -> list[str]:
         """Insert a lease for each author; returns the authors already leased."""
@@ -328,8 +328,8 @@ class TrustStore(StoreAdapter):
 
     async def pending(self, author_ids: Sequence[str]) -> dict[str, list[Outgoing]]:
         """What these authors' outboxes hold (read again after a write that lost a guard)."""
-        docs = await self.authors.find({"_id": {"$in": list(author_ids)}}, {"outbox": 1}).to_list(None)
-        return {d["_id"]: outbox.pending(d) for d in docs}
+        docs = await find_by_ids(self.authors, author_ids, {"outbox": 1})
+        return {a: outbox.pending(d) for a, d in docs.items()}
 
     async def due(self, before: datetime, limit: int) -> dict[str, datetime]:
         """Dirty authors due before ``before``, with when each is due (index ``due_dirty``)."""
@@ -368,7 +368,7 @@ class TrustStore(StoreAdapter):
     async def adopt_scores(self, scores: Mapping[str, Score]) -> None:
         """Rebuild: each author's score becomes the one given unless it holds a later
         revision (guarded in the filter); an author not there yet is inserted."""
-        held = {d["_id"] for d in await self.authors.find({"_id": {"$in": list(scores)}}, {"_id": 1}).to_list(None)}
+        held = set(await find_by_ids(self.authors, scores, {"_id": 1}))
         new = [a for a in scores if a not in held]
 
         def adopt(author_id: str) -> UpdateOne:
@@ -393,7 +393,7 @@ class TrustStore(StoreAdapter):
         return None if doc is None else _author(doc)
 
     async def authors_by_id(self, author_ids: Sequence[str]) -> list[Author]:
-        return [_author(d) for d in await self.authors.find({"_id": {"$in": list(author_ids)}}).to_list(None)]
+        return [_author(d) for d in (await find_by_ids(self.authors, author_ids)).values()]
 
     async def history_page(self, author_id: str, before_revision: int | None, limit: int) -> list[Document]:
         """Up to ``limit`` of the author's history entries, newest first, below

@@ -17,7 +17,15 @@ import pytest
 from pymongo import ASCENDING, AsyncMongoClient, ReturnDocument, UpdateOne
 from pymongo.errors import DuplicateKeyError
 
-from service_runtime.store import Client, Collection, Document, insert_unique, upsert_where
+from service_runtime.store import (
+    Client,
+    Collection,
+    Document,
+    find_by_ids,
+    insert_unique,
+    pages_by_key,
+    upsert_where,
+)
 from tests.conftest import Namespace
 
 CLIENTS = 8
@@ -197,6 +205,71 @@ async def test_bulk_update_of_500_statements(collections: list[Collection]) -> N
     # And one find_one_and_update answers the document as it left the update.
     doc = await col.find_one_and_update({"_id": "d0"}, {"$inc": {"n": 1}}, return_document=ReturnDocument.AFTER)
     assert doc is not None and doc["n"] == 2
+
+
+async def _move_all(col: Collection, ids: list[str], size: int) -> None:
+    """Rewrite every document with a body of a new size (each gets a new physical place)."""
+    await col.bulk_write([UpdateOne({"_id": i}, {"$set": {"pad": "y" * size}}) for i in ids], ordered=False)
+
+
+async def test_a_cursor_continued_across_updates_is_not_a_snapshot(collections: list[Collection]) -> None:
+    """What ``first_batch`` works around: the batches after a cursor's first return
+    documents updated meanwhile twice, or not at all. If this ever fails, the store's
+    cursors became snapshots and the paging by key in ``service_runtime.store`` can go."""
+    col, writer = collections[0], collections[1]
+    ids = [f"d{i:04d}" for i in range(1000)]
+    await col.insert_many([{"_id": i, "pad": "x" * 200} for i in ids])
+    wrong = 0
+    for trial in range(3):
+        seen: list[str] = []
+        async for d in col.find({"_id": {"$in": ids}}, batch_size=200):
+            seen.append(d["_id"])
+            if len(seen) == 50:
+                await _move_all(writer, ids, 300 + 200 * trial)
+        wrong += len(seen) != len(ids) or set(seen) != set(ids)
+    assert wrong > 0
+
+
+async def test_pages_by_key_read_each_document_once_while_they_move(collections: list[Collection]) -> None:
+    """The edges of a fan-out chunk, read page by page while other follows rewrite them:
+    every follower is read, once."""
+    col, writer = collections[0], collections[1]
+    ids = [f"u{i:04d}" for i in range(2000)]
+    await col.insert_many([{"_id": f"a/{i}", "author_id": "a", "user_id": i, "pad": "x"} for i in ids])
+    seen: Counter[str] = Counter()
+    pages = 0
+    async for page in pages_by_key(col, {"author_id": "a"}, {"user_id": 1}, key="user_id", size=300):
+        seen.update(d["user_id"] for d in page)
+        pages += 1
+        await _move_all(writer, [f"a/{i}" for i in ids], 100 * pages)
+    assert pages == 7
+    assert set(seen) == set(ids) and set(seen.values()) == {1}
+
+
+async def test_find_by_ids_reads_every_id_when_the_answer_is_cut(collections: list[Collection]) -> None:
+    """An answer larger than one batch (16 MiB) is cut by the store; the ids it left out
+    are asked again, while a writer rewrites the documents."""
+    col, writer = collections[0], collections[1]
+    ids = [f"d{i:03d}" for i in range(250)]
+    await col.insert_many([{"_id": i, "pad": "x" * 100_000} for i in ids])
+    moving = asyncio.create_task(_move_all(writer, ids, 120_000))
+    found = await find_by_ids(col, [*ids, "absent"])
+    await moving
+    assert sorted(found) == ids
+    assert sum(len(d["pad"]) for d in found.values()) >= 250 * 100_000
+
+
+def test_no_read_by_ids_continues_a_cursor() -> None:
+    """Reads of documents by id go through ``find_by_ids`` (see the first test above)."""
+    pattern = re.compile(r"\.find\(\s*\{\s*\"_id\": \{\s*\"\$in\"")
+    offenders = [
+        f"{path.relative_to(REPO)}:{n}"
+        for folder in ("service_runtime", "services", "bzpeer_cli")
+        for path in (REPO / folder).rglob("*.py")
+        for n, line in enumerate(path.read_text().splitlines(), 1)
+        if pattern.search(line)
+    ]
+    assert offenders == []
 
 
 def test_no_code_path_starts_a_transaction() -> None:
