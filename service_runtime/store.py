@@ -184,10 +184,13 @@ async def pages_by_key(
         if last is not None:
             bound = query.get(key)
             page_query = {**query, key: {**(bound if isinstance(bound, dict) else {}), "$gt": last}}
-        docs, _ = await first_batch(collection, page_query, projection, size=size, sort=[(key, 1)])
-        if not docs:
+        docs, more = await first_batch(collection, page_query, projection, size=size, sort=[(key, 1)])
+        if docs:
+            yield docs
+        # A page short of ``size`` that the store did not cut (16 MiB) is the last: no
+        # query more to learn that (most fan-outs are one short page).
+        if not docs or (len(docs) < size and not more):
             return
-        yield docs
         last = docs[-1][key]
 
 

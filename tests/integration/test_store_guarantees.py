@@ -246,6 +246,26 @@ async def test_pages_by_key_read_each_document_once_while_they_move(collections:
     assert set(seen) == set(ids) and set(seen.values()) == {1}
 
 
+async def test_a_short_answer_is_one_page_and_one_query(collections: list[Collection]) -> None:
+    """Most fan-outs are one page short of the size: read with one query, not a second
+    one to find nothing more."""
+    col = collections[0]
+    await col.insert_many([{"_id": f"a/u{i}", "author_id": "a", "user_id": f"u{i}"} for i in range(30)])
+    queries = 0
+    real_find = col.find_raw_batches
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        nonlocal queries
+        queries += 1
+        return real_find(*args, **kwargs)
+
+    col.find_raw_batches = counted  # type: ignore[method-assign]
+    pages = [page async for page in pages_by_key(col, {"author_id": "a"}, {"user_id": 1}, key="user_id", size=100)]
+    assert [len(p) for p in pages] == [30] and queries == 1
+    pages = [page async for page in pages_by_key(col, {"author_id": "a"}, {"user_id": 1}, key="user_id", size=10)]
+    assert [len(p) for p in pages] == [10, 10, 10] and queries == 5  # the fourth query finds nothing
+
+
 async def test_find_by_ids_reads_every_id_when_the_answer_is_cut(collections: list[Collection]) -> None:
     """An answer larger than one batch (16 MiB) is cut by the store; the ids it left out
     are asked again, while a writer rewrites the documents."""
