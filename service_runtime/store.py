@@ -6,9 +6,8 @@ from __future__ import annotations
 import asyncio
 import random
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
-from typing import Any, ClassVar, cast
+from typing import Any, ClassVar
 
-import bson
 from pymongo import AsyncMongoClient, IndexModel, InsertOne, UpdateOne
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
@@ -113,36 +112,25 @@ async def insert_missing(collection: Collection, documents: Sequence[Document]) 
         return duplicate_positions(exc)
 
 
-# As many documents as one batch can hold: the store cuts a batch at 16 MiB first.
-_ALL = 1_000_000
-
-
-async def first_batch(
+async def find_sorted(
     collection: Collection,
     query: Document,
     projection: Document | None = None,
     *,
-    size: int,
-    sort: Sequence[tuple[str, int]] | None = None,
-) -> tuple[list[Document], bool]:
-    """The first batch (at most ``size`` documents) of a query's answer, and whether the
-    store held more after it.
+    key: str,
+    batch_size: int = 2000,
+) -> AsyncIterator[Document]:
+    """Every document a query finds, each once and as it was when the query ran, in the
+    order of ``key``, streamed in batches of ``batch_size``.
 
-    A batch is answered from one snapshot; the later batches of a store cursor are not.
-    DocumentDB continues a cursor (getMore) from the physical position it stopped at, so a
-    document updated between two batches can be returned twice or not at all (measured:
-    8 of 500 missed in one read of 500 ids while they were updated). Every read that must
-    be complete is therefore made of first batches, each a query of its own
-    (``find_by_ids``, or a page by key that starts after the previous page's last key)."""
-    cursor = collection.find_raw_batches(query, projection, sort=sort, limit=size, batch_size=size)
-    try:
-        raw = cast(bytes, await cursor.next())  # typed as the collection's documents; raw BSON here
-    except StopAsyncIteration:
-        return [], False
-    try:
-        return bson.decode_all(raw, collection.codec_options), cursor.alive
-    finally:
-        await cursor.close()
+    Only a sorted query reads one snapshot. DocumentDB answers it from a persistent cursor
+    (a held PostgreSQL cursor: the answer as of the query, however long it is read), but
+    continues an unsorted one (getMore) from the physical position of the last document it
+    returned, so a document updated between two batches comes twice or not at all
+    (measured: 8 of 500 missed in one read of 500 ids while they were updated). Every read
+    that must be complete is therefore sorted."""
+    async for document in collection.find(query, projection, batch_size=batch_size).sort(key, 1):
+        yield document
 
 
 async def find_by_ids(
@@ -152,55 +140,23 @@ async def find_by_ids(
     *,
     where: Document | None = None,
 ) -> dict[Any, Document]:
-    """The documents with these ``_id`` (and matching ``where``), each read once and whole,
-    by ``_id``: asked in one batch, the ids a batch cut short (16 MiB) asked again."""
+    """The documents with these ``_id`` (and matching ``where``), each read once and whole:
+    one sorted query, asked as one batch (the store cuts a batch at 16 MiB; the rest comes
+    from the same snapshot)."""
     wanted = list(dict.fromkeys(ids))
-    found: dict[Any, Document] = {}
-    while wanted:
-        docs, more = await first_batch(
-            collection, {"_id": {"$in": wanted}, **(where or {})}, projection, size=len(wanted)
-        )
-        found.update((d["_id"], d) for d in docs)
-        if not more or not docs:
-            break
-        wanted = [i for i in wanted if i not in found]
-    return found
+    if not wanted:
+        return {}
+    query = {"_id": {"$in": wanted}, **(where or {})}
+    return {d["_id"]: d async for d in find_sorted(collection, query, projection, key="_id", batch_size=len(wanted))}
 
 
-async def pages_by_key(
-    collection: Collection,
-    query: Document,
-    projection: Document | None,
-    *,
-    key: str,
-    size: int,
-) -> AsyncIterator[list[Document]]:
-    """A query's answer in pages ordered by ``key`` (a field unique among the answers, in
-    the projection), each page a first batch of its own that starts after the previous
-    page's last key: every document is read once, as it was when its page was read."""
-    last: Any = None
-    while True:
-        page_query = query
-        if last is not None:
-            bound = query.get(key)
-            page_query = {**query, key: {**(bound if isinstance(bound, dict) else {}), "$gt": last}}
-        docs, more = await first_batch(collection, page_query, projection, size=size, sort=[(key, 1)])
-        if docs:
-            yield docs
-        # A page short of ``size`` that the store did not cut (16 MiB) is the last: no
-        # query more to learn that (most fan-outs are one short page).
-        if not docs or (len(docs) < size and not more):
-            return
-        last = docs[-1][key]
+# As many documents as one batch can hold: the store cuts a batch at 16 MiB first.
+_ALL = 1_000_000
 
 
 async def find_all(collection: Collection, query: Document, projection: Document | None = None) -> list[Document]:
-    """Every document a query finds, each read once: one batch, or pages by ``_id`` where
-    the answer is larger than a batch (16 MiB); ``_id`` must be in the projection."""
-    docs, more = await first_batch(collection, query, projection, size=_ALL)
-    if not more:
-        return docs
-    return [d async for page in pages_by_key(collection, query, projection, key="_id", size=_ALL) for d in page]
+    """Every document a query finds, each read once (a sorted query, see ``find_sorted``)."""
+    return [d async for d in find_sorted(collection, query, projection, key="_id", batch_size=_ALL)]
 
 
 async def upsert_where(

@@ -56,8 +56,8 @@ from service_runtime.store import (
     Document,
     StoreAdapter,
     find_by_ids,
+    find_sorted,
     insert_missing,
-    pages_by_key,
     upsert_where,
 )
 from services.follow.rules import (
@@ -460,9 +460,8 @@ class FollowStore(StoreAdapter):
         """Every edge of an author, streamed (a fan-out to a million followers must not hold
         a million documents), by user id."""
         fields = {"_id": 0, "user_id": 1, "active": 1, "followed_at": 1, "unfollowed_at": 1}
-        async for page in pages_by_key(self.edges, {"author_id": author_id}, fields, key="user_id", size=2000):
-            for d in page:
-                yield d["user_id"], _edge(d)
+        async for d in find_sorted(self.edges, {"author_id": author_id}, fields, key="user_id"):
+            yield d["user_id"], _edge(d)
 
     async def iter_edge_cuts(
         self, author_id: str, every: int, after: str | None = None
@@ -477,13 +476,12 @@ class FollowStore(StoreAdapter):
         query: Document = {"author_id": author_id}
         if after is not None:
             query["user_id"] = {"$gt": after}
-        async for page in pages_by_key(self.edges, query, {"_id": 0, "user_id": 1}, key="user_id", size=10_000):
-            for d in page:
-                last = d["user_id"]
-                seen += 1
-                if seen == every:
-                    yield last, seen
-                    seen = 0
+        async for d in find_sorted(self.edges, query, {"_id": 0, "user_id": 1}, key="user_id", batch_size=10_000):
+            last = d["user_id"]
+            seen += 1
+            if seen == every:
+                yield last, seen
+                seen = 0
         if seen and last is not None:
             yield last, seen
 
@@ -492,13 +490,9 @@ class FollowStore(StoreAdapter):
         users: Document = {"$lte": upto}
         if after is not None:
             users["$gt"] = after
-        # Pages of 2,000: the decoding of a 10,000-edge chunk does not hold the process.
+        # Batches of 2,000: the decoding of a 10,000-edge chunk does not hold the process.
         query = {"author_id": author_id, "user_id": users}
-        return [
-            (d["user_id"], _edge(d))
-            async for page in pages_by_key(self.edges, query, None, key="user_id", size=2000)
-            for d in page
-        ]
+        return [(d["user_id"], _edge(d)) async for d in find_sorted(self.edges, query, key="user_id")]
 
     async def followers(self, author_id: str, after: str | None, limit: int) -> list[tuple[str, datetime | None]]:
         query: Document = {"author_id": author_id, "active": True}

@@ -22,8 +22,8 @@ from service_runtime.store import (
     Collection,
     Document,
     find_by_ids,
+    find_sorted,
     insert_unique,
-    pages_by_key,
     upsert_where,
 )
 from tests.conftest import Namespace
@@ -212,10 +212,10 @@ async def _move_all(col: Collection, ids: list[str], size: int) -> None:
     await col.bulk_write([UpdateOne({"_id": i}, {"$set": {"pad": "y" * size}}) for i in ids], ordered=False)
 
 
-async def test_a_cursor_continued_across_updates_is_not_a_snapshot(collections: list[Collection]) -> None:
-    """What ``first_batch`` works around: the batches after a cursor's first return
-    documents updated meanwhile twice, or not at all. If this ever fails, the store's
-    cursors became snapshots and the paging by key in ``service_runtime.store`` can go."""
+async def test_an_unsorted_cursor_continued_across_updates_is_not_a_snapshot(collections: list[Collection]) -> None:
+    """What ``find_sorted`` works around: the batches after an unsorted query's first
+    return documents updated meanwhile twice, or not at all. If this ever fails, the
+    store's cursors became snapshots and reads need not be sorted to be complete."""
     col, writer = collections[0], collections[1]
     ids = [f"d{i:04d}" for i in range(1000)]
     await col.insert_many([{"_id": i, "pad": "x" * 200} for i in ids])
@@ -230,45 +230,29 @@ async def test_a_cursor_continued_across_updates_is_not_a_snapshot(collections: 
     assert wrong > 0
 
 
-async def test_pages_by_key_read_each_document_once_while_they_move(collections: list[Collection]) -> None:
-    """The edges of a fan-out chunk, read page by page while other follows rewrite them:
-    every follower is read, once."""
+async def test_a_sorted_read_is_one_snapshot_while_the_documents_move(collections: list[Collection]) -> None:
+    """The edges of a fan-out, streamed while other follows rewrite every one of them
+    after each batch: every follower is read once, in order, as it was when the read began."""
     col, writer = collections[0], collections[1]
     ids = [f"u{i:04d}" for i in range(2000)]
     await col.insert_many([{"_id": f"a/{i}", "author_id": "a", "user_id": i, "pad": "x"} for i in ids])
-    seen: Counter[str] = Counter()
-    pages = 0
-    async for page in pages_by_key(col, {"author_id": "a"}, {"user_id": 1}, key="user_id", size=300):
-        seen.update(d["user_id"] for d in page)
-        pages += 1
-        await _move_all(writer, [f"a/{i}" for i in ids], 100 * pages)
-    assert pages == 7
-    assert set(seen) == set(ids) and set(seen.values()) == {1}
-
-
-async def test_a_short_answer_is_one_page_and_one_query(collections: list[Collection]) -> None:
-    """Most fan-outs are one page short of the size: read with one query, not a second
-    one to find nothing more."""
-    col = collections[0]
-    await col.insert_many([{"_id": f"a/u{i}", "author_id": "a", "user_id": f"u{i}"} for i in range(30)])
-    queries = 0
-    real_find = col.find_raw_batches
-
-    def counted(*args: Any, **kwargs: Any) -> Any:
-        nonlocal queries
-        queries += 1
-        return real_find(*args, **kwargs)
-
-    col.find_raw_batches = counted  # type: ignore[method-assign]
-    pages = [page async for page in pages_by_key(col, {"author_id": "a"}, {"user_id": 1}, key="user_id", size=100)]
-    assert [len(p) for p in pages] == [30] and queries == 1
-    pages = [page async for page in pages_by_key(col, {"author_id": "a"}, {"user_id": 1}, key="user_id", size=10)]
-    assert [len(p) for p in pages] == [10, 10, 10] and queries == 5  # the fourth query finds nothing
+    seen: list[str] = []
+    pads: set[str] = set()
+    moves = 0
+    async for d in find_sorted(col, {"author_id": "a"}, {"user_id": 1, "pad": 1}, key="user_id", batch_size=300):
+        seen.append(d["user_id"])
+        pads.add(d["pad"])
+        if len(seen) % 300 == 0:
+            moves += 1
+            await _move_all(writer, [f"a/{i}" for i in ids], 100 * moves)
+    assert moves == 6
+    assert seen == ids
+    assert pads == {"x"}
 
 
 async def test_find_by_ids_reads_every_id_when_the_answer_is_cut(collections: list[Collection]) -> None:
-    """An answer larger than one batch (16 MiB) is cut by the store; the ids it left out
-    are asked again, while a writer rewrites the documents."""
+    """An answer larger than one batch (16 MiB) is cut by the store; the rest comes from
+    the same query, whole, while a writer rewrites the documents."""
     col, writer = collections[0], collections[1]
     ids = [f"d{i:03d}" for i in range(250)]
     await col.insert_many([{"_id": i, "pad": "x" * 100_000} for i in ids])
@@ -280,7 +264,7 @@ async def test_find_by_ids_reads_every_id_when_the_answer_is_cut(collections: li
 
 
 def test_no_read_by_ids_continues_a_cursor() -> None:
-    """Reads of documents by id go through ``find_by_ids`` (see the first test above)."""
+    """Reads of documents by id go through ``find_by_ids`` (see the unsorted cursor test)."""
     pattern = re.compile(r"\.find\(\s*\{\s*\"_id\": \{\s*\"\$in\"")
     offenders = [
         f"{path.relative_to(REPO)}:{n}"
