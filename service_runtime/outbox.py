@@ -41,7 +41,7 @@ from pymongo import ASCENDING, IndexModel, UpdateOne
 from contracts.envelope import Envelope
 from service_runtime.logging import get_logger
 from service_runtime.publishing import EventPublisher, Outgoing
-from service_runtime.store import Collection
+from service_runtime.store import Collection, first_batch
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -203,11 +203,11 @@ class Outbox:
         cutoff = datetime.now(UTC) - older_than
         published = 0
         while True:
-            docs = await collection.find({f"{FIELD}.at": {"$lt": cutoff}}, {FIELD: 1}).limit(limit).to_list(None)
+            docs, more = await first_batch(collection, {f"{FIELD}.at": {"$lt": cutoff}}, {FIELD: 1}, size=limit)
             if not docs:
                 return published
             published += await self.deliver(collection, {d["_id"]: pending(d) for d in docs})
-            if len(docs) < limit:
+            if not more:
                 return published
 
     async def sweep_forever(

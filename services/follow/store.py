@@ -55,6 +55,7 @@ from service_runtime.store import (
     Database,
     Document,
     StoreAdapter,
+    find_all,
     find_by_ids,
     find_sorted,
     insert_missing,
@@ -171,6 +172,10 @@ def _shared_item(doc: Mapping[str, Any], user_id: str) -> tuple[InboxItem, Docum
         "read": False,
     }
     return InboxItem(nid, doc["created_at"], False, doc["_id"]), own
+
+
+def _by_user(document: Document) -> str:
+    return str(document["user_id"])
 
 
 def _edge(doc: Mapping[str, Any]) -> Edge:
@@ -457,10 +462,11 @@ class FollowStore(StoreAdapter):
         return [(d["user_id"], _edge(d)) async for d in cursor]
 
     async def iter_author_edges(self, author_id: str) -> AsyncIterator[tuple[str, Edge]]:
-        """Every edge of an author, streamed (a fan-out to a million followers must not hold
-        a million documents), by user id."""
+        """Every edge of an author, by user id (the planner's read of an author below the
+        shared-entry threshold: one batch, sorted here)."""
         fields = {"_id": 0, "user_id": 1, "active": 1, "followed_at": 1, "unfollowed_at": 1}
-        async for d in find_sorted(self.edges, {"author_id": author_id}, fields, key="user_id"):
+        docs = await find_all(self.edges, {"author_id": author_id}, fields, key="user_id")
+        for d in sorted(docs, key=_by_user):
             yield d["user_id"], _edge(d)
 
     async def iter_edge_cuts(
@@ -490,9 +496,8 @@ class FollowStore(StoreAdapter):
         users: Document = {"$lte": upto}
         if after is not None:
             users["$gt"] = after
-        # Batches of 2,000: the decoding of a 10,000-edge chunk does not hold the process.
-        query = {"author_id": author_id, "user_id": users}
-        return [(d["user_id"], _edge(d)) async for d in find_sorted(self.edges, query, key="user_id")]
+        docs = await find_all(self.edges, {"author_id": author_id, "user_id": users}, key="user_id")
+        return [(d["user_id"], _edge(d)) for d in sorted(docs, key=_by_user)]
 
     async def followers(self, author_id: str, after: str | None, limit: int) -> list[tuple[str, datetime | None]]:
         query: Document = {"author_id": author_id, "active": True}

@@ -53,7 +53,7 @@ from contracts.events.trust import TrustScoreChanged
 from service_runtime import outbox
 from service_runtime.projection import Projection
 from service_runtime.publishing import Outgoing
-from service_runtime.store import DUPLICATE_KEY, Database, Document, StoreAdapter, find_by_ids
+from service_runtime.store import DUPLICATE_KEY, Database, Document, StoreAdapter, find_by_ids, first_batch
 from services.trust.scoring import CURRENT
 from services.trust.signals import Projection as Signals
 
@@ -333,8 +333,10 @@ class TrustStore(StoreAdapter):
 
     async def due(self, before: datetime, limit: int) -> dict[str, datetime]:
         """Dirty authors due before ``before``, with when each is due (index ``due_dirty``)."""
-        docs = self.authors.find({"dirty": True, "due_at": {"$lte": before}}, {"due_at": 1}).limit(limit)
-        return {d["_id"]: d["due_at"] async for d in docs}
+        docs, _ = await first_batch(
+            self.authors, {"dirty": True, "due_at": {"$lte": before}}, {"due_at": 1}, size=limit
+        )
+        return {d["_id"]: d["due_at"] for d in docs}
 
     async def count_dirty(self) -> int:
         return await self.authors.count_documents({"dirty": True})
@@ -345,8 +347,10 @@ class TrustStore(StoreAdapter):
     async def behind_ids(self, formula_version: int, limit: int) -> list[str]:
         """Authors whose score was computed by an older formula (index ``behind_v<version>``).
         An author never scored is dirty, and the service scores it with its own formula."""
-        docs = self.authors.find({"score.formula_version": {"$lt": formula_version}}, {"_id": 1}).limit(limit)
-        return [d["_id"] async for d in docs]
+        docs, _ = await first_batch(
+            self.authors, {"score.formula_version": {"$lt": formula_version}}, {"_id": 1}, size=limit
+        )
+        return [d["_id"] for d in docs]
 
     async def count_behind(self, formula_version: int) -> int:
         return await self.authors.count_documents({"score.formula_version": {"$lt": formula_version}})

@@ -21,6 +21,7 @@ from service_runtime.store import (
     Client,
     Collection,
     Document,
+    find_all,
     find_by_ids,
     find_sorted,
     insert_unique,
@@ -261,6 +262,18 @@ async def test_find_by_ids_reads_every_id_when_the_answer_is_cut(collections: li
     await moving
     assert sorted(found) == ids
     assert sum(len(d["pad"]) for d in found.values()) >= 250 * 100_000
+
+
+async def test_find_all_reads_every_document_once_when_the_answer_is_cut(collections: list[Collection]) -> None:
+    """An answer larger than one batch (16 MiB) is read again as one sorted cursor: every
+    document once, while a writer rewrites them."""
+    col, writer = collections[0], collections[1]
+    ids = [f"d{i:03d}" for i in range(250)]
+    await col.insert_many([{"_id": i, "kind": "big", "pad": "x" * 100_000} for i in ids])
+    moving = asyncio.create_task(_move_all(writer, ids, 120_000))
+    found = await find_all(col, {"kind": "big"})
+    await moving
+    assert sorted(d["_id"] for d in found) == ids
 
 
 def test_no_read_by_ids_continues_a_cursor() -> None:
