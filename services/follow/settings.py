@@ -35,7 +35,9 @@ class FollowSettings(RuntimeSettings):
     fanout_shared_chunk_size: int = Field(default=10_000, ge=1, le=50_000)
     # Shared chunks a replica notifies at once: their work is CPU (building and sending
     # records), and every one running delays the other consumers' steps in the process.
-    fanout_shared_concurrency: int = Field(default=2, ge=1, le=16)
+    # One: on two cores shared with the broker and the store, a second one made the
+    # million no faster and doubled other work's p99 (docs/performance.md).
+    fanout_shared_concurrency: int = Field(default=1, ge=1, le=16)
     # How long the fan-out's own producer waits to fill a batch of records.
     fanout_send_linger_ms: int = Field(default=20, ge=0, le=1000)
     # Page size of the HTTP lists.
