@@ -77,17 +77,10 @@ def decode(topic: str, raw: bytes | None) -> tuple[Envelope, EventModel]:
     if raw is None:
         raise DecodeError("empty message (tombstone) where an event was expected")
     try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise DecodeError(f"payload is not UTF-8: {exc}") from None
-    try:
-        doc = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DecodeError(f"payload is not JSON: {exc}") from None
-    try:
-        envelope = Envelope.model_validate(doc)
+        # Parsed and validated in one pass by pydantic-core (no json.loads tree first).
+        envelope = Envelope.model_validate_json(raw)
     except ValidationError as exc:
-        raise DecodeError(f"envelope invalid: {_brief(exc)}") from None
+        raise _not_an_envelope(raw, exc) from None
     model = model_for(topic, envelope.event_type)
     if envelope.schema_version > model.schema_version:
         raise DecodeError(
@@ -99,6 +92,20 @@ def decode(topic: str, raw: bytes | None) -> tuple[Envelope, EventModel]:
     except ValidationError as exc:
         raise DecodeError(f"{envelope.event_type} invalid: {_brief(exc)}") from None
     return envelope, payload
+
+
+def _not_an_envelope(raw: bytes, exc: ValidationError) -> DecodeError:
+    if exc.errors()[0]["type"] != "json_invalid":
+        return DecodeError(f"envelope invalid: {_brief(exc)}")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as utf8:
+        return DecodeError(f"payload is not UTF-8: {utf8}")
+    try:
+        json.loads(text)
+    except json.JSONDecodeError as bad:
+        return DecodeError(f"payload is not JSON: {bad}")
+    return DecodeError(f"payload is not JSON: {_brief(exc)}")
 
 
 def _brief(exc: ValidationError) -> str:
