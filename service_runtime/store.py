@@ -179,17 +179,12 @@ async def find_by_ids(
     *,
     where: Document | None = None,
 ) -> dict[Any, Document]:
-    """The documents with these ``_id`` (and matching ``where``), each read once and whole:
-    asked in one batch, the ids a batch cut short (16 MiB) asked again."""
+    """The documents with these ``_id`` (and matching ``where``), each read once and whole
+    (``find_all``: one batch, or one sorted cursor where the store cuts the answer)."""
     wanted = list(dict.fromkeys(ids))
-    found: dict[Any, Document] = {}
-    while wanted:
-        docs, more = await first_batch(collection, {"_id": {"$in": wanted}, **(where or {})}, projection)
-        found.update((d["_id"], d) for d in docs)
-        if not more or not docs:
-            break
-        wanted = [i for i in wanted if i not in found]
-    return found
+    if not wanted:
+        return {}
+    return {d["_id"]: d for d in await find_all(collection, {"_id": {"$in": wanted}, **(where or {})}, projection)}
 
 
 async def upsert_where(

@@ -214,9 +214,9 @@ async def _move_all(col: Collection, ids: list[str], size: int) -> None:
 
 
 async def test_an_unsorted_cursor_continued_across_updates_is_not_a_snapshot(collections: list[Collection]) -> None:
-    """What ``find_sorted`` works around: the batches after an unsorted query's first
-    return documents updated meanwhile twice, or not at all. If this ever fails, the
-    store's cursors became snapshots and reads need not be sorted to be complete."""
+    """Why complete reads are one first batch (``first_batch``) or sorted (``find_sorted``):
+    the batches after an unsorted query's first return documents updated meanwhile twice,
+    or not at all. If this ever fails, the store's cursors became snapshots."""
     col, writer = collections[0], collections[1]
     ids = [f"d{i:04d}" for i in range(1000)]
     await col.insert_many([{"_id": i, "pad": "x" * 200} for i in ids])
@@ -252,8 +252,8 @@ async def test_a_sorted_read_is_one_snapshot_while_the_documents_move(collection
 
 
 async def test_find_by_ids_reads_every_id_when_the_answer_is_cut(collections: list[Collection]) -> None:
-    """An answer larger than one batch (16 MiB) is cut by the store; the rest comes from
-    the same query, whole, while a writer rewrites the documents."""
+    """An answer larger than one batch (16 MiB) is cut by the store; it is read again as
+    one sorted cursor (``find_all``), while a writer rewrites the documents."""
     col, writer = collections[0], collections[1]
     ids = [f"d{i:03d}" for i in range(250)]
     await col.insert_many([{"_id": i, "pad": "x" * 100_000} for i in ids])

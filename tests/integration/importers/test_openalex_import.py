@@ -56,13 +56,13 @@ class Recorder:
 
     def __init__(self) -> None:
         self.progress: list[ImportProgress] = []
-        self.sleeps: list[float] = []
+        self.waits: list[float] = []
 
     def on_progress(self, p: ImportProgress) -> None:
         self.progress.append(p)
 
-    async def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
+    async def record_wait(self, seconds: float) -> None:
+        self.waits.append(seconds)
 
 
 async def run_import(
@@ -80,7 +80,7 @@ async def run_import(
         base_url=stub.base_url,
         checkpoint=JsonFileCheckpoint(tmp_path / "state.json"),
         progress=recorder.on_progress,
-        sleep=recorder.sleep,
+        sleep=recorder.record_wait,
     )
 
 
@@ -167,7 +167,7 @@ async def test_429_with_retry_after_is_honoured_then_the_import_succeeds(ns, stu
     summary = await run_import(ns, stub, tmp_path, recorder=recorder)
 
     assert (summary.published, summary.retries) == (9, 1)
-    assert 1.0 in recorder.sleeps  # waited what the server asked, not its own backoff
+    assert 1.0 in recorder.waits  # waited what the server asked, not its own backoff
     assert len(works_of(await published(ns))) == 9
 
 
