@@ -20,9 +20,11 @@ An entry is a plain subdocument a person can read and query in a MongoDB shell:
 Removing what was published is a second update of each document, as costly as the write
 that caused the events. So it is not on the path of the batch: ``deliver`` publishes and
 notes what it published, and the outbox removes those entries a moment later, many
-documents in one bulk write (``clear_after_s``; 0: at once). Entries this process
-published are not published again when a batch that read them before their removal
-passes them as pending. A process that dies with removals not done leaves published
+documents in one bulk write (``clear_after_s``; 0: at once), unless the document is
+written again first: a writer that takes them (``take_published``) drops them in its own
+update (``fold``), so a document written batch after batch is written once per batch.
+Entries this process published are not published again when a batch that read them
+before their removal passes them as pending. A process that dies with removals not done leaves published
 entries behind; the sweeper publishes them again (the same event ids), which consumers
 absorb.
 """
@@ -95,6 +97,24 @@ def push(update: dict[str, Any], events: Sequence[Outgoing], at: datetime | None
     return update
 
 
+def fold(fields: Mapping[str, Any], events: Sequence[Outgoing], at: datetime, published: Iterable[str]) -> list[Any]:
+    """An update (a pipeline) that sets ``fields``, drops the ``published`` entries from the
+    outbox and appends ``events``: the change and the removal in one write of the document.
+    Every value is a literal: user text starting with ``$`` stays text."""
+    drop = sorted(published)
+    kept: Any = {"$ifNull": [f"${FIELD}", []]}
+    if drop:
+        kept = {"$filter": {"input": kept, "cond": {"$not": [{"$in": ["$$this.envelope.event_id", drop]}]}}}
+    return [
+        {
+            "$set": {
+                **{name: {"$literal": value} for name, value in fields.items()},
+                FIELD: {"$concatArrays": [kept, {"$literal": [entry(e, at) for e in events]}]},
+            }
+        }
+    ]
+
+
 class Outbox:
     """Publishes what documents hold in their outbox, then removes it from them."""
 
@@ -145,24 +165,38 @@ class Outbox:
                 self._clearing = asyncio.create_task(self._clear_later())
         return len(ordered)
 
+    def take_published(self, collection: Collection, doc_ids: Iterable[Any]) -> dict[Any, set[str]]:
+        """The published entries noted for these documents, for a writer to drop with its
+        own update (``fold``); then ``removed`` if it wrote them, else ``restore``."""
+        noted = self._published.get(collection.name, (collection, {}))[1]
+        return {doc_id: ids for doc_id in doc_ids if (ids := noted.pop(doc_id, None))}
+
+    def removed(self, collection: Collection, published: Mapping[Any, set[str]]) -> None:
+        """These entries are no longer in their documents."""
+        recent = self._recent.setdefault(collection.name, OrderedDict())
+        for doc_id, ids in published.items():
+            recent.setdefault(doc_id, set()).update(ids)
+            recent.move_to_end(doc_id)
+        while len(recent) > RECENT_DOCUMENTS:
+            recent.popitem(last=False)
+
+    def restore(self, collection: Collection, published: Mapping[Any, set[str]]) -> None:
+        """These entries may still be in their documents: to be removed later."""
+        mine = self._published.setdefault(collection.name, (collection, {}))[1]
+        for doc_id, ids in published.items():
+            mine.setdefault(doc_id, set()).update(ids)
+
     async def flush(self) -> None:
         """Remove every published entry noted so far (also at shutdown)."""
         taken, self._published = self._published, {}
         self._flushing.append(taken)
         try:
-            for name, (collection, published) in taken.items():
+            for collection, published in taken.values():
                 await self.clear(collection, published)
-                recent = self._recent.setdefault(name, OrderedDict())
-                for doc_id, ids in published.items():
-                    recent.setdefault(doc_id, set()).update(ids)
-                    recent.move_to_end(doc_id)
-                while len(recent) > RECENT_DOCUMENTS:
-                    recent.popitem(last=False)
+                self.removed(collection, published)
         except BaseException:
-            for name, (collection, published) in taken.items():  # again next time
-                mine = self._published.setdefault(name, (collection, {}))[1]
-                for doc_id, ids in published.items():
-                    mine.setdefault(doc_id, set()).update(ids)
+            for collection, published in taken.values():  # again next time
+                self.restore(collection, published)
             raise
         finally:
             self._flushing.remove(taken)

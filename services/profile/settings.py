@@ -20,9 +20,7 @@ class ProfileSettings(RuntimeSettings):
     # revision written (store.WrittenAuthors): a batch then reads those authors without
     # them. ~0.3-1.5 KB each. 0: read every author whole.
     written_cache_size: int = Field(default=100_000, ge=0)
-    # Published events are pulled from the authors' outboxes right after publishing, before
-    # the next batch: pulled later (in the background), the removal raced the next batch's
-    # guarded update of the same authors, and the store answered both with "deadlock
-    # detected" (measured at 10,000 works: the batches retried, 1,608 events published twice,
-    # 215 instead of 287 works/s).
-    outbox_clear_after_s: float = Field(default=0.0, ge=0)
+    # Published events leave an author's outbox with its next write (the same update), or
+    # after this long in one bulk pull with the others not written since. Pulled at once,
+    # every author was written twice per batch: the pull rewrites the whole document.
+    outbox_clear_after_s: float = Field(default=1.0, ge=0)

@@ -251,15 +251,18 @@ class ProfileStore(StoreAdapter):
         records: Sequence[AuthorRecord],
         events: Mapping[str, Sequence[Outgoing]],
         read_revisions: Mapping[str, int | None],
+        published: Mapping[str, Iterable[str]] | None = None,
     ) -> None:
-        """Each changed author with its events pushed onto its outbox, in one update per
-        author, guarded by the revision read. Raises ``WriteConflict`` if another writer
-        changed (or registered) one meanwhile: the others are written, and a new plan over
-        what is stored then finds them unchanged and publishes their outbox."""
+        """Each changed author with its events appended to its outbox and its ``published``
+        entries dropped from it, in one update per author, guarded by the revision read.
+        Raises ``WriteConflict`` if another writer changed (or registered) one meanwhile:
+        the others are written, and a new plan over what is stored then finds them
+        unchanged and publishes their outbox. In ``_id`` order, as the outbox removes
+        entries: two bulk writes taking the same rows in opposite orders deadlock."""
         at = datetime.now(UTC)
         ops: list[InsertOne[Document] | UpdateOne] = []
         updates = 0
-        for record in records:
+        for record in sorted(records, key=lambda r: r.author_id):
             out = events.get(record.author_id, ())
             fields = author_fields(record, published=bool(out))
             expected = read_revisions.get(record.author_id)
@@ -267,7 +270,8 @@ class ProfileStore(StoreAdapter):
                 ops.append(InsertOne({"_id": record.author_id, **fields, "outbox": [outbox.entry(o, at) for o in out]}))
             else:
                 guard = {"_id": record.author_id, "revision": expected}
-                ops.append(UpdateOne(guard, outbox.push({"$set": fields}, out, at)))
+                drop = (published or {}).get(record.author_id, ())
+                ops.append(UpdateOne(guard, outbox.fold(fields, out, at, drop)))
                 updates += 1
         if not ops:
             return

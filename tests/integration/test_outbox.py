@@ -158,6 +158,42 @@ async def test_a_batch_that_read_entries_before_their_removal_does_not_send_them
     assert await published(ns) == [("a1", 1)]
 
 
+async def test_the_next_write_drops_published_entries_in_its_own_update(
+    ns: Namespace, parts: tuple[Collection, EventPublisher, Outbox]
+) -> None:
+    """A document written again before its published entries are removed loses them in
+    that write (``take_published`` + ``fold``); entries not published stay, the new ones
+    are appended after them, and field values are stored as given, ``$`` text included."""
+    docs, publisher, _ = parts
+    box = Outbox(publisher, clear_after_s=3600)  # no background removal in this test
+    first, second = registered(publisher, "a1", 1), registered(publisher, "a1", 2)
+    await docs.update_one({"_id": "a1"}, outbox.push({"$set": {"revision": 1}}, [first, second]), upsert=True)
+    await box.deliver(docs, {"a1": [first]})
+    assert [o.envelope for o in outbox.pending(await stored(docs, "a1"))] == [first.envelope, second.envelope]
+
+    taken = box.take_published(docs, ["a1", "a2"])
+    assert taken == {"a1": {str(first.envelope.event_id)}}
+    third = registered(publisher, "a1", 3)
+    fields = {"revision": 3, "name": "$not an operator", "nested": {"a.b": 1, "list": [1, {"$x": 2}]}}
+    result = await docs.update_one(
+        {"_id": "a1", "revision": 1}, outbox.fold(fields, [third], datetime.now(UTC), taken["a1"])
+    )
+    assert result.modified_count == 1
+    box.removed(docs, taken)
+    document = await stored(docs, "a1")
+    assert {k: document[k] for k in fields} == fields
+    assert [o.envelope for o in outbox.pending(document)] == [second.envelope, third.envelope]
+    # Nothing left to remove for it, and a batch that read it before passes it again in vain.
+    assert box.take_published(docs, ["a1"]) == {}
+    assert await box.deliver(docs, {"a1": [first, second, third]}) == 2
+    assert await published(ns) == [("a1", 1), ("a1", 2), ("a1", 3)]
+
+    # A document without an outbox field gets one.
+    await docs.insert_one({"_id": "bare"})
+    await docs.update_one({"_id": "bare"}, outbox.fold({"revision": 1}, [], datetime.now(UTC), ()))
+    assert (await stored(docs, "bare"))["outbox"] == []
+
+
 async def test_a_producer_whose_state_the_broker_lost_is_replaced_and_the_events_sent_again(
     ns: Namespace, parts: tuple[Collection, EventPublisher, Outbox], monkeypatch: pytest.MonkeyPatch
 ) -> None:
