@@ -26,7 +26,7 @@ import asyncio
 import functools
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence, Set
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -52,6 +52,7 @@ from services.follow.rules import (
     Plan,
     SharedEntry,
     cut_chunks,
+    in_range,
     recipients,
     shares_entries,
 )
@@ -59,7 +60,8 @@ from services.follow.settings import FollowSettings
 from services.follow.store import FollowStore
 
 log = get_logger(__name__)
-ChunkNotifier = Callable[[Sequence[tuple[FanoutChunkRequested, Envelope]]], Awaitable[None]]
+# (chunk requests with their causes, the followers planned per chunk key where known)
+ChunkNotifier = Callable[[Sequence[tuple[FanoutChunkRequested, Envelope]], Mapping[str, int]], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,7 +123,10 @@ class FanoutPlanner:
             if 0 < len(events) <= inline and all(_is_chunk(e) for e in events)
         }
         if small:
-            await self.notify_now([(_request(e), first[fid].source) for fid, events in small.items() for e in events])
+            sizes = {f"{p.fanout_id}:{c.number}": c.followers for p, _ in plans for c in p.chunks}
+            await self.notify_now(
+                [(_request(e), first[fid].source) for fid, events in small.items() for e in events], sizes
+            )
             # Done: pulled without being published (if this process dies first, the chunk
             # request is published by the redelivered source event or the sweeper, and its
             # chunk, done already, is passed over).
@@ -153,8 +158,7 @@ class FanoutPlanner:
         for t in triggers:
             if t.author_id not in large:
                 moments.setdefault(t.author_id, set()).add(t.source.occurred_at)
-        read = await asyncio.gather(*(self._followers_at(a, sorted(m)) for a, m in moments.items()))
-        followers_at = {(a, m): users for per_author in read for (a, m), users in per_author.items()}
+        followers_at = await self._followers_at({a: sorted(m) for a, m in moments.items()})
         out = []
         for t in triggers:
             moment = t.source.occurred_at
@@ -189,16 +193,16 @@ class FanoutPlanner:
         )
         return self.publisher.outgoing(request, cause=cause, event_id=deterministic_event_id(plan.fanout_id, "cut"))
 
-    async def _followers_at(self, author_id: str, moments: Sequence[datetime]) -> dict[tuple[str, datetime], list[str]]:
-        """Who followed the author at each moment, sorted, each once: the edges are read
-        once, streamed, and only the user ids kept (a million edges as objects would take
-        hundreds of MB)."""
-        found: list[set[str]] = [set() for _ in moments]
-        async for user, edge in self.store.iter_author_edges(author_id):
-            for users, moment in zip(found, moments, strict=True):
-                if edge.followed_at_time(moment):
-                    users.add(user)
-        return {(author_id, m): sorted(users) for m, users in zip(moments, found, strict=True)}
+    async def _followers_at(self, moments: Mapping[str, Sequence[datetime]]) -> dict[tuple[str, datetime], list[str]]:
+        """Who followed each author at each of its moments, sorted, each once: the authors'
+        edges in one read, only the user ids kept."""
+        authors = list(moments)
+        read = await self.store.edges_in_ranges([(a, None, None) for a in authors])
+        out: dict[tuple[str, datetime], list[str]] = {}
+        for author_id, edges in zip(authors, read, strict=True):
+            for moment in moments[author_id]:
+                out[(author_id, moment)] = [user for user, edge in edges if edge.followed_at_time(moment)]
+        return out
 
 
 def chunk_request(publisher: EventPublisher, plan: Plan, chunk: ChunkRange, cause: Envelope) -> Outgoing:
@@ -312,30 +316,51 @@ class ChunkWorker:
     async def handle(self, batch: Sequence[Incoming[Any]]) -> None:
         await self.notify([READ_CHUNK(item) for item in batch])
 
-    async def notify(self, requests: Sequence[tuple[FanoutChunkRequested, Envelope]]) -> None:
-        """These chunks, a few at a time (``fanout_chunk_concurrency``): one read of where
-        they stand, then per chunk one range read of its followers, one insert of its
-        decision (the chunk document, or a large fan-out's shared entry), its inbox
-        entries, one publish, one mark that it is done."""
+    async def notify(
+        self, requests: Sequence[tuple[FanoutChunkRequested, Envelope]], sizes: Mapping[str, int] | None = None
+    ) -> None:
+        """These chunks: one read of where they stand; then the plain ones in groups of at
+        most ``fanout_chunk_concurrency * fanout_chunk_size`` followers (``sizes``: the
+        followers planned per chunk key, where known), each group one range read of its
+        followers, one insert of its chunk documents (each chunk's decision), one insert
+        of their inbox entries, one publish and one mark that they are done; the shared
+        ones (large fan-outs) a few at a time beside them."""
         chunks = {p.chunk_key: (p, cause) for p, cause in requests}
         started = time.perf_counter()
         notified = await self.store.chunks_notified(k for k, (p, _) in chunks.items() if not p.shared)
         published = await self.store.shared_published(k for k, (p, _) in chunks.items() if p.shared)
-        slots = asyncio.Semaphore(self.settings.fanout_chunk_concurrency)
         shared_slots = asyncio.Semaphore(self.settings.fanout_shared_concurrency)
 
-        async def one(key: str) -> int:
+        async def shared(key: str) -> int:
             chunk, cause = chunks[key]
-            if chunk.shared:
-                async with shared_slots:
-                    return await self._notify_shared(chunk, cause, published.get(key))
-            async with slots:
-                return await self._notify(chunk, cause, notified.get(key))
+            async with shared_slots:
+                return await self._notify_shared(chunk, cause, published.get(key))
 
-        sent = await asyncio.gather(*(one(key) for key in chunks))
+        budget = self.settings.fanout_chunk_concurrency * self.settings.fanout_chunk_size
+        groups: list[list[tuple[FanoutChunkRequested, Envelope, bool | None]]] = [[]]
+        room = budget
+        for key, (chunk, cause) in chunks.items():
+            if chunk.shared or notified.get(key) is False:
+                continue
+            size = (sizes or {}).get(key, self.settings.fanout_chunk_size)
+            if groups[-1] and size > room:
+                groups.append([])
+                room = budget
+            groups[-1].append((chunk, cause, notified.get(key)))
+            room -= size
+
+        # A chunk the planner sized from the start is a whole small fan-out: its author's
+        # edges are read whole, with the other such authors in one read.
+        whole = {k for k, (c, _) in chunks.items() if c.after_user_id is None and k in (sizes or {})}
+
+        async def plain() -> int:
+            return sum([await self._notify(group, whole) for group in groups if group])
+
+        sent = await asyncio.gather(plain(), *(shared(k) for k, (p, _) in chunks.items() if p.shared))
         log.info(
             "fanout_chunks_done",
             chunks=len(chunks),
+            groups=len([g for g in groups if g]),
             notifications=sum(sent),
             left_behind=sum(1 for pending in notified.values() if pending)
             + sum(1 for done in published.values() if not done),
@@ -366,28 +391,48 @@ class ChunkWorker:
         await self.store.shared_done(chunk.chunk_key)
         return sent
 
-    async def _notify(self, chunk: FanoutChunkRequested, cause: Envelope, pending: bool | None) -> int:
-        """``pending``: None, the chunk is not notified yet; True, its document still holds
-        notifications to publish (a crash); False, it is done."""
-        if pending is False:
-            return 0
-        if pending is None:
-            edges = await self.store.range_edges(chunk.author_id, chunk.after_user_id, chunk.upto_user_id)
-            notes = [self._note(chunk, user) for user in recipients(edges, chunk.followed_before)]
-            events = [self.publisher.outgoing(n, cause=cause, event_id=n.notification_id) for n in notes]
+    async def _notify(
+        self, group: Sequence[tuple[FanoutChunkRequested, Envelope, bool | None]], whole: Set[str] = frozenset()
+    ) -> int:
+        """Plain chunks, each with ``pending``: None, not notified yet; True, its document
+        still holds notifications to publish (a crash). Those in ``whole`` start at their
+        author's first follower: their author's edges are read whole."""
+        fresh = [(chunk, cause) for chunk, cause, pending in group if pending is None]
+        read = await self.store.edges_in_ranges(
+            [
+                (c.author_id, None, None) if c.chunk_key in whole else (c.author_id, c.after_user_id, c.upto_user_id)
+                for c, _ in fresh
+            ]
+        )
+        decisions: dict[str, tuple[ChunkNotified, list[NotificationCreated], list[Outgoing]]] = {}
+        for (chunk, cause), edges in zip(fresh, read, strict=True):
+            members = [(u, e) for u, e in edges if in_range(u, chunk.after_user_id, chunk.upto_user_id)]
+            decided_notes = [self._note(chunk, user) for user in recipients(members, chunk.followed_before)]
+            events = [self.publisher.outgoing(n, cause=cause, event_id=n.notification_id) for n in decided_notes]
             number = int(chunk.chunk_key.rsplit(":", 1)[1])
             decided = ChunkNotified(chunk.chunk_key, str(chunk.fanout_id), chunk.author_id, number, len(events))
-            if not await self.store.insert_chunk(decided, events):
-                pending = True  # another attempt decided it meanwhile: its decision stands
-        if pending:
-            events = await self.store.chunk_outbox(chunk.chunk_key)
-            notes = [_created(o) for o in events]
+            decisions[chunk.chunk_key] = (decided, decided_notes, events)
+        stood = await self.store.insert_chunks([(d, events) for d, _, events in decisions.values()])
+        # Where another attempt decided a chunk meanwhile (or a crash left one), its
+        # decision stands: what its document holds.
+        again = [c.chunk_key for c, _, pending in group if pending] + [k for k in decisions if k in stood]
+        standing = await self.store.chunk_outboxes(again)
+        outboxes: dict[str, list[Outgoing]] = {}
+        notes: list[NotificationCreated] = []
+        for chunk, _, _ in group:
+            key = chunk.chunk_key
+            if key in decisions and key not in stood:
+                _, ours, outboxes[key] = decisions[key]
+                notes += ours
+            else:
+                outboxes[key] = standing.get(key, [])
+                notes += [_created(o) for o in outboxes[key]]
         # The inbox holds a notification before it is published (written again after a
         # crash: a no-op where it was).
         await self.store.insert_notifications(notes)
-        # Removed before the chunk message is committed: a chunk whose outbox is empty is
+        # Removed before the chunk messages are committed: a chunk whose outbox is empty is
         # done, and a chunk document is not swept (its message comes back instead).
-        return await self.outbox.deliver(self.store.chunks, {chunk.chunk_key: events}, remove_now=True)
+        return await self.outbox.deliver(self.store.chunks, outboxes, remove_now=True)
 
     @staticmethod
     def _note(chunk: FanoutChunkRequested, user: str) -> NotificationCreated:

@@ -22,8 +22,10 @@ class FollowSettings(RuntimeSettings):
     sweep_interval_s: float = Field(default=1.0, gt=0)
     # Followers per fan-out chunk (one follow.fanout message, one bulk inbox insert).
     fanout_chunk_size: int = Field(default=1000, ge=1, le=10_000)
-    # Chunks of one batch a replica notifies at once (their store writes and sends overlap;
-    # each holds its notifications in memory until they are published).
+    # Chunks of one batch a replica notifies together (one range read per author, one insert
+    # of their chunk documents, one of their inbox entries, one publish, one pull): as many
+    # chunks as hold this many times fanout_chunk_size followers, all in memory until
+    # published. Small fan-outs of a source batch are mostly one such group.
     fanout_chunk_concurrency: int = Field(default=4, ge=1, le=64)
     # Fan-outs of at most this many chunks are notified by the planner itself, not through
     # follow.fanout, where they would queue behind a large fan-out's chunks (0: none).

@@ -461,13 +461,52 @@ class FollowStore(StoreAdapter):
         cursor = self.edges.find({"author_id": author_id}).sort("user_id", ASCENDING)
         return [(d["user_id"], _edge(d)) async for d in cursor]
 
-    async def iter_author_edges(self, author_id: str) -> AsyncIterator[tuple[str, Edge]]:
-        """Every edge of an author, by user id (the planner's read of an author below the
-        shared-entry threshold: one batch, sorted here)."""
-        fields = {"_id": 0, "user_id": 1, "active": 1, "followed_at": 1, "unfollowed_at": 1}
-        docs = await find_all(self.edges, {"author_id": author_id}, fields, key="user_id")
-        for d in sorted(docs, key=_by_user):
-            yield d["user_id"], _edge(d)
+    async def edges_in_ranges(
+        self, ranges: Sequence[tuple[str, str | None, str | None]]
+    ) -> list[list[tuple[str, Edge]]]:
+        """For each (author, after, upto), the author's edges with user ids in (after, upto]
+        (None: unbounded), by user id. The authors read whole are one read (``$in``); each
+        author read in a range is a read of its own, all at once. Not one ``$or`` of the
+        ranges: FerretDB 2.5 answered such a query without some documents of a branch
+        (an ``{author, user_id <= x}`` branch lost the users below another branch's ``$gt``
+        bound; docs/architecture.md, the store)."""
+        spans: dict[str, tuple[str | None, str | None]] = {}
+        for author, after, upto in ranges:
+            if author not in spans:
+                spans[author] = (after, upto)
+            else:
+                low, high = spans[author]
+                spans[author] = (
+                    None if low is None or after is None else min(low, after),
+                    None if high is None or upto is None else max(high, upto),
+                )
+        fields = {"author_id": 1, "user_id": 1, "active": 1, "followed_at": 1, "unfollowed_at": 1}
+        queries: list[Document] = []
+        whole = [a for a, (low, high) in spans.items() if low is None and high is None]
+        if whole:
+            queries.append({"author_id": {"$in": whole}})
+        for author, (low, high) in spans.items():
+            if low is not None or high is not None:
+                users: Document = {}
+                if low is not None:
+                    users["$gt"] = low
+                if high is not None:
+                    users["$lte"] = high
+                queries.append({"author_id": author, "user_id": users})
+        by_author: dict[str, list[Document]] = {}
+        for docs in await asyncio.gather(*(find_all(self.edges, q, fields) for q in queries)):
+            for d in docs:
+                by_author.setdefault(d["author_id"], []).append(d)
+        for docs in by_author.values():
+            docs.sort(key=_by_user)
+        return [
+            [
+                (d["user_id"], _edge(d))
+                for d in by_author.get(author, ())
+                if (after is None or d["user_id"] > after) and (upto is None or d["user_id"] <= upto)
+            ]
+            for author, after, upto in ranges
+        ]
 
     async def iter_edge_cuts(
         self, author_id: str, every: int, after: str | None = None
@@ -493,11 +532,7 @@ class FollowStore(StoreAdapter):
 
     async def range_edges(self, author_id: str, after: str | None, upto: str) -> list[tuple[str, Edge]]:
         """The edges of an author in the user-id range (after, upto], by user id."""
-        users: Document = {"$lte": upto}
-        if after is not None:
-            users["$gt"] = after
-        docs = await find_all(self.edges, {"author_id": author_id, "user_id": users}, key="user_id")
-        return [(d["user_id"], _edge(d)) for d in sorted(docs, key=_by_user)]
+        return (await self.edges_in_ranges([(author_id, after, upto)]))[0]
 
     async def followers(self, author_id: str, after: str | None, limit: int) -> list[tuple[str, datetime | None]]:
         query: Document = {"author_id": author_id, "active": True}
@@ -605,25 +640,29 @@ class FollowStore(StoreAdapter):
         docs = await find_by_ids(self.chunks, keys, {outbox.FIELD: {"$slice": 1}})
         return {k: bool(d.get(outbox.FIELD)) for k, d in docs.items()}
 
-    async def chunk_outbox(self, chunk_key: str) -> list[Outgoing]:
-        """The notifications a chunk still has to publish."""
-        return outbox.pending(await self.chunks.find_one({"_id": chunk_key}, {outbox.FIELD: 1}))
+    async def chunk_outboxes(self, chunk_keys: Iterable[str]) -> dict[str, list[Outgoing]]:
+        """The notifications these chunks still have to publish."""
+        docs = await find_by_ids(self.chunks, chunk_keys, {outbox.FIELD: 1})
+        return {k: outbox.pending(d) for k, d in docs.items()}
 
-    async def insert_chunk(self, chunk: ChunkNotified, events: Sequence[Outgoing]) -> bool:
-        """Insert the chunk with its notifications in its outbox (its commit point: the set
-        notified), unless one stands; False if one stood already (another attempt's
-        decision stands)."""
+    async def insert_chunks(self, chunks: Sequence[tuple[ChunkNotified, Sequence[Outgoing]]]) -> set[str]:
+        """Insert each chunk with its notifications in its outbox (its commit point: the set
+        notified), unless one stands; returns the keys of those that stood already (another
+        attempt's decision stands)."""
         now = datetime.now(UTC)
-        doc: Document = {
-            "_id": chunk.chunk_key,
-            "fanout_id": chunk.fanout_id,
-            "author_id": chunk.author_id,
-            "number": chunk.number,
-            "notified": chunk.notified,
-            "notified_at": now,
-            outbox.FIELD: [outbox.entry(o, now) for o in events],
-        }
-        return not await insert_missing(self.chunks, [doc])
+        docs: list[Document] = [
+            {
+                "_id": chunk.chunk_key,
+                "fanout_id": chunk.fanout_id,
+                "author_id": chunk.author_id,
+                "number": chunk.number,
+                "notified": chunk.notified,
+                "notified_at": now,
+                outbox.FIELD: [outbox.entry(o, now) for o in events],
+            }
+            for chunk, events in chunks
+        ]
+        return {docs[i]["_id"] for i in await insert_missing(self.chunks, docs)}
 
     # --- shared inbox entries (large fan-outs) ------------------------------------------
 

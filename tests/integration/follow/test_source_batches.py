@@ -41,7 +41,7 @@ AUTHORS = [f"b{i}" for i in range(12)]
 FOLLOWERS = {a: [f"{a}-fan{j}" for j in range(3 + i)] + ["everyone"] for i, a in enumerate(AUTHORS) if i % 3 == 0}
 
 
-async def _never(chunks: object) -> None:
+async def _never(chunks: object, sizes: object) -> None:
     raise AssertionError("no fan-out is notified by the planner here")
 
 
