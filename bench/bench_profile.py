@@ -67,7 +67,7 @@ from services.profile.settings import ProfileSettings  # noqa: E402
 
 KAFKA = os.environ.get("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
 MONGODB_URI = os.environ.get("MONGODB_URI", "mongodb://127.0.0.1:27017")
-BATCH = 500
+BATCH = ProfileSettings().consumer_max_records  # the same batches as the service
 PAGE_WORKS = ProfileSettings().page_works
 READ_TURNS = 6
 VEGETA = ROOT / ".local" / "bin" / "vegeta"
