@@ -24,9 +24,9 @@ documents in one bulk write (``clear_after_s``; 0: at once), unless the document
 written again first: a writer that takes them (``take_published``) drops them in its own
 update (``fold``), so a document written batch after batch is written once per batch.
 Entries this process published are not published again when a batch that read them
-before their removal passes them as pending. A process that dies with removals not done leaves published
-entries behind; the sweeper publishes them again (the same event ids), which consumers
-absorb.
+before their removal passes them as pending. A process that dies with removals not done
+leaves published entries behind; the sweeper publishes them again (the same event ids),
+which consumers absorb.
 """
 
 from __future__ import annotations
