@@ -24,7 +24,7 @@ import httpx
 from contracts.envelope import deterministic_event_id
 from contracts.topics import TOPICS, Topic
 from importers.checkpoint import AuthorProgress, Checkpoint, JsonFileCheckpoint
-from importers.openalex_client import OpenAlexClient, Sleep
+from importers.openalex_client import OpenAlexClient, Pause
 from importers.openalex_mapping import SOURCE, Skip, bzpeer_id, map_author, map_work, normalise_orcid, openalex_key
 from importers.settings import BASIC_PAGING_LIMIT, ImporterSettings
 from service_runtime.kafka import ensure_topics, make_broker
@@ -105,7 +105,7 @@ async def import_author(
     checkpoint: Checkpoint | None = None,
     progress: ProgressFn | None = stderr_progress,
     publisher: EventPublisher | None = None,
-    sleep: Sleep = asyncio.sleep,
+    pause: Pause = asyncio.sleep,
     transport: httpx.AsyncBaseTransport | None = None,
     restart: bool = False,
 ) -> ImportSummary:
@@ -114,12 +114,12 @@ async def import_author(
     ``publisher``: an already started one (e.g. a service's); otherwise a broker is started
     for the import and stopped after it. ``checkpoint`` defaults to the JSON file named by
     ``settings.import_state_path``; ``restart`` ignores it and starts from page 1.
-    ``sleep`` and ``transport`` let tests observe waits and answer requests in memory.
+    ``pause`` and ``transport`` let tests observe waits and answer requests in memory.
     """
     settings = settings or ImporterSettings()
     kind, value = parse_identifier(identifier)  # fail before touching the network
     checkpoint = checkpoint or JsonFileCheckpoint(settings.import_state_path)
-    async with OpenAlexClient(settings, base_url=base_url, sleep=sleep, transport=transport) as client:
+    async with OpenAlexClient(settings, base_url=base_url, pause=pause, transport=transport) as client:
         if publisher is not None:
             return await _run(client, publisher, kind, value, checkpoint, progress, settings, restart)
         broker = make_broker(settings.kafka_bootstrap_servers, client_id="bzpeer-importer")

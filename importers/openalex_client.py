@@ -26,7 +26,7 @@ from service_runtime.logging import get_logger
 
 log = get_logger(__name__)
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
-Sleep = Callable[[float], Awaitable[None]]
+Pause = Callable[[float], Awaitable[None]]
 
 
 class OpenAlexError(Exception):
@@ -53,10 +53,10 @@ class RateLimiter:
     """Spaces request starts at least 1/rate seconds apart (shared by every request)."""
 
     def __init__(
-        self, per_second: float, clock: Callable[[], float] = time.monotonic, sleep: Sleep = asyncio.sleep
+        self, per_second: float, clock: Callable[[], float] = time.monotonic, pause: Pause = asyncio.sleep
     ) -> None:
         self.interval = 1.0 / per_second
-        self._clock, self._sleep = clock, sleep
+        self._clock, self._pause = clock, pause
         self._next = 0.0
         self._lock = asyncio.Lock()
 
@@ -64,7 +64,7 @@ class RateLimiter:
         async with self._lock:
             now = self._clock()
             if self._next > now:
-                await self._sleep(self._next - now)
+                await self._pause(self._next - now)
                 now = self._next
             self._next = now + self.interval
 
@@ -91,12 +91,12 @@ class OpenAlexClient:
         settings: ImporterSettings,
         *,
         base_url: str | None = None,
-        sleep: Sleep = asyncio.sleep,
+        pause: Pause = asyncio.sleep,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
         self.settings = settings
-        self._sleep = sleep
-        self.limiter = RateLimiter(settings.openalex_requests_per_second, sleep=sleep)
+        self._pause = pause
+        self.limiter = RateLimiter(settings.openalex_requests_per_second, pause=pause)
         self.requests_made = 0
         self.retries = 0
         agent = "bzpeer-importer/0.1" + (f" (mailto:{settings.openalex_mailto})" if settings.openalex_mailto else "")
@@ -185,5 +185,5 @@ class OpenAlexClient:
                 backoff = min(backoff * 2, s.openalex_backoff_max_s)
             self.retries += 1
             log.warning("openalex_retry", what=what, problem=problem, attempt=attempt, retry_in_s=round(delay, 3))
-            await self._sleep(delay)
+            await self._pause(delay)
         raise AssertionError("unreachable")

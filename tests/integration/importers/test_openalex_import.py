@@ -80,7 +80,7 @@ async def run_import(
         base_url=stub.base_url,
         checkpoint=JsonFileCheckpoint(tmp_path / "state.json"),
         progress=recorder.on_progress,
-        sleep=recorder.record_wait,
+        pause=recorder.record_wait,
     )
 
 

@@ -44,7 +44,7 @@ def client_answering(*responses: httpx.Response, **overrides) -> tuple[OpenAlexC
         return queue.pop(0)
 
     client = OpenAlexClient(
-        settings(**overrides), base_url="http://openalex.test", sleep=sleeps, transport=httpx.MockTransport(handle)
+        settings(**overrides), base_url="http://openalex.test", pause=sleeps, transport=httpx.MockTransport(handle)
     )
     return client, sleeps, seen
 
@@ -117,11 +117,11 @@ async def test_rate_limiter_spaces_requests() -> None:
     now = [100.0]
     sleeps = Sleeps()
 
-    async def sleep(s: float) -> None:
+    async def advance(s: float) -> None:
         sleeps.append(s)
         now[0] += s
 
-    limiter = RateLimiter(4, clock=lambda: now[0], sleep=sleep)
+    limiter = RateLimiter(4, clock=lambda: now[0], pause=advance)
     for _ in range(5):
         await limiter.wait()
     assert sleeps == [0.25] * 4  # the first goes at once, then 4 per second

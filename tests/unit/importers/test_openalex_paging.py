@@ -84,7 +84,7 @@ async def run(
         checkpoint=checkpoint,
         progress=progress.append,
         publisher=publisher,
-        sleep=no_wait,
+        pause=no_wait,
         transport=transport,
         restart=restart,
     )
