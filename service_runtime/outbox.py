@@ -21,7 +21,7 @@ Removing what was published is a second update of each document, as costly as th
 that caused the events. So it is not on the path of the batch: ``deliver`` publishes and
 notes what it published, and the outbox removes those entries a moment later, many
 documents in one bulk write (``clear_after_s``; 0: at once), unless the document is
-written again first: a writer that takes them (``take_published``) drops them in its own
+written again first: a writer that takes them (``dropping``) drops them in its own
 update (``fold``), so a document written batch after batch is written once per batch.
 Entries this process published are not published again when a batch that read them
 before their removal passes them as pending. A process that dies with removals not done
@@ -34,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
@@ -165,13 +165,21 @@ class Outbox:
                 self._clearing = asyncio.create_task(self._clear_later())
         return len(ordered)
 
-    def take_published(self, collection: Collection, doc_ids: Iterable[Any]) -> dict[Any, set[str]]:
-        """The published entries noted for these documents, for a writer to drop with its
-        own update (``fold``); then ``removed`` if it wrote them, else ``restore``."""
+    @contextlib.asynccontextmanager
+    async def dropping(self, collection: Collection, doc_ids: Iterable[Any]) -> AsyncIterator[dict[Any, set[str]]]:
+        """The published entries noted for these documents, for the write made in the block
+        to drop with its own update (``fold``): no longer noted once the block is done,
+        noted again (to be removed later) if it fails."""
         noted = self._published.get(collection.name, (collection, {}))[1]
-        return {doc_id: ids for doc_id in doc_ids if (ids := noted.pop(doc_id, None))}
+        taken = {doc_id: ids for doc_id in doc_ids if (ids := noted.pop(doc_id, None))}
+        try:
+            yield taken
+        except BaseException:
+            self._restore(collection, taken)
+            raise
+        self._removed(collection, taken)
 
-    def removed(self, collection: Collection, published: Mapping[Any, set[str]]) -> None:
+    def _removed(self, collection: Collection, published: Mapping[Any, set[str]]) -> None:
         """These entries are no longer in their documents."""
         recent = self._recent.setdefault(collection.name, OrderedDict())
         for doc_id, ids in published.items():
@@ -180,7 +188,7 @@ class Outbox:
         while len(recent) > RECENT_DOCUMENTS:
             recent.popitem(last=False)
 
-    def restore(self, collection: Collection, published: Mapping[Any, set[str]]) -> None:
+    def _restore(self, collection: Collection, published: Mapping[Any, set[str]]) -> None:
         """These entries may still be in their documents: to be removed later."""
         mine = self._published.setdefault(collection.name, (collection, {}))[1]
         for doc_id, ids in published.items():
@@ -193,10 +201,10 @@ class Outbox:
         try:
             for collection, published in taken.values():
                 await self.clear(collection, published)
-                self.removed(collection, published)
+                self._removed(collection, published)
         except BaseException:
             for collection, published in taken.values():  # again next time
-                self.restore(collection, published)
+                self._restore(collection, published)
             raise
         finally:
             self._flushing.remove(taken)

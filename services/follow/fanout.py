@@ -52,7 +52,6 @@ from services.follow.rules import (
     Plan,
     SharedEntry,
     cut_chunks,
-    in_range,
     recipients,
     shares_entries,
 )
@@ -351,7 +350,7 @@ class ChunkWorker:
 
         # A chunk the planner sized from the start is a whole small fan-out: its author's
         # edges are read whole, with the other such authors in one read.
-        whole = {k for k, (c, _) in chunks.items() if c.after_user_id is None and k in (sizes or {})}
+        whole = {c.author_id for k, (c, _) in chunks.items() if c.after_user_id is None and k in (sizes or {})}
 
         async def plain() -> int:
             return sum([await self._notify(group, whole) for group in groups if group])
@@ -395,19 +394,15 @@ class ChunkWorker:
         self, group: Sequence[tuple[FanoutChunkRequested, Envelope, bool | None]], whole: Set[str] = frozenset()
     ) -> int:
         """Plain chunks, each with ``pending``: None, not notified yet; True, its document
-        still holds notifications to publish (a crash). Those in ``whole`` start at their
-        author's first follower: their author's edges are read whole."""
+        still holds notifications to publish (a crash). The authors in ``whole`` (small
+        fan-outs) have their edges read whole."""
         fresh = [(chunk, cause) for chunk, cause, pending in group if pending is None]
         read = await self.store.edges_in_ranges(
-            [
-                (c.author_id, None, None) if c.chunk_key in whole else (c.author_id, c.after_user_id, c.upto_user_id)
-                for c, _ in fresh
-            ]
+            [(c.author_id, c.after_user_id, c.upto_user_id) for c, _ in fresh], whole
         )
         decisions: dict[str, tuple[ChunkNotified, list[NotificationCreated], list[Outgoing]]] = {}
         for (chunk, cause), edges in zip(fresh, read, strict=True):
-            members = [(u, e) for u, e in edges if in_range(u, chunk.after_user_id, chunk.upto_user_id)]
-            decided_notes = [self._note(chunk, user) for user in recipients(members, chunk.followed_before)]
+            decided_notes = [self._note(chunk, user) for user in recipients(edges, chunk.followed_before)]
             events = [self.publisher.outgoing(n, cause=cause, event_id=n.notification_id) for n in decided_notes]
             number = int(chunk.chunk_key.rsplit(":", 1)[1])
             decided = ChunkNotified(chunk.chunk_key, str(chunk.fanout_id), chunk.author_id, number, len(events))

@@ -496,8 +496,9 @@ def cut_chunks(sorted_users: Sequence[str], size: int) -> list[ChunkRange]:
     return chunks
 
 
-def in_range(user_id: str, after: str | None, upto: str) -> bool:
-    return (after is None or user_id > after) and user_id <= upto
+def in_range(user_id: str, after: str | None, upto: str | None) -> bool:
+    """Whether a user id is in (after, upto]; None: unbounded on that side."""
+    return (after is None or user_id > after) and (upto is None or user_id <= upto)
 
 
 def notification_title(kind: str, author_name: str, detail: str | None = None) -> str:

@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Iterable, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterable, Mapping, Sequence, Set
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, ClassVar
@@ -76,6 +76,7 @@ from services.follow.rules import (
     Plan,
     SharedEntry,
     before_cursor,
+    in_range,
     merge_newest_first,
 )
 
@@ -462,17 +463,19 @@ class FollowStore(StoreAdapter):
         return [(d["user_id"], _edge(d)) async for d in cursor]
 
     async def edges_in_ranges(
-        self, ranges: Sequence[tuple[str, str | None, str | None]]
+        self, ranges: Sequence[tuple[str, str | None, str | None]], whole: Set[str] = frozenset()
     ) -> list[list[tuple[str, Edge]]]:
         """For each (author, after, upto), the author's edges with user ids in (after, upto]
-        (None: unbounded), by user id. The authors read whole are one read (``$in``); each
-        author read in a range is a read of its own, all at once. Not one ``$or`` of the
-        ranges: FerretDB 2.5 answered such a query without some documents of a branch
-        (an ``{author, user_id <= x}`` branch lost the users below another branch's ``$gt``
-        bound; docs/architecture.md, the store)."""
+        (None: unbounded), by user id. The authors read whole (unbounded, or in ``whole``:
+        small ones) are one read (``$in``); each other author's span of ranges is a read of
+        its own, all at once. Not one ``$or`` of the ranges: FerretDB 2.5 answered such a
+        query without some documents of a branch (an ``{author, user_id <= x}`` branch lost
+        the users below another branch's ``$gt`` bound; docs/architecture.md, the store)."""
         spans: dict[str, tuple[str | None, str | None]] = {}
         for author, after, upto in ranges:
-            if author not in spans:
+            if author in whole:
+                spans[author] = (None, None)
+            elif author not in spans:
                 spans[author] = (after, upto)
             else:
                 low, high = spans[author]
@@ -482,9 +485,9 @@ class FollowStore(StoreAdapter):
                 )
         fields = {"author_id": 1, "user_id": 1, "active": 1, "followed_at": 1, "unfollowed_at": 1}
         queries: list[Document] = []
-        whole = [a for a, (low, high) in spans.items() if low is None and high is None]
-        if whole:
-            queries.append({"author_id": {"$in": whole}})
+        unbounded = [a for a, (low, high) in spans.items() if low is None and high is None]
+        if unbounded:
+            queries.append({"author_id": {"$in": unbounded}})
         for author, (low, high) in spans.items():
             if low is not None or high is not None:
                 users: Document = {}
@@ -500,11 +503,7 @@ class FollowStore(StoreAdapter):
         for docs in by_author.values():
             docs.sort(key=_by_user)
         return [
-            [
-                (d["user_id"], _edge(d))
-                for d in by_author.get(author, ())
-                if (after is None or d["user_id"] > after) and (upto is None or d["user_id"] <= upto)
-            ]
+            [(d["user_id"], _edge(d)) for d in by_author.get(author, ()) if in_range(d["user_id"], after, upto)]
             for author, after, upto in ranges
         ]
 

@@ -69,14 +69,8 @@ class IngestPublications:
         await self._cut_first_pages(plan)
         # Authors before works: a redelivery reads the old work again and so still knows
         # which authors a corrected author list dropped.
-        authors = self.store.authors
-        published = self.outbox.take_published(authors, (r.author_id for r in plan.changed_authors))
-        try:
+        async with self.outbox.dropping(self.store.authors, (r.author_id for r in plan.changed_authors)) as published:
             await self.store.write_authors(plan.changed_authors, fresh, plan.read_revisions, published)
-        except BaseException:
-            self.outbox.restore(authors, published)
-            raise
-        self.outbox.removed(authors, published)
         await self.store.write_works(plan.works, stored=set(stored))
         # What each author held first (the outbox skips what this process published), then the new.
         deliveries = {a: r.pending + fresh.get(a, []) for a, r in plan.authors.items()}

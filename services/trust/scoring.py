@@ -106,6 +106,7 @@ CURRENT = Formula(
 FORMULA_VERSION = CURRENT.version
 
 
+@functools.cache
 def _unit(formula: Formula) -> int:
     """The common denominator of every component (each cap, and hundredths for the log
     scale): scores are summed as exact integers of 1/unit points, without ``Fraction``
